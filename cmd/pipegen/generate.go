@@ -1,0 +1,87 @@
+package main
+
+import (
+	"fmt"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/sabeiro/sawmill/internal/pipeline"
+)
+
+func (a *app) generateCmd() *cobra.Command {
+	var rf repoFlags
+	var base, out string
+	cmd := &cobra.Command{
+		Use:   "generate",
+		Short: "Write the child pipeline (YAML) for the changes since the base revision",
+		Args:  args(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			p, err := a.plan(cmd.Context(), &rf, cmd.Flags(), base)
+			if err != nil {
+				return err
+			}
+			pl, err := pipeline.Build(p.repo, p.decisions, p.cfg)
+			if err != nil {
+				return err
+			}
+			data := pl.Bytes()
+			rebuilt := 0
+			for _, d := range p.decisions {
+				if d.Rebuild {
+					rebuilt++
+				}
+			}
+			if out == "" || out == "-" {
+				_, err = a.stdout.Write(data)
+			} else {
+				err = writeFileAtomic(out, data, 0o644)
+			}
+			if err != nil {
+				return err
+			}
+			a.log.Info("generated", "jobs", len(pl.Jobs), "images_rebuilt", rebuilt, "images_reused", len(p.decisions)-rebuilt, "stacks", len(p.repo.Stacks), "output", outName(out))
+			return nil
+		},
+	}
+	rf.add(cmd.Flags())
+	cmd.Flags().StringVar(&base, "base", "", "base revision (default: CI_MERGE_REQUEST_DIFF_BASE_SHA, else CI_COMMIT_BEFORE_SHA; none: rebuild all)")
+	cmd.Flags().StringVarP(&out, "output", "o", "", "output file (default stdout); written only on success")
+	return cmd
+}
+
+func outName(out string) string {
+	if out == "" || out == "-" {
+		return "stdout"
+	}
+	return out
+}
+
+func (a *app) planCmd() *cobra.Command {
+	var rf repoFlags
+	var base string
+	cmd := &cobra.Command{
+		Use:   "plan",
+		Short: "Print which images are rebuilt or reused, and why",
+		Args:  args(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			p, err := a.plan(cmd.Context(), &rf, cmd.Flags(), base)
+			if err != nil {
+				return err
+			}
+			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "IMAGE\tACTION\tWHY")
+			for _, d := range p.decisions {
+				action := "reused"
+				if d.Rebuild {
+					action = "rebuilt"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\n", d.Image, action, d.Reason)
+			}
+			return tw.Flush()
+		},
+	}
+	rf.add(cmd.Flags())
+	cmd.Flags().StringVar(&base, "base", "", "base revision (default: CI_MERGE_REQUEST_DIFF_BASE_SHA, else CI_COMMIT_BEFORE_SHA; none: rebuild all)")
+	return cmd
+}

@@ -1,0 +1,72 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"github.com/sabeiro/sawmill/internal/pipeline"
+)
+
+func (a *app) initCmd() *cobra.Command {
+	var repo string
+	var force bool
+	o := pipeline.InitOptions{}
+	cmd := &cobra.Command{
+		Use:   "init",
+		Short: "Write the job templates (pipelines/*.yml), pipegen.yaml and the parent .gitlab-ci.yml into a repository",
+		Args:  args(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if st, err := os.Stat(repo); err != nil || !st.IsDir() {
+				return fmt.Errorf("--repo %s: not a directory", repo)
+			}
+			if o.Registry == "" {
+				o.Registry = a.getenv("CI_REGISTRY_IMAGE")
+			}
+			if o.Registry == "" {
+				o.Registry = "registry.gitlab.com/group/project"
+			}
+			files, err := pipeline.InitFiles("pipelines", o)
+			if err != nil {
+				return err
+			}
+			// Decide everything before writing anything.
+			var write []pipeline.File
+			for _, f := range files {
+				dst := filepath.Join(repo, filepath.FromSlash(f.Path))
+				_, err := os.Stat(dst)
+				switch {
+				case err == nil && !force:
+					a.log.Info("exists, kept (use --force to overwrite)", "file", f.Path)
+					continue
+				case err != nil && !errors.Is(err, fs.ErrNotExist):
+					return fmt.Errorf("%s: %w", dst, err)
+				}
+				write = append(write, f)
+			}
+			for _, f := range write {
+				dst := filepath.Join(repo, filepath.FromSlash(f.Path))
+				if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+					return fmt.Errorf("create %s: %w", filepath.Dir(dst), err)
+				}
+				if err := writeFileAtomic(dst, f.Data, 0o644); err != nil {
+					return err
+				}
+				a.log.Info("wrote", "file", f.Path)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&repo, "repo", ".", "repository root")
+	cmd.Flags().BoolVar(&force, "force", false, "overwrite existing files")
+	cmd.Flags().StringVar(&o.Registry, "registry", "", "registry path of the images (default $CI_REGISTRY_IMAGE)")
+	cmd.Flags().StringVar(&o.DefaultBranch, "default-branch", "main", "default branch")
+	cmd.Flags().StringVar(&o.Image, "image", "golang:1.26", "image of the generate, policy and release jobs (must provide pipegen)")
+	cmd.Flags().StringVar(&o.Command, "command", "pipegen", "how jobs run pipegen")
+	cmd.Flags().StringVar(&o.Agent, "agent", "agent", "how jobs run the policy check")
+	return cmd
+}

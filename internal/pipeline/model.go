@@ -1,0 +1,291 @@
+package pipeline
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/sabeiro/sawmill/internal/discover"
+)
+
+// Pipeline is the child pipeline.
+type Pipeline struct {
+	Includes  []string // local template files
+	Stages    []string
+	Variables []Var
+	Jobs      []Job // in rendering order
+}
+
+// Var is a CI/CD variable.
+type Var struct{ Name, Value string }
+
+// Need is one entry of a job's needs.
+type Need struct {
+	Job       string
+	Artifacts bool
+}
+
+// Rule is one entry of a job's rules.
+type Rule struct{ If, When string }
+
+// Job is one generated job. Its body (image, script) comes from the hidden job it extends.
+type Job struct {
+	Name          string
+	Extends       string
+	Stage         string
+	Needs         []Need // nil: wait for the previous stages; empty: start at once
+	NoNeeds       bool   // render no needs key at all (stage ordering)
+	Variables     []Var
+	IDTokens      []Var // name -> aud
+	Environment   *JobEnvironment
+	ResourceGroup string
+	Rules         []Rule
+	AllowFailure  *bool
+	Dotenv        string   // artifacts:reports:dotenv
+	Paths         []string // artifacts:paths
+}
+
+// JobEnvironment is a job's environment.
+type JobEnvironment struct{ Name, Tier string }
+
+// Template files, in include order, relative to Config.Templates.
+var TemplateFiles = []string{"build.yml", "scan.yml", "sign.yml", "test.yml", "release.yml", "deploy.yml"}
+
+// BuilderImages are the images of the build jobs, by builder. Both run rootless.
+var BuilderImages = map[string]string{
+	"buildah":  "quay.io/buildah/stable:v1.42",
+	"buildkit": "moby/buildkit:v0.26.2-rootless",
+}
+
+// Stages of the child pipeline. Jobs also carry needs, so the stages only matter for
+// display and for a release job that has more sign jobs than Config.MaxNeeds.
+var Stages = []string{"build", "scan", "sign", "test", "release", "deploy"}
+
+// VarName is discover.VarName: the variable prefix of an image ("go_ingest" -> "GO_INGEST").
+func VarName(image string) string { return discover.VarName(image) }
+
+// Build makes the child pipeline. decisions must come from discover.Plan on the same repo.
+// It fails when a stack has an override for an environment the configuration does not
+// define, or when two images map to the same variable name.
+func Build(repo *discover.Repo, decisions []discover.Decision, cfg Config) (*Pipeline, error) {
+	byVar := map[string]string{}
+	for _, im := range repo.Images {
+		v := VarName(im.Name)
+		if other, ok := byVar[v]; ok {
+			return nil, fmt.Errorf("images/%s and images/%s both export %s_DIGEST: rename one", other, im.Name, v)
+		}
+		byVar[v] = im.Name
+	}
+	envNames := make([]string, 0, len(cfg.Environments))
+	for _, e := range cfg.Environments {
+		envNames = append(envNames, e.Name)
+	}
+	for _, st := range repo.Stacks {
+		for _, o := range st.Overrides {
+			if _, ok := cfg.Environment(o.Env); !ok {
+				return nil, fmt.Errorf("%s: unknown environment %q (pipegen.yaml environments: %s)", o.File, o.Env, strings.Join(envNames, ", "))
+			}
+		}
+	}
+	rebuild := map[string]bool{}
+	for _, d := range decisions {
+		rebuild[d.Image] = d.Rebuild
+	}
+
+	p := &Pipeline{Stages: Stages}
+	for _, f := range TemplateFiles {
+		p.Includes = append(p.Includes, cfg.Templates+"/"+f)
+	}
+	p.Variables = []Var{
+		{"SAWMILL_REGISTRY", cfg.Registry},
+		{"SAWMILL_DEFAULT_BRANCH", cfg.DefaultBranch},
+		{"SAWMILL_TAG", "$CI_COMMIT_SHA"},
+		{"SAWMILL_BUILDER", cfg.Builder},
+		{"SAWMILL_SIGN_MODE", cfg.Signing.Mode},
+		{"SAWMILL_SIGN_FORMAT", cfg.Signing.Format},
+		{"SAWMILL_BUILD_IMAGE", BuilderImages[cfg.Builder]},
+		{"PIPEGEN", cfg.Tool.Command},
+		{"PIPEGEN_IMAGE", cfg.Tool.Image},
+		{"AGENT", cfg.Tool.Agent},
+	}
+	if cfg.Signing.Mode == "key" {
+		p.Variables = append(p.Variables, Var{"SAWMILL_SIGN_KEY_VARIABLE", cfg.Signing.KeyVariable})
+	}
+	scan := cfg.scanner("container_scanning") || cfg.scanner("sbom")
+
+	var rebuilt, reused, signJobs []string
+	for _, im := range repo.Images {
+		if !rebuild[im.Name] {
+			reused = append(reused, im.Name)
+			continue
+		}
+		rebuilt = append(rebuilt, im.Name)
+		v := VarName(im.Name)
+		common := []Var{
+			{"SAWMILL_IMAGE", im.Name},
+			{"SAWMILL_REPOSITORY", cfg.Registry + "/" + im.Name},
+			{"SAWMILL_DIGEST_VAR", v + "_DIGEST"},
+		}
+		build := Job{
+			Name:    "build:" + im.Name,
+			Extends: ".sawmill-build",
+			Stage:   "build",
+			Needs:   []Need{},
+			Variables: append(cloneVars(common),
+				Var{"SAWMILL_CONTEXT", im.Dir},
+				Var{"SAWMILL_DOCKERFILE", im.Dockerfile},
+				Var{"SAWMILL_TARGET", im.Target},
+				Var{"SAWMILL_PLATFORMS", strings.Join(im.Platforms, ",")},
+				Var{"SAWMILL_BUILD_ARGS", buildArgs(im, rebuild, cfg.Registry)},
+				Var{"SAWMILL_DOTENV", "build-" + im.Name + ".env"},
+			),
+			Dotenv: "build-" + im.Name + ".env",
+		}
+		for _, d := range im.DependsOn {
+			if rebuild[d] {
+				build.Needs = append(build.Needs, Need{Job: "build:" + d, Artifacts: true})
+			}
+		}
+		p.Jobs = append(p.Jobs, build)
+		sign := Job{
+			Name:      "sign:" + im.Name,
+			Extends:   ".sawmill-sign",
+			Stage:     "sign",
+			Needs:     []Need{{Job: build.Name, Artifacts: true}},
+			Variables: append(cloneVars(common), Var{"SAWMILL_DOTENV", "sign-" + im.Name + ".env"}),
+			Dotenv:    "sign-" + im.Name + ".env",
+		}
+		if scan {
+			p.Jobs = append(p.Jobs, Job{
+				Name:      "scan:" + im.Name,
+				Extends:   ".sawmill-scan",
+				Stage:     "scan",
+				Needs:     []Need{{Job: build.Name, Artifacts: true}},
+				Variables: append(cloneVars(common), Var{"SAWMILL_SCANNERS", scanners(cfg)}),
+			})
+			sign.Needs = append(sign.Needs, Need{Job: "scan:" + im.Name})
+		}
+		if cfg.Signing.Mode == "keyless" {
+			sign.IDTokens = []Var{{"SIGSTORE_ID_TOKEN", "sigstore"}}
+		}
+		p.Jobs = append(p.Jobs, sign)
+		signJobs = append(signJobs, sign.Name)
+	}
+	if cfg.scanner("sast") {
+		p.Jobs = append(p.Jobs, Job{Name: "sast", Extends: ".sawmill-sast", Stage: "test", Needs: []Need{}})
+	}
+	for _, st := range repo.Stacks {
+		p.Jobs = append(p.Jobs, Job{
+			Name:    "policy:" + st.Name,
+			Extends: ".sawmill-policy",
+			Stage:   "test",
+			Needs:   []Need{},
+			Variables: []Var{
+				{"SAWMILL_STACK", st.Name},
+				{"SAWMILL_STACK_DIR", st.Dir},
+				{"SAWMILL_ENVIRONMENTS", strings.Join(envNames, " ")},
+			},
+		})
+	}
+	stackNames := make([]string, 0, len(repo.Stacks))
+	for _, st := range repo.Stacks {
+		stackNames = append(stackNames, st.Name)
+	}
+	release := Job{
+		Name:    "release",
+		Extends: ".sawmill-release",
+		Stage:   "release",
+		Needs:   []Need{},
+		Variables: []Var{
+			{"SAWMILL_REBUILT", strings.Join(rebuilt, " ")},
+			{"SAWMILL_REUSED", strings.Join(reused, " ")},
+			{"SAWMILL_STACKS", strings.Join(stackNames, " ")},
+		},
+	}
+	if len(signJobs) > cfg.MaxNeeds {
+		release.NoNeeds = true
+	} else {
+		for _, s := range signJobs {
+			release.Needs = append(release.Needs, Need{Job: s, Artifacts: true})
+		}
+	}
+	for _, st := range repo.Stacks {
+		release.Needs = appendNeedIfRoom(release, "policy:"+st.Name, cfg.MaxNeeds)
+	}
+	p.Jobs = append(p.Jobs, release)
+
+	envs := append([]Environment(nil), cfg.Environments...)
+	sort.SliceStable(envs, func(i, j int) bool { return tierRank(envs[i].Tier) < tierRank(envs[j].Tier) })
+	for _, e := range envs {
+		cond := fmt.Sprintf(`$CI_COMMIT_BRANCH == "%s"`, e.Branch)
+		if e.Protected {
+			cond += ` && $CI_COMMIT_REF_PROTECTED == "true"`
+		}
+		j := Job{
+			Name:          "deploy:" + e.Name,
+			Extends:       ".sawmill-deploy",
+			Stage:         "deploy",
+			Needs:         []Need{{Job: "release", Artifacts: true}},
+			Variables:     []Var{{"SAWMILL_ENVIRONMENT", e.Name}},
+			Environment:   &JobEnvironment{Name: e.Name, Tier: e.Tier},
+			ResourceGroup: "deploy-" + e.Name,
+		}
+		if e.When == "automatic" {
+			j.Rules = []Rule{{If: cond, When: "on_success"}}
+		} else {
+			yes := true
+			j.Rules = []Rule{{If: cond, When: "manual"}}
+			j.AllowFailure = &yes
+		}
+		p.Jobs = append(p.Jobs, j)
+	}
+	return p, nil
+}
+
+func appendNeedIfRoom(j Job, name string, max int) []Need {
+	if j.NoNeeds || len(j.Needs) >= max {
+		return j.Needs
+	}
+	return append(j.Needs, Need{Job: name})
+}
+
+func cloneVars(v []Var) []Var { return append([]Var(nil), v...) }
+
+func tierRank(t string) int {
+	for i, x := range []string{"development", "testing", "other", "staging", "production"} {
+		if x == t {
+			return i
+		}
+	}
+	return len(Tiers)
+}
+
+func scanners(cfg Config) string {
+	var s []string
+	for _, x := range []string{"container_scanning", "sbom"} {
+		if cfg.scanner(x) {
+			s = append(s, x)
+		}
+	}
+	return strings.Join(s, " ")
+}
+
+// buildArgs renders an image's build arguments one per line (NAME=value): its image.yaml
+// build_args, REGISTRY, and for every repository image it depends on <DEP>_IMAGE, the
+// reference to build FROM — the digest built in this pipeline (from the base's dotenv) or,
+// when the base is reused, the branch's release tag (see docs/release.md).
+func buildArgs(im discover.Image, rebuild map[string]bool, registry string) string {
+	lines := []string{"REGISTRY=" + registry}
+	for _, a := range im.BuildArgs {
+		lines = append(lines, a.Name+"="+a.Value)
+	}
+	for _, d := range im.DependsOn {
+		v := VarName(d)
+		if rebuild[d] {
+			lines = append(lines, fmt.Sprintf("%s_IMAGE=%s/%s@${%s_DIGEST}", v, registry, d, v))
+		} else {
+			lines = append(lines, fmt.Sprintf("%s_IMAGE=%s/%s:release-${CI_COMMIT_REF_SLUG}", v, registry, d))
+		}
+	}
+	return strings.Join(lines, "\n")
+}

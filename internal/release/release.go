@@ -1,0 +1,342 @@
+// Package release builds and writes a Sawmill release: the image-to-digest map, the commit
+// and pipeline it came from, and every stack's compose files with each repository image
+// pinned to repo:tag@sha256:digest (format: docs/release.md).
+//
+// In: the images rebuilt in this pipeline with their digests (from the sign jobs' dotenv
+// reports), the images reused from an earlier release, the stacks found by internal/discover,
+// and a [Registry] to resolve reused images' release tags to digests and to move those tags.
+// Out: a [Release] and its files, written atomically to a directory.
+//
+// It imports the standard library, internal/discover, go.yaml.in/yaml/v3 and
+// go-containerregistry; it is used only by cmd/pipegen (`pipegen release`).
+package release
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/sabeiro/sawmill/internal/discover"
+)
+
+// SchemaVersion is the version of release.json this package writes.
+const SchemaVersion = 1
+
+// FileName is the name of the release manifest inside the release directory.
+const FileName = "release.json"
+
+// Release is release.json.
+type Release struct {
+	SchemaVersion int              `json:"schema_version"`
+	Project       string           `json:"project"`
+	Commit        string           `json:"commit"`
+	Ref           string           `json:"ref"`
+	Pipeline      Pipeline         `json:"pipeline"`
+	Registry      string           `json:"registry"`
+	Channel       string           `json:"channel"`
+	Images        map[string]Image `json:"images"`
+	Stacks        map[string]Stack `json:"stacks"`
+}
+
+// Pipeline identifies the GitLab pipeline that made the release.
+type Pipeline struct {
+	ID  int64  `json:"id"`
+	URL string `json:"url"`
+}
+
+// Image is one image of the release.
+type Image struct {
+	Repository string `json:"repository"` // <registry>/<name>
+	Tag        string `json:"tag"`        // the tag pushed (rebuilt) or resolved (reused)
+	Digest     string `json:"digest"`     // sha256:<64 hex>
+	Rebuilt    bool   `json:"rebuilt"`    // built and signed in this pipeline
+	Ref        string `json:"ref"`        // repository:tag@digest, as pinned in the compose files
+}
+
+// Stack is one stack of the release.
+type Stack struct {
+	// Files are the compose files, relative to the release directory, base file first and
+	// then the environment overrides sorted by environment.
+	Files []string `json:"files"`
+	// Environments maps an environment to the files to load for it (base + its override).
+	Environments map[string][]string `json:"environments,omitempty"`
+}
+
+// Registry resolves tags and moves them. See NewRegistry for the real one.
+type Registry interface {
+	// Digest returns the manifest digest ref points at; errors.Is(err, ErrNotFound) when the
+	// tag does not exist.
+	Digest(ctx context.Context, ref string) (string, error)
+	// Tag points repository:tag at repository@digest.
+	Tag(ctx context.Context, repository, digest, tag string) error
+}
+
+// ErrNotFound is returned by Registry.Digest for a missing tag.
+var ErrNotFound = errors.New("not found")
+
+// Input is what a release is made of.
+type Input struct {
+	Root          string // repository root (stack files are read from here)
+	Registry      string // registry path of the images, <registry>/<image>
+	Tag           string // tag of rebuilt images (the commit SHA)
+	Project       string
+	Commit        string
+	Ref           string // branch or tag name
+	DefaultBranch string
+	PipelineID    int64
+	PipelineURL   string
+	Rebuilt       []string          // images built in this pipeline
+	Reused        []string          // images taken from an earlier release
+	Digests       map[string]string // digest of every rebuilt image
+	Stacks        []discover.Stack
+	Environments  []string // configured environments (for Stack.Environments)
+}
+
+var digestRE = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
+
+// Slug is GitLab's CI_COMMIT_REF_SLUG of a ref: lower case, every character other than
+// a-z and 0-9 replaced by '-', at most 63 bytes, no leading or trailing '-'.
+func Slug(ref string) string {
+	b := []byte(strings.ToLower(ref))
+	for i, c := range b {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9') {
+			b[i] = '-'
+		}
+	}
+	if len(b) > 63 {
+		b = b[:63]
+	}
+	return strings.Trim(string(b), "-")
+}
+
+// ChannelTag is the moving tag that names the latest released digest of an image on a ref.
+func ChannelTag(ref string) string { return "release-" + Slug(ref) }
+
+// Make builds the release: rebuilt images with their digests, reused images resolved from
+// the ref's release tag or, when the ref has none yet, the default branch's.
+func Make(ctx context.Context, in Input, reg Registry) (*Release, map[string][]byte, error) {
+	if in.Commit == "" || in.Ref == "" {
+		return nil, nil, errors.New("commit and ref are required (CI_COMMIT_SHA, CI_COMMIT_REF_NAME)")
+	}
+	rel := &Release{
+		SchemaVersion: SchemaVersion,
+		Project:       in.Project,
+		Commit:        in.Commit,
+		Ref:           in.Ref,
+		Pipeline:      Pipeline{ID: in.PipelineID, URL: in.PipelineURL},
+		Registry:      in.Registry,
+		Channel:       ChannelTag(in.Ref),
+		Images:        map[string]Image{},
+		Stacks:        map[string]Stack{},
+	}
+	seen := map[string]bool{}
+	for _, name := range in.Rebuilt {
+		if seen[name] {
+			return nil, nil, fmt.Errorf("image %q listed twice", name)
+		}
+		seen[name] = true
+		d := in.Digests[name]
+		if !digestRE.MatchString(d) {
+			return nil, nil, fmt.Errorf("image %s was rebuilt but its digest %q is not sha256:<64 hex> (dotenv variable missing?)", name, d)
+		}
+		repo := in.Registry + "/" + name
+		rel.Images[name] = Image{Repository: repo, Tag: in.Tag, Digest: d, Rebuilt: true, Ref: repo + ":" + in.Tag + "@" + d}
+	}
+	channels := []string{ChannelTag(in.Ref)}
+	if in.DefaultBranch != "" && ChannelTag(in.DefaultBranch) != channels[0] {
+		channels = append(channels, ChannelTag(in.DefaultBranch))
+	}
+	for _, name := range in.Reused {
+		if seen[name] {
+			return nil, nil, fmt.Errorf("image %q listed twice", name)
+		}
+		seen[name] = true
+		repo := in.Registry + "/" + name
+		img, err := resolve(ctx, reg, repo, channels)
+		if err != nil {
+			return nil, nil, fmt.Errorf("image %s is reused: %w", name, err)
+		}
+		rel.Images[name] = img
+	}
+	files := map[string][]byte{}
+	for _, st := range in.Stacks {
+		s := Stack{}
+		paths := []string{st.File}
+		for _, o := range st.Overrides {
+			paths = append(paths, o.File)
+		}
+		for _, p := range paths {
+			raw, err := os.ReadFile(filepath.Join(in.Root, filepath.FromSlash(p)))
+			if err != nil {
+				return nil, nil, fmt.Errorf("stack %s: %w", st.Name, err)
+			}
+			pinned, err := Pin(raw, in.Registry, rel.Images)
+			if err != nil {
+				return nil, nil, fmt.Errorf("%s: %w", p, err)
+			}
+			files[p] = pinned
+			s.Files = append(s.Files, p)
+		}
+		if len(in.Environments) > 0 {
+			s.Environments = map[string][]string{}
+			for _, env := range in.Environments {
+				fs := []string{st.File}
+				for _, o := range st.Overrides {
+					if o.Env == env {
+						fs = append(fs, o.File)
+					}
+				}
+				s.Environments[env] = fs
+			}
+		}
+		rel.Stacks[st.Name] = s
+	}
+	b, err := json.MarshalIndent(rel, "", "  ")
+	if err != nil {
+		return nil, nil, fmt.Errorf("encode %s: %w", FileName, err)
+	}
+	files[FileName] = append(b, '\n')
+	return rel, files, nil
+}
+
+func resolve(ctx context.Context, reg Registry, repo string, channels []string) (Image, error) {
+	if reg == nil {
+		return Image{}, errors.New("no registry to resolve release tags")
+	}
+	var tried []string
+	for _, tag := range channels {
+		ref := repo + ":" + tag
+		d, err := reg.Digest(ctx, ref)
+		if errors.Is(err, ErrNotFound) {
+			tried = append(tried, ref)
+			continue
+		}
+		if err != nil {
+			return Image{}, fmt.Errorf("resolve %s: %w", ref, err)
+		}
+		if !digestRE.MatchString(d) {
+			return Image{}, fmt.Errorf("resolve %s: unexpected digest %q", ref, d)
+		}
+		return Image{Repository: repo, Tag: tag, Digest: d, Ref: ref + "@" + d}, nil
+	}
+	return Image{}, fmt.Errorf("no earlier release: none of %s exists (rebuild everything with --base %s)", strings.Join(tried, ", "), discover.ZeroSHA)
+}
+
+// Publish moves the release's channel tag of every image to the image's digest, so the
+// next pipeline on this ref can reuse what this one released.
+func Publish(ctx context.Context, rel *Release, reg Registry) error {
+	names := make([]string, 0, len(rel.Images))
+	for n := range rel.Images {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		img := rel.Images[n]
+		if err := reg.Tag(ctx, img.Repository, img.Digest, rel.Channel); err != nil {
+			return fmt.Errorf("tag %s:%s -> %s: %w", img.Repository, rel.Channel, img.Digest, err)
+		}
+	}
+	return nil
+}
+
+// Write writes files (relative slash paths) into dir, replacing dir only when everything
+// was written.
+func Write(dir string, files map[string][]byte) error {
+	parent := filepath.Dir(filepath.Clean(dir))
+	if err := os.MkdirAll(parent, 0o755); err != nil {
+		return fmt.Errorf("create %s: %w", parent, err)
+	}
+	tmp, err := os.MkdirTemp(parent, "."+filepath.Base(dir)+".tmp-")
+	if err != nil {
+		return fmt.Errorf("create temporary directory: %w", err)
+	}
+	defer os.RemoveAll(tmp)
+	paths := make([]string, 0, len(files))
+	for p := range files {
+		paths = append(paths, p)
+	}
+	sort.Strings(paths)
+	for _, p := range paths {
+		dst := filepath.Join(tmp, filepath.FromSlash(p))
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			return fmt.Errorf("create %s: %w", filepath.Dir(dst), err)
+		}
+		if err := os.WriteFile(dst, files[p], 0o644); err != nil {
+			return fmt.Errorf("write %s: %w", p, err)
+		}
+	}
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		return fmt.Errorf("chmod %s: %w", tmp, err)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("replace %s: %w", dir, err)
+	}
+	if err := os.Rename(tmp, dir); err != nil {
+		return fmt.Errorf("rename %s to %s: %w", tmp, dir, err)
+	}
+	return nil
+}
+
+// Pin rewrites the image of every service that names a repository image (the rule of
+// discover.MatchImage: <registry prefix>/<image>[:tag|@digest]) to that image's
+// repository:tag@digest. Other images, comments and the rest of the file are kept.
+func Pin(compose []byte, registry string, images map[string]Image) ([]byte, error) {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(compose, &doc); err != nil {
+		return nil, fmt.Errorf("parse compose file: %w", err)
+	}
+	if len(doc.Content) == 0 {
+		return compose, nil
+	}
+	root := doc.Content[0]
+	if root.Kind != yaml.MappingNode {
+		return nil, errors.New("compose file is not a mapping")
+	}
+	services := value(root, "services")
+	if services != nil && services.Kind == yaml.MappingNode {
+		for i := 1; i < len(services.Content); i += 2 {
+			svc := services.Content[i]
+			if svc.Kind != yaml.MappingNode {
+				continue
+			}
+			img := value(svc, "image")
+			if img == nil || img.Kind != yaml.ScalarNode {
+				continue
+			}
+			name, ok := discover.MatchImage(img.Value, []string{registry}, func(n string) bool { _, ok := images[n]; return ok })
+			if !ok {
+				continue
+			}
+			img.Value = images[name].Ref
+			img.Style = 0
+		}
+	}
+	var b bytes.Buffer
+	enc := yaml.NewEncoder(&b)
+	enc.SetIndent(2)
+	if err := enc.Encode(&doc); err != nil {
+		return nil, fmt.Errorf("encode compose file: %w", err)
+	}
+	if err := enc.Close(); err != nil {
+		return nil, fmt.Errorf("encode compose file: %w", err)
+	}
+	return b.Bytes(), nil
+}
+
+func value(m *yaml.Node, key string) *yaml.Node {
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		if m.Content[i].Value == key {
+			return m.Content[i+1]
+		}
+	}
+	return nil
+}
