@@ -151,11 +151,16 @@ func scanImages(root string, opts Options) (map[string]*Image, error) {
 	}
 	images := make(map[string]*Image, len(names))
 	froms := make(map[string][]string, len(names))
+	byVar := make(map[string]string, len(names))
 	for _, name := range names {
 		dir := ImagesDir + "/" + name
 		if !nameRE.MatchString(name) {
 			return nil, fmt.Errorf("%s: %q is not a valid image name (lowercase letters, digits, '.', '_', '-')", dir, name)
 		}
+		if other, ok := byVar[VarName(name)]; ok {
+			return nil, fmt.Errorf("%s: image names %q and %q both map to the variable prefix %s; rename one", dir, other, name, VarName(name))
+		}
+		byVar[VarName(name)] = name
 		im := &Image{Name: name, Dir: dir, Dockerfile: dir + "/" + Dockerfile}
 		df, err := os.ReadFile(filepath.Join(root, filepath.FromSlash(im.Dockerfile)))
 		if errors.Is(err, fs.ErrNotExist) {
@@ -185,7 +190,10 @@ func scanImages(root string, opts Options) (map[string]*Image, error) {
 				deps[d] = true
 			}
 		}
-		im.DependsOn = sortedKeys(deps)
+		im.DependsOn = nil
+		if len(deps) > 0 {
+			im.DependsOn = sortedKeys(deps)
+		}
 	}
 	return images, nil
 }

@@ -50,10 +50,10 @@ type Environment struct {
 
 // Signing configures the sign jobs.
 type Signing struct {
-	Mode        string `mapstructure:"mode" yaml:"mode"`               // keyless | key
+	Mode        string `mapstructure:"mode" yaml:"mode"`                 // keyless | key
 	KeyVariable string `mapstructure:"key_variable" yaml:"key_variable"` // CI/CD variable holding the private key (mode key)
-	Issuer      string `mapstructure:"issuer" yaml:"issuer"`           // OIDC issuer the verifier expects (mode keyless)
-	Format      string `mapstructure:"format" yaml:"format"`           // bundle | legacy
+	Issuer      string `mapstructure:"issuer" yaml:"issuer"`             // OIDC issuer the verifier expects (mode keyless)
+	Format      string `mapstructure:"format" yaml:"format"`             // bundle | legacy
 }
 
 // Tool says how a job runs pipegen.

@@ -1,0 +1,382 @@
+package pipeline
+
+import (
+	"bytes"
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/santhosh-tekuri/jsonschema/v6"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/sabeiro/sawmill/internal/discover"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files")
+
+// moduleRoot walks up from the package directory to the directory holding go.mod.
+func moduleRoot(t testing.TB) string {
+	t.Helper()
+	dir, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			t.Fatal("no go.mod above the package directory")
+		}
+		dir = parent
+	}
+}
+
+// ciSchema compiles ../shared/gitlab/ci.schema.json (next to the module root). Missing is a
+// failure, not a skip.
+func ciSchema(t testing.TB) *jsonschema.Schema {
+	t.Helper()
+	path := filepath.Join(moduleRoot(t), "..", "shared", "gitlab", "ci.schema.json")
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatalf("GitLab CI schema: %v", err)
+	}
+	defer f.Close()
+	doc, err := jsonschema.UnmarshalJSON(f)
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	c := jsonschema.NewCompiler()
+	if err := c.AddResource("https://gitlab.com/.gitlab-ci.yml", doc); err != nil {
+		t.Fatal(err)
+	}
+	s, err := c.Compile("https://gitlab.com/.gitlab-ci.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// jsonValue converts YAML to the values encoding/json would produce.
+func jsonValue(t testing.TB, yml []byte) any {
+	t.Helper()
+	var v any
+	if err := yaml.Unmarshal(yml, &v); err != nil {
+		t.Fatalf("parse YAML: %v", err)
+	}
+	return toJSON(t, v)
+}
+
+func toJSON(t testing.TB, v any) any {
+	switch x := v.(type) {
+	case map[string]any:
+		for k, e := range x {
+			x[k] = toJSON(t, e)
+		}
+		return x
+	case []any:
+		for i, e := range x {
+			x[i] = toJSON(t, e)
+		}
+		return x
+	case int:
+		return float64(x)
+	case map[any]any:
+		t.Fatalf("non-string mapping key in %v", x)
+	}
+	return v
+}
+
+func validate(t testing.TB, s *jsonschema.Schema, yml []byte) error {
+	t.Helper()
+	return s.Validate(jsonValue(t, yml))
+}
+
+type goldenCase struct {
+	Repo    string         `yaml:"repo"`
+	All     bool           `yaml:"all"`
+	Changed []string       `yaml:"changed"`
+	Config  map[string]any `yaml:"config"`
+}
+
+func loadCase(t *testing.T, file string) (goldenCase, Config) {
+	t.Helper()
+	raw, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var gc goldenCase
+	if err := yaml.Unmarshal(raw, &gc); err != nil {
+		t.Fatalf("%s: %v", file, err)
+	}
+	b, _ := yaml.Marshal(gc.Config)
+	cfg := Defaults()
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&cfg); err != nil {
+		t.Fatalf("%s: config: %v", file, err)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("%s: %v", file, err)
+	}
+	return gc, cfg
+}
+
+func generate(t *testing.T, gc goldenCase, cfg Config) []byte {
+	t.Helper()
+	repo, err := discover.Scan(filepath.Join("testdata", "repos", gc.Repo), discover.Options{Registries: []string{cfg.Registry}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := discover.Diff{All: gc.All, Why: "rebuild all: no base revision", Paths: gc.Changed}
+	p, err := Build(repo, discover.Plan(repo, d), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p.Bytes()
+}
+
+func TestGolden(t *testing.T) {
+	schema := ciSchema(t)
+	cases, err := filepath.Glob(filepath.Join("testdata", "golden", "*.yaml"))
+	if err != nil || len(cases) == 0 {
+		t.Fatalf("no golden cases: %v", err)
+	}
+	for _, file := range cases {
+		name := strings.TrimSuffix(filepath.Base(file), ".yaml")
+		t.Run(name, func(t *testing.T) {
+			gc, cfg := loadCase(t, file)
+			got := generate(t, gc, cfg)
+			if again := generate(t, gc, cfg); !bytes.Equal(got, again) {
+				t.Fatal("two runs on the same input gave different bytes")
+			}
+			if err := validate(t, schema, got); err != nil {
+				t.Fatalf("generated pipeline does not validate against GitLab's CI schema: %v\n%s", err, got)
+			}
+			// The renderer's YAML must mean what the model says: parse it back.
+			var back map[string]any
+			if err := yaml.Unmarshal(got, &back); err != nil {
+				t.Fatalf("generated YAML does not parse: %v", err)
+			}
+			wantFile := filepath.Join("testdata", "golden", name+".want.yml")
+			if *update {
+				if err := os.WriteFile(wantFile, got, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want, err := os.ReadFile(wantFile)
+			if err != nil {
+				t.Fatalf("%v (run go test -update to create it)", err)
+			}
+			if !bytes.Equal(got, want) {
+				t.Errorf("%s differs from the generated pipeline (go test -update rewrites it):\n%s", wantFile, got)
+			}
+			if err := validate(t, schema, want); err != nil {
+				t.Errorf("%s does not validate against GitLab's CI schema: %v", wantFile, err)
+			}
+		})
+	}
+}
+
+// The schema check must be able to fail: a pipeline with a wrong value is rejected.
+func TestSchemaRejectsInvalid(t *testing.T) {
+	schema := ciSchema(t)
+	for name, yml := range map[string]string{
+		"bad when":          "job:\n  script: [x]\n  when: sometimes\n",
+		"misspelled keyword": "job:\n  script: [x]\n  artifact: {paths: [a]}\n",
+		"tier not a string": "job:\n  script: [x]\n  environment: {name: prod, deployment_tier: [a]}\n",
+		"needs not a list":  "job:\n  script: [x]\n  needs: build\n  extends: 3\n",
+		"id_tokens bad aud": "job:\n  script: [x]\n  id_tokens: {T: {aud: {x: 1}}}\n",
+	} {
+		if err := validate(t, schema, []byte(yml)); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+func TestGoldenDAG(t *testing.T) {
+	gc, cfg := loadCase(t, filepath.Join("testdata", "golden", "partial.yaml"))
+	var doc map[string]any
+	if err := yaml.Unmarshal(generate(t, gc, cfg), &doc); err != nil {
+		t.Fatal(err)
+	}
+	needs := func(job string) []string {
+		j, ok := doc[job].(map[string]any)
+		if !ok {
+			t.Fatalf("no job %s", job)
+		}
+		var out []string
+		ns, _ := j["needs"].([]any)
+		for _, n := range ns {
+			out = append(out, n.(map[string]any)["job"].(string))
+		}
+		return out
+	}
+	if got := strings.Join(needs("build:app"), ","); got != "build:mid" {
+		t.Errorf("build:app needs %s", got)
+	}
+	if got := strings.Join(needs("build:mid"), ","); got != "" {
+		t.Errorf("build:mid needs %q (base is reused)", got)
+	}
+	if got := strings.Join(needs("sign:mid"), ","); got != "build:mid" {
+		t.Errorf("sign:mid needs %s", got)
+	}
+	if got := strings.Join(needs("release"), ","); got != "sign:mid,sign:app,policy:etl,policy:platform" {
+		t.Errorf("release needs %s", got)
+	}
+	for _, j := range []string{"build:base", "build:tool", "scan:mid", "sign:base"} {
+		if _, ok := doc[j]; ok {
+			t.Errorf("unexpected job %s", j)
+		}
+	}
+	if _, ok := doc["sign:mid"].(map[string]any)["id_tokens"]; ok {
+		t.Error("key signing must not request an id token")
+	}
+	rel := doc["release"].(map[string]any)["variables"].(map[string]any)
+	if rel["SAWMILL_REBUILT"] != "mid app" || rel["SAWMILL_REUSED"] != "base tool" {
+		t.Errorf("release variables %v", rel)
+	}
+	args := doc["build:app"].(map[string]any)["variables"].(map[string]any)["SAWMILL_BUILD_ARGS"]
+	if args != "REGISTRY=registry.example.com:5000/team/sawmill\nMID_IMAGE=registry.example.com:5000/team/sawmill/mid@${MID_DIGEST}" {
+		t.Errorf("build:app args %q", args)
+	}
+	args = doc["build:mid"].(map[string]any)["variables"].(map[string]any)["SAWMILL_BUILD_ARGS"]
+	if args != "REGISTRY=registry.example.com:5000/team/sawmill\nBASE_IMAGE=registry.example.com:5000/team/sawmill/base:release-${CI_COMMIT_REF_SLUG}" {
+		t.Errorf("build:mid args %q", args)
+	}
+	prod := doc["deploy:production"].(map[string]any)
+	if prod["rules"].([]any)[0].(map[string]any)["when"] != "manual" || prod["resource_group"] != "deploy-production" {
+		t.Errorf("deploy:production %v", prod)
+	}
+	dev := doc["deploy:dev"].(map[string]any)
+	if dev["rules"].([]any)[0].(map[string]any)["if"] != `$CI_COMMIT_BRANCH == "develop"` {
+		t.Errorf("deploy:dev %v", dev)
+	}
+}
+
+func TestUnknownEnvironment(t *testing.T) {
+	cfg := Defaults()
+	cfg.Registry = "registry.gitlab.com/g/p"
+	cfg.Environments = []Environment{{Name: "staging", Tier: "staging"}}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	repo, err := discover.Scan(filepath.Join("testdata", "repos", "mono"), discover.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Build(repo, discover.Plan(repo, discover.Diff{All: true}), cfg)
+	if err == nil || !strings.Contains(err.Error(), `stacks/platform/compose.production.yaml: unknown environment "production"`) {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	for _, tc := range []struct {
+		edit func(*Config)
+		want string
+	}{
+		{func(c *Config) { c.Registry = "" }, "registry: required"},
+		{func(c *Config) { c.Registry = "Registry.gitlab.com/x/" }, "registry: \"Registry.gitlab.com/x/\" is not a registry path"},
+		{func(c *Config) { c.Environments[1].Tier = "prod" }, `environments[1].tier: "prod" is not one of production, staging, testing, development, other`},
+		{func(c *Config) { c.Environments[0].When = "always" }, `environments[0].when: "always" is not one of automatic, manual`},
+		{func(c *Config) { c.Environments[1].Name = "staging" }, `environments[1].name: environment "staging" is defined twice`},
+		{func(c *Config) { c.Signing.Mode = "gpg" }, `signing.mode: "gpg" is not one of keyless, key`},
+		{func(c *Config) { c.Signing.Format = "v2" }, `signing.format: "v2" is not one of bundle, legacy`},
+		{func(c *Config) { c.Signing.Mode = "key"; c.Signing.KeyVariable = "a-b" }, `signing.key_variable: "a-b" is not a CI/CD variable name`},
+		{func(c *Config) { c.Builder = "kaniko" }, `builder: "kaniko" is not one of buildah, buildkit`},
+		{func(c *Config) { c.Scanners = []string{"sast", "dast"} }, `scanners[1]: "dast" is not one of container_scanning, sbom, sast`},
+		{func(c *Config) { c.MaxNeeds = 0 }, "max_needs: 0 must be at least 1"},
+		{func(c *Config) { c.Templates = "../x" }, `templates: "../x" must be a directory inside the repository`},
+	} {
+		c := Defaults()
+		c.Registry = "registry.gitlab.com/g/p"
+		c.Environments = []Environment{{Name: "staging", Tier: "staging", When: "automatic"}, {Name: "production", Tier: "production"}}
+		tc.edit(&c)
+		err := c.Validate()
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("err = %v, want %q", err, tc.want)
+		}
+	}
+	c := Defaults()
+	c.Registry = "localhost:5000/p"
+	c.Environments = []Environment{{Name: "production", Tier: "production"}}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if e := c.Environments[0]; e.When != "manual" || e.Branch != "main" {
+		t.Errorf("defaults not filled: %+v", e)
+	}
+}
+
+func TestRenderQuoting(t *testing.T) {
+	p := &Pipeline{Stages: []string{"a"}, Variables: []Var{
+		{"A", "true"}, {"B", "1.26"}, {"C", "a: b"}, {"D", "x #y"}, {"E", "line1\nline2"},
+		{"F", ""}, {"G", "null"}, {"H", "*alias"}, {"I", "-dash"}, {"J", `say "hi"`}, {"K", "plain/path:tag"},
+	}}
+	var back struct {
+		Variables map[string]string `yaml:"variables"`
+	}
+	if err := yaml.Unmarshal(p.Bytes(), &back); err != nil {
+		t.Fatalf("%v\n%s", err, p.Bytes())
+	}
+	for _, v := range p.Variables {
+		if back.Variables[v.Name] != v.Value {
+			t.Errorf("%s: round trip %q -> %q", v.Name, v.Value, back.Variables[v.Name])
+		}
+	}
+}
+
+func TestInitFiles(t *testing.T) {
+	files, err := InitFiles("pipelines", InitOptions{Registry: "registry.gitlab.com/g/p", DefaultBranch: "main", Image: "golang:1.26", Command: "pipegen", Agent: "agent"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	schema := ciSchema(t)
+	var paths []string
+	for _, f := range files {
+		paths = append(paths, f.Path)
+		switch {
+		case f.Path == "pipegen.yaml":
+			cfg := Defaults()
+			dec := yaml.NewDecoder(bytes.NewReader(f.Data))
+			dec.KnownFields(true)
+			if err := dec.Decode(&cfg); err != nil {
+				t.Fatalf("pipegen.yaml: %v", err)
+			}
+			if err := cfg.Validate(); err != nil {
+				t.Fatalf("pipegen.yaml: %v", err)
+			}
+		default:
+			// Templates alone are valid CI files too (hidden jobs only).
+			if err := validate(t, schema, f.Data); err != nil {
+				t.Errorf("%s: %v", f.Path, err)
+			}
+		}
+	}
+	want := "pipelines/build.yml pipelines/scan.yml pipelines/sign.yml pipelines/test.yml pipelines/release.yml pipelines/deploy.yml pipegen.yaml .gitlab-ci.yml"
+	if got := strings.Join(paths, " "); got != want {
+		t.Errorf("files = %s", got)
+	}
+}
+
+// This repository's own pipelines/*.yml are the embedded defaults.
+func TestRepositoryTemplatesAreDefaults(t *testing.T) {
+	root := moduleRoot(t)
+	for _, name := range TemplateFiles {
+		want, err := Template(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := os.ReadFile(filepath.Join(root, "pipelines", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Errorf("pipelines/%s differs from internal/pipeline/defaults/pipelines/%s", name, name)
+		}
+	}
+}
