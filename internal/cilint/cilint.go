@@ -20,6 +20,8 @@ import (
 	"sync"
 
 	"github.com/santhosh-tekuri/jsonschema/v6"
+	"golang.org/x/text/language"
+	"golang.org/x/text/message"
 	gitlab "gitlab.com/gitlab-org/api/client-go"
 	"go.yaml.in/yaml/v3"
 )
@@ -148,11 +150,12 @@ func (e *SchemaError) Error() string {
 }
 
 func flatten(e *jsonschema.ValidationError) []string {
+	p := message.NewPrinter(language.English)
 	var out []string
 	var walk func(e *jsonschema.ValidationError)
 	walk = func(e *jsonschema.ValidationError) {
 		if len(e.Causes) == 0 {
-			out = append(out, "/"+strings.Join(e.InstanceLocation, "/")+": "+e.ErrorKind.LocalizedString(nil))
+			out = append(out, "/"+strings.Join(e.InstanceLocation, "/")+": "+e.ErrorKind.LocalizedString(p))
 			return
 		}
 		for _, c := range e.Causes {

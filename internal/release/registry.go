@@ -14,7 +14,7 @@ import (
 
 // OCI is a Registry backed by go-containerregistry.
 type OCI struct {
-	Keychain  authn.Keychain     // defaults to authn.DefaultKeychain
+	Keychain  authn.Keychain    // defaults to authn.DefaultKeychain
 	Transport http.RoundTripper // defaults to remote.DefaultTransport
 }
 
