@@ -1,0 +1,86 @@
+// Command agent deploys compose stacks to a Docker Swarm: it plans, applies and waits for convergence, and
+// keeps the previous version running when a rollout fails.
+//
+// Exit codes, the same for every command: 0 done; 1 the rollout failed (the previous version keeps
+// running) or another runtime error; 2 invalid input or usage (nothing touched); 3 refused by signature or
+// policy checks (nothing touched).
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/sabeiro/sawmill/internal/fault"
+	"github.com/sabeiro/sawmill/internal/swarm"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], deps{stdout: os.Stdout, stderr: os.Stderr, connect: connectDocker})
+	stop()
+	os.Exit(code)
+}
+
+// usageError marks errors in the command line itself.
+type usageError struct{ error }
+
+func (u usageError) Unwrap() error { return u.error }
+
+// deps are what the commands take from the outside world.
+type deps struct {
+	stdout, stderr io.Writer
+	// connect returns the Docker client (the usual Docker environment names the engine).
+	connect func() (swarm.Client, error)
+}
+
+func connectDocker() (swarm.Client, error) { return swarm.Connect() }
+
+// run executes the agent with args and returns the exit code.
+func run(ctx context.Context, args []string, d deps) int {
+	stderr := d.stderr
+	cmd := newRoot(d)
+	cmd.SetArgs(args)
+	err := cmd.ExecuteContext(ctx)
+	if err == nil {
+		return 0
+	}
+	fmt.Fprintln(stderr, "error:", err)
+	return exitCode(err)
+}
+
+func exitCode(err error) int {
+	var u usageError
+	if errors.As(err, &u) {
+		return 2
+	}
+	switch fault.KindOf(err) {
+	case fault.Invalid:
+		return 2
+	case fault.Refused:
+		return 3
+	case fault.Rollout:
+		return 1
+	}
+	return 1
+}
+
+func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, usageError{fmt.Errorf("--log-level %q: %w", level, err)}
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, usageError{fmt.Errorf("--log-format %q: use text or json", format)}
+}

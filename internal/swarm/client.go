@@ -1,0 +1,79 @@
+// Package swarm is the agent's boundary to the Docker Engine: the narrow interfaces of the calls it makes,
+// reading a stack's observed state, applying a plan, and waiting for the rollout to converge (rolling it
+// back when it does not).
+//
+// In: a Docker API client (github.com/moby/moby/client satisfies Client), a *plan.Plan. Out: *stack.Stack
+// (observed) and a Result. Imports internal/stack, internal/plan, internal/fault and the Docker client and
+// API types.
+package swarm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/moby/moby/api/types/swarm"
+	"github.com/moby/moby/client"
+)
+
+// Reader is every read call the agent makes. `agent plan` gets only a Reader.
+type Reader interface {
+	Close() error
+	Info(ctx context.Context, o client.InfoOptions) (client.SystemInfoResult, error)
+	ServiceList(ctx context.Context, o client.ServiceListOptions) (client.ServiceListResult, error)
+	ServiceInspect(ctx context.Context, id string, o client.ServiceInspectOptions) (client.ServiceInspectResult, error)
+	TaskList(ctx context.Context, o client.TaskListOptions) (client.TaskListResult, error)
+	NetworkList(ctx context.Context, o client.NetworkListOptions) (client.NetworkListResult, error)
+	SecretList(ctx context.Context, o client.SecretListOptions) (client.SecretListResult, error)
+	ConfigList(ctx context.Context, o client.ConfigListOptions) (client.ConfigListResult, error)
+}
+
+// Writer is every write call the agent makes.
+type Writer interface {
+	ServiceCreate(ctx context.Context, o client.ServiceCreateOptions) (client.ServiceCreateResult, error)
+	ServiceUpdate(ctx context.Context, id string, o client.ServiceUpdateOptions) (client.ServiceUpdateResult, error)
+	ServiceRemove(ctx context.Context, id string, o client.ServiceRemoveOptions) (client.ServiceRemoveResult, error)
+	NetworkCreate(ctx context.Context, name string, o client.NetworkCreateOptions) (client.NetworkCreateResult, error)
+	NetworkRemove(ctx context.Context, id string, o client.NetworkRemoveOptions) (client.NetworkRemoveResult, error)
+	SecretCreate(ctx context.Context, o client.SecretCreateOptions) (client.SecretCreateResult, error)
+	SecretRemove(ctx context.Context, id string, o client.SecretRemoveOptions) (client.SecretRemoveResult, error)
+	ConfigCreate(ctx context.Context, o client.ConfigCreateOptions) (client.ConfigCreateResult, error)
+	ConfigRemove(ctx context.Context, id string, o client.ConfigRemoveOptions) (client.ConfigRemoveResult, error)
+}
+
+// Client reads and writes.
+type Client interface {
+	Reader
+	Writer
+}
+
+var _ Client = (*client.Client)(nil)
+
+// Connect returns a client for the engine the usual Docker environment names (DOCKER_HOST, DOCKER_TLS_VERIFY,
+// DOCKER_CERT_PATH, DOCKER_API_VERSION), with API-version negotiation.
+func Connect() (*client.Client, error) {
+	c, err := client.New(client.FromEnv)
+	if err != nil {
+		return nil, fmt.Errorf("docker client: %w", err)
+	}
+	return c, nil
+}
+
+// ErrNotManager means the engine is not a manager of an active swarm.
+var ErrNotManager = errors.New("the Docker engine is not a swarm manager")
+
+// CheckManager returns an error wrapping ErrNotManager unless the engine is a manager of an active swarm.
+func CheckManager(ctx context.Context, r Reader) error {
+	info, err := r.Info(ctx, client.InfoOptions{})
+	if err != nil {
+		return fmt.Errorf("docker engine: %w", err)
+	}
+	sw := info.Info.Swarm
+	if sw.LocalNodeState != swarm.LocalNodeStateActive {
+		return fmt.Errorf("%w: swarm state is %q (run `docker swarm init` or join a swarm)", ErrNotManager, sw.LocalNodeState)
+	}
+	if !sw.ControlAvailable {
+		return fmt.Errorf("%w: this node is a worker; run the agent on a manager", ErrNotManager)
+	}
+	return nil
+}

@@ -1,0 +1,285 @@
+package swarm
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/moby/moby/api/types/swarm"
+	"github.com/moby/moby/client"
+)
+
+// target is a service the apply created or updated.
+type target struct {
+	id, name string
+	updated  bool
+}
+
+// converge waits until every target runs its new spec with every task running (Swarm reports a task with a
+// healthcheck as running only once it is healthy), or fails them: a paused update, a Swarm auto-rollback, too
+// many failed tasks of the new version, or the timeout. It returns the failures, none on success.
+func (a *Applier) converge(ctx context.Context, targets []target, since time.Time) []Failure {
+	deadline := a.Now().Add(a.Timeout)
+	pending := map[string]target{}
+	for _, t := range targets {
+		pending[t.id] = t
+	}
+	var failures []Failure
+	lastState := map[string]string{}
+	for len(pending) > 0 {
+		for _, id := range sortedIDs(pending) {
+			t := pending[id]
+			done, reason, err := a.check(ctx, t, since)
+			switch {
+			case err != nil:
+				lastState[id] = err.Error()
+			case reason != "":
+				failures = append(failures, Failure{Service: t.name, Reason: reason})
+				delete(pending, id)
+			case done:
+				a.Log.Info("service converged", "service", t.name)
+				delete(pending, id)
+			}
+		}
+		if len(pending) == 0 {
+			break
+		}
+		if a.Now().After(deadline) {
+			for _, id := range sortedIDs(pending) {
+				t := pending[id]
+				state, _ := a.describe(ctx, t.id)
+				if s := lastState[id]; s != "" && state == "" {
+					state = s
+				}
+				failures = append(failures, Failure{Service: t.name, Reason: fmt.Sprintf("did not converge within %s: %s", a.Timeout, state)})
+			}
+			break
+		}
+		select {
+		case <-ctx.Done():
+			for _, id := range sortedIDs(pending) {
+				failures = append(failures, Failure{Service: pending[id].name, Reason: "interrupted: " + ctx.Err().Error()})
+			}
+			return failures
+		case <-time.After(a.Poll):
+		}
+	}
+	sort.Slice(failures, func(i, j int) bool { return failures[i].Service < failures[j].Service })
+	return failures
+}
+
+// check looks at one service once.
+func (a *Applier) check(ctx context.Context, t target, since time.Time) (done bool, failure string, err error) {
+	r, err := a.Client.ServiceInspect(ctx, t.id, client.ServiceInspectOptions{})
+	if err != nil {
+		return false, "", err
+	}
+	svc := r.Service
+	if us := svc.UpdateStatus; us != nil && (us.StartedAt == nil || !us.StartedAt.Before(since)) {
+		switch us.State {
+		case swarm.UpdateStatePaused:
+			return false, "update paused by Swarm: " + us.Message + a.taskError(ctx, svc, since), nil
+		case swarm.UpdateStateRollbackStarted, swarm.UpdateStateRollbackPaused, swarm.UpdateStateRollbackCompleted:
+			return false, "Swarm rolled the update back (" + string(us.State) + "): " + us.Message + a.taskError(ctx, svc, since), nil
+		case swarm.UpdateStateUpdating:
+			// Failed tasks are counted below; completion is not reached yet.
+		}
+	}
+	tasks, err := a.Client.TaskList(ctx, client.TaskListOptions{Filters: make(client.Filters).Add("service", svc.ID)})
+	if err != nil {
+		return false, "", err
+	}
+	want := taskJSON(svc.Spec.TaskTemplate)
+	failed, running, desired := 0, 0, 0
+	var lastErr string
+	for _, task := range tasks.Items {
+		current := taskJSON(task.Spec) == want
+		if !current {
+			if task.DesiredState == swarm.TaskStateRunning {
+				desired++ // an old task still has to be replaced
+			}
+			continue
+		}
+		if task.CreatedAt.After(since) && taskFailed(task, svc.Spec.Mode) {
+			failed++
+			lastErr = taskReason(task)
+		}
+		if task.DesiredState == swarm.TaskStateRunning {
+			desired++
+			if task.Status.State == swarm.TaskStateRunning {
+				running++
+			}
+		}
+	}
+	if failed >= a.MaxTaskFailures || (failed > 0 && noRestart(svc.Spec)) {
+		return false, fmt.Sprintf("%d task(s) of the new version failed: %s", failed, lastErr), nil
+	}
+	if us := svc.UpdateStatus; t.updated && us != nil && us.State == swarm.UpdateStateUpdating {
+		return false, "", nil
+	}
+	switch n := replicas(svc.Spec.Mode); {
+	case n == 0: // a job: it runs to completion on its own schedule
+		return true, "", nil
+	case n > 0:
+		return running == n && desired == running, "", nil
+	default: // global: one task per eligible node
+		return running > 0 && desired == running, "", nil
+	}
+}
+
+// describe summarizes the tasks of a service for a timeout message.
+func (a *Applier) describe(ctx context.Context, id string) (string, error) {
+	tasks, err := a.Client.TaskList(ctx, client.TaskListOptions{Filters: make(client.Filters).Add("service", id)})
+	if err != nil {
+		return "", err
+	}
+	sort.Slice(tasks.Items, func(i, j int) bool { return tasks.Items[i].CreatedAt.After(tasks.Items[j].CreatedAt) })
+	for _, t := range tasks.Items {
+		if t.DesiredState == swarm.TaskStateRunning && t.Status.State != swarm.TaskStateRunning {
+			return "task " + t.ID[:min(12, len(t.ID))] + " is " + string(t.Status.State) + " " + taskReason(t), nil
+		}
+	}
+	if len(tasks.Items) > 0 {
+		return "last task " + string(tasks.Items[0].Status.State) + " " + taskReason(tasks.Items[0]), nil
+	}
+	return "no task was scheduled", nil
+}
+
+func (a *Applier) taskError(ctx context.Context, svc swarm.Service, since time.Time) string {
+	tasks, err := a.Client.TaskList(ctx, client.TaskListOptions{Filters: make(client.Filters).Add("service", svc.ID)})
+	if err != nil {
+		return ""
+	}
+	sort.Slice(tasks.Items, func(i, j int) bool { return tasks.Items[i].CreatedAt.After(tasks.Items[j].CreatedAt) })
+	for _, t := range tasks.Items {
+		if t.CreatedAt.After(since) && taskFailed(t, svc.Spec.Mode) {
+			return "; task " + taskReason(t)
+		}
+	}
+	return ""
+}
+
+// rollback puts every failed service that was updated back on its previous spec, unless Swarm already did,
+// and waits for that. It returns the services it rolled back.
+func (a *Applier) rollback(ctx context.Context, targets []target, failures []Failure, since time.Time) []string {
+	failed := map[string]bool{}
+	for _, f := range failures {
+		failed[f.Service] = true
+	}
+	var rolled []target
+	for _, t := range targets {
+		if !t.updated || !failed[t.name] {
+			continue
+		}
+		r, err := a.Client.ServiceInspect(ctx, t.id, client.ServiceInspectOptions{})
+		if err != nil {
+			a.Log.Error("rollback: inspect", "service", t.name, "err", err)
+			continue
+		}
+		svc := r.Service
+		if us := svc.UpdateStatus; us != nil && (us.State == swarm.UpdateStateRollbackStarted || us.State == swarm.UpdateStateRollbackCompleted) {
+			rolled = append(rolled, target{id: t.id, name: t.name, updated: true})
+			continue
+		}
+		if svc.PreviousSpec == nil {
+			continue
+		}
+		if _, err := a.Client.ServiceUpdate(ctx, t.id, client.ServiceUpdateOptions{
+			Version: svc.Version, Spec: svc.Spec, Rollback: "previous", QueryRegistry: false,
+		}); err != nil {
+			a.Log.Error("rollback failed", "service", t.name, "err", err)
+			continue
+		}
+		a.Log.Warn("service rolled back", "service", t.name)
+		rolled = append(rolled, target{id: t.id, name: t.name, updated: true})
+	}
+	// Wait for the previous version to run again (bounded by the same timeout).
+	deadline := a.Now().Add(a.Timeout)
+	var names []string
+	for _, t := range rolled {
+		names = append(names, t.name)
+		for a.Now().Before(deadline) {
+			r, err := a.Client.ServiceInspect(ctx, t.id, client.ServiceInspectOptions{})
+			if err == nil && r.Service.UpdateStatus != nil && r.Service.UpdateStatus.State == swarm.UpdateStateRollbackCompleted {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return names
+			case <-time.After(a.Poll):
+			}
+		}
+	}
+	sort.Strings(names)
+	return names
+}
+
+// taskJSON is what identifies the version of a task's spec. The engine shows tasks with fewer fields than
+// services (no restart policy, no stop grace period), so only the container spec, less those, and the force
+// counter are compared.
+func taskJSON(t swarm.TaskSpec) string {
+	key := struct {
+		C     *swarm.ContainerSpec
+		Force uint64
+	}{Force: t.ForceUpdate}
+	if t.ContainerSpec != nil {
+		c := *t.ContainerSpec
+		c.StopGracePeriod = nil
+		key.C = &c
+	}
+	b, _ := json.Marshal(key)
+	return string(b)
+}
+
+func taskFailed(t swarm.Task, mode swarm.ServiceMode) bool {
+	switch t.Status.State {
+	case swarm.TaskStateFailed, swarm.TaskStateRejected:
+		return true
+	case swarm.TaskStateComplete:
+		// A service (not a job) whose process exits has failed too.
+		return mode.ReplicatedJob == nil && mode.GlobalJob == nil
+	}
+	return false
+}
+
+func taskReason(t swarm.Task) string {
+	s := string(t.Status.State)
+	if t.Status.Err != "" {
+		s += ": " + t.Status.Err
+	} else if t.Status.Message != "" {
+		s += ": " + t.Status.Message
+	}
+	if t.Status.ContainerStatus != nil && t.Status.ContainerStatus.ExitCode != 0 {
+		s += fmt.Sprintf(" (exit code %d)", t.Status.ContainerStatus.ExitCode)
+	}
+	return s
+}
+
+func noRestart(spec swarm.ServiceSpec) bool {
+	rp := spec.TaskTemplate.RestartPolicy
+	return rp != nil && rp.Condition == swarm.RestartPolicyConditionNone
+}
+
+// replicas is the wanted number of running tasks, or -1 when it depends on the nodes (global).
+func replicas(m swarm.ServiceMode) int {
+	switch {
+	case m.Replicated != nil && m.Replicated.Replicas != nil:
+		return int(*m.Replicated.Replicas)
+	case m.Replicated != nil:
+		return 1
+	case m.ReplicatedJob != nil, m.GlobalJob != nil:
+		return 0
+	}
+	return -1
+}
+
+func sortedIDs(m map[string]target) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}

@@ -1,0 +1,161 @@
+// Package testenv gives tests the real components they run against: the swarm-mode Docker engine the test
+// harness started (hack/dockerd.sh, named by SAWMILL_TEST_DOCKER_HOST; never the developer's own engine
+// unless pointed at it), an in-process OCI registry on 127.0.0.1, and FROM scratch images of the testsvc
+// workload pushed to it.
+//
+// Only tests import it. It imports the Docker client, go-containerregistry and the standard library.
+package testenv
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/moby/moby/client"
+)
+
+// DockerHostEnv names the engine the tests may use.
+const DockerHostEnv = "SAWMILL_TEST_DOCKER_HOST"
+
+// Docker returns a client for the test engine, and sets DOCKER_HOST for the test so that code that reads
+// the Docker environment (and the docker CLI) talks to the same engine. Without the engine the test is
+// skipped, or fails when CI=true.
+func Docker(t testing.TB) *client.Client {
+	t.Helper()
+	host := os.Getenv(DockerHostEnv)
+	if host == "" {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("%s is not set: run the tests with `make test`, which starts a private swarm-mode dockerd", DockerHostEnv)
+		}
+		t.Skipf("%s is not set: run `make test` (it starts a private swarm-mode dockerd)", DockerHostEnv)
+	}
+	t.Setenv("DOCKER_HOST", host)
+	c, err := client.New(client.WithHost(host))
+	if err != nil {
+		t.Fatalf("docker client: %v", err)
+	}
+	t.Cleanup(func() { c.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	info, err := c.Info(ctx, client.InfoOptions{})
+	if err != nil {
+		t.Fatalf("test engine %s: %v", host, err)
+	}
+	if !info.Info.Swarm.ControlAvailable {
+		t.Fatalf("test engine %s is not a swarm manager (hack/dockerd.sh start makes it one)", host)
+	}
+	return c
+}
+
+// Registry starts an in-process OCI registry on 127.0.0.1 (Docker pulls from loopback registries over plain
+// HTTP) and returns its host:port.
+func Registry(t testing.TB) string {
+	t.Helper()
+	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	t.Cleanup(srv.Close)
+	return strings.TrimPrefix(srv.URL, "http://")
+}
+
+var (
+	buildOnce sync.Once
+	binary    []byte
+	buildErr  error
+)
+
+// testsvcBinary compiles testsvc statically, once per test process.
+func testsvcBinary(t testing.TB) []byte {
+	t.Helper()
+	buildOnce.Do(func() {
+		_, file, _, _ := runtime.Caller(0)
+		dir, err := os.MkdirTemp("", "testsvc")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		defer os.RemoveAll(dir)
+		out := filepath.Join(dir, "testsvc")
+		cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", out, "./testsvc")
+		cmd.Dir = filepath.Dir(file)
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if b, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("build testsvc: %v\n%s", err, b)
+			return
+		}
+		binary, buildErr = os.ReadFile(out)
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binary
+}
+
+// Image builds a FROM scratch image holding /testsvc with env set (e.g. MESSAGE=v1), pushes it to
+// ref (repo:tag in a test registry) and returns the image and its digest.
+func Image(t testing.TB, ref string, env ...string) (v1.Image, string) {
+	t.Helper()
+	bin := testsvcBinary(t)
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	if err := tw.WriteHeader(&tar.Header{Name: "testsvc", Mode: 0o755, Size: int64(len(bin)), Typeflag: tar.TypeReg}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tw.Write(bin); err != nil {
+		t.Fatal(err)
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	data := buf.Bytes()
+	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := mutate.AppendLayers(empty.Image, layer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg = cfg.DeepCopy()
+	cfg.Architecture, cfg.OS = runtime.GOARCH, "linux"
+	cfg.Config.Entrypoint = []string{"/testsvc"}
+	cfg.Config.Env = env
+	cfg.Config.User = "65534"
+	img, err = mutate.ConfigFile(img, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := name.ParseReference(ref, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(r, img); err != nil {
+		t.Fatalf("push %s: %v", ref, err)
+	}
+	d, err := img.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img, d.String()
+}
