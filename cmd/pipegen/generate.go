@@ -69,6 +69,10 @@ func (a *app) planCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			// The same checks as generate (e.g. overrides for unknown environments).
+			if _, err := pipeline.Build(p.repo, p.decisions, p.cfg); err != nil {
+				return err
+			}
 			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "IMAGE\tACTION\tWHY")
 			for _, d := range p.decisions {

@@ -185,11 +185,11 @@ func TestGolden(t *testing.T) {
 func TestSchemaRejectsInvalid(t *testing.T) {
 	schema := ciSchema(t)
 	for name, yml := range map[string]string{
-		"bad when":          "job:\n  script: [x]\n  when: sometimes\n",
+		"bad when":           "job:\n  script: [x]\n  when: sometimes\n",
 		"misspelled keyword": "job:\n  script: [x]\n  artifact: {paths: [a]}\n",
-		"tier not a string": "job:\n  script: [x]\n  environment: {name: prod, deployment_tier: [a]}\n",
-		"needs not a list":  "job:\n  script: [x]\n  needs: build\n  extends: 3\n",
-		"id_tokens bad aud": "job:\n  script: [x]\n  id_tokens: {T: {aud: {x: 1}}}\n",
+		"tier not a string":  "job:\n  script: [x]\n  environment: {name: prod, deployment_tier: [a]}\n",
+		"needs not a list":   "job:\n  script: [x]\n  needs: build\n  extends: 3\n",
+		"id_tokens bad aud":  "job:\n  script: [x]\n  id_tokens: {T: {aud: {x: 1}}}\n",
 	} {
 		if err := validate(t, schema, []byte(yml)); err == nil {
 			t.Errorf("%s: accepted", name)

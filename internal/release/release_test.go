@@ -70,7 +70,6 @@ func writeFiles(t *testing.T, dir string, files map[string]string) {
 	}
 }
 
-
 func TestMakeWritePublish(t *testing.T) {
 	ctx := context.Background()
 	host := startRegistry(t, "")
@@ -85,7 +84,7 @@ func TestMakeWritePublish(t *testing.T) {
 
 	root := t.TempDir()
 	writeFiles(t, root, map[string]string{
-		"stacks/platform/compose.yaml": "# platform\nservices:\n  app:\n    image: ${REGISTRY}/app:latest # pinned by the release\n  mid:\n    image: " + registryPath + "/mid\n  db:\n    image: postgres:16\n  tool:\n    image: \"$CI_REGISTRY_IMAGE/tool:1\"\n",
+		"stacks/platform/compose.yaml":            "# platform\nservices:\n  app:\n    image: ${REGISTRY}/app:latest # pinned by the release\n  mid:\n    image: " + registryPath + "/mid\n  db:\n    image: postgres:16\n  tool:\n    image: \"$CI_REGISTRY_IMAGE/tool:1\"\n",
 		"stacks/platform/compose.production.yaml": "services:\n  app:\n    deploy:\n      replicas: 3\n",
 	})
 	stacks := []discover.Stack{{Name: "platform", Dir: "stacks/platform", File: "stacks/platform/compose.yaml",
