@@ -152,4 +152,3 @@ func applyCmd(v *viper.Viper, d deps) *cobra.Command {
 	cmd.Flags().Duration("timeout", 5*time.Minute, "how long to wait for the stack to converge")
 	return cmd
 }
-

@@ -54,17 +54,19 @@ func Load(ctx context.Context, o Options) (*stack.Stack, error) {
 	if env == nil {
 		env = os.Environ()
 	}
-	opts := []cli.ProjectOptionsFn{
+	var opts []cli.ProjectOptionsFn
+	if o.WorkDir != "" {
+		opts = append(opts, cli.WithWorkingDirectory(o.WorkDir))
+	}
+	opts = append(opts,
 		cli.WithEnv(env),
+		cli.WithEnvFiles(), // the .env of the working directory, as docker compose reads it
 		cli.WithDotEnv,
 		cli.WithProfiles(o.Profiles),
 		cli.WithInterpolation(true),
 		cli.WithNormalization(true),
 		cli.WithResolvedPaths(true),
-	}
-	if o.WorkDir != "" {
-		opts = append(opts, cli.WithWorkingDirectory(o.WorkDir))
-	}
+	)
 	if o.Stack != "" {
 		if !stackName.MatchString(o.Stack) {
 			return nil, fault.InvalidErr(fmt.Errorf("stack name %q: use lower-case letters, digits, '-' and '_'", o.Stack))
