@@ -1,0 +1,267 @@
+#!/usr/bin/env bash
+# Benchmark of issue 2: `agent apply` vs `docker stack deploy -c`, measured in one run on the same engine.
+#
+# Engine: $SAWMILL_TEST_DOCKER_HOST, else the private swarm-mode dockerd of hack/dockerd.sh (started or reused).
+# No other engine is touched. No registry is contacted: the workload image (a FROM scratch static testsvc) is
+# built locally; docker stack deploy runs with --resolve-image never and the agent never queries a registry.
+#
+# The stack: $BENCH_SERVICES (default 50) services, 1 replica each, deploy.endpoint_mode dnsrr (no IPVS on the
+# test kernels), one overlay network, 2 secrets and 2 configs (from files) used by some of the services.
+# The tools run one after the other, each on a clean engine, with its own stack name:
+#   1. docker:  first deploy, then $BENCH_NOOP_REPS no-op re-deploys; `docker stack rm`, wait until gone.
+#   2. agent:   first deploy, then $BENCH_NOOP_REPS no-op re-applies; `docker stack rm`, wait until gone.
+#
+# What is measured (wall time, milliseconds):
+#   first deploy, docker: `docker stack deploy -c FILE --resolve-image never STACK` plus polling
+#                         `docker service ls --format {{.Replicas}}` (every ~0.1 s) until all services show
+#                         1/1 tasks running. The poll adds at most one poll period to docker's time.
+#   first deploy, agent:  `agent apply -c FILE STACK`, which itself waits until every task of every service runs
+#                         (exit 0 = converged). Afterwards (not timed) the same replica poll must pass.
+#   no-op, docker:        the `docker stack deploy` command alone (it returns once its service updates were
+#                         submitted; the specs are unchanged so nothing restarts). No convergence poll is added,
+#                         which favours docker.
+#   no-op, agent:         `agent apply` of the same file again, including its own convergence check.
+#   no-op writes:         Version.Index of every service, secret and config of the stack plus the network IDs,
+#                         compared before and after each no-op; every object whose line changed, appeared or
+#                         disappeared counts as a write. The agent's info log lines "... created/updated/removed"
+#                         are counted as well. Both must be 0 for the agent (docker is shown for reference).
+# Goals (issue 2): first deploy agent/docker <= 1.0; no-op docker/agent >= 5; zero writes on the agent's no-op.
+# Medians over the repetitions are reported for the no-op.
+#
+# Exit 0 when the benchmark ran (goals met or not), non-zero on errors. Stops itself within ~10 minutes.
+set -euo pipefail
+
+N=${BENCH_SERVICES:-50}
+REPS=${BENCH_NOOP_REPS:-5}
+BUDGET=${BENCH_BUDGET_SECONDS:-570} # the whole run, cleanup included
+DOCKER_STACK=sawbench-docker
+AGENT_STACK=sawbench-agent
+IMAGE=sawmill-bench/svc:1
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+START=$(date +%s)
+
+DOCKER_HOST=${SAWMILL_TEST_DOCKER_HOST:-$(hack/dockerd.sh start)}
+export DOCKER_HOST
+unset DOCKER_CONTEXT DOCKER_TLS_VERIFY DOCKER_CERT_PATH
+
+log() { echo "[agent-apply] $*" >&2; }
+die() {
+  log "ERROR: $*"
+  exit 1
+}
+now_ms() { date +%s%3N; }
+left() { echo $((BUDGET - ($(date +%s) - START))); }
+# deadline_for SECONDS: SECONDS, capped so that the run keeps ~90 s for cleanup.
+deadline_for() {
+  local l=$(($(left) - 90))
+  [ "$l" -gt 5 ] || die "time budget (${BUDGET}s) used up"
+  if [ "$1" -lt "$l" ]; then echo "$1"; else echo "$l"; fi
+}
+
+docker info --format '{{.Swarm.ControlAvailable}}' 2>/dev/null | grep -qx true ||
+  die "$DOCKER_HOST is not a swarm manager (hack/dockerd.sh start makes one)"
+
+work=$(mktemp -d /tmp/sawmill-bench.XXXXXX)
+
+# --- cleanup: remove both stacks and wait until their services, containers and networks are gone ------------
+stack_gone() { # stack
+  [ -z "$(docker service ls -q --filter "label=com.docker.stack.namespace=$1")" ] &&
+    [ -z "$(docker ps -aq --filter "name=$1_")" ] &&
+    [ -z "$(docker network ls -q --filter "label=com.docker.stack.namespace=$1")" ] &&
+    [ -z "$(docker network ls -q --filter "name=$1_")" ] &&
+    [ -z "$(docker secret ls -q --filter "name=$1_")" ] &&
+    [ -z "$(docker config ls -q --filter "name=$1_")" ]
+}
+remove_stack() { # stack [seconds]
+  local s=$1 wait=${2:-120} t
+  stack_gone "$s" && return 0
+  docker stack rm "$s" >/dev/null 2>&1 || true
+  t=$(($(date +%s) + wait))
+  while [ "$(date +%s)" -lt "$t" ]; do
+    # objects the stack label did not catch (none expected)
+    docker service ls -q --filter "name=${s}_" | xargs -r docker service rm >/dev/null 2>&1 || true
+    if [ -z "$(docker service ls -q --filter "name=${s}_")" ]; then
+      docker secret ls -q --filter "name=${s}_" | xargs -r docker secret rm >/dev/null 2>&1 || true
+      docker config ls -q --filter "name=${s}_" | xargs -r docker config rm >/dev/null 2>&1 || true
+      if [ -z "$(docker ps -aq --filter "name=${s}_")" ]; then
+        docker network ls -q --filter "name=${s}_" | xargs -r docker network rm >/dev/null 2>&1 || true
+      fi
+    fi
+    stack_gone "$s" && return 0
+    sleep 1
+  done
+  log "stack $s not fully removed after ${wait}s"
+  return 1
+}
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  remove_stack "$DOCKER_STACK" 90 || rc=1
+  remove_stack "$AGENT_STACK" 90 || rc=1
+  rm -rf "$work"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Leftovers of an interrupted earlier run.
+remove_stack "$DOCKER_STACK" 90 || die "could not remove leftover stack $DOCKER_STACK"
+remove_stack "$AGENT_STACK" 90 || die "could not remove leftover stack $AGENT_STACK"
+
+# --- build: agent, workload image, compose file --------------------------------------------------------------
+log "building agent and the workload image"
+mkdir -p "$work/img"
+go build -o "$work/agent" ./cmd/agent
+CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o "$work/img/testsvc" ./internal/testenv/testsvc
+printf 'FROM scratch\nCOPY testsvc /testsvc\nENTRYPOINT ["/testsvc"]\n' >"$work/img/Dockerfile"
+DOCKER_BUILDKIT=0 docker build -q -t "$IMAGE" "$work/img" >/dev/null 2>"$work/build.log" ||
+  die "docker build failed: $(cat "$work/build.log")"
+
+mkdir -p "$work/stack"
+compose=$work/stack/compose.yaml
+for i in 1 2; do
+  echo "bench secret $i $(date +%s%N)" >"$work/stack/secret$i.txt"
+  echo "bench config $i" >"$work/stack/config$i.txt"
+done
+{
+  echo 'version: "3.8"'
+  echo 'services:'
+  for i in $(seq -w 1 "$N"); do
+    echo "  svc$i:"
+    echo "    image: $IMAGE"
+    echo "    environment:"
+    echo "      MESSAGE: svc$i"
+    echo "    networks: [bench]"
+    case $((10#$i % 10)) in
+    1) echo "    secrets: [secret1]" ;;
+    2) echo "    secrets: [secret2, {source: secret1, target: other}]" ;;
+    3) echo "    configs: [{source: config1, target: /config1.txt}]" ;;
+    4) echo "    configs: [{source: config2, target: /config2.txt}]" ;;
+    esac
+    echo "    deploy:"
+    echo "      endpoint_mode: dnsrr"
+    echo "      replicas: 1"
+  done
+  echo 'networks:'
+  echo '  bench:'
+  echo '    driver: overlay'
+  echo 'secrets:'
+  echo '  secret1: {file: ./secret1.txt}'
+  echo '  secret2: {file: ./secret2.txt}'
+  echo 'configs:'
+  echo '  config1: {file: ./config1.txt}'
+  echo '  config2: {file: ./config2.txt}'
+} >"$compose"
+
+# --- helpers ----------------------------------------------------------------------------------------------------
+# converged STACK: all N services of the stack show 1/1 running tasks.
+converged() {
+  docker service ls --filter "label=com.docker.stack.namespace=$1" --format '{{.Replicas}}' 2>/dev/null |
+    awk -v n="$N" '$1 == "1/1" { ok++ } END { exit !(NR == n && ok == n) }'
+}
+# wait_converged STACK SECONDS: polls every ~0.1 s.
+wait_converged() {
+  local t=$(($(date +%s) + $2))
+  until converged "$1"; do
+    [ "$(date +%s)" -lt "$t" ] || return 1
+    sleep 0.1
+  done
+}
+# snapshot STACK: one line per object of the stack; a write changes, adds or removes a line.
+snapshot() {
+  local s=$1
+  {
+    docker service ls -q --filter "name=${s}_" | xargs -r docker service inspect --format 'service {{.ID}} {{.Spec.Name}} {{.Version.Index}}'
+    docker secret ls -q --filter "name=${s}_" | xargs -r docker secret inspect --format 'secret {{.ID}} {{.Spec.Name}} {{.Version.Index}}'
+    docker config ls -q --filter "name=${s}_" | xargs -r docker config inspect --format 'config {{.ID}} {{.Spec.Name}} {{.Version.Index}}'
+    docker network ls -q --no-trunc --filter "name=${s}_" | xargs -r docker network inspect --format 'network {{.Id}} {{.Name}} {{.Created}}'
+  } | sort
+}
+# writes BEFORE AFTER: number of objects whose line changed, appeared or disappeared.
+writes() { comm -3 "$1" "$2" | awk '{ print $2 }' | sort -u | wc -l; }
+median() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else print int((a[NR / 2] + a[NR / 2 + 1]) / 2) }'; }
+ms() { awk -v m="$1" 'BEGIN { printf "%.2f s", m / 1000 }'; }
+
+# --- docker stack deploy ------------------------------------------------------------------------------------------
+log "docker stack deploy: first deploy of $N services"
+to=$(deadline_for 240)
+t0=$(now_ms)
+docker stack deploy -c "$compose" --resolve-image never "$DOCKER_STACK" >"$work/docker-deploy.log" 2>&1 ||
+  die "docker stack deploy failed: $(tail -5 "$work/docker-deploy.log")"
+wait_converged "$DOCKER_STACK" "$to" ||
+  die "docker stack $DOCKER_STACK did not converge: $(docker service ls --filter "label=com.docker.stack.namespace=$DOCKER_STACK" --format '{{.Name}} {{.Replicas}}' | grep -v ' 1/1' | head -5)"
+docker_first=$(($(now_ms) - t0))
+log "docker first deploy: $(ms "$docker_first")"
+
+docker_noop=()
+docker_writes=()
+for r in $(seq 1 "$REPS"); do
+  snapshot "$DOCKER_STACK" >"$work/before"
+  to=$(deadline_for 60)
+  t0=$(now_ms)
+  timeout "$to" docker stack deploy -c "$compose" --resolve-image never "$DOCKER_STACK" >"$work/docker-noop.log" 2>&1 ||
+    die "docker stack deploy (no-op $r) failed: $(tail -5 "$work/docker-noop.log")"
+  docker_noop+=($(($(now_ms) - t0)))
+  snapshot "$DOCKER_STACK" >"$work/after"
+  docker_writes+=("$(writes "$work/before" "$work/after")")
+  log "docker no-op $r: $(ms "${docker_noop[-1]}"), objects written: ${docker_writes[-1]}"
+done
+converged "$DOCKER_STACK" || log "warning: docker stack not converged after the no-op re-deploys"
+
+log "removing $DOCKER_STACK"
+remove_stack "$DOCKER_STACK" 150 || die "could not remove $DOCKER_STACK"
+
+# --- agent apply ----------------------------------------------------------------------------------------------------
+log "agent apply: first deploy of $N services"
+to=$(deadline_for 240)
+t0=$(now_ms)
+timeout $((to + 10)) "$work/agent" apply -c "$compose" "$AGENT_STACK" --timeout "${to}s" >"$work/agent-first.out" 2>"$work/agent-first.log" ||
+  die "agent apply (first deploy) failed with exit $?: $(tail -5 "$work/agent-first.log")"
+agent_first=$(($(now_ms) - t0))
+log "agent first deploy: $(ms "$agent_first")"
+converged "$AGENT_STACK" || die "agent apply exited 0 but not all services of $AGENT_STACK show 1/1 running: $(docker service ls --filter "label=com.docker.stack.namespace=$AGENT_STACK" --format '{{.Name}} {{.Replicas}}' | grep -v ' 1/1' | head -5)"
+
+agent_noop=()
+agent_writes=()
+agent_logwrites=()
+for r in $(seq 1 "$REPS"); do
+  snapshot "$AGENT_STACK" >"$work/before"
+  to=$(deadline_for 60)
+  t0=$(now_ms)
+  timeout $((to + 10)) "$work/agent" apply -c "$compose" "$AGENT_STACK" --timeout "${to}s" >"$work/agent-noop.out" 2>"$work/agent-noop.log" ||
+    die "agent apply (no-op $r) failed with exit $?: $(tail -5 "$work/agent-noop.log")"
+  agent_noop+=($(($(now_ms) - t0)))
+  snapshot "$AGENT_STACK" >"$work/after"
+  agent_writes+=("$(writes "$work/before" "$work/after")")
+  agent_logwrites+=("$(grep -cE 'msg="?(service|network|secret|config) (created|updated|removed)' "$work/agent-noop.log" || true)")
+  log "agent no-op $r: $(ms "${agent_noop[-1]}"), objects written: ${agent_writes[-1]}, write log lines: ${agent_logwrites[-1]}"
+done
+
+log "removing $AGENT_STACK"
+remove_stack "$AGENT_STACK" 150 || die "could not remove $AGENT_STACK"
+
+# --- report -----------------------------------------------------------------------------------------------------------
+d_noop=$(median "${docker_noop[@]}")
+a_noop=$(median "${agent_noop[@]}")
+a_w=0
+a_lw=0
+for w in "${agent_writes[@]}"; do a_w=$((a_w + w)); done
+for w in "${agent_logwrites[@]}"; do a_lw=$((a_lw + w)); done
+d_w=$(median "${docker_writes[@]}")
+first_ratio=$(awk -v a="$agent_first" -v d="$docker_first" 'BEGIN { printf "%.2f", a / d }')
+noop_ratio=$(awk -v a="$a_noop" -v d="$d_noop" 'BEGIN { printf "%.1f", (a > 0 ? d / a : 0) }')
+verdict() { if awk "BEGIN { exit !($1) }"; then echo met; else echo "not met"; fi; }
+first_v=$(verdict "$agent_first <= $docker_first")
+noop_v=$(verdict "$d_noop >= 5 * $a_noop")
+writes_v=$(verdict "$a_w == 0 && $a_lw == 0")
+
+echo
+echo "agent apply vs docker stack deploy: $N services x 1 replica, 1 overlay network, 2 secrets, 2 configs"
+echo "engine $(docker version --format '{{.Server.Version}}') at $DOCKER_HOST; docker CLI $(docker version --format '{{.Client.Version}}'); $(nproc) cores; no-op median of $REPS"
+printf '%-34s %12s %12s %-22s %s\n' measure "docker" "agent" ratio goal
+printf '%-34s %12s %12s %-22s %s\n' "first deploy until converged" "$(ms "$docker_first")" "$(ms "$agent_first")" "agent/docker $first_ratio" "<= 1.0: $first_v"
+printf '%-34s %12s %12s %-22s %s\n' "no-op re-apply (median)" "$(ms "$d_noop")" "$(ms "$a_noop")" "docker/agent ${noop_ratio}x" ">= 5x: $noop_v"
+printf '%-34s %12s %12s %-22s %s\n' "objects written by the no-ops" "$d_w/run" "$a_w total" "" "agent 0: $writes_v"
+echo "no-op runs (ms): docker ${docker_noop[*]}; agent ${agent_noop[*]}; agent writes per run: versions ${agent_writes[*]}, log ${agent_logwrites[*]}"
