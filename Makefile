@@ -3,9 +3,16 @@ SHELL := /bin/bash
 GO ?= go
 export PATH := $(CURDIR)/.tools/node_modules/.bin:$(HOME)/go/bin:$(PATH)
 
-.PHONY: build test test-go demo bench lint tools
+.PHONY: build test test-go demo demo-clean bench tools
 build:
-	$(GO) build -o bin/ ./cmd/...
+	CGO_ENABLED=0 $(GO) build -o bin/ ./cmd/...
+
+# The local demo: a private single-node swarm (hack/dockerd.sh), an in-process registry, the agent.
+demo: build
+	DOCKER_HOST=$$(hack/dockerd.sh start) $(GO) run ./hack/demo -agent bin/agent
+
+demo-clean:
+	DOCKER_HOST=$$(hack/dockerd.sh env) $(GO) run ./hack/demo -cleanup
 
 # The test harness: a private swarm-mode dockerd (hack/dockerd.sh) unless SAWMILL_TEST_DOCKER_HOST already
 # points at an engine the tests may use.
