@@ -7,13 +7,16 @@
 #
 # The stack: $BENCH_SERVICES (default 50) services, 1 replica each, deploy.endpoint_mode dnsrr (no IPVS on the
 # test kernels), one overlay network, 2 secrets and 2 configs (from files) used by some of the services.
-# The tools run one after the other, each on a clean engine, with its own stack name:
-#   1. docker:  first deploy, then $BENCH_NOOP_REPS no-op re-deploys; `docker stack rm`, wait until gone.
-#   2. agent:   first deploy, then $BENCH_NOOP_REPS no-op re-applies; `docker stack rm`, wait until gone.
+# The tools never run at the same time; each deploys its own stack (sawbench-docker, sawbench-agent) on an engine
+# that holds neither, and the stack is removed (`docker stack rm`, waiting until its containers, networks,
+# secrets and configs are gone) before the next deploy. $BENCH_FIRST_REPS (default 2) first deploys per tool run
+# in ABBA order (docker, agent, agent, docker) so that a drift in the machine's load hits both alike; the first
+# round of each tool is followed by $BENCH_NOOP_REPS (default 5) no-op re-deploys. Rounds after the first two are
+# skipped when the time budget would not hold them. Medians are reported.
 #
 # What is measured (wall time, milliseconds):
 #   first deploy, docker: `docker stack deploy -c FILE --resolve-image never STACK` plus polling
-#                         `docker service ls --format {{.Replicas}}` (every ~0.1 s) until all services show
+#                         `docker service ls --format {{.Replicas}}` (every ~0.2 s) until all services show
 #                         1/1 tasks running. The poll adds at most one poll period to docker's time.
 #   first deploy, agent:  `agent apply -c FILE STACK`, which itself waits until every task of every service runs
 #                         (exit 0 = converged). Afterwards (not timed) the same replica poll must pass.
@@ -33,6 +36,7 @@ set -euo pipefail
 
 N=${BENCH_SERVICES:-50}
 REPS=${BENCH_NOOP_REPS:-5}
+FIRST_REPS=${BENCH_FIRST_REPS:-2} # first deploys per tool, in ABBA order
 BUDGET=${BENCH_BUDGET_SECONDS:-570} # the whole run, cleanup included
 DOCKER_STACK=sawbench-docker
 AGENT_STACK=sawbench-agent
@@ -161,12 +165,12 @@ converged() {
   docker service ls --filter "label=com.docker.stack.namespace=$1" --format '{{.Replicas}}' 2>/dev/null |
     awk -v n="$N" '$1 == "1/1" { ok++ } END { exit !(NR == n && ok == n) }'
 }
-# wait_converged STACK SECONDS: polls every ~0.1 s.
+# wait_converged STACK SECONDS: polls every ~0.2 s.
 wait_converged() {
   local t=$(($(date +%s) + $2))
   until converged "$1"; do
     [ "$(date +%s)" -lt "$t" ] || return 1
-    sleep 0.1
+    sleep 0.2
   done
 }
 # snapshot STACK: one line per object of the stack; a write changes, adds or removes a line.
@@ -184,65 +188,108 @@ writes() { comm -3 "$1" "$2" | awk '{ print $2 }' | sort -u | wc -l; }
 median() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else print int((a[NR / 2] + a[NR / 2 + 1]) / 2) }'; }
 ms() { awk -v m="$1" 'BEGIN { printf "%.2f s", m / 1000 }'; }
 
-# --- docker stack deploy ------------------------------------------------------------------------------------------
-log "docker stack deploy: first deploy of $N services"
-to=$(deadline_for 240)
-t0=$(now_ms)
-docker stack deploy -c "$compose" --resolve-image never "$DOCKER_STACK" >"$work/docker-deploy.log" 2>&1 ||
-  die "docker stack deploy failed: $(tail -5 "$work/docker-deploy.log")"
-wait_converged "$DOCKER_STACK" "$to" ||
-  die "docker stack $DOCKER_STACK did not converge: $(docker service ls --filter "label=com.docker.stack.namespace=$DOCKER_STACK" --format '{{.Name}} {{.Replicas}}' | grep -v ' 1/1' | head -5)"
-docker_first=$(($(now_ms) - t0))
-log "docker first deploy: $(ms "$docker_first")"
+not_running() { docker service ls --filter "label=com.docker.stack.namespace=$1" --format '{{.Name}} {{.Replicas}}' | grep -v ' 1/1$' | head -5 | tr '\n' ' '; }
 
+# first_docker: prints the wall time of docker's first deploy until converged.
+first_docker() {
+  local to t0
+  to=$(deadline_for 240)
+  t0=$(now_ms)
+  docker stack deploy -c "$compose" --resolve-image never "$DOCKER_STACK" >"$work/docker-deploy.log" 2>&1 ||
+    die "docker stack deploy failed: $(tail -5 "$work/docker-deploy.log")"
+  wait_converged "$DOCKER_STACK" "$to" || die "docker stack $DOCKER_STACK did not converge within ${to}s: $(not_running "$DOCKER_STACK")"
+  echo $(($(now_ms) - t0))
+}
+# first_agent: prints the wall time of the agent's first deploy (it waits for convergence itself).
+first_agent() {
+  local to t0 rc=0
+  to=$(deadline_for 240)
+  t0=$(now_ms)
+  timeout $((to + 10)) "$work/agent" apply -c "$compose" "$AGENT_STACK" --timeout "${to}s" >"$work/agent-first.out" 2>"$work/agent-first.log" || rc=$?
+  [ "$rc" = 0 ] || die "agent apply -c $compose $AGENT_STACK (first deploy) exited $rc: $(tail -5 "$work/agent-first.log")"
+  echo $(($(now_ms) - t0))
+  converged "$AGENT_STACK" || die "agent apply exited 0 but not all services of $AGENT_STACK show 1/1 running: $(not_running "$AGENT_STACK")"
+}
+
+docker_first=()
+agent_first=()
 docker_noop=()
 docker_writes=()
-for r in $(seq 1 "$REPS"); do
-  snapshot "$DOCKER_STACK" >"$work/before"
-  to=$(deadline_for 60)
-  t0=$(now_ms)
-  timeout "$to" docker stack deploy -c "$compose" --resolve-image never "$DOCKER_STACK" >"$work/docker-noop.log" 2>&1 ||
-    die "docker stack deploy (no-op $r) failed: $(tail -5 "$work/docker-noop.log")"
-  docker_noop+=($(($(now_ms) - t0)))
-  snapshot "$DOCKER_STACK" >"$work/after"
-  docker_writes+=("$(writes "$work/before" "$work/after")")
-  log "docker no-op $r: $(ms "${docker_noop[-1]}"), objects written: ${docker_writes[-1]}"
-done
-converged "$DOCKER_STACK" || log "warning: docker stack not converged after the no-op re-deploys"
-
-log "removing $DOCKER_STACK"
-remove_stack "$DOCKER_STACK" 150 || die "could not remove $DOCKER_STACK"
-
-# --- agent apply ----------------------------------------------------------------------------------------------------
-log "agent apply: first deploy of $N services"
-to=$(deadline_for 240)
-t0=$(now_ms)
-timeout $((to + 10)) "$work/agent" apply -c "$compose" "$AGENT_STACK" --timeout "${to}s" >"$work/agent-first.out" 2>"$work/agent-first.log" ||
-  die "agent apply (first deploy) failed with exit $?: $(tail -5 "$work/agent-first.log")"
-agent_first=$(($(now_ms) - t0))
-log "agent first deploy: $(ms "$agent_first")"
-converged "$AGENT_STACK" || die "agent apply exited 0 but not all services of $AGENT_STACK show 1/1 running: $(docker service ls --filter "label=com.docker.stack.namespace=$AGENT_STACK" --format '{{.Name}} {{.Replicas}}' | grep -v ' 1/1' | head -5)"
-
 agent_noop=()
 agent_writes=()
 agent_logwrites=()
-for r in $(seq 1 "$REPS"); do
-  snapshot "$AGENT_STACK" >"$work/before"
-  to=$(deadline_for 60)
-  t0=$(now_ms)
-  timeout $((to + 10)) "$work/agent" apply -c "$compose" "$AGENT_STACK" --timeout "${to}s" >"$work/agent-noop.out" 2>"$work/agent-noop.log" ||
-    die "agent apply (no-op $r) failed with exit $?: $(tail -5 "$work/agent-noop.log")"
-  agent_noop+=($(($(now_ms) - t0)))
-  snapshot "$AGENT_STACK" >"$work/after"
-  agent_writes+=("$(writes "$work/before" "$work/after")")
-  agent_logwrites+=("$(grep -cE 'msg="?(service|network|secret|config) (created|updated|removed)' "$work/agent-noop.log" || true)")
-  log "agent no-op $r: $(ms "${agent_noop[-1]}"), objects written: ${agent_writes[-1]}, write log lines: ${agent_logwrites[-1]}"
+
+round_docker() { # with_noop
+  log "docker stack deploy: first deploy of $N services"
+  docker_first+=("$(first_docker)")
+  log "docker first deploy: $(ms "${docker_first[-1]}")"
+  if [ "$1" = 1 ]; then
+    local r to t0
+    for r in $(seq 1 "$REPS"); do
+      snapshot "$DOCKER_STACK" >"$work/before"
+      to=$(deadline_for 60)
+      t0=$(now_ms)
+      timeout "$to" docker stack deploy -c "$compose" --resolve-image never "$DOCKER_STACK" >"$work/docker-noop.log" 2>&1 ||
+        die "docker stack deploy (no-op $r) failed: $(tail -5 "$work/docker-noop.log")"
+      docker_noop+=($(($(now_ms) - t0)))
+      snapshot "$DOCKER_STACK" >"$work/after"
+      docker_writes+=("$(writes "$work/before" "$work/after")")
+      log "docker no-op $r: $(ms "${docker_noop[-1]}"), objects written: ${docker_writes[-1]}"
+    done
+    converged "$DOCKER_STACK" || log "warning: docker stack not converged after the no-op re-deploys: $(not_running "$DOCKER_STACK")"
+  fi
+  log "removing $DOCKER_STACK"
+  remove_stack "$DOCKER_STACK" 150 || die "could not remove $DOCKER_STACK"
+}
+
+round_agent() { # with_noop
+  log "agent apply: first deploy of $N services"
+  agent_first+=("$(first_agent)")
+  log "agent first deploy: $(ms "${agent_first[-1]}")"
+  if [ "$1" = 1 ]; then
+    local r to t0 rc
+    for r in $(seq 1 "$REPS"); do
+      snapshot "$AGENT_STACK" >"$work/before"
+      to=$(deadline_for 60)
+      t0=$(now_ms)
+      rc=0
+      timeout $((to + 10)) "$work/agent" apply -c "$compose" "$AGENT_STACK" --timeout "${to}s" >"$work/agent-noop.out" 2>"$work/agent-noop.log" || rc=$?
+      [ "$rc" = 0 ] || die "agent apply (no-op $r) exited $rc: $(tail -5 "$work/agent-noop.log")"
+      agent_noop+=($(($(now_ms) - t0)))
+      snapshot "$AGENT_STACK" >"$work/after"
+      agent_writes+=("$(writes "$work/before" "$work/after")")
+      agent_logwrites+=("$(grep -cE 'msg="?(service|network|secret|config) (created|updated|removed)' "$work/agent-noop.log" || true)")
+      log "agent no-op $r: $(ms "${agent_noop[-1]}"), objects written: ${agent_writes[-1]}, write log lines: ${agent_logwrites[-1]}"
+    done
+  fi
+  log "removing $AGENT_STACK"
+  remove_stack "$AGENT_STACK" 150 || die "could not remove $AGENT_STACK"
+}
+
+# Rounds in ABBA order (docker, agent, agent, docker, ...) so that a drift of the machine's load affects both
+# tools alike; the no-ops run in the first round of each tool. A round after the first two is skipped when the
+# remaining time budget might not hold it.
+for ((k = 0; k < FIRST_REPS; k++)); do
+  if [ "$k" -gt 0 ] && [ "$(left)" -lt $((2 * ${round_secs:-120} + 90)) ]; then
+    log "time budget: skipping the remaining first-deploy repetitions ($k of $FIRST_REPS done)"
+    break
+  fi
+  rs=$(date +%s)
+  noop=0
+  [ "$k" = 0 ] && noop=1
+  if [ $((k % 2)) = 0 ]; then
+    round_docker $noop
+    round_agent $noop
+  else
+    round_agent $noop
+    round_docker $noop
+  fi
+  round_secs=$((($(date +%s) - rs) / 2))
 done
 
-log "removing $AGENT_STACK"
-remove_stack "$AGENT_STACK" 150 || die "could not remove $AGENT_STACK"
-
 # --- report -----------------------------------------------------------------------------------------------------------
+d_first=$(median "${docker_first[@]}")
+a_first=$(median "${agent_first[@]}")
 d_noop=$(median "${docker_noop[@]}")
 a_noop=$(median "${agent_noop[@]}")
 a_w=0
@@ -250,18 +297,19 @@ a_lw=0
 for w in "${agent_writes[@]}"; do a_w=$((a_w + w)); done
 for w in "${agent_logwrites[@]}"; do a_lw=$((a_lw + w)); done
 d_w=$(median "${docker_writes[@]}")
-first_ratio=$(awk -v a="$agent_first" -v d="$docker_first" 'BEGIN { printf "%.2f", a / d }')
+first_ratio=$(awk -v a="$a_first" -v d="$d_first" 'BEGIN { printf "%.2f", a / d }')
 noop_ratio=$(awk -v a="$a_noop" -v d="$d_noop" 'BEGIN { printf "%.1f", (a > 0 ? d / a : 0) }')
 verdict() { if awk "BEGIN { exit !($1) }"; then echo met; else echo "not met"; fi; }
-first_v=$(verdict "$agent_first <= $docker_first")
+first_v=$(verdict "$a_first <= $d_first")
 noop_v=$(verdict "$d_noop >= 5 * $a_noop")
 writes_v=$(verdict "$a_w == 0 && $a_lw == 0")
 
 echo
 echo "agent apply vs docker stack deploy: $N services x 1 replica, 1 overlay network, 2 secrets, 2 configs"
-echo "engine $(docker version --format '{{.Server.Version}}') at $DOCKER_HOST; docker CLI $(docker version --format '{{.Client.Version}}'); $(nproc) cores; no-op median of $REPS"
+echo "engine $(docker version --format '{{.Server.Version}}') at $DOCKER_HOST; docker CLI $(docker version --format '{{.Client.Version}}'); $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 printf '%-34s %12s %12s %-22s %s\n' measure "docker" "agent" ratio goal
-printf '%-34s %12s %12s %-22s %s\n' "first deploy until converged" "$(ms "$docker_first")" "$(ms "$agent_first")" "agent/docker $first_ratio" "<= 1.0: $first_v"
-printf '%-34s %12s %12s %-22s %s\n' "no-op re-apply (median)" "$(ms "$d_noop")" "$(ms "$a_noop")" "docker/agent ${noop_ratio}x" ">= 5x: $noop_v"
-printf '%-34s %12s %12s %-22s %s\n' "objects written by the no-ops" "$d_w/run" "$a_w total" "" "agent 0: $writes_v"
-echo "no-op runs (ms): docker ${docker_noop[*]}; agent ${agent_noop[*]}; agent writes per run: versions ${agent_writes[*]}, log ${agent_logwrites[*]}"
+printf '%-34s %12s %12s %-22s %s\n' "first deploy until converged (median of ${#agent_first[@]})" "$(ms "$d_first")" "$(ms "$a_first")" "agent/docker $first_ratio" "<= 1.0: $first_v"
+printf '%-34s %12s %12s %-22s %s\n' "no-op re-apply (median of $REPS)" "$(ms "$d_noop")" "$(ms "$a_noop")" "docker/agent ${noop_ratio}x" ">= 5x: $noop_v"
+printf '%-34s %12s %12s %-22s %s\n' "objects written by a no-op" "$d_w" "$a_w" "" "agent 0: $writes_v"
+echo "runs (ms): first deploy docker ${docker_first[*]}, agent ${agent_first[*]}; no-op docker ${docker_noop[*]}, agent ${agent_noop[*]}"
+echo "agent no-op writes per run: Version.Index changes ${agent_writes[*]}; write log lines ${agent_logwrites[*]}"
