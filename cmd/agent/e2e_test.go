@@ -274,8 +274,9 @@ configs:
     healthcheck:
       test: ["CMD", "/testsvc", "-probe", "http://127.0.0.1:8080/healthz"]
       interval: 1s
-      timeout: 1s
-      retries: 3
+      timeout: 5s
+      retries: 5
+      start_period: 20s
     networks: [backend]
     deploy:
       endpoint_mode: dnsrr
