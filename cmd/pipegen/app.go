@@ -140,13 +140,6 @@ func (a *app) plan(ctx context.Context, rf *repoFlags, fs *pflag.FlagSet, base s
 		return nil, err
 	}
 	git := discover.Git{Dir: root}
-	if err := git.Check(ctx); err != nil {
-		return nil, err
-	}
-	repo, err := discover.Scan(root, discover.Options{Registries: []string{cfg.Registry}})
-	if err != nil {
-		return nil, err
-	}
 	why := ""
 	switch {
 	case base != "":
@@ -159,9 +152,21 @@ func (a *app) plan(ctx context.Context, rf *repoFlags, fs *pflag.FlagSet, base s
 	if strings.Trim(base, "0") == "" && base != "" {
 		base, why = "", "base "+base+" is all zeros"
 	}
+	// git and the layout scan run side by side; a git error is reported first.
+	var repo *discover.Repo
+	var scanErr error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		repo, scanErr = discover.Scan(root, discover.Options{Registries: []string{cfg.Registry}})
+	}()
 	diff, err := git.Diff(ctx, base, "rebuild all: "+why)
+	<-done
 	if err != nil {
 		return nil, err
+	}
+	if scanErr != nil {
+		return nil, scanErr
 	}
 	if diff.All {
 		a.log.Info("change detection", "base", "none", "reason", why)

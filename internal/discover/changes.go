@@ -196,21 +196,33 @@ func (g Git) Head(ctx context.Context) (string, error) {
 }
 
 // Diff lists the paths changed between base and HEAD. An empty base gives Diff{All: true}
-// with why as the reason.
+// with why as the reason. It fails with ErrNotGit or ErrNoBase (naming the base). Two git
+// processes at most: one rev-parse that checks the work tree and the base, one diff.
 func (g Git) Diff(ctx context.Context, base, why string) (Diff, error) {
-	if err := g.Check(ctx); err != nil {
-		return Diff{}, err
-	}
 	if base == "" {
+		if err := g.Check(ctx); err != nil {
+			return Diff{}, err
+		}
 		return Diff{All: true, Why: why}, nil
 	}
 	if strings.HasPrefix(base, "-") {
+		if err := g.Check(ctx); err != nil {
+			return Diff{}, err
+		}
 		return Diff{}, fmt.Errorf("base %q: %w", base, ErrNoBase)
 	}
-	if _, err := g.run(ctx, "rev-parse", "--verify", "--quiet", "--end-of-options", base+"^{commit}"); err != nil {
+	out, err := g.run(ctx, "rev-parse", "--is-inside-work-tree", base+"^{commit}")
+	lines := strings.Fields(string(out))
+	if err != nil || len(lines) != 2 || lines[0] != "true" {
+		if len(lines) > 0 && lines[0] == "true" {
+			return Diff{}, fmt.Errorf("base %q in %s: %w (a shallow clone? fetch with GIT_DEPTH: 0)", base, g.Dir, ErrNoBase)
+		}
+		if cerr := g.Check(ctx); cerr != nil {
+			return Diff{}, cerr
+		}
 		return Diff{}, fmt.Errorf("base %q in %s: %w (a shallow clone? fetch with GIT_DEPTH: 0)", base, g.Dir, ErrNoBase)
 	}
-	out, err := g.run(ctx, "-c", "core.quotepath=off", "diff", "--name-only", "-z", "--no-renames", "--relative", base, "HEAD", "--")
+	out, err = g.run(ctx, "-c", "core.quotepath=off", "diff", "--name-only", "-z", "--no-renames", "--relative", lines[1], "HEAD", "--")
 	if err != nil {
 		return Diff{}, fmt.Errorf("%s: diff %s..HEAD: %w", g.Dir, base, err)
 	}

@@ -21,9 +21,11 @@ import (
 	"path"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -161,19 +163,30 @@ func scanImages(root string, opts Options) (map[string]*Image, error) {
 			return nil, fmt.Errorf("%s: image names %q and %q both map to the variable prefix %s; rename one", dir, other, name, VarName(name))
 		}
 		byVar[VarName(name)] = name
-		im := &Image{Name: name, Dir: dir, Dockerfile: dir + "/" + Dockerfile}
-		df, err := os.ReadFile(filepath.Join(root, filepath.FromSlash(im.Dockerfile)))
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("%s: image directory has no Dockerfile", dir)
+	}
+	// Read the images' files in parallel (I/O bound); results and the first error are
+	// taken in name order, so the outcome does not depend on scheduling.
+	results := make([]imageResult, len(names))
+	var wg sync.WaitGroup
+	next := make(chan int)
+	for range min(len(names), 4*runtime.GOMAXPROCS(0)) {
+		wg.Go(func() {
+			for i := range next {
+				results[i] = readImage(root, names[i])
+			}
+		})
+	}
+	for i := range names {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	for i, name := range names {
+		if results[i].err != nil {
+			return nil, results[i].err
 		}
-		if err != nil {
-			return nil, fmt.Errorf("read %s: %w", im.Dockerfile, err)
-		}
-		froms[name] = FromImages(df)
-		if err := readSpec(root, im); err != nil {
-			return nil, err
-		}
-		images[name] = im
+		images[name] = results[i].im
+		froms[name] = results[i].froms
 	}
 	prefixes := append(slices.Clone(builtinRegistries), opts.Registries...)
 	for _, name := range names {
@@ -196,6 +209,33 @@ func scanImages(root string, opts Options) (map[string]*Image, error) {
 		}
 	}
 	return images, nil
+}
+
+// imageResult is what readImage found for one image.
+type imageResult struct {
+	im    *Image
+	froms []string // FROM references of the Dockerfile
+	err   error
+}
+
+func readImage(root, name string) (r imageResult) {
+	dir := ImagesDir + "/" + name
+	im := &Image{Name: name, Dir: dir, Dockerfile: dir + "/" + Dockerfile}
+	df, err := os.ReadFile(filepath.Join(root, filepath.FromSlash(im.Dockerfile)))
+	if errors.Is(err, fs.ErrNotExist) {
+		r.err = fmt.Errorf("%s: image directory has no Dockerfile", dir)
+		return r
+	}
+	if err != nil {
+		r.err = fmt.Errorf("read %s: %w", im.Dockerfile, err)
+		return r
+	}
+	if err := readSpec(root, im); err != nil {
+		r.err = err
+		return r
+	}
+	r.im, r.froms = im, FromImages(df)
+	return r
 }
 
 func readSpec(root string, im *Image) error {

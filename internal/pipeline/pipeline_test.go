@@ -5,6 +5,7 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -377,6 +378,21 @@ func TestRepositoryTemplatesAreDefaults(t *testing.T) {
 		}
 		if !bytes.Equal(got, want) {
 			t.Errorf("pipelines/%s differs from internal/pipeline/defaults/pipelines/%s", name, name)
+		}
+	}
+}
+
+// The hand-written plain-scalar checks agree with their regular expressions.
+func TestPlainScalars(t *testing.T) {
+	keyRE := regexp.MustCompile(`^\.?[A-Za-z_][A-Za-z0-9_.-]*$`)
+	valRE := regexp.MustCompile(`^(\.?[A-Za-z/$])[A-Za-z0-9_./@${}=+\-]*( [A-Za-z0-9_./@${}=+\-]+)*$`)
+	for _, s := range []string{"", ".", ".a", "..a", "a", "_a", "build:x", "a b", "a  b", "a ", " a", "1a", "$X", "${X}", "/p/q", "a#b", "a:b", "a-b.c", "-a",
+		".sawmill-build", "true", "No", "null", "quay.io/buildah/stable:v1.42", "x=1 y=2", "a\nb", "é", "a\tb", "{a}", "@a"} {
+		if got, want := plainKey(s), keyRE.MatchString(s) && !reserved[strings.ToLower(s)]; got != want {
+			t.Errorf("plainKey(%q) = %v, want %v", s, got, want)
+		}
+		if got, want := plainValue(s), valRE.MatchString(s) && !reserved[strings.ToLower(s)]; got != want {
+			t.Errorf("plainValue(%q) = %v, want %v", s, got, want)
 		}
 	}
 }
