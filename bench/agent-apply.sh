@@ -45,6 +45,7 @@ IMAGE=sawmill-bench/svc:1
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 START=$(date +%s)
+LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 
 DOCKER_HOST=${SAWMILL_TEST_DOCKER_HOST:-$(hack/dockerd.sh start)}
 export DOCKER_HOST
@@ -294,8 +295,8 @@ d_noop=$(median "${docker_noop[@]}")
 a_noop=$(median "${agent_noop[@]}")
 a_w=0
 a_lw=0
-for w in "${agent_writes[@]}"; do a_w=$((a_w + w)); done
-for w in "${agent_logwrites[@]}"; do a_lw=$((a_lw + w)); done
+for w in "${agent_writes[@]}"; do if [ "$w" -gt "$a_w" ]; then a_w=$w; fi; done
+for w in "${agent_logwrites[@]}"; do if [ "$w" -gt "$a_lw" ]; then a_lw=$w; fi; done
 d_w=$(median "${docker_writes[@]}")
 first_ratio=$(awk -v a="$a_first" -v d="$d_first" 'BEGIN { printf "%.2f", a / d }')
 noop_ratio=$(awk -v a="$a_noop" -v d="$d_noop" 'BEGIN { printf "%.1f", (a > 0 ? d / a : 0) }')
@@ -306,10 +307,10 @@ writes_v=$(verdict "$a_w == 0 && $a_lw == 0")
 
 echo
 echo "agent apply vs docker stack deploy: $N services x 1 replica, 1 overlay network, 2 secrets, 2 configs"
-echo "engine $(docker version --format '{{.Server.Version}}') at $DOCKER_HOST; docker CLI $(docker version --format '{{.Client.Version}}'); $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
-printf '%-34s %12s %12s %-22s %s\n' measure "docker" "agent" ratio goal
-printf '%-34s %12s %12s %-22s %s\n' "first deploy until converged (median of ${#agent_first[@]})" "$(ms "$d_first")" "$(ms "$a_first")" "agent/docker $first_ratio" "<= 1.0: $first_v"
-printf '%-34s %12s %12s %-22s %s\n' "no-op re-apply (median of $REPS)" "$(ms "$d_noop")" "$(ms "$a_noop")" "docker/agent ${noop_ratio}x" ">= 5x: $noop_v"
-printf '%-34s %12s %12s %-22s %s\n' "objects written by a no-op" "$d_w" "$a_w" "" "agent 0: $writes_v"
+echo "engine $(docker version --format '{{.Server.Version}}') at $DOCKER_HOST; docker CLI $(docker version --format '{{.Client.Version}}'); $(nproc) cores; load average at start $LOAD0, at end $(cut -d' ' -f1-3 /proc/loadavg)"
+printf '%-30s %10s %10s %-20s %s\n' measure docker agent ratio goal
+printf '%-30s %10s %10s %-20s %s\n' "first deploy until converged" "$(ms "$d_first")" "$(ms "$a_first")" "agent/docker $first_ratio" "<= 1.0: $first_v (median of ${#agent_first[@]})"
+printf '%-30s %10s %10s %-20s %s\n' "no-op re-apply" "$(ms "$d_noop")" "$(ms "$a_noop")" "docker/agent ${noop_ratio}x" ">= 5x: $noop_v (median of $REPS)"
+printf '%-30s %10s %10s %-20s %s\n' "objects written per no-op" "$d_w" "$a_w" "" "agent 0: $writes_v"
 echo "runs (ms): first deploy docker ${docker_first[*]}, agent ${agent_first[*]}; no-op docker ${docker_noop[*]}, agent ${agent_noop[*]}"
 echo "agent no-op writes per run: Version.Index changes ${agent_writes[*]}; write log lines ${agent_logwrites[*]}"
