@@ -29,7 +29,8 @@
 #                         disappeared counts as a write. The agent's info log lines "... created/updated/removed"
 #                         are counted as well. Both must be 0 for the agent (docker is shown for reference).
 # Goals (issue 2): first deploy agent/docker <= 1.0; no-op docker/agent >= 5; zero writes on the agent's no-op.
-# Medians over the repetitions are reported for the no-op.
+# Controls: docker's no-op must show writes (its service updates bump Version.Index) and the agent's first
+# deploy must show its creations in the log, otherwise the counting is broken. Medians are reported.
 #
 # Exit 0 when the benchmark ran (goals met or not), non-zero on errors. Stops itself within ~10 minutes.
 set -euo pipefail
@@ -189,6 +190,8 @@ writes() { comm -3 "$1" "$2" | awk '{ print $2 }' | sort -u | wc -l; }
 median() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else print int((a[NR / 2] + a[NR / 2 + 1]) / 2) }'; }
 ms() { awk -v m="$1" 'BEGIN { printf "%.2f s", m / 1000 }'; }
 
+# The agent's info log line for each write call (internal/swarm/apply.go).
+WRITE_LOG='msg="?(service|network|secret|config) (created|updated|removed)'
 not_running() { docker service ls --filter "label=com.docker.stack.namespace=$1" --format '{{.Name}} {{.Replicas}}' | grep -v ' 1/1$' | head -5 | tr '\n' ' '; }
 
 # first_docker: prints the wall time of docker's first deploy until converged.
@@ -238,6 +241,8 @@ round_docker() { # with_noop
       log "docker no-op $r: $(ms "${docker_noop[-1]}"), objects written: ${docker_writes[-1]}"
     done
     converged "$DOCKER_STACK" || log "warning: docker stack not converged after the no-op re-deploys: $(not_running "$DOCKER_STACK")"
+    [ "${docker_writes[0]}" -ge "$N" ] ||
+      log "warning: docker's no-op changed only ${docker_writes[0]} objects (expected its $N service updates): check the Version.Index snapshot"
   fi
   log "removing $DOCKER_STACK"
   remove_stack "$DOCKER_STACK" 150 || die "could not remove $DOCKER_STACK"
@@ -247,6 +252,10 @@ round_agent() { # with_noop
   log "agent apply: first deploy of $N services"
   agent_first+=("$(first_agent)")
   log "agent first deploy: $(ms "${agent_first[-1]}")"
+  # Control for the write-log count below: the first deploy must show its N service creations.
+  local created
+  created=$(grep -cE "$WRITE_LOG" "$work/agent-first.log" || true)
+  [ "$created" -ge "$N" ] || die "only $created write log lines on the agent's first deploy: the write-log count is broken"
   if [ "$1" = 1 ]; then
     local r to t0 rc
     for r in $(seq 1 "$REPS"); do
@@ -259,7 +268,7 @@ round_agent() { # with_noop
       agent_noop+=($(($(now_ms) - t0)))
       snapshot "$AGENT_STACK" >"$work/after"
       agent_writes+=("$(writes "$work/before" "$work/after")")
-      agent_logwrites+=("$(grep -cE 'msg="?(service|network|secret|config) (created|updated|removed)' "$work/agent-noop.log" || true)")
+      agent_logwrites+=("$(grep -cE "$WRITE_LOG" "$work/agent-noop.log" || true)")
       log "agent no-op $r: $(ms "${agent_noop[-1]}"), objects written: ${agent_writes[-1]}, write log lines: ${agent_logwrites[-1]}"
     done
   fi
@@ -298,7 +307,7 @@ a_lw=0
 for w in "${agent_writes[@]}"; do if [ "$w" -gt "$a_w" ]; then a_w=$w; fi; done
 for w in "${agent_logwrites[@]}"; do if [ "$w" -gt "$a_lw" ]; then a_lw=$w; fi; done
 d_w=$(median "${docker_writes[@]}")
-first_ratio=$(awk -v a="$a_first" -v d="$d_first" 'BEGIN { printf "%.2f", a / d }')
+first_ratio=$(awk -v a="$a_first" -v d="$d_first" 'BEGIN { printf "%.3f", a / d }')
 noop_ratio=$(awk -v a="$a_noop" -v d="$d_noop" 'BEGIN { printf "%.1f", (a > 0 ? d / a : 0) }')
 verdict() { if awk "BEGIN { exit !($1) }"; then echo met; else echo "not met"; fi; }
 first_v=$(verdict "$a_first <= $d_first")
