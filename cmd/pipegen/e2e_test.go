@@ -159,6 +159,11 @@ func TestEndToEndGitLabCILocal(t *testing.T) {
 		if err != nil {
 			t.Fatalf("gitlab-ci-local: %v\n%s", err, out)
 		}
+		// gitlab-ci-local 4.62.0 passes a trigger job with strategy: depend even when its
+		// child pipeline failed: look for failed jobs in the output.
+		if strings.Contains(string(out), " FAIL ") {
+			t.Fatalf("a job failed:\n%s", out)
+		}
 		return string(out)
 	}
 

@@ -1,0 +1,159 @@
+package main
+
+import (
+	"context"
+	"io"
+	"log"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/registry"
+
+	"github.com/sabeiro/sawmill/internal/release"
+)
+
+// TestEndToEndDefaultTemplates runs the default job templates (pipelines/*.yml as pipegen
+// init writes them, unchanged) under gitlab-ci-local with stand-ins for the tools that cannot
+// run here: buildah (pushes a random image to an in-process registry and writes the digest
+// file), trivy, cosign and the agent (record their arguments). It checks the commands the
+// templates run — build arguments, digests, the pinned signing format — and that the real
+// `pipegen release` resolves, writes and publishes the release tags in that registry.
+func TestEndToEndDefaultTemplates(t *testing.T) {
+	gcl := gitlabCILocal(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+
+	bin := t.TempDir()
+	for pkg, out := range map[string]string{".": "pipegen", "./testdata/pushrandom": "pushrandom"} {
+		if out, err := exec.CommandContext(ctx, "go", "build", "-o", filepath.Join(bin, out), pkg).CombinedOutput(); err != nil {
+			t.Fatalf("go build %s: %v\n%s", pkg, err, out)
+		}
+	}
+	work := t.TempDir()
+	calls := filepath.Join(work, "calls.log")
+	shims := map[string]string{
+		// buildah: log; "push --digestfile F REF" pushes a random image to REF.
+		"buildah": `#!/bin/sh
+echo "buildah $*" >> ` + calls + `
+if [ "$1" = push ]; then
+  ` + filepath.Join(bin, "pushrandom") + ` "$4" > "$3" || exit 1
+fi
+`,
+		"trivy": `#!/bin/sh
+echo "trivy $*" >> ` + calls + `
+while [ $# -gt 0 ]; do [ "$1" = --output ] && echo '{}' > "$2"; shift; done
+`,
+		"cosign": `#!/bin/sh
+echo "cosign $*" >> ` + calls + `
+`,
+		"fake-agent": `#!/bin/sh
+echo "agent $*" >> ` + calls + `
+echo '<testsuites/>'
+`,
+	}
+	for name, body := range shims {
+		if err := os.WriteFile(filepath.Join(bin, name), []byte(body), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	defer srv.Close()
+	reg := strings.TrimPrefix(srv.URL, "http://") + "/sawmill/platform"
+
+	r := &gitRepo{t: t, dir: filepath.Join(work, "repo")}
+	os.MkdirAll(r.dir, 0o755)
+	r.git("init", "-q", "-b", "main")
+	r.git("remote", "add", "origin", "https://gitlab.example.com/sawmill/platform.git")
+	if res := pipegen(t, nil, "init", "--repo", r.dir, "--registry", reg, "--agent", "fake-agent"); res.code != 0 {
+		t.Fatal(res.stderr)
+	}
+	cfg, _ := os.ReadFile(filepath.Join(r.dir, "pipegen.yaml"))
+	cfgText := strings.Replace(string(cfg), "scanners: [container_scanning, sbom, sast]", "scanners: [container_scanning, sbom]", 1)
+	cfgText = strings.Replace(cfgText, "  mode: keyless", "  mode: key", 1)
+	cfgText = strings.Replace(cfgText, "  format: bundle", "  format: legacy", 1)
+	r.write(map[string]string{
+		"pipegen.yaml":                            cfgText,
+		"images/base/Dockerfile":                  "FROM alpine:3.22\n",
+		"images/app/Dockerfile":                   "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\n",
+		"images/app/image.yaml":                   "build_args: {VERSION: \"v-$CI_COMMIT_SHORT_SHA\"}\ntarget: runtime\n",
+		"stacks/platform/compose.yaml":            "services:\n  app:\n    image: ${REGISTRY}/app:latest\n",
+		"stacks/platform/compose.production.yaml": "services:\n  app:\n    deploy: {replicas: 2}\n",
+		".gitignore":                              ".gitlab-ci-local/\n",
+	})
+	sha := r.commit("initial")
+
+	cmd := exec.CommandContext(ctx, gcl, "--force-shell-executor", "--no-color")
+	cmd.Dir = r.dir
+	cmd.Env = append(os.Environ(), "PATH="+bin+string(os.PathListSeparator)+os.Getenv("PATH"))
+	output, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("gitlab-ci-local: %v\n%s", err, output)
+	}
+	// gitlab-ci-local 4.62.0 reports a trigger job with strategy: depend as passed even when its
+	// child pipeline failed, so look for failed jobs in its output.
+	if strings.Contains(string(output), " FAIL ") {
+		t.Fatalf("a job failed:\n%s", output)
+	}
+	raw, err := os.ReadFile(calls)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := string(raw)
+
+	// The release the real pipegen wrote, taken from the release job's artifacts.
+	rel := readRelease(t, findArtifact(t, r.dir, "release"))
+	base, app := rel.Images["base"], rel.Images["app"]
+	for _, want := range []string{
+		"buildah build -f images/base/Dockerfile -t " + reg + "/base:" + sha + " --build-arg REGISTRY=" + reg + " images/base",
+		"buildah push --digestfile digest.txt " + reg + "/base:" + sha,
+		"buildah build -f images/app/Dockerfile -t " + reg + "/app:" + sha + " --build-arg REGISTRY=" + reg +
+			" --build-arg VERSION=v-" + sha[:8] + " --build-arg BASE_IMAGE=" + reg + "/base@" + base.Digest + " --target runtime images/app",
+		"trivy image --exit-code 0 --format template --template @/contrib/gitlab.tpl --output gl-container-scanning-report.json " + reg + "/app@" + app.Digest,
+		"trivy image --format cyclonedx --output gl-sbom.cdx.json " + reg + "/base@" + base.Digest,
+		"cosign sign --yes --new-bundle-format=false --use-signing-config=false --key env://COSIGN_PRIVATE_KEY " + reg + "/app@" + app.Digest,
+		"cosign sign --yes --new-bundle-format=false --use-signing-config=false --key env://COSIGN_PRIVATE_KEY " + reg + "/base@" + base.Digest,
+		"agent check -c stacks/platform/compose.yaml --env staging -o junit",
+		"agent check -c stacks/platform/compose.yaml -c stacks/platform/compose.production.yaml --env production -o junit",
+	} {
+		if !strings.Contains(log, want+"\n") {
+			t.Errorf("no call %q in\n%s", want, log)
+		}
+	}
+	if !strings.HasPrefix(base.Digest, "sha256:") || !base.Rebuilt || !app.Rebuilt {
+		t.Errorf("release: %+v", rel)
+	}
+	// The release job published the channel tags: they name the signed digests.
+	for name, img := range rel.Images {
+		got, err := (release.OCI{}).Digest(ctx, reg+"/"+name+":release-main")
+		if err != nil || got != img.Digest {
+			t.Errorf("%s:release-main = %s, %v; want %s", name, got, err, img.Digest)
+		}
+	}
+	if !strings.Contains(string(output), "deploy:staging") {
+		t.Errorf("deploy:staging did not run:\n%s", output)
+	}
+}
+
+// findArtifact returns the directory gitlab-ci-local exported a job's artifact path to.
+func findArtifact(t *testing.T, repo, path string) string {
+	t.Helper()
+	var found string
+	filepath.WalkDir(filepath.Join(repo, ".gitlab-ci-local"), func(p string, d os.DirEntry, err error) error {
+		if err == nil && d.IsDir() && d.Name() == path && strings.Contains(p, "artifacts") {
+			if _, err := os.Stat(filepath.Join(p, "release.json")); err == nil && found == "" {
+				found = p
+			}
+		}
+		return nil
+	})
+	if found == "" {
+		t.Fatalf("no %s/ artifact under %s/.gitlab-ci-local", path, repo)
+	}
+	return found
+}
