@@ -40,9 +40,11 @@ func TestEndToEndDefaultTemplates(t *testing.T) {
 		// buildah: log; "push --digestfile F REF" pushes a random image to REF.
 		"buildah": `#!/bin/sh
 echo "buildah $*" >> ` + calls + `
-if [ "$1" = push ]; then
-  ` + filepath.Join(bin, "pushrandom") + ` "$4" > "$3" || exit 1
-fi
+case "$1 $2" in push*|"manifest push")
+  file=
+  for a in "$@"; do [ "$prev" = --digestfile ] && file=$a; prev=$a; ref=$a; done
+  ` + filepath.Join(bin, "pushrandom") + ` "${ref#docker://}" > "$file" || exit 1
+esac
 `,
 		"trivy": `#!/bin/sh
 echo "trivy $*" >> ` + calls + `
@@ -82,6 +84,8 @@ echo '<testsuites/>'
 		"images/base/Dockerfile":                  "FROM alpine:3.22\n",
 		"images/app/Dockerfile":                   "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\n",
 		"images/app/image.yaml":                   "build_args: {VERSION: \"v-$CI_COMMIT_SHORT_SHA\"}\ntarget: runtime\n",
+		"images/multi/Dockerfile":                 "FROM scratch\n",
+		"images/multi/image.yaml":                 "platforms: [linux/arm64, linux/amd64]\n",
 		"stacks/platform/compose.yaml":            "services:\n  app:\n    image: ${REGISTRY}/app:latest\n",
 		"stacks/platform/compose.production.yaml": "services:\n  app:\n    deploy: {replicas: 2}\n",
 		".gitignore":                              ".gitlab-ci-local/\n",
@@ -114,6 +118,9 @@ echo '<testsuites/>'
 		"buildah push --digestfile digest.txt " + reg + "/base:" + sha,
 		"buildah build -f images/app/Dockerfile -t " + reg + "/app:" + sha + " --build-arg REGISTRY=" + reg +
 			" --build-arg VERSION=v-" + sha[:8] + " --build-arg BASE_IMAGE=" + reg + "/base@" + base.Digest + " --target runtime images/app",
+		"buildah build -f images/multi/Dockerfile --manifest " + reg + "/multi:" + sha + " --build-arg REGISTRY=" + reg + " --platform linux/amd64,linux/arm64 images/multi",
+		"buildah manifest push --all --digestfile digest.txt " + reg + "/multi:" + sha + " docker://" + reg + "/multi:" + sha,
+		"cosign sign --yes --new-bundle-format=false --use-signing-config=false --key env://COSIGN_PRIVATE_KEY " + reg + "/multi@" + rel.Images["multi"].Digest,
 		"trivy image --exit-code 0 --format template --template @/contrib/gitlab.tpl --output gl-container-scanning-report.json " + reg + "/app@" + app.Digest,
 		"trivy image --format cyclonedx --output gl-sbom.cdx.json " + reg + "/base@" + base.Digest,
 		"cosign sign --yes --new-bundle-format=false --use-signing-config=false --key env://COSIGN_PRIVATE_KEY " + reg + "/app@" + app.Digest,
