@@ -11,7 +11,6 @@
 package discover
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -199,7 +198,7 @@ func scanImages(root string, opts Options) (map[string]*Image, error) {
 			deps[d] = true
 		}
 		for _, ref := range froms[name] {
-			if d, ok := repoImage(ref, prefixes, images); ok {
+			if d, ok := repoImage(ref, prefixes, images, byVar); ok {
 				deps[d] = true
 			}
 		}
@@ -221,7 +220,7 @@ type imageResult struct {
 func readImage(root, name string) (r imageResult) {
 	dir := ImagesDir + "/" + name
 	im := &Image{Name: name, Dir: dir, Dockerfile: dir + "/" + Dockerfile}
-	df, err := os.ReadFile(filepath.Join(root, filepath.FromSlash(im.Dockerfile)))
+	df, err := readFile(filepath.Join(root, filepath.FromSlash(im.Dockerfile)))
 	if errors.Is(err, fs.ErrNotExist) {
 		r.err = fmt.Errorf("%s: image directory has no Dockerfile", dir)
 		return r
@@ -240,7 +239,7 @@ func readImage(root, name string) (r imageResult) {
 
 func readSpec(root string, im *Image) error {
 	file := im.Dir + "/" + ImageSpec
-	b, err := os.ReadFile(filepath.Join(root, filepath.FromSlash(file)))
+	b, err := readFile(filepath.Join(root, filepath.FromSlash(file)))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
@@ -293,12 +292,10 @@ func sortedKeys[V any](m map[string]V) []string {
 // build stages. Line continuations are joined; comments are skipped.
 func FromImages(dockerfile []byte) []string {
 	var refs []string
-	stages := map[string]bool{}
-	sc := bufio.NewScanner(bytes.NewReader(dockerfile))
-	sc.Buffer(make([]byte, 0, 64*1024), 1024*1024)
+	var stages map[string]bool
 	var line strings.Builder
-	for sc.Scan() {
-		t := strings.TrimSpace(sc.Text())
+	for raw := range bytes.Lines(dockerfile) {
+		t := strings.TrimSpace(string(raw))
 		if line.Len() == 0 && strings.HasPrefix(t, "#") {
 			continue
 		}
@@ -307,14 +304,16 @@ func FromImages(dockerfile []byte) []string {
 			line.WriteByte(' ')
 			continue
 		}
-		line.WriteString(t)
-		full := line.String()
-		line.Reset()
-		fields := strings.Fields(full)
-		if len(fields) < 2 || !strings.EqualFold(fields[0], "FROM") {
+		full := t
+		if line.Len() > 0 {
+			line.WriteString(t)
+			full = line.String()
+			line.Reset()
+		}
+		if len(full) < 5 || !strings.EqualFold(full[:4], "FROM") || (full[4] != ' ' && full[4] != '\t') {
 			continue
 		}
-		args := fields[1:]
+		args := strings.Fields(full)[1:]
 		for len(args) > 0 && strings.HasPrefix(args[0], "--") {
 			args = args[1:]
 		}
@@ -326,6 +325,9 @@ func FromImages(dockerfile []byte) []string {
 			refs = append(refs, ref)
 		}
 		if len(args) >= 3 && strings.EqualFold(args[1], "AS") {
+			if stages == nil {
+				stages = map[string]bool{}
+			}
 			stages[strings.ToLower(args[2])] = true
 		}
 	}
@@ -334,11 +336,14 @@ func FromImages(dockerfile []byte) []string {
 
 // repoImage tells whether the FROM reference ref names an image of this repository: by
 // MatchImage's rule, or as the build argument the pipeline passes for it, ${<VAR>_IMAGE} or
-// $<VAR>_IMAGE with <VAR> = VarName(image).
-func repoImage(ref string, prefixes []string, images map[string]*Image) (string, bool) {
-	if arg, ok := strings.CutSuffix(strings.TrimSuffix(strings.TrimPrefix(strings.TrimPrefix(ref, "$"), "{"), "}"), "_IMAGE"); ok && strings.HasPrefix(ref, "$") {
-		for name := range images {
-			if VarName(name) == arg {
+// $<VAR>_IMAGE with <VAR> = VarName(image); byVar maps <VAR> to the image name.
+func repoImage(ref string, prefixes []string, images map[string]*Image, byVar map[string]string) (string, bool) {
+	if arg, ok := strings.CutPrefix(ref, "$"); ok {
+		if inner, ok := strings.CutPrefix(arg, "{"); ok {
+			arg, _ = strings.CutSuffix(inner, "}")
+		}
+		if v, ok := strings.CutSuffix(arg, "_IMAGE"); ok {
+			if name, ok := byVar[v]; ok {
 				return name, true
 			}
 		}
