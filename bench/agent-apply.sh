@@ -23,7 +23,8 @@
 #   no-op, docker:        the `docker stack deploy` command alone (it returns once its service updates were
 #                         submitted; the specs are unchanged so nothing restarts). No convergence poll is added,
 #                         which favours docker.
-#   no-op, agent:         `agent apply` of the same file again, including its own convergence check.
+#   no-op, agent:         `agent apply` of the same file again (process start, compose load, observe, plan;
+#                         with nothing to write it returns without waiting).
 #   no-op writes:         Version.Index of every service, secret and config of the stack plus the network IDs,
 #                         compared before and after each no-op; every object whose line changed, appeared or
 #                         disappeared counts as a write. The agent's info log lines "... created/updated/removed"
@@ -132,7 +133,7 @@ for i in 1 2; do
   echo "bench config $i" >"$work/stack/config$i.txt"
 done
 {
-  echo 'version: "3.8"'
+  echo 'version: "3.8"' # docker 20.10 CLI needs it; compose-go only warns
   echo 'services:'
   for i in $(seq -w 1 "$N"); do
     echo "  svc$i:"
