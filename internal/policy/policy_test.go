@@ -1,0 +1,393 @@
+package policy
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/open-policy-agent/opa/v1/ast"
+	"github.com/open-policy-agent/opa/v1/storage"
+	"github.com/open-policy-agent/opa/v1/storage/inmem"
+	"github.com/open-policy-agent/opa/v1/tester"
+
+	"github.com/sabeiro/sawmill/internal/compose"
+	"github.com/sabeiro/sawmill/internal/fault"
+	"github.com/sabeiro/sawmill/policies"
+)
+
+// TestRegoUnitTests runs policies/*_test.rego through OPA's tester, compiled as strictly as the engine does.
+func TestRegoUnitTests(t *testing.T) {
+	ctx := context.Background()
+	mods := map[string]*ast.Module{}
+	err := fs.WalkDir(policies.FS, ".", func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := fs.ReadFile(policies.FS, p)
+		if err != nil {
+			return err
+		}
+		m, err := ast.ParseModuleWithOpts("policies/"+p, string(b), ast.ParserOptions{RegoVersion: ast.RegoV1, ProcessAnnotation: true})
+		if err != nil {
+			return err
+		}
+		mods["policies/"+p] = m
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := inmem.New()
+	txn := storage.NewTransactionOrDie(ctx, store)
+	defer store.Abort(ctx, txn)
+	compiler := ast.NewCompiler().WithCapabilities(RegoCapabilities()).WithStrict(true)
+	ch, err := tester.NewRunner().SetCompiler(compiler).SetStore(store).SetModules(mods).RunTests(ctx, txn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for r := range ch {
+		n++
+		if !r.Pass() {
+			t.Errorf("%s", r.String())
+			if r.Error != nil {
+				t.Errorf("  error: %v", r.Error)
+			}
+		}
+	}
+	if n < 10 {
+		t.Fatalf("ran %d rego tests; expected the policies' unit tests", n)
+	}
+	t.Logf("%d rego tests", n)
+}
+
+func writePolicy(t *testing.T, dir, name, src string) {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, name), []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func loadCompose(t *testing.T, content string) *Input {
+	t.Helper()
+	dir := t.TempDir()
+	p := filepath.Join(dir, "compose.yaml")
+	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	st, err := compose.Load(context.Background(), compose.Options{Files: []string{p}, Stack: "shop", Env: []string{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return NewInput(st, InputOptions{Environment: "staging", AllowedRegistries: []string{"registry.example"}})
+}
+
+const goodCompose = `services:
+  api:
+    image: registry.example/shop/api:1@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef
+    environment:
+      DB_PASSWORD_FILE: /run/secrets/db_password
+    healthcheck:
+      test: ["CMD", "/api", "-probe"]
+      interval: 2s
+      retries: 3
+    deploy:
+      resources:
+        limits: {cpus: "0.5", memory: 64M}
+      restart_policy: {condition: on-failure}
+      update_config: {failure_action: rollback, monitor: 10s}
+`
+
+const badCompose = `services:
+  ui:
+    image: portainer/portainer-ce:2
+    privileged: true
+    network_mode: host
+    environment:
+      ADMIN_PASSWORD: hunter2-value
+    ports: ["9000:9000"]
+    volumes:
+      - /var/run/docker.sock:/var/run/docker.sock
+`
+
+func TestEngineDecisions(t *testing.T) {
+	ctx := context.Background()
+	e := New(Options{})
+	rep, err := e.Evaluate(ctx, loadCompose(t, goodCompose))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The only remark on a compliant stack: its signature was not verified (no registry here).
+	if len(rep.Denies()) != 0 || len(rep.Warns()) != 1 || rep.Warns()[0].Rule != "signature_unknown" {
+		t.Fatalf("good compose: %+v", rep.Decisions)
+	}
+	if err := rep.Err(); err != nil {
+		t.Fatalf("Err() = %v on a clean report", err)
+	}
+
+	rep, err = e.Evaluate(ctx, loadCompose(t, badCompose))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rules := map[string]bool{}
+	for _, d := range rep.Denies() {
+		rules[d.Rule] = true
+		if d.Service != "ui" {
+			t.Errorf("decision %+v does not name the service ui", d)
+		}
+		if strings.Contains(d.Message, "hunter2") {
+			t.Errorf("decision quotes an env value: %s", d.Message)
+		}
+	}
+	for _, want := range []string{"privileged", "host_network", "docker_socket", "env_credentials", "published_ports", "image_digest", "image_registry", "resource_limits", "healthcheck", "update_rollback"} {
+		if !rules[want] {
+			t.Errorf("no deny for %s; got %v", want, rules)
+		}
+	}
+	err = rep.Err()
+	if fault.KindOf(err) != fault.Refused {
+		t.Fatalf("Err() kind %v, want Refused: %v", fault.KindOf(err), err)
+	}
+	if e.Prepares() != 1 {
+		t.Fatalf("prepared %d times for one revision", e.Prepares())
+	}
+}
+
+func TestEngineExceptionLabel(t *testing.T) {
+	in := loadCompose(t, goodCompose+`      labels:
+        io.sawmill.exception.docker_socket: "the swarm UI manages services"
+    volumes:
+      - /var/run/docker.sock:/var/run/docker.sock:ro
+`)
+	rep, err := New(Options{}).Evaluate(context.Background(), in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Denies()) != 0 {
+		t.Fatalf("an exempted docker socket mount is denied: %+v", rep.Denies())
+	}
+	found := false
+	for _, w := range rep.Warns() {
+		if w.Rule == "exception" && strings.Contains(w.Message, "the swarm UI manages services") {
+			found = true
+		}
+	}
+	if !found {
+		t.Fatalf("the exception in use is not reported: %+v", rep.Warns())
+	}
+}
+
+func TestEngineTeamPoliciesAndConftestException(t *testing.T) {
+	dir := t.TempDir()
+	writePolicy(t, dir, "team.rego", `package main
+
+deny_team_label contains d if {
+	some svc in input.services
+	not svc.labels["team"]
+	d := {"msg": sprintf("%s: needs a team label", [svc.key]), "service": svc.key}
+}
+
+warn contains "a plain string warning"
+
+exception contains ["image_digest"]
+`)
+	writePolicy(t, dir, "team_test.rego", "package main_test\n\ntest_x if false\n") // left out: a test file
+	rep, err := New(Options{Dirs: []string{dir}}).Evaluate(context.Background(), loadCompose(t, strings.Replace(goodCompose, "@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", "", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, d := range rep.Decisions {
+		got = append(got, d.Kind+" "+d.Rule+" "+d.Service)
+	}
+	want := []string{"deny team_label api", "warn warn ", "warn signature_unknown api"}
+	if strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Fatalf("decisions %q, want %q", got, want)
+	}
+	if len(rep.Excepted) != 1 || rep.Excepted[0] != "deny_image_digest" {
+		t.Fatalf("excepted %v, want [deny_image_digest]", rep.Excepted)
+	}
+}
+
+func TestEngineCompileErrorNamesFileAndLine(t *testing.T) {
+	dir := t.TempDir()
+	writePolicy(t, dir, "broken.rego", "package main\n\ndeny contains msg if {\n\tmsg := undefined_function(input)\n}\n")
+	_, err := New(Options{Dirs: []string{dir}}).Evaluate(context.Background(), &Input{Stack: "s"})
+	if fault.KindOf(err) != fault.Invalid {
+		t.Fatalf("kind %v, want Invalid: %v", fault.KindOf(err), err)
+	}
+	if !strings.Contains(err.Error(), filepath.Join(dir, "broken.rego")+":4") {
+		t.Fatalf("error does not name the file and line: %v", err)
+	}
+
+	dir2 := t.TempDir()
+	writePolicy(t, dir2, "syntax.rego", "package main\n\ndeny contains msg if {\n")
+	_, err = New(Options{Dirs: []string{dir2}}).Evaluate(context.Background(), &Input{Stack: "s"})
+	if fault.KindOf(err) != fault.Invalid || !strings.Contains(err.Error(), "syntax.rego:") {
+		t.Fatalf("syntax error: kind %v: %v", fault.KindOf(err), err)
+	}
+
+	// Strict: an unused local variable is an error, not a silent pass.
+	dir3 := t.TempDir()
+	writePolicy(t, dir3, "strict.rego", "package main\n\ndeny contains \"x\" if {\n\tunused := 1\n\tinput.a\n}\n")
+	_, err = New(Options{Dirs: []string{dir3}}).Evaluate(context.Background(), &Input{Stack: "s"})
+	if fault.KindOf(err) != fault.Invalid || !strings.Contains(err.Error(), "strict.rego:4") {
+		t.Fatalf("strict: kind %v: %v", fault.KindOf(err), err)
+	}
+}
+
+func TestEngineRefusesNetworkBuiltins(t *testing.T) {
+	for _, call := range []string{
+		`http.send({"method": "GET", "url": "http://127.0.0.1:1/"})`,
+		`net.lookup_ip_addr("example.com")`,
+		`opa.runtime()`,
+	} {
+		dir := t.TempDir()
+		writePolicy(t, dir, "net.rego", "package main\n\ndeny contains sprintf(\"%v\", [x]) if {\n\tx := "+call+"\n}\n")
+		_, err := New(Options{NoDefault: true, Dirs: []string{dir}}).Evaluate(context.Background(), &Input{Stack: "s"})
+		if fault.KindOf(err) != fault.Invalid {
+			t.Fatalf("%s: kind %v, want Invalid: %v", call, fault.KindOf(err), err)
+		}
+		if !strings.Contains(err.Error(), "net.rego:4") {
+			t.Fatalf("%s: error does not name the file and line: %v", call, err)
+		}
+	}
+}
+
+func TestEnginePreparesOncePerRevision(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	writePolicy(t, dir, "a.rego", "package main\n\nwarn contains \"one\" if input.stack\n")
+	e := New(Options{NoDefault: true, Dirs: []string{dir}})
+	in := &Input{Stack: "s"}
+	for i := 0; i < 5; i++ {
+		if _, err := e.Evaluate(ctx, in); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if e.Prepares() != 1 {
+		t.Fatalf("5 evaluations of one revision prepared %d times", e.Prepares())
+	}
+	rev1, _ := e.Prepare(ctx)
+	writePolicy(t, dir, "a.rego", "package main\n\nwarn contains \"two\" if input.stack\n")
+	rep, err := e.Evaluate(ctx, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.Prepares() != 2 || rep.Revision == rev1 || rep.Decisions[0].Message != "two" {
+		t.Fatalf("after a change: %d prepares, revision %s (was %s), %+v", e.Prepares(), rep.Revision, rev1, rep.Decisions)
+	}
+}
+
+func TestEngineBadMessage(t *testing.T) {
+	dir := t.TempDir()
+	writePolicy(t, dir, "a.rego", "package main\n\ndeny contains {\"text\": \"no msg\"} if input.stack\n")
+	_, err := New(Options{NoDefault: true, Dirs: []string{dir}}).Evaluate(context.Background(), &Input{Stack: "s"})
+	if fault.KindOf(err) != fault.Invalid {
+		t.Fatalf("kind %v: %v", fault.KindOf(err), err)
+	}
+}
+
+func TestEngineMissingDir(t *testing.T) {
+	_, err := New(Options{Dirs: []string{filepath.Join(t.TempDir(), "nope")}}).Prepare(context.Background())
+	if fault.KindOf(err) != fault.Invalid || !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("kind %v: %v", fault.KindOf(err), err)
+	}
+}
+
+func TestInputDeterministicAndNoSecretValues(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "pw.txt"), []byte("top-secret-value"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	content := goodCompose + `    secrets: [db_password]
+  worker:
+    image: registry.example/shop/worker:2
+    privileged: true
+    pid: host
+secrets:
+  db_password:
+    file: ./pw.txt
+`
+	p := filepath.Join(dir, "compose.yaml")
+	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var prev []byte
+	for i := 0; i < 3; i++ {
+		st, err := compose.Load(context.Background(), compose.Options{Files: []string{p}, Stack: "shop", Env: []string{}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := NewInput(st, InputOptions{Environment: "staging"}).JSON()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if prev != nil && string(b) != string(prev) {
+			t.Fatal("the input document differs between two runs")
+		}
+		prev = b
+	}
+	if strings.Contains(string(prev), "top-secret-value") {
+		t.Fatal("the input document carries a secret value")
+	}
+	var doc struct {
+		Services []struct {
+			Key     string    `json:"key"`
+			Dropped []Dropped `json:"dropped"`
+			Image   Image     `json:"image"`
+			Secrets []FileRef `json:"secrets"`
+		} `json:"services"`
+	}
+	if err := json.Unmarshal(prev, &doc); err != nil {
+		t.Fatal(err)
+	}
+	api, worker := doc.Services[0], doc.Services[1]
+	if !api.Image.Pinned || api.Image.Registry != "registry.example" || api.Image.Signature.Status != SignatureUnknown {
+		t.Fatalf("api image %+v", api.Image)
+	}
+	if len(api.Secrets) != 1 || !strings.HasSuffix(api.Secrets[0].Target, "db_password") {
+		t.Fatalf("api secrets %+v", api.Secrets)
+	}
+	if worker.Image.Pinned || len(worker.Dropped) != 2 || worker.Dropped[0].Field != "pid" || worker.Dropped[1].Field != "privileged" {
+		t.Fatalf("worker %+v", worker)
+	}
+}
+
+func BenchmarkEvaluate100(b *testing.B) {
+	var sb strings.Builder
+	sb.WriteString("services:\n")
+	for i := 0; i < 100; i++ {
+		sb.WriteString(strings.ReplaceAll(strings.TrimPrefix(goodCompose, "services:\n"), "  api:", "  api"+strconv.Itoa(i)+":"))
+	}
+	dir := b.TempDir()
+	p := filepath.Join(dir, "compose.yaml")
+	if err := os.WriteFile(p, []byte(sb.String()), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	st, err := compose.Load(context.Background(), compose.Options{Files: []string{p}, Stack: "shop", Env: []string{}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	in := NewInput(st, InputOptions{})
+	e := New(Options{})
+	if _, err := e.Prepare(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := e.Evaluate(context.Background(), in); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N)/100, "µs/service")
+}

@@ -1,0 +1,247 @@
+# Unit tests of the default policies. `go test ./internal/policy/` runs them through OPA's tester;
+# `opa test policies/` runs them too.
+package main_test
+
+import data.main
+
+digest := "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+
+# good is a service every default rule accepts.
+good := {
+	"name": "shop_api",
+	"key": "api",
+	"labels": {},
+	"exceptions": {},
+	"image": {
+		"ref": sprintf("registry.example/shop/api:1@%s", [digest]),
+		"registry": "registry.example",
+		"repository": "shop/api",
+		"tag": "1",
+		"digest": digest,
+		"pinned": true,
+		"signature": {"status": "verified", "signer": "ci"},
+	},
+	"dropped": [],
+	"env": [{"name": "LOG_LEVEL", "value": "info"}, {"name": "DB_PASSWORD_FILE", "value": "/run/secrets/db_password"}],
+	"ports": [],
+	"mounts": [{"type": "volume", "source": "shop_data", "target": "/data", "read_only": false}],
+	"secrets": [{"name": "shop_db_password-abc", "target": "db_password"}],
+	"configs": [],
+	"capabilities": {"add": [], "drop": ["ALL"]},
+	"mode": "replicated",
+	"replicas": 2,
+	"healthcheck": {"disabled": false, "interval_seconds": 2, "timeout_seconds": 1, "start_period_seconds": 0, "retries": 3},
+	"resources": {"limit_cpus": 0.5, "limit_memory_bytes": 67108864, "reserve_cpus": 0, "reserve_memory_bytes": 0},
+	"restart_policy": {"condition": "on-failure", "max_attempts": 3},
+	"update_config": {"failure_action": "rollback", "monitor_seconds": 10, "parallelism": 1, "order": "start-first"},
+	"spec": {},
+}
+
+edge := object.union(good, {
+	"key": "nginx",
+	"name": "shop_nginx",
+	"labels": {"io.sawmill.role": "edge"},
+	"ports": [
+		{"published": 80, "target": 8080, "protocol": "tcp", "mode": "ingress"},
+		{"published": 443, "target": 8443, "protocol": "tcp", "mode": "ingress"},
+	],
+})
+
+doc(services) := {
+	"kind": "sawmill.io/stack/v1",
+	"stack": "shop",
+	"environment": "staging",
+	"config": {"allowed_registries": ["registry.example"]},
+	"services": services,
+	"networks": [],
+	"secrets": [],
+	"configs": [],
+	"warnings": [],
+}
+
+with_patch(patch) := doc([object.union(good, patch)])
+
+denies contains d if {
+	some name, set in main
+	regex.match(`^(deny|violation)(_[a-zA-Z0-9]+)*$`, name)
+	some d in set
+}
+
+warns contains d if {
+	some name, set in main
+	regex.match(`^warn(_[a-zA-Z0-9]+)*$`, name)
+	some d in set
+}
+
+deny_rules contains d.rule if some d in denies
+
+warn_rules contains d.rule if some d in warns
+
+exempt(rule) := {"labels": {sprintf("io.sawmill.exception.%s", [rule]): "needed"}, "exceptions": {rule: "because the test says so"}}
+
+test_good_services_pass if {
+	count(denies) == 0 with input as doc([good, edge])
+	count(warns) == 0 with input as doc([good, edge])
+}
+
+test_only_edge_publishes if {
+	deny_rules == {"published_ports"} with input as with_patch({"ports": [{"published": 8080, "target": 8080, "protocol": "tcp", "mode": "host"}]})
+}
+
+test_edge_only_80_443 if {
+	deny_rules == {"edge_ports"} with input as doc([object.union(edge, {"ports": [{"published": 8443, "target": 8443, "protocol": "tcp", "mode": "host"}]})])
+}
+
+test_published_port_exempted if {
+	inp := with_patch(object.union(exempt("published_ports"), {"ports": [{"published": 8080, "target": 8080, "protocol": "tcp", "mode": "host"}]}))
+	count(denies) == 0 with input as inp
+	warn_rules == {"exception"} with input as inp
+}
+
+test_privileged if {
+	deny_rules == {"privileged"} with input as with_patch({"dropped": [{"field": "privileged", "value": "true"}]})
+}
+
+test_host_namespaces if {
+	deny_rules == {"host_network", "host_pid", "host_ipc"} with input as with_patch({"dropped": [
+		{"field": "ipc", "value": "host"},
+		{"field": "network_mode", "value": "host"},
+		{"field": "pid", "value": "host"},
+	]})
+}
+
+test_other_dropped_keys_warn if {
+	inp := with_patch({"dropped": [{"field": "container_name", "value": "x"}, {"field": "pid", "value": "service:db"}]})
+	count(denies) == 0 with input as inp
+	warn_rules == {"dropped_key"} with input as inp
+}
+
+test_capabilities if {
+	deny_rules == {"capabilities"} with input as with_patch({"capabilities": {"add": ["CAP_SYS_ADMIN"], "drop": []}})
+	count(denies) == 0 with input as with_patch({"capabilities": {"add": ["NET_BIND_SERVICE"], "drop": []}})
+}
+
+test_docker_socket_and_exception if {
+	sock := {"mounts": [{"type": "bind", "source": "/var/run/docker.sock", "target": "/var/run/docker.sock", "read_only": true}]}
+	deny_rules == {"docker_socket"} with input as with_patch(sock)
+	count(denies) == 0 with input as with_patch(object.union(sock, exempt("docker_socket")))
+}
+
+test_host_root if {
+	deny_rules == {"host_root"} with input as with_patch({"mounts": [{"type": "bind", "source": "/", "target": "/host", "read_only": true}]})
+	deny_rules == {"host_root"} with input as with_patch({"mounts": [{"type": "bind", "source": "/etc/", "target": "/host", "read_only": true}]})
+	deny_rules == {"host_root"} with input as with_patch({"mounts": [{"type": "bind", "source": "/proc/1", "target": "/p", "read_only": true}]})
+	count(denies) == 0 with input as with_patch({"mounts": [{"type": "bind", "source": "/srv/data", "target": "/data", "read_only": false}]})
+}
+
+test_digest if {
+	deny_rules == {"image_digest"} with input as with_patch({"image": {"ref": "registry.example/shop/api:1", "pinned": false, "digest": ""}})
+}
+
+test_signature if {
+	deny_rules == {"image_signature"} with input as with_patch({"image": {"signature": {"status": "unverified"}}})
+	inp := with_patch({"image": {"signature": {"status": "unknown"}}})
+	count(denies) == 0 with input as inp
+	warn_rules == {"signature_unknown"} with input as inp
+	deny_rules == {"image_signature"} with input as object.union(inp, {"environment": "production"})
+}
+
+test_signature_cannot_be_exempted if {
+	inp := with_patch(object.union(exempt("image_signature"), {"image": {"signature": {"status": "unverified"}}}))
+	deny_rules == {"image_signature"} with input as inp
+	some w in warns with input as inp
+	contains(w.msg, "cannot be exempted")
+}
+
+test_registry if {
+	inp := with_patch({"image": {"registry": "docker.io", "repository": "library/nginx"}})
+	deny_rules == {"image_registry"} with input as inp
+	prefixed := object.union(inp, {"config": {"allowed_registries": ["docker.io/library"]}})
+	count(denies) == 0 with input as prefixed
+	unconfigured := object.union(inp, {"config": {"allowed_registries": []}})
+	count(denies) == 0 with input as unconfigured
+	warn_rules == {"registry_unchecked"} with input as unconfigured
+}
+
+test_env_credentials if {
+	inp := with_patch({"env": [
+		{"name": "POSTGRES_PASSWORD", "value": "hunter2"},
+		{"name": "AWS_SECRET_ACCESS_KEY", "value": "abc"},
+		{"name": "GITLAB_TOKEN", "value": "glpat"},
+	]})
+	deny_rules == {"env_credentials"} with input as inp
+	count(denies) == 3 with input as inp
+	msgs := concat("\n", [d.msg | some d in denies]) with input as inp
+	not contains(msgs, "hunter2")
+	not contains(msgs, "glpat")
+}
+
+test_env_not_credentials if {
+	count(denies) == 0 with input as with_patch({"env": [
+		{"name": "KAFKA_KEY_SERIALIZER", "value": "string"},
+		{"name": "DB_PASSWORD_FILE", "value": "/run/secrets/db"},
+		{"name": "API_TOKEN", "value": ""},
+		{"name": "PWD", "value": "/app"},
+	]})
+}
+
+test_secret_file_path if {
+	warn_rules == {"secret_file_path"} with input as with_patch({"env": [{"name": "DB_PASSWORD_FILE", "value": "/etc/pw"}]})
+}
+
+test_resource_limits if {
+	inp := with_patch({"resources": {"limit_cpus": 0, "limit_memory_bytes": 0}})
+	deny_rules == {"resource_limits"} with input as inp
+	count(denies) == 2 with input as inp
+}
+
+test_healthcheck if {
+	deny_rules == {"healthcheck"} with input as with_patch({"healthcheck": null})
+	deny_rules == {"healthcheck"} with input as with_patch({"healthcheck": {"disabled": true}})
+	count(denies) == 0 with input as with_patch({"healthcheck": null, "mode": "replicated-job"})
+}
+
+test_restart_policy_warns if {
+	inp := with_patch({"restart_policy": null})
+	count(denies) == 0 with input as inp
+	warn_rules == {"restart_policy"} with input as inp
+}
+
+test_update_rollback if {
+	deny_rules == {"update_rollback"} with input as with_patch({"update_config": null})
+	deny_rules == {"update_rollback"} with input as with_patch({"update_config": {"failure_action": "pause"}})
+	deny_rules == {"update_rollback"} with input as with_patch({"update_config": {"failure_action": ""}})
+}
+
+test_update_monitor_covers_healthcheck if {
+	# interval 2s x retries 3 = 6s: a 5s window is too short, 6s is enough.
+	deny_rules == {"update_monitor"} with input as with_patch({"update_config": {"monitor_seconds": 5}})
+	count(denies) == 0 with input as with_patch({"update_config": {"monitor_seconds": 6}})
+
+	# Docker's defaults (30s x 3) plus the start period.
+	deny_rules == {"update_monitor"} with input as with_patch({
+		"healthcheck": {"interval_seconds": 0, "retries": 0, "start_period_seconds": 10},
+		"update_config": {"monitor_seconds": 90},
+	})
+	count(denies) == 0 with input as with_patch({
+		"healthcheck": {"interval_seconds": 0, "retries": 0, "start_period_seconds": 10},
+		"update_config": {"monitor_seconds": 100},
+	})
+}
+
+test_exception_without_reason_is_ignored if {
+	inp := with_patch({
+		"exceptions": {"privileged": " "},
+		"dropped": [{"field": "privileged", "value": "true"}],
+	})
+	deny_rules == {"privileged"} with input as inp
+	some w in warns with input as inp
+	contains(w.msg, "no reason")
+}
+
+test_messages_name_service_and_rule if {
+	some d in denies with input as with_patch({"dropped": [{"field": "privileged", "value": "true"}]})
+	d.service == "api"
+	d.rule == "privileged"
+	startswith(d.msg, "api: ")
+}
