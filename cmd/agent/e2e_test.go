@@ -111,7 +111,7 @@ func randomName(prefix string) string {
 func get(t *testing.T, url string) string {
 	t.Helper()
 	var last error
-	for i := 0; i < 40; i++ {
+	for i := 0; i < 120; i++ {
 		r, err := http.Get(url)
 		if err == nil {
 			b, _ := io.ReadAll(r.Body)
@@ -456,5 +456,70 @@ func TestApplyEndToEnd(t *testing.T) {
 	}
 	if after := snapshot(t, dc, name); after != snap {
 		t.Fatalf("invalid input changed the swarm")
+	}
+}
+
+// A healthcheck that never passes makes Swarm roll the update back by itself (failure_action: rollback);
+// the agent reports that as a failed rollout, never as success, and the previous version keeps running.
+func TestSwarmAutoRollbackIsAFailure(t *testing.T) {
+	dc := testenv.Docker(t)
+	reg := testenv.Registry(t)
+	testenv.Image(t, reg+"/app:v1", "MESSAGE=v1")
+	name := randomName("e2erb")
+	t.Cleanup(func() { removeStack(dc, name) })
+	dir := t.TempDir()
+	port := freePort(t)
+	write := func(unhealthy string, constraints ...string) string {
+		c := fmt.Sprintf(`services:
+  app:
+    image: %s/app:v1
+    environment:
+      MESSAGE: app
+      UNHEALTHY: "%s"
+    ports:
+      - {target: 8080, published: %d, mode: host}
+    healthcheck:
+      test: ["CMD", "/testsvc", "-probe", "http://127.0.0.1:8080/healthz"]
+      interval: 1s
+      timeout: 5s
+      retries: 3
+    deploy:
+      endpoint_mode: dnsrr
+      update_config:
+        failure_action: rollback
+        monitor: 20s
+      placement:
+        constraints: [%s]
+`, reg, unhealthy, port, strings.Join(constraints, ", "))
+		p := filepath.Join(dir, "compose.yaml")
+		if err := os.WriteFile(p, []byte(c), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	if r := runAgent(t, dc, "apply", "-c", write(""), name, "--timeout", "2m"); r.code != 0 {
+		t.Fatalf("first apply: exit %d", r.code)
+	}
+	r := runAgent(t, dc, "apply", "-c", write("yes"), name, "--timeout", "2m")
+	if r.code != 1 {
+		t.Fatalf("an update Swarm rolled back: exit %d, want 1", r.code)
+	}
+	if !strings.Contains(r.stderr, name+"_app") || !strings.Contains(r.stderr, "rolled the update back") {
+		t.Fatalf("the error does not say Swarm rolled %s_app back:\n%s", name, r.stderr)
+	}
+	if got := get(t, fmt.Sprintf("http://127.0.0.1:%d/healthz", port)); got != "ok" {
+		t.Fatalf("the previous version does not serve: %q", got)
+	}
+
+	// An update that cannot be scheduled times out; the agent rolls it back itself.
+	r = runAgent(t, dc, "apply", "-c", write("", "node.labels.sawmill-nowhere == true"), name, "--timeout", "10s")
+	if r.code != 1 || !strings.Contains(r.stderr, "did not converge within 10s") {
+		t.Fatalf("timeout: exit %d, want 1 with the timeout named:\n%s", r.code, r.stderr)
+	}
+	if !strings.Contains(r.stdout, "rolled back: "+name+"_app") {
+		t.Fatalf("the timed-out update was not rolled back:\n%s", r.stdout)
+	}
+	if got := get(t, fmt.Sprintf("http://127.0.0.1:%d/healthz", port)); got != "ok" {
+		t.Fatalf("after the timeout the previous version does not serve: %q", got)
 	}
 }

@@ -195,14 +195,14 @@ func (a *Applier) rollback(ctx context.Context, targets []target, failures []Fai
 		a.Log.Warn("service rolled back", "service", t.name)
 		rolled = append(rolled, target{id: t.id, name: t.name, updated: true})
 	}
-	// Wait for the previous version to run again (bounded by the same timeout).
-	deadline := a.Now().Add(a.Timeout)
+	// Wait for the previous version to run again: the rollout's timeout may be spent already, so the
+	// rollback gets a budget of its own.
+	deadline := a.Now().Add(a.Timeout + time.Minute)
 	var names []string
 	for _, t := range rolled {
 		names = append(names, t.name)
 		for a.Now().Before(deadline) {
-			r, err := a.Client.ServiceInspect(ctx, t.id, client.ServiceInspectOptions{})
-			if err == nil && r.Service.UpdateStatus != nil && r.Service.UpdateStatus.State == swarm.UpdateStateRollbackCompleted {
+			if a.rolledBack(ctx, t) {
 				break
 			}
 			select {
@@ -217,19 +217,53 @@ func (a *Applier) rollback(ctx context.Context, targets []target, failures []Fai
 }
 
 // taskJSON is what identifies the version of a task's spec. The engine shows tasks with fewer fields than
-// services (no restart policy, no stop grace period), so only the container spec, less those, and the force
-// counter are compared.
+// services (no restart policy, runtime or stop grace period), and network attachments with details of its
+// own, so those are left out; everything else of the task template is compared.
+// rolledBack reports whether a service's rollback finished: Swarm says so, or every task runs the spec the
+// service has now.
+func (a *Applier) rolledBack(ctx context.Context, t target) bool {
+	r, err := a.Client.ServiceInspect(ctx, t.id, client.ServiceInspectOptions{})
+	if err != nil {
+		return false
+	}
+	svc := r.Service
+	if us := svc.UpdateStatus; us != nil {
+		switch us.State {
+		case swarm.UpdateStateRollbackCompleted:
+			return true
+		case swarm.UpdateStateRollbackPaused:
+			a.Log.Error("Swarm paused the rollback", "service", t.name, "message", us.Message)
+			return true
+		}
+	}
+	tasks, err := a.Client.TaskList(ctx, client.TaskListOptions{Filters: make(client.Filters).Add("service", svc.ID)})
+	if err != nil {
+		return false
+	}
+	want, running, desired := taskJSON(svc.Spec.TaskTemplate), 0, 0
+	for _, task := range tasks.Items {
+		if task.DesiredState != swarm.TaskStateRunning {
+			continue
+		}
+		desired++
+		if taskJSON(task.Spec) == want && task.Status.State == swarm.TaskStateRunning {
+			running++
+		}
+	}
+	n := replicas(svc.Spec.Mode)
+	return desired == running && (n < 0 || running == n)
+}
+
 func taskJSON(t swarm.TaskSpec) string {
-	key := struct {
-		C     *swarm.ContainerSpec
-		Force uint64
-	}{Force: t.ForceUpdate}
+	t.RestartPolicy = nil
+	t.Runtime = ""
+	t.Networks = nil
 	if t.ContainerSpec != nil {
 		c := *t.ContainerSpec
 		c.StopGracePeriod = nil
-		key.C = &c
+		t.ContainerSpec = &c
 	}
-	b, _ := json.Marshal(key)
+	b, _ := json.Marshal(t)
 	return string(b)
 }
 
