@@ -37,6 +37,10 @@ wall_ms() {
   echo $(( (e - s) / 1000 ))
 }
 median() { sort -n | awk '{a[NR]=$1} END {printf "%.1f", a[int((NR+1)/2)]/1000}'; }
+# CPU time (user + system, children included) in us of one run, from GNU time (10 ms resolution)
+cpu_us() {
+  /usr/bin/time -f "%U %S" "$@" 2>&1 >/dev/null | tail -1 | awk '{printf "%d", ($1 + $2) * 1000000}'
+}
 # peak resident memory in MB of one run
 peak_mb() {
   /usr/bin/time -v "$@" 2>&1 >/dev/null | awk -F: '/Maximum resident set size/ {printf "%.1f", $2/1024}'
@@ -46,8 +50,11 @@ zero=0000000000000000000000000000000000000000
 git -C "$repo" ls-files > /dev/null # warm the page cache
 "$work/pipegen" generate --repo "$repo" --base "$zero" -o "$work/full.yml" 2>/dev/null
 # Interleaved runs, so that every command sees the same machine load.
-ls_t=() full_t=() incr_t=() plan_t=()
+ls_t=() full_t=() incr_t=() plan_t=() ls_c=() full_c=() incr_c=()
 for ((i = 0; i < RUNS; i++)); do
+  ls_c+=("$(cpu_us git -C "$repo" ls-files)")
+  full_c+=("$(cpu_us "$work/pipegen" generate --repo "$repo" --base "$zero" -o "$work/full.yml")")
+  incr_c+=("$(cpu_us "$work/pipegen" generate --repo "$repo" --base "$base" -o "$work/incr.yml")")
   ls_t+=("$(wall_ms git -C "$repo" ls-files)")
   full_t+=("$(wall_ms "$work/pipegen" generate --repo "$repo" --base "$zero" -o "$work/full.yml")")
   incr_t+=("$(wall_ms "$work/pipegen" generate --repo "$repo" --base "$base" -o "$work/incr.yml")")
@@ -57,6 +64,9 @@ ls_ms=$(printf '%s\n' "${ls_t[@]}" | median)
 full_ms=$(printf '%s\n' "${full_t[@]}" | median)
 incr_ms=$(printf '%s\n' "${incr_t[@]}" | median)
 plan_ms=$(printf '%s\n' "${plan_t[@]}" | median)
+ls_cpu=$(printf '%s\n' "${ls_c[@]}" | median)
+full_cpu=$(printf '%s\n' "${full_c[@]}" | median)
+incr_cpu=$(printf '%s\n' "${incr_c[@]}" | median)
 full_mb=$(peak_mb "$work/pipegen" generate --repo "$repo" --base "$zero" -o "$work/full.yml")
 incr_mb=$(peak_mb "$work/pipegen" generate --repo "$repo" --base "$base" -o "$work/incr.yml")
 "$work/pipegen" lint "$work/full.yml" > /dev/null
@@ -71,3 +81,7 @@ printf '  %-44s %8s ms  ratio %sx (goal <= 3x)  peak %s MB (goal < 100 MB)  %s t
 printf '  %-44s %8s ms  ratio %sx (goal <= 3x)  peak %s MB (goal < 100 MB)  %s top-level keys\n' \
   "pipegen generate (5 paths changed)" "$incr_ms" "$(ratio "$incr_ms" "$ls_ms")" "$incr_mb" "$jobs_incr"
 printf '  %-44s %8s ms  ratio %sx\n' "pipegen plan (5 paths changed)" "$plan_ms" "$(ratio "$plan_ms" "$ls_ms")"
+echo "median CPU time (user + system; less sensitive to machine load, 10 ms resolution):"
+printf '  %-44s %8s ms\n' "git ls-files" "$ls_cpu"
+printf '  %-44s %8s ms  ratio %sx\n' "pipegen generate (everything rebuilt)" "$full_cpu" "$(ratio "$full_cpu" "$ls_cpu")"
+printf '  %-44s %8s ms  ratio %sx\n' "pipegen generate (5 paths changed)" "$incr_cpu" "$(ratio "$incr_cpu" "$ls_cpu")"
