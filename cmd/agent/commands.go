@@ -35,7 +35,7 @@ func newRoot(d deps) *cobra.Command {
 	root.PersistentFlags().String("log-format", "text", "log format: text or json")
 	_ = v.BindPFlags(root.PersistentFlags())
 
-	root.AddCommand(planCmd(v, d), applyCmd(v, d))
+	root.AddCommand(planCmd(v, d), applyCmd(v, d), checkCmd(v, d), renderCmd(v, d))
 	return root
 }
 
@@ -83,7 +83,11 @@ func planCmd(v *viper.Viper, d deps) *cobra.Command {
 				return err
 			}
 			defer c.Close()
-			p, err := reconcile.Plan(cmd.Context(), c, o)
+			gate, err := policyGate(v, cmd, log, stdout)
+			if err != nil {
+				return err
+			}
+			p, err := reconcile.Plan(cmd.Context(), c, o, gate.Check)
 			if err != nil {
 				return err
 			}
@@ -92,6 +96,7 @@ func planCmd(v *viper.Viper, d deps) *cobra.Command {
 	}
 	composeFlags(cmd)
 	cmd.Flags().StringP("output", "o", "text", "output format: text or json")
+	gateFlags(cmd)
 	return cmd
 }
 
@@ -131,7 +136,11 @@ func applyCmd(v *viper.Viper, d deps) *cobra.Command {
 			}
 			defer c.Close()
 			a := &swarm.Applier{Client: c, Log: log, Timeout: timeout}
-			res, err := reconcile.Apply(cmd.Context(), a, o, log)
+			gate, err := policyGate(v, cmd, log, stdout)
+			if err != nil {
+				return err
+			}
+			res, err := reconcile.Apply(cmd.Context(), a, o, log, gate.Check)
 			if res != nil && res.Plan != nil {
 				if rerr := output(stdout, cmd, res.Plan); rerr != nil && err == nil {
 					err = rerr
@@ -149,6 +158,7 @@ func applyCmd(v *viper.Viper, d deps) *cobra.Command {
 	}
 	composeFlags(cmd)
 	cmd.Flags().StringP("output", "o", "text", "output format: text or json")
+	gateFlags(cmd)
 	cmd.Flags().Duration("timeout", 5*time.Minute, "how long to wait for the stack to converge")
 	return cmd
 }

@@ -75,6 +75,8 @@ type Decision struct {
 	Rule    string `json:"rule"`
 	Service string `json:"service,omitempty"`
 	Message string `json:"message"`
+	// Source is the rego rule that made the decision (deny_privileged, say).
+	Source string `json:"source"`
 }
 
 // Report is the outcome of one evaluation.
@@ -423,7 +425,7 @@ func shortName(rule string) string {
 }
 
 func decision(kind, rule, short string, v any) (Decision, error) {
-	d := Decision{Kind: kind, Rule: short}
+	d := Decision{Kind: kind, Rule: short, Source: rule}
 	switch m := v.(type) {
 	case string:
 		d.Message = m

@@ -392,10 +392,9 @@ func image(ref string, sigs map[string]Signature) Image {
 }
 
 func nonNil(s []string) []string {
-	if s == nil {
-		return []string{}
-	}
-	return append([]string(nil), s...)
+	out := make([]string, len(s))
+	copy(out, s)
+	return out
 }
 
 func sortedCopy(s []string) []string {

@@ -1,5 +1,5 @@
 // Package reconcile runs the agent's steps in order for one stack: load the compose files, check the engine
-// is a swarm manager, observe the stack, compute the plan, and (for apply) apply it and wait for convergence.
+// is a swarm manager, run the checks (the policy gate) on the wanted stack, observe the stack, compute the plan, and (for apply) apply it and wait for convergence.
 // It is the only package that imports every stage; the stages do not import each other sideways.
 //
 // In: compose options, a Docker client, a logger. Out: the plan and the apply result.
@@ -13,14 +13,24 @@ import (
 	"github.com/sabeiro/sawmill/internal/compose"
 	"github.com/sabeiro/sawmill/internal/fault"
 	"github.com/sabeiro/sawmill/internal/plan"
+	"github.com/sabeiro/sawmill/internal/stack"
 	"github.com/sabeiro/sawmill/internal/swarm"
 )
 
-// Plan loads the wanted stack and compares it with the swarm. It makes read calls only.
-func Plan(ctx context.Context, r swarm.Reader, o compose.Options) (*plan.Plan, error) {
+// Check judges the wanted stack before anything is observed or written (policy.Gate.Check, say); an error
+// stops the run (a fault.Refused one exits 3).
+type Check func(ctx context.Context, wanted *stack.Stack) error
+
+// Plan loads the wanted stack, runs the checks on it, and compares it with the swarm. It makes read calls only.
+func Plan(ctx context.Context, r swarm.Reader, o compose.Options, checks ...Check) (*plan.Plan, error) {
 	wanted, err := compose.Load(ctx, o)
 	if err != nil {
 		return nil, err
+	}
+	for _, check := range checks {
+		if err := check(ctx, wanted); err != nil {
+			return nil, err
+		}
 	}
 	if err := swarm.CheckManager(ctx, r); err != nil {
 		return nil, fault.InvalidErr(err)
@@ -33,8 +43,8 @@ func Plan(ctx context.Context, r swarm.Reader, o compose.Options) (*plan.Plan, e
 }
 
 // Apply plans and applies. The returned plan is set whenever planning succeeded, also on a failed rollout.
-func Apply(ctx context.Context, a *swarm.Applier, o compose.Options, log *slog.Logger) (*swarm.Result, error) {
-	p, err := Plan(ctx, a.Client, o)
+func Apply(ctx context.Context, a *swarm.Applier, o compose.Options, log *slog.Logger, checks ...Check) (*swarm.Result, error) {
+	p, err := Plan(ctx, a.Client, o, checks...)
 	if err != nil {
 		return nil, err
 	}

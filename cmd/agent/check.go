@@ -1,0 +1,138 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/viper"
+
+	"github.com/sabeiro/sawmill/internal/compose"
+	"github.com/sabeiro/sawmill/internal/policy"
+)
+
+// inputFlags add what goes into the policy input document besides the stack.
+func inputFlags(cmd *cobra.Command) {
+	f := cmd.Flags()
+	f.String("env", "", "environment name (staging, production, ...) the policies see as input.environment")
+	f.StringArray("allowed-registry", nil, "registry host or host/path prefix images may come from (repeatable; none: not checked)")
+}
+
+// policyFlags add the flags that say which policies run.
+func policyFlags(cmd *cobra.Command) {
+	inputFlags(cmd)
+	f := cmd.Flags()
+	f.StringArray("policies", nil, "extra policy directory, rego package main (repeatable)")
+	f.Bool("no-default-policies", false, "leave out the default policy set built into the agent")
+}
+
+// gateFlags add the policy flags of plan and apply.
+func gateFlags(cmd *cobra.Command) {
+	policyFlags(cmd)
+	cmd.Flags().String("policy-mode", string(policy.ModeEnforce), "off, warn (report denies, refuse nothing) or enforce (a deny refuses: exit 3)")
+}
+
+// setting reads a flag, or the SAWMILL_* environment variable when the flag is not given.
+func setting(v *viper.Viper, cmd *cobra.Command, name string) {
+	_ = v.BindPFlag(name, cmd.Flags().Lookup(name))
+}
+
+func inputOptions(v *viper.Viper, cmd *cobra.Command) policy.InputOptions {
+	setting(v, cmd, "env")
+	setting(v, cmd, "allowed-registry")
+	regs := v.GetStringSlice("allowed-registry")
+	return policy.InputOptions{Environment: v.GetString("env"), AllowedRegistries: regs}
+}
+
+func policyEngine(v *viper.Viper, cmd *cobra.Command) *policy.Engine {
+	setting(v, cmd, "policies")
+	setting(v, cmd, "no-default-policies")
+	return policy.New(policy.Options{Dirs: v.GetStringSlice("policies"), NoDefault: v.GetBool("no-default-policies")})
+}
+
+// policyGate builds the policy check of plan and apply. Decisions are printed to out with text output, and
+// logged otherwise.
+func policyGate(v *viper.Viper, cmd *cobra.Command, log *slog.Logger, out io.Writer) (*policy.Gate, error) {
+	setting(v, cmd, "policy-mode")
+	mode, err := policy.ParseMode(v.GetString("policy-mode"))
+	if err != nil {
+		return nil, usageError{err}
+	}
+	if format, _ := cmd.Flags().GetString("output"); format != "text" {
+		out = nil
+	}
+	return &policy.Gate{Engine: policyEngine(v, cmd), Mode: mode, Input: inputOptions(v, cmd), Log: log, Out: out}, nil
+}
+
+// loadInput loads the compose files and builds the policy input document.
+func loadInput(v *viper.Viper, cmd *cobra.Command, args []string) (*policy.Input, error) {
+	o, err := composeOptions(cmd, args)
+	if err != nil {
+		return nil, err
+	}
+	st, err := compose.Load(cmd.Context(), o)
+	if err != nil {
+		return nil, err
+	}
+	return policy.NewInput(st, inputOptions(v, cmd)), nil
+}
+
+func checkCmd(v *viper.Viper, d deps) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "check -c compose.yaml [-c override.yaml ...] [--policies DIR ...] [--env NAME] [-o text|json|junit] [STACK]",
+		Short: "Evaluate the policies on a stack; no Docker and no network needed (exit 3 when denied)",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			format, _ := cmd.Flags().GetString("output")
+			var write func(io.Writer, *policy.Report) error
+			switch format {
+			case "text":
+				write = policy.WriteText
+			case "json":
+				write = policy.WriteJSON
+			case "junit":
+				write = policy.WriteJUnit
+			default:
+				return usageError{fmt.Errorf("-o %q: use text, json or junit", format)}
+			}
+			in, err := loadInput(v, cmd, args)
+			if err != nil {
+				return err
+			}
+			rep, err := policyEngine(v, cmd).Evaluate(cmd.Context(), in)
+			if err != nil {
+				return err
+			}
+			if err := write(d.stdout, rep); err != nil {
+				return err
+			}
+			if n := len(rep.Denies()); n > 0 {
+				return refusedSummary(rep)
+			}
+			return nil
+		},
+	}
+	composeFlags(cmd)
+	policyFlags(cmd)
+	cmd.Flags().StringP("output", "o", "text", "output format: text, json or junit (a GitLab test report)")
+	return cmd
+}
+
+// refusedSummary is the error of a check with denies: the report names them already, so it stays short.
+func refusedSummary(rep *policy.Report) error {
+	err := rep.Err()
+	if err == nil {
+		return nil
+	}
+	return &shortError{msg: fmt.Sprintf("policy denied stack %s: %d denies, %d warnings", rep.Stack, len(rep.Denies()), len(rep.Warns())), err: err}
+}
+
+// shortError prints msg and keeps err's classification.
+type shortError struct {
+	msg string
+	err error
+}
+
+func (s *shortError) Error() string { return s.msg }
+func (s *shortError) Unwrap() error { return s.err }
