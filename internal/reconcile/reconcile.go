@@ -9,6 +9,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/sabeiro/sawmill/internal/compose"
 	"github.com/sabeiro/sawmill/internal/fault"
@@ -22,7 +23,28 @@ import (
 type Check func(ctx context.Context, wanted *stack.Stack) error
 
 // Plan loads the wanted stack, runs the checks on it, and compares it with the swarm. It makes read calls only.
-func Plan(ctx context.Context, r swarm.Reader, o compose.Options, checks ...Check) (*plan.Plan, error) {
+func Plan(ctx context.Context, r swarm.Reader, o compose.Options, log *slog.Logger, checks ...Check) (*plan.Plan, error) {
+	t0 := time.Now()
+	// Observing only reads; when the stack name is known it overlaps with loading the compose files.
+	type observation struct {
+		st  *stack.Stack
+		err error
+	}
+	observe := func(name string) observation {
+		if err := swarm.CheckManager(ctx, r); err != nil {
+			return observation{err: fault.InvalidErr(err)}
+		}
+		st, err := swarm.Observe(ctx, r, name)
+		if err != nil {
+			err = fmt.Errorf("observe stack %s: %w", name, err)
+		}
+		return observation{st, err}
+	}
+	var early chan observation
+	if o.Stack != "" {
+		early = make(chan observation, 1)
+		go func() { early <- observe(o.Stack) }()
+	}
 	wanted, err := compose.Load(ctx, o)
 	if err != nil {
 		return nil, err
@@ -32,19 +54,26 @@ func Plan(ctx context.Context, r swarm.Reader, o compose.Options, checks ...Chec
 			return nil, err
 		}
 	}
-	if err := swarm.CheckManager(ctx, r); err != nil {
-		return nil, fault.InvalidErr(err)
+	t1 := time.Now()
+	var obs observation
+	if early != nil {
+		obs = <-early
+	} else {
+		obs = observe(wanted.Name)
 	}
-	observed, err := swarm.Observe(ctx, r, wanted.Name)
-	if err != nil {
-		return nil, fmt.Errorf("observe stack %s: %w", wanted.Name, err)
+	if obs.err != nil {
+		return nil, obs.err
 	}
-	return plan.Compute(wanted, observed)
+	observed := obs.st
+	t2 := time.Now()
+	p, err := plan.Compute(wanted, observed)
+	log.Debug("planned", "stack", wanted.Name, "load", t1.Sub(t0), "observe", t2.Sub(t1), "compute", time.Since(t2))
+	return p, err
 }
 
 // Apply plans and applies. The returned plan is set whenever planning succeeded, also on a failed rollout.
 func Apply(ctx context.Context, a *swarm.Applier, o compose.Options, log *slog.Logger, checks ...Check) (*swarm.Result, error) {
-	p, err := Plan(ctx, a.Client, o, checks...)
+	p, err := Plan(ctx, a.Client, o, log, checks...)
 	if err != nil {
 		return nil, err
 	}

@@ -27,20 +27,31 @@ func (a *Applier) converge(ctx context.Context, targets []target, since time.Tim
 		pending[t.id] = t
 	}
 	var failures []Failure
-	lastState := map[string]string{}
+	var lastErr error
+	var last *round
 	for len(pending) > 0 {
-		for _, id := range sortedIDs(pending) {
-			t := pending[id]
-			done, reason, err := a.check(ctx, t, since)
-			switch {
-			case err != nil:
-				lastState[id] = err.Error()
-			case reason != "":
-				failures = append(failures, Failure{Service: t.name, Reason: reason})
-				delete(pending, id)
-			case done:
-				a.Log.Info("service converged", "service", t.name)
-				delete(pending, id)
+		r, err := a.observe(ctx, sortedIDs(pending))
+		if err != nil {
+			lastErr = err
+		} else {
+			last = r
+			for _, id := range sortedIDs(pending) {
+				t := pending[id]
+				svc, ok := r.services[id]
+				if !ok {
+					failures = append(failures, Failure{Service: t.name, Reason: "the service disappeared during the rollout"})
+					delete(pending, id)
+					continue
+				}
+				done, reason := a.check(t, svc, r.tasks[id], since)
+				switch {
+				case reason != "":
+					failures = append(failures, Failure{Service: t.name, Reason: reason})
+					delete(pending, id)
+				case done:
+					a.Log.Info("service converged", "service", t.name)
+					delete(pending, id)
+				}
 			}
 		}
 		if len(pending) == 0 {
@@ -48,12 +59,14 @@ func (a *Applier) converge(ctx context.Context, targets []target, since time.Tim
 		}
 		if a.Now().After(deadline) {
 			for _, id := range sortedIDs(pending) {
-				t := pending[id]
-				state, _ := a.describe(ctx, t.id)
-				if s := lastState[id]; s != "" && state == "" {
-					state = s
+				state := "the engine did not answer"
+				if last != nil {
+					state = describe(last.tasks[id])
 				}
-				failures = append(failures, Failure{Service: t.name, Reason: fmt.Sprintf("did not converge within %s: %s", a.Timeout, state)})
+				if lastErr != nil {
+					state += " (last engine error: " + lastErr.Error() + ")"
+				}
+				failures = append(failures, Failure{Service: pending[id].name, Reason: fmt.Sprintf("did not converge within %s: %s", a.Timeout, state)})
 			}
 			break
 		}
@@ -70,33 +83,56 @@ func (a *Applier) converge(ctx context.Context, targets []target, since time.Tim
 	return failures
 }
 
-// check looks at one service once.
-func (a *Applier) check(ctx context.Context, t target, since time.Time) (done bool, failure string, err error) {
-	r, err := a.Client.ServiceInspect(ctx, t.id, client.ServiceInspectOptions{})
+// round is one look at the services being rolled out: two API calls, whatever their number.
+type round struct {
+	services map[string]swarm.Service
+	tasks    map[string][]swarm.Task
+}
+
+func (a *Applier) observe(ctx context.Context, ids []string) (*round, error) {
+	svcs, err := a.Client.ServiceList(ctx, client.ServiceListOptions{Filters: make(client.Filters).Add("id", ids...)})
 	if err != nil {
-		return false, "", err
+		return nil, fmt.Errorf("list services: %w", err)
 	}
-	svc := r.Service
+	tasks, err := a.Client.TaskList(ctx, client.TaskListOptions{Filters: make(client.Filters).Add("service", ids...)})
+	if err != nil {
+		return nil, fmt.Errorf("list tasks: %w", err)
+	}
+	r := &round{services: map[string]swarm.Service{}, tasks: map[string][]swarm.Task{}}
+	want := map[string]bool{}
+	for _, id := range ids {
+		want[id] = true
+	}
+	for _, s := range svcs.Items {
+		if want[s.ID] { // the id filter matches prefixes
+			r.services[s.ID] = s
+		}
+	}
+	for _, t := range tasks.Items {
+		r.tasks[t.ServiceID] = append(r.tasks[t.ServiceID], t)
+	}
+	for id := range r.tasks {
+		ts := r.tasks[id]
+		sort.Slice(ts, func(i, j int) bool { return ts[i].CreatedAt.After(ts[j].CreatedAt) })
+	}
+	return r, nil
+}
+
+// check judges one service from one round: converged, failed (with the reason), or neither yet.
+func (a *Applier) check(t target, svc swarm.Service, tasks []swarm.Task, since time.Time) (done bool, failure string) {
 	if us := svc.UpdateStatus; us != nil && (us.StartedAt == nil || !us.StartedAt.Before(since)) {
 		switch us.State {
 		case swarm.UpdateStatePaused:
-			return false, "update paused by Swarm: " + us.Message + a.taskError(ctx, svc, since), nil
+			return false, "update paused by Swarm: " + us.Message + taskError(tasks, svc, since)
 		case swarm.UpdateStateRollbackStarted, swarm.UpdateStateRollbackPaused, swarm.UpdateStateRollbackCompleted:
-			return false, "Swarm rolled the update back (" + string(us.State) + "): " + us.Message + a.taskError(ctx, svc, since), nil
-		case swarm.UpdateStateUpdating:
-			// Failed tasks are counted below; completion is not reached yet.
+			return false, "Swarm rolled the update back (" + string(us.State) + "): " + us.Message + taskError(tasks, svc, since)
 		}
-	}
-	tasks, err := a.Client.TaskList(ctx, client.TaskListOptions{Filters: make(client.Filters).Add("service", svc.ID)})
-	if err != nil {
-		return false, "", err
 	}
 	want := taskJSON(svc.Spec.TaskTemplate)
 	failed, running, desired := 0, 0, 0
 	var lastErr string
-	for _, task := range tasks.Items {
-		current := taskJSON(task.Spec) == want
-		if !current {
+	for _, task := range tasks {
+		if taskJSON(task.Spec) != want {
 			if task.DesiredState == swarm.TaskStateRunning {
 				desired++ // an old task still has to be replaced
 			}
@@ -104,7 +140,9 @@ func (a *Applier) check(ctx context.Context, t target, since time.Time) (done bo
 		}
 		if task.CreatedAt.After(since) && taskFailed(task, svc.Spec.Mode) {
 			failed++
-			lastErr = taskReason(task)
+			if lastErr == "" {
+				lastErr = taskReason(task) // tasks are newest first
+			}
 		}
 		if task.DesiredState == swarm.TaskStateRunning {
 			desired++
@@ -114,46 +152,37 @@ func (a *Applier) check(ctx context.Context, t target, since time.Time) (done bo
 		}
 	}
 	if failed >= a.MaxTaskFailures || (failed > 0 && noRestart(svc.Spec)) {
-		return false, fmt.Sprintf("%d task(s) of the new version failed: %s", failed, lastErr), nil
+		return false, fmt.Sprintf("%d task(s) of the new version failed: %s", failed, lastErr)
 	}
 	if us := svc.UpdateStatus; t.updated && us != nil && us.State == swarm.UpdateStateUpdating {
-		return false, "", nil
+		return false, ""
 	}
 	switch n := replicas(svc.Spec.Mode); {
 	case n == 0: // a job: it runs to completion on its own schedule
-		return true, "", nil
+		return true, ""
 	case n > 0:
-		return running == n && desired == running, "", nil
+		return running == n && desired == running, ""
 	default: // global: one task per eligible node
-		return running > 0 && desired == running, "", nil
+		return running > 0 && desired == running, ""
 	}
 }
 
-// describe summarizes the tasks of a service for a timeout message.
-func (a *Applier) describe(ctx context.Context, id string) (string, error) {
-	tasks, err := a.Client.TaskList(ctx, client.TaskListOptions{Filters: make(client.Filters).Add("service", id)})
-	if err != nil {
-		return "", err
-	}
-	sort.Slice(tasks.Items, func(i, j int) bool { return tasks.Items[i].CreatedAt.After(tasks.Items[j].CreatedAt) })
-	for _, t := range tasks.Items {
+// describe summarizes a service's tasks (newest first) for a timeout message.
+func describe(tasks []swarm.Task) string {
+	for _, t := range tasks {
 		if t.DesiredState == swarm.TaskStateRunning && t.Status.State != swarm.TaskStateRunning {
-			return "task " + t.ID[:min(12, len(t.ID))] + " is " + string(t.Status.State) + " " + taskReason(t), nil
+			return "task " + t.ID[:min(12, len(t.ID))] + " is " + taskReason(t)
 		}
 	}
-	if len(tasks.Items) > 0 {
-		return "last task " + string(tasks.Items[0].Status.State) + " " + taskReason(tasks.Items[0]), nil
+	if len(tasks) > 0 {
+		return "last task " + taskReason(tasks[0])
 	}
-	return "no task was scheduled", nil
+	return "no task was scheduled"
 }
 
-func (a *Applier) taskError(ctx context.Context, svc swarm.Service, since time.Time) string {
-	tasks, err := a.Client.TaskList(ctx, client.TaskListOptions{Filters: make(client.Filters).Add("service", svc.ID)})
-	if err != nil {
-		return ""
-	}
-	sort.Slice(tasks.Items, func(i, j int) bool { return tasks.Items[i].CreatedAt.After(tasks.Items[j].CreatedAt) })
-	for _, t := range tasks.Items {
+// taskError names the newest failed task of the new version.
+func taskError(tasks []swarm.Task, svc swarm.Service, since time.Time) string {
+	for _, t := range tasks {
 		if t.CreatedAt.After(since) && taskFailed(t, svc.Spec.Mode) {
 			return "; task " + taskReason(t)
 		}

@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/moby/moby/client"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/sabeiro/sawmill/internal/stack"
 )
@@ -18,9 +19,40 @@ func Observe(ctx context.Context, r Reader, name string) (*stack.Stack, error) {
 		return labels[stack.LabelNamespace] == name || strings.HasPrefix(objName, name+"_")
 	}
 
-	svcs, err := r.ServiceList(ctx, client.ServiceListOptions{})
-	if err != nil {
-		return nil, fmt.Errorf("list services: %w", err)
+	// The four lists are independent: ask for them at once.
+	var (
+		svcs    client.ServiceListResult
+		nets    client.NetworkListResult
+		secrets client.SecretListResult
+		configs client.ConfigListResult
+	)
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() (err error) {
+		if svcs, err = r.ServiceList(gctx, client.ServiceListOptions{}); err != nil {
+			err = fmt.Errorf("list services: %w", err)
+		}
+		return err
+	})
+	g.Go(func() (err error) {
+		if nets, err = r.NetworkList(gctx, client.NetworkListOptions{}); err != nil {
+			err = fmt.Errorf("list networks: %w", err)
+		}
+		return err
+	})
+	g.Go(func() (err error) {
+		if secrets, err = r.SecretList(gctx, client.SecretListOptions{}); err != nil {
+			err = fmt.Errorf("list secrets: %w", err)
+		}
+		return err
+	})
+	g.Go(func() (err error) {
+		if configs, err = r.ConfigList(gctx, client.ConfigListOptions{}); err != nil {
+			err = fmt.Errorf("list configs: %w", err)
+		}
+		return err
+	})
+	if err := g.Wait(); err != nil {
+		return nil, err
 	}
 	for _, s := range svcs.Items {
 		if !mine(s.Spec.Name, s.Spec.Labels) {
@@ -31,10 +63,6 @@ func Observe(ctx context.Context, r Reader, name string) (*stack.Stack, error) {
 			ID: s.ID, Version: s.Version.Index, PreviousSpec: s.PreviousSpec, UpdateStatus: s.UpdateStatus,
 		})
 	}
-	nets, err := r.NetworkList(ctx, client.NetworkListOptions{})
-	if err != nil {
-		return nil, fmt.Errorf("list networks: %w", err)
-	}
 	for _, n := range nets.Items {
 		if n.Scope != "swarm" || !mine(n.Name, n.Labels) {
 			continue
@@ -44,18 +72,10 @@ func Observe(ctx context.Context, r Reader, name string) (*stack.Stack, error) {
 			Internal: n.Internal, Options: n.Options, Labels: n.Labels, ID: n.ID,
 		})
 	}
-	secrets, err := r.SecretList(ctx, client.SecretListOptions{})
-	if err != nil {
-		return nil, fmt.Errorf("list secrets: %w", err)
-	}
 	for _, s := range secrets.Items {
 		if mine(s.Spec.Name, s.Spec.Labels) {
 			st.Secrets = append(st.Secrets, stack.Object{Name: s.Spec.Name, Key: s.Spec.Labels[stack.LabelKey], Labels: s.Spec.Labels, Hash: s.Spec.Labels[stack.LabelContentHash], ID: s.ID})
 		}
-	}
-	configs, err := r.ConfigList(ctx, client.ConfigListOptions{})
-	if err != nil {
-		return nil, fmt.Errorf("list configs: %w", err)
 	}
 	for _, c := range configs.Items {
 		if mine(c.Spec.Name, c.Spec.Labels) {
