@@ -77,7 +77,6 @@ func planCmd(v *viper.Viper, d deps) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			_ = log
 			c, err := d.connect()
 			if err != nil {
 				return err
@@ -87,7 +86,7 @@ func planCmd(v *viper.Viper, d deps) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			p, err := reconcile.Plan(cmd.Context(), c, o, gate.Check)
+			p, err := reconcile.Plan(cmd.Context(), c, o, log, gate.Check)
 			if err != nil {
 				return err
 			}

@@ -78,6 +78,7 @@ type agentRun struct {
 
 func runAgent(t *testing.T, dc *client.Client, args ...string) agentRun {
 	t.Helper()
+	args = policyOff(args)
 	var out, errb bytes.Buffer
 	cnt := &counting{Client: dc}
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
