@@ -12,9 +12,9 @@ import (
 	"encoding/json"
 	"io"
 	"log"
-	"os"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -244,11 +244,11 @@ func newClock() *fakeClock {
 	c.now.Store(time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC).UnixNano())
 	return c
 }
-func (c *fakeClock) Now() time.Time          { return time.Unix(0, c.now.Load()) }
-func (c *fakeClock) Add(d time.Duration)     { c.now.Add(int64(d)) }
-func ctx(t *testing.T) context.Context       { return t.Context() }
-func hexOf(d v1.Hash) string                 { return hex.EncodeToString([]byte(d.Hex)) }
-func fastRetry() *remote.Backoff             { return &remote.Backoff{Duration: time.Millisecond, Steps: 1} }
+func (c *fakeClock) Now() time.Time      { return time.Unix(0, c.now.Load()) }
+func (c *fakeClock) Add(d time.Duration) { c.now.Add(int64(d)) }
+func ctx(t *testing.T) context.Context   { return t.Context() }
+func hexOf(d v1.Hash) string             { return hex.EncodeToString([]byte(d.Hex)) }
+func fastRetry() *remote.Backoff         { return &remote.Backoff{Duration: time.Millisecond, Steps: 1} }
 
 func writeRawBundle(d name.Digest, raw []byte) error {
 	return ociremote.WriteAttestationNewBundleFormat(d, raw, ctypes.CosignSignPredicateType)

@@ -99,6 +99,7 @@ type compiledRule struct {
 
 type compiledAuthority struct {
 	name     string
+	named    bool // Name was given in the policy
 	verifier signature.Verifier // key-based
 	keyless  *compiledKeyless
 }
@@ -261,7 +262,7 @@ func compileAuthority(a Authority) (compiledAuthority, revAut, error) {
 		}
 		ck := &compiledKeyless{issuer: k.Issuer, subject: k.Subject, subjectRegexp: k.SubjectRegexp,
 			trusted: tr, evidence: k.Evidence, ignoreSCT: k.IgnoreSCT}
-		return compiledAuthority{name: name, keyless: ck},
+		return compiledAuthority{name: name, named: a.Name != "", keyless: ck},
 			revAut{Name: name, Keyless: &k, Root: hex.EncodeToString(rs[:])}, nil
 	}
 	return compiledAuthority{}, revAut{}, errors.New("neither key nor keyless set")

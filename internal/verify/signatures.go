@@ -13,8 +13,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
-	cbundle "github.com/sigstore/cosign/v3/pkg/cosign/bundle"
 	"github.com/sigstore/cosign/v3/pkg/cosign"
+	cbundle "github.com/sigstore/cosign/v3/pkg/cosign/bundle"
 	"github.com/sigstore/cosign/v3/pkg/oci"
 	"github.com/sigstore/cosign/v3/pkg/oci/static"
 	"github.com/sigstore/cosign/v3/pkg/types"
@@ -306,7 +306,11 @@ func signerName(a compiledAuthority, s *certificate.Summary) string {
 		if iss == "" {
 			iss = s.CertificateIssuer
 		}
-		return fmt.Sprintf("%s (issuer %s, subject %s)", a.name, iss, s.SubjectAlternativeName)
+		id := fmt.Sprintf("keyless issuer=%s subject=%s", iss, s.SubjectAlternativeName)
+		if a.named {
+			return a.name + " (" + id + ")"
+		}
+		return id
 	}
 	return a.name
 }

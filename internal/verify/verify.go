@@ -51,7 +51,7 @@ type Result struct {
 	// Format is the signature format that verified (legacy or bundle).
 	Format string `json:"format,omitempty"`
 	// Rule is the policy pattern that matched.
-	Rule string `json:"rule,omitempty"`
+	Rule   string `json:"rule,omitempty"`
 	Status Status `json:"status"`
 	// Reason says why the image was warned about or rejected.
 	Reason string `json:"reason,omitempty"`

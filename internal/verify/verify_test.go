@@ -452,10 +452,10 @@ func TestGlob(t *testing.T) {
 func TestPolicyCompileErrors(t *testing.T) {
 	k := newKey(t)
 	for name, p := range map[string]Policy{
-		"no rules":    {},
-		"bad mode":    {Rules: []Rule{{Pattern: "a/*", Mode: "audit", Authorities: []Authority{{Key: k.pem}}}}},
-		"no authority": {Rules: []Rule{{Pattern: "a/*"}}},
-		"bad key":     {Rules: []Rule{{Pattern: "a/*", Authorities: []Authority{{Key: "-----BEGIN PUBLIC KEY-----\nxx\n-----END PUBLIC KEY-----"}}}}},
+		"no rules":         {},
+		"bad mode":         {Rules: []Rule{{Pattern: "a/*", Mode: "audit", Authorities: []Authority{{Key: k.pem}}}}},
+		"no authority":     {Rules: []Rule{{Pattern: "a/*"}}},
+		"bad key":          {Rules: []Rule{{Pattern: "a/*", Authorities: []Authority{{Key: "-----BEGIN PUBLIC KEY-----\nxx\n-----END PUBLIC KEY-----"}}}}},
 		"missing key file": {Rules: []Rule{{Pattern: "a/*", Authorities: []Authority{{Key: "/nonexistent/cosign.pub"}}}}},
 		"unanchored subject regexp": {Rules: []Rule{{Pattern: "a/*", Authorities: []Authority{{Keyless: &Keyless{
 			Issuer: "https://gitlab.com", SubjectRegexp: "https://gitlab.com/group/.*", TrustedRoot: "x"}}}}}},
