@@ -1,0 +1,107 @@
+package source
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+
+	gitlab "gitlab.com/gitlab-org/api/client-go"
+
+	"github.com/sabeiro/sawmill/internal/fault"
+)
+
+// MaxFileSize bounds every file read from GitLab (release.json and compose files).
+const MaxFileSize = 4 << 20
+
+// GitLab finds the release of one environment: the newest successful deployment of the environment names
+// its job (the `deploy:<env>` job of the generated pipeline, which carries the release as its artifact).
+type GitLab struct {
+	Client      *gitlab.Client
+	Project     string // path ("group/project") or numeric ID
+	Environment string
+}
+
+// Deployment is what the agent needs of a GitLab deployment.
+type Deployment struct {
+	ID, JobID, PipelineID int64
+	SHA, Ref              string
+}
+
+// ErrNoDeployment means the environment has no successful deployment yet: nothing to do.
+var ErrNoDeployment = errors.New("the environment has no successful deployment")
+
+// Latest returns the newest successful deployment of the environment.
+func (g *GitLab) Latest(ctx context.Context) (*Deployment, error) {
+	ds, _, err := g.Client.Deployments.ListProjectDeployments(g.Project, &gitlab.ListProjectDeploymentsOptions{
+		ListOptions: gitlab.ListOptions{PerPage: 1, Page: 1},
+		Environment: gitlab.Ptr(g.Environment),
+		Status:      gitlab.Ptr("success"),
+		OrderBy:     gitlab.Ptr("finished_at"),
+		Sort:        gitlab.Ptr("desc"),
+	}, gitlab.WithContext(ctx))
+	if err != nil {
+		return nil, fmt.Errorf("gitlab: deployments of %s in %s: %w", g.Environment, g.Project, err)
+	}
+	if len(ds) == 0 {
+		return nil, fmt.Errorf("gitlab: %s in %s: %w", g.Environment, g.Project, ErrNoDeployment)
+	}
+	d := ds[0]
+	if d.Deployable.ID == 0 {
+		return nil, fmt.Errorf("gitlab: deployment %d of %s has no job", d.ID, g.Environment)
+	}
+	return &Deployment{ID: d.ID, JobID: d.Deployable.ID, PipelineID: d.Deployable.Pipeline.ID, SHA: d.SHA, Ref: d.Ref}, nil
+}
+
+// Fetch downloads the release of deployment d into dir (which must exist and be empty): release.json and
+// every compose file it lists, each through the job-artifacts API.
+func (g *GitLab) Fetch(ctx context.Context, d *Deployment, dir string) (*Release, error) {
+	b, err := g.file(ctx, d.JobID, "release/release.json")
+	if err != nil {
+		return nil, err
+	}
+	m, err := ParseManifest(b)
+	if err != nil {
+		return nil, fmt.Errorf("deployment %d (job %d): %w", d.ID, d.JobID, err)
+	}
+	if m.Commit != "" && d.SHA != "" && m.Commit != d.SHA {
+		return nil, fault.InvalidErr(fmt.Errorf("deployment %d is of commit %s but its release names %s", d.ID, d.SHA, m.Commit))
+	}
+	if err := os.WriteFile(filepath.Join(dir, "release.json"), b, 0o644); err != nil {
+		return nil, err
+	}
+	for _, name := range m.StackNames() {
+		for _, f := range allFiles(m.Stacks[name]) {
+			content, err := g.file(ctx, d.JobID, "release/"+f)
+			if err != nil {
+				return nil, err
+			}
+			dst := filepath.Join(dir, filepath.FromSlash(f))
+			if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+				return nil, err
+			}
+			if err := os.WriteFile(dst, content, 0o644); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return &Release{Manifest: *m, Dir: dir, DeploymentID: d.ID, JobID: d.JobID}, nil
+}
+
+// file reads one file of a job's artifacts archive.
+func (g *GitLab) file(ctx context.Context, job int64, p string) ([]byte, error) {
+	r, resp, err := g.Client.Jobs.DownloadSingleArtifactsFile(g.Project, job, p, gitlab.WithContext(ctx))
+	if err != nil {
+		if resp != nil && resp.StatusCode == http.StatusNotFound {
+			return nil, fault.InvalidErr(fmt.Errorf("gitlab: job %d has no artifact file %s", job, p))
+		}
+		return nil, fmt.Errorf("gitlab: artifact %s of job %d: %w", p, job, err)
+	}
+	if r.Size() > MaxFileSize {
+		return nil, fault.InvalidErr(fmt.Errorf("gitlab: artifact %s of job %d is %d bytes, more than %d", p, job, r.Size(), MaxFileSize))
+	}
+	return io.ReadAll(r)
+}
