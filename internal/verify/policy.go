@@ -99,7 +99,7 @@ type compiledRule struct {
 
 type compiledAuthority struct {
 	name     string
-	named    bool // Name was given in the policy
+	named    bool               // Name was given in the policy
 	verifier signature.Verifier // key-based
 	keyless  *compiledKeyless
 }
