@@ -1,0 +1,115 @@
+package swarm
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/moby/moby/api/types/swarm"
+	"github.com/moby/moby/client"
+
+	"github.com/sabeiro/sawmill/internal/stack"
+)
+
+// LeaseClient is what a lease needs of the engine.
+type LeaseClient interface {
+	ConfigList(ctx context.Context, o client.ConfigListOptions) (client.ConfigListResult, error)
+	ConfigCreate(ctx context.Context, o client.ConfigCreateOptions) (client.ConfigCreateResult, error)
+	ConfigUpdate(ctx context.Context, id string, o client.ConfigUpdateOptions) (client.ConfigUpdateResult, error)
+}
+
+// Lease elects the one agent that acts on a swarm. It is a Swarm config whose labels name the holder and
+// when the lease expires; taking or renewing it is an update with the config's version, which the managers'
+// Raft log orders, so of two agents racing for it exactly one wins, whichever managers they talk to.
+// A holder that goes away loses the lease when it expires, and a standby takes over.
+type Lease struct {
+	Client LeaseClient
+	// Name of the config (default sawmill-agent-lease).
+	Name string
+	// Holder identifies this agent (hostname and process, say); it must be unique.
+	Holder string
+	// TTL is how long a lease lasts without renewal (default 30s). Agents' clocks must agree to well within it.
+	TTL time.Duration
+	Now func() time.Time
+}
+
+const (
+	labelLeaseHolder  = "io.sawmill.lease.holder"
+	labelLeaseExpires = "io.sawmill.lease.expires"
+)
+
+func (l *Lease) defaults() {
+	if l.Name == "" {
+		l.Name = "sawmill-agent-lease"
+	}
+	if l.TTL == 0 {
+		l.TTL = 30 * time.Second
+	}
+	if l.Now == nil {
+		l.Now = time.Now
+	}
+}
+
+// Acquire takes or renews the lease once. It returns whether this agent holds it now, and the current
+// holder.
+func (l *Lease) Acquire(ctx context.Context) (held bool, holder string, err error) {
+	l.defaults()
+	now := l.Now()
+	labels := map[string]string{
+		stack.LabelOwner:  stack.OwnerValue,
+		labelLeaseHolder:  l.Holder,
+		labelLeaseExpires: strconv.FormatInt(now.Add(l.TTL).UnixMilli(), 10),
+	}
+	list, err := l.Client.ConfigList(ctx, client.ConfigListOptions{Filters: make(client.Filters).Add("name", l.Name)})
+	if err != nil {
+		return false, "", fmt.Errorf("lease: %w", err)
+	}
+	var cur *swarm.Config
+	for i := range list.Items {
+		if list.Items[i].Spec.Name == l.Name { // the filter matches prefixes
+			cur = &list.Items[i]
+		}
+	}
+	if cur == nil {
+		_, err := l.Client.ConfigCreate(ctx, client.ConfigCreateOptions{Spec: swarm.ConfigSpec{
+			Annotations: swarm.Annotations{Name: l.Name, Labels: labels},
+			Data:        []byte("sawmill agent lease\n"),
+		}})
+		if err != nil {
+			return false, "", nil // another agent created it first
+		}
+		return true, l.Holder, nil
+	}
+	holder = cur.Spec.Labels[labelLeaseHolder]
+	expires, _ := strconv.ParseInt(cur.Spec.Labels[labelLeaseExpires], 10, 64)
+	if holder != l.Holder && now.UnixMilli() < expires {
+		return false, holder, nil
+	}
+	spec := cur.Spec
+	spec.Labels = labels
+	if _, err := l.Client.ConfigUpdate(ctx, cur.ID, client.ConfigUpdateOptions{Version: cur.Version, Spec: spec}); err != nil {
+		return false, holder, nil // lost the race: the version moved on
+	}
+	return true, l.Holder, nil
+}
+
+// Release gives the lease up at once if this agent holds it, so a standby need not wait for the TTL.
+func (l *Lease) Release(ctx context.Context) error {
+	l.defaults()
+	list, err := l.Client.ConfigList(ctx, client.ConfigListOptions{Filters: make(client.Filters).Add("name", l.Name)})
+	if err != nil {
+		return fmt.Errorf("lease: %w", err)
+	}
+	for _, c := range list.Items {
+		if c.Spec.Name != l.Name || c.Spec.Labels[labelLeaseHolder] != l.Holder {
+			continue
+		}
+		spec := c.Spec
+		spec.Labels = map[string]string{stack.LabelOwner: stack.OwnerValue, labelLeaseHolder: "", labelLeaseExpires: "0"}
+		if _, err := l.Client.ConfigUpdate(ctx, c.ID, client.ConfigUpdateOptions{Version: c.Version, Spec: spec}); err != nil {
+			return fmt.Errorf("lease: release: %w", err)
+		}
+	}
+	return nil
+}
