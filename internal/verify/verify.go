@@ -357,12 +357,12 @@ func (v *Verifier) remoteOptions(ctx context.Context) []remote.Option {
 // parseRef parses an image reference. Plain HTTP is allowed only for loopback registries. base is the
 // reference as written without any digest, with an explicit tag when the written one had neither.
 func parseRef(raw string) (name.Reference, string, error) {
-	ref, err := name.ParseReference(raw, name.StrictValidation)
+	ref, err := name.ParseReference(raw)
 	if err != nil {
 		return nil, "", err
 	}
 	if isLoopback(ref.Context().RegistryStr()) {
-		if ref, err = name.ParseReference(raw, name.StrictValidation, name.Insecure); err != nil {
+		if ref, err = name.ParseReference(raw, name.Insecure); err != nil {
 			return nil, "", err
 		}
 	}
