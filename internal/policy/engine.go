@@ -127,11 +127,11 @@ func (r *Report) Err() error {
 }
 
 func (d Decision) String() string {
-	svc := d.Service
-	if svc == "" {
-		svc = "(stack)"
+	msg := d.Message
+	if d.Service != "" && !strings.HasPrefix(msg, d.Service+":") {
+		msg = d.Service + ": " + msg
 	}
-	return fmt.Sprintf("%s %s [%s]: %s", strings.ToUpper(d.Kind), svc, d.Rule, d.Message)
+	return fmt.Sprintf("%s [%s] %s", strings.ToUpper(d.Kind), d.Rule, msg)
 }
 
 // Engine evaluates policies. It is safe for concurrent use; it re-reads the policy files on each
