@@ -19,7 +19,7 @@ func newRoot(d deps) *cobra.Command {
 	stdout, stderr := d.stdout, d.stderr
 	v := viper.New()
 	v.SetEnvPrefix("SAWMILL")
-	v.SetEnvKeyReplacer(strings.NewReplacer("-", "_"))
+	v.SetEnvKeyReplacer(strings.NewReplacer("-", "_", ".", "_"))
 	v.AutomaticEnv()
 
 	root := &cobra.Command{
@@ -35,7 +35,7 @@ func newRoot(d deps) *cobra.Command {
 	root.PersistentFlags().String("log-format", "text", "log format: text or json")
 	_ = v.BindPFlags(root.PersistentFlags())
 
-	root.AddCommand(planCmd(v, d), applyCmd(v, d), checkCmd(v, d), renderCmd(v, d))
+	root.AddCommand(planCmd(v, d), applyCmd(v, d), checkCmd(v, d), renderCmd(v, d), runCmd(v, d))
 	return root
 }
 

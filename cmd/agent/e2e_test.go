@@ -64,6 +64,10 @@ func (c *counting) ConfigCreate(ctx context.Context, o client.ConfigCreateOption
 	c.writes.Add(1)
 	return c.Client.ConfigCreate(ctx, o)
 }
+func (c *counting) ConfigUpdate(ctx context.Context, id string, o client.ConfigUpdateOptions) (client.ConfigUpdateResult, error) {
+	c.writes.Add(1)
+	return c.Client.ConfigUpdate(ctx, id, o)
+}
 func (c *counting) ConfigRemove(ctx context.Context, id string, o client.ConfigRemoveOptions) (client.ConfigRemoveResult, error) {
 	c.writes.Add(1)
 	return c.Client.ConfigRemove(ctx, id, o)

@@ -1,0 +1,112 @@
+package daemon
+
+import (
+	"crypto/subtle"
+	"encoding/json"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/sabeiro/sawmill/internal/fault"
+	"github.com/sabeiro/sawmill/internal/plan"
+)
+
+// Metrics are the daemon's Prometheus metrics, on a registry of their own.
+type Metrics struct {
+	Registry     *prometheus.Registry
+	syncDuration prometheus.Histogram
+	lastSuccess  prometheus.Gauge
+	changes      *prometheus.CounterVec
+	rejections   *prometheus.CounterVec
+	drift        prometheus.Counter
+	isLeader     prometheus.Gauge
+}
+
+// NewMetrics registers the metrics.
+func NewMetrics() *Metrics {
+	m := &Metrics{
+		Registry:     prometheus.NewRegistry(),
+		syncDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "sawmill_sync_duration_seconds", Help: "Duration of one sync cycle.", Buckets: prometheus.ExponentialBuckets(0.05, 2, 14)}),
+		lastSuccess:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "sawmill_last_success_timestamp_seconds", Help: "When a cycle last ended with the release applied and converged."}),
+		changes:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sawmill_changes_applied_total", Help: "Objects created, configured or deleted, by action."}, []string{"action"}),
+		rejections:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sawmill_rejections_total", Help: "Stacks not rolled out, by reason."}, []string{"reason"}),
+		drift:        prometheus.NewCounter(prometheus.CounterOpts{Name: "sawmill_drift_found_total", Help: "Services found changed outside the agent (and put back)."}),
+		isLeader:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "sawmill_leader", Help: "1 when this agent holds the swarm's lease."}),
+	}
+	m.Registry.MustRegister(m.syncDuration, m.lastSuccess, m.changes, m.rejections, m.drift, m.isLeader,
+		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	return m
+}
+
+func (m *Metrics) observe(rec Record, d time.Duration) {
+	m.syncDuration.Observe(d.Seconds())
+	if rec.Outcome == "success" {
+		m.lastSuccess.SetToCurrentTime()
+	}
+}
+
+func (m *Metrics) applied(p *plan.Plan) {
+	for _, c := range p.Changes {
+		if c.Action != plan.Unchanged {
+			m.changes.WithLabelValues(string(c.Action)).Inc()
+		}
+	}
+	if n := drift(p); n > 0 {
+		m.drift.Add(float64(n))
+	}
+}
+
+func (m *Metrics) rejected(k fault.Kind) {
+	reason := map[fault.Kind]string{fault.Refused: "refused", fault.Invalid: "invalid", fault.Rollout: "rollout"}[k]
+	if reason == "" {
+		reason = "error"
+	}
+	m.rejections.WithLabelValues(reason).Inc()
+}
+
+func (m *Metrics) leader(held bool) {
+	if held {
+		m.isLeader.Set(1)
+	} else {
+		m.isLeader.Set(0)
+	}
+}
+
+// Handler serves /healthz, /readyz, /metrics, /status and the GitLab webhook at /hooks/gitlab. The webhook
+// accepts a request only with X-Gitlab-Token equal to token (compared in constant time); deployment and
+// pipeline events trigger a cycle. An empty token disables the webhook.
+func (d *Daemon) Handler(token string) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !d.Ready() {
+			http.Error(w, "no cycle finished yet", http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(d.Last())
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(d.Metrics.Registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("POST /hooks/gitlab", func(w http.ResponseWriter, r *http.Request) {
+		got := r.Header.Get("X-Gitlab-Token")
+		if token == "" || subtle.ConstantTimeCompare([]byte(got), []byte(token)) != 1 {
+			http.Error(w, "invalid token", http.StatusUnauthorized)
+			return
+		}
+		_, _ = io.Copy(io.Discard, http.MaxBytesReader(w, r.Body, 1<<20))
+		switch r.Header.Get("X-Gitlab-Event") {
+		case "Deployment Hook", "Pipeline Hook":
+			d.Trigger()
+			w.WriteHeader(http.StatusAccepted)
+		default:
+			w.WriteHeader(http.StatusNoContent)
+		}
+	})
+	return mux
+}

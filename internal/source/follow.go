@@ -1,0 +1,67 @@
+package source
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+)
+
+// Latest is a source of the newest release. Key identifies a release, so that callers can tell a new one
+// from the one they applied.
+type Latest interface {
+	Latest(ctx context.Context) (rel *Release, key string, err error)
+}
+
+// Follow follows an environment in GitLab: it asks for the newest successful deployment each time, and
+// downloads its release into Dir only when the deployment changed.
+type Follow struct {
+	GitLab *GitLab
+	// Dir is where releases are kept (one directory each; the previous one is removed).
+	Dir string
+
+	cur   *Release
+	curID int64
+}
+
+// Latest returns the release of the newest successful deployment.
+func (f *Follow) Latest(ctx context.Context) (*Release, string, error) {
+	d, err := f.GitLab.Latest(ctx)
+	if err != nil {
+		return nil, "", err
+	}
+	key := "deployment-" + strconv.FormatInt(d.ID, 10)
+	if f.cur != nil && f.curID == d.ID {
+		return f.cur, key, nil
+	}
+	dir := filepath.Join(f.Dir, key)
+	if err := os.RemoveAll(dir); err != nil {
+		return nil, "", err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, "", fmt.Errorf("release directory: %w", err)
+	}
+	rel, err := f.GitLab.Fetch(ctx, d, dir)
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, "", err
+	}
+	if f.cur != nil && f.cur.Dir != dir {
+		os.RemoveAll(f.cur.Dir)
+	}
+	f.cur, f.curID = rel, d.ID
+	return rel, key, nil
+}
+
+// Local is a release in a directory, for development and tests. Its key is the manifest's commit.
+type Local struct{ Path string }
+
+// Latest reads the directory.
+func (l Local) Latest(context.Context) (*Release, string, error) {
+	rel, err := Dir(l.Path)
+	if err != nil {
+		return nil, "", err
+	}
+	return rel, "commit-" + rel.Manifest.Commit, nil
+}
