@@ -6,6 +6,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+
+	ctypes "github.com/sigstore/cosign/v3/pkg/types"
+	"github.com/sigstore/sigstore-go/pkg/sign"
 )
 
 // cosignCLI finds the cosign CLI ($COSIGN, PATH, $(go env GOPATH)/bin). Missing, the test is skipped, or
@@ -98,6 +101,14 @@ func TestInteropCosignCLI(t *testing.T) {
 		writeFile(t, filepath.Join(dir, "test.pub"), k.pem)
 		runCosign(t, bin, dir, "verify", "--key", "test.pub", "--allow-http-registry", "--insecure-ignore-tlog=true",
 			"--new-bundle-format=false", reg.host+"/pkg/legacy:v1")
+	})
+	t.Run("the CLI verifies what the tests sign (v3 bundle)", func(t *testing.T) {
+		kp, pemStr := newBundleKey(t)
+		d := reg.pushImage(t, "pkg/bundle", "v1")
+		signBundle(t, kp, d, ctypes.CosignSignPredicateType, sign.BundleOptions{})
+		writeFile(t, filepath.Join(dir, "bundle.pub"), pemStr)
+		runCosign(t, bin, dir, "verify", "--key", "bundle.pub", "--allow-http-registry", "--insecure-ignore-tlog=true",
+			"--new-bundle-format=true", reg.host+"/pkg/bundle:v1")
 	})
 	t.Run("the CLI refuses another key", func(t *testing.T) {
 		d := reg.pushImage(t, "cli/other", "v1")
