@@ -93,9 +93,12 @@ type Options struct {
 type Verifier struct {
 	opts     Options
 	keychain authn.Keychain
-	mu       sync.Mutex
-	trust    *Trust
-	cache    map[cacheKey]cacheEntry
+	// puller keeps one authenticated transport per repository across verifications (no ping and token
+	// exchange per request); fetchers that failed to set up are not kept.
+	puller *remote.Puller
+	mu     sync.Mutex
+	trust  *Trust
+	cache  map[cacheKey]cacheEntry
 }
 
 type cacheKey struct{ revision, repo, digest string }
@@ -141,7 +144,12 @@ func New(trust *Trust, opts Options) *Verifier {
 	if len(opts.Auth) > 0 {
 		kc = authn.NewMultiKeychain(staticKeychain(opts.Auth), kc)
 	}
-	return &Verifier{opts: opts, keychain: kc, trust: trust, cache: map[cacheKey]cacheEntry{}}
+	v := &Verifier{opts: opts, keychain: kc, trust: trust, cache: map[cacheKey]cacheEntry{}}
+	p, err := remote.NewPuller(v.baseOptions()...)
+	if err == nil { // NewPuller fails only on invalid options; without it every call sets up its own transport
+		v.puller = p
+	}
+	return v
 }
 
 // SetTrust replaces the trust policy. Cached results of other policy revisions are dropped.
@@ -345,8 +353,14 @@ func (v *Verifier) store(k cacheKey, r Result) {
 }
 
 func (v *Verifier) remoteOptions(ctx context.Context) []remote.Option {
+	if v.puller != nil {
+		return []remote.Option{remote.WithContext(ctx), remote.Reuse(v.puller)}
+	}
+	return append(v.baseOptions(), remote.WithContext(ctx))
+}
+
+func (v *Verifier) baseOptions() []remote.Option {
 	return []remote.Option{
-		remote.WithContext(ctx),
 		remote.WithAuthFromKeychain(v.keychain),
 		remote.WithTransport(&cappedTransport{next: v.opts.Transport, limit: v.opts.MaxBytes}),
 		remote.WithRetryBackoff(*v.opts.Retry),
