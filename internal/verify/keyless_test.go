@@ -7,10 +7,14 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	cbundle "github.com/sigstore/cosign/v3/pkg/cosign/bundle"
 	ociremote "github.com/sigstore/cosign/v3/pkg/oci/remote"
+	cstatic "github.com/sigstore/cosign/v3/pkg/oci/static"
 	ctypes "github.com/sigstore/cosign/v3/pkg/types"
 	protobundle "github.com/sigstore/protobuf-specs/gen/pb-go/bundle/v1"
 	protocommon "github.com/sigstore/protobuf-specs/gen/pb-go/common/v1"
@@ -18,6 +22,7 @@ import (
 	"github.com/sigstore/sigstore-go/pkg/sign"
 	"github.com/sigstore/sigstore-go/pkg/testing/ca"
 	"github.com/sigstore/sigstore/pkg/cryptoutils"
+	"github.com/sigstore/sigstore/pkg/signature/payload"
 	"google.golang.org/protobuf/encoding/protojson"
 )
 
@@ -102,6 +107,43 @@ func signKeyless(t *testing.T, vs *ca.VirtualSigstore, d name.Digest, identity, 
 	}
 }
 
+// signKeylessLegacy signs d in the legacy .sig format with a virtual Fulcio certificate and an RFC 3161
+// timestamp over the signature, as `cosign sign --new-bundle-format=false --timestamp-server-url` would.
+func signKeylessLegacy(t *testing.T, vs *ca.VirtualSigstore, d name.Digest, identity, issuer string) {
+	t.Helper()
+	cert, priv, err := vs.GenerateLeafCert(identity, issuer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := (&payload.Cosign{Image: d}).MarshalJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := sha256.Sum256(p)
+	sig, err := ecdsa.SignASN1(rand.Reader, priv.(*ecdsa.PrivateKey), h[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	tsr, err := vs.TimestampResponse(sig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts, err := json.Marshal(cbundle.RFC3161Timestamp{SignedRFC3161Timestamp: tsr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	certPEM, err := cryptoutils.MarshalCertificateToPEM(cert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pushSigImage(t, d, ".sig", sigLayer{payload: p, mediaType: "application/vnd.dev.cosign.simplesigning.v1+json",
+		annotations: map[string]string{
+			cstatic.SignatureAnnotationKey:        base64.StdEncoding.EncodeToString(sig),
+			cstatic.CertificateAnnotationKey:      string(certPEM),
+			cstatic.RFC3161TimestampAnnotationKey: string(ts),
+		}})
+}
+
 func TestKeyless(t *testing.T) {
 	reg := newRegistry(t, true)
 	vs, rootPath := virtualSigstore(t)
@@ -111,6 +153,8 @@ func TestKeyless(t *testing.T) {
 	)
 	d := reg.pushImage(t, "group/app", "v1")
 	signKeyless(t, vs, d, subject, issuer, true)
+	legacy := reg.pushImage(t, "group/legacy", "v1")
+	signKeylessLegacy(t, vs, legacy, subject, issuer)
 	noTS := reg.pushImage(t, "group/nots", "v1")
 	signKeyless(t, vs, noTS, subject, issuer, false)
 
@@ -136,6 +180,17 @@ func TestKeyless(t *testing.T) {
 			t.Errorf("signers %v format %s", r.Signers, r.Format)
 		}
 		t.Log(r.Signers)
+	})
+	t.Run("legacy format", func(t *testing.T) {
+		r, err := newVerifier(policy(Keyless{Issuer: issuer, Subject: subject}), nil).Verify(ctx(t), reg.host+"/group/legacy:v1")
+		mustVerified(t, r, err)
+		if r.Format != FormatLegacy {
+			t.Errorf("format %s", r.Format)
+		}
+		r, err = newVerifier(policy(Keyless{Issuer: issuer, Subject: "other@gitlab.example"}), nil).Verify(ctx(t), reg.host+"/group/legacy:v1")
+		mustRejected(t, r, err, "no signature verified")
+		r, err = newVerifier(policy(Keyless{Issuer: issuer, Subject: subject, Evidence: EvidenceTlog}), nil).Verify(ctx(t), reg.host+"/group/legacy:v1")
+		mustRejected(t, r, err, "no signature verified")
 	})
 	t.Run("anchored subject regexp", func(t *testing.T) {
 		r, err := newVerifier(policy(Keyless{Issuer: issuer, SubjectRegexp: `^ci@gitlab\.example$`}), nil).Verify(ctx(t), ref)
