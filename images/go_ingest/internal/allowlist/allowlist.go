@@ -100,8 +100,14 @@ func ParseCompact(s string) (*List, error) {
 		t := &Table{}
 		if target, cols, ok := strings.Cut(rest, ":"); ok {
 			if schema, table, ok := strings.Cut(target, "."); ok {
+				if schema == "" || table == "" {
+					return nil, fmt.Errorf("allow-list: entry %q: want schema.table", entry)
+				}
 				t.Schema, t.Table = schema, table
 			} else {
+				if target == "" {
+					return nil, fmt.Errorf("allow-list: entry %q: empty table", entry)
+				}
 				t.Table = target
 			}
 			rest = cols
