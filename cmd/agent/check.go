@@ -62,7 +62,13 @@ func policyGate(v *viper.Viper, cmd *cobra.Command, log *slog.Logger, out io.Wri
 	if format, _ := cmd.Flags().GetString("output"); format != "text" {
 		out = nil
 	}
-	return &policy.Gate{Engine: policyEngine(v, cmd), Mode: mode, Input: inputOptions(v, cmd), Log: log, Out: out}, nil
+	g := &policy.Gate{Engine: policyEngine(v, cmd), Mode: mode, Input: inputOptions(v, cmd), Log: log, Out: out}
+	if mode != policy.ModeOff {
+		// Compile the policies while the compose files load; the gate's evaluation reuses the result (or
+		// reports its error).
+		go func() { _, _ = g.Engine.Prepare(cmd.Context()) }()
+	}
+	return g, nil
 }
 
 // loadInput loads the compose files and builds the policy input document.
@@ -96,11 +102,14 @@ func checkCmd(v *viper.Viper, d deps) *cobra.Command {
 			default:
 				return usageError{fmt.Errorf("-o %q: use text, json or junit", format)}
 			}
+			// The policies compile while the compose files load; Evaluate reuses what Prepare made.
+			engine := policyEngine(v, cmd)
+			go func() { _, _ = engine.Prepare(cmd.Context()) }()
 			in, err := loadInput(v, cmd, args)
 			if err != nil {
 				return err
 			}
-			rep, err := policyEngine(v, cmd).Evaluate(cmd.Context(), in)
+			rep, err := engine.Evaluate(cmd.Context(), in)
 			if err != nil {
 				return err
 			}
