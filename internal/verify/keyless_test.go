@@ -8,8 +8,10 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	cbundle "github.com/sigstore/cosign/v3/pkg/cosign/bundle"
@@ -21,6 +23,7 @@ import (
 	"github.com/sigstore/sigstore-go/pkg/root"
 	"github.com/sigstore/sigstore-go/pkg/sign"
 	"github.com/sigstore/sigstore-go/pkg/testing/ca"
+	"github.com/sigstore/sigstore-go/pkg/tlog"
 	"github.com/sigstore/sigstore/pkg/cryptoutils"
 	"github.com/sigstore/sigstore/pkg/signature/payload"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -61,8 +64,19 @@ func virtualSigstore(t *testing.T) (*ca.VirtualSigstore, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tr, err := root.NewTrustedRoot(root.TrustedRootMediaType01, vs.FulcioCertificateAuthorities(), vs.CTLogs(),
-		vs.TimestampingAuthorities(), vs.RekorLogs())
+	// The virtual logs carry their hex log ID as the raw ID; the trusted_root.json wants the raw bytes.
+	fixIDs := func(logs map[string]*root.TransparencyLog) map[string]*root.TransparencyLog {
+		for id, l := range logs {
+			raw, err := hex.DecodeString(id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			l.ID = raw
+		}
+		return logs
+	}
+	tr, err := root.NewTrustedRoot(root.TrustedRootMediaType01, vs.FulcioCertificateAuthorities(), fixIDs(vs.CTLogs()),
+		vs.TimestampingAuthorities(), fixIDs(vs.RekorLogs()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,7 +123,8 @@ func signKeyless(t *testing.T, vs *ca.VirtualSigstore, d name.Digest, identity, 
 
 // signKeylessLegacy signs d in the legacy .sig format with a virtual Fulcio certificate and an RFC 3161
 // timestamp over the signature, as `cosign sign --new-bundle-format=false --timestamp-server-url` would.
-func signKeylessLegacy(t *testing.T, vs *ca.VirtualSigstore, d name.Digest, identity, issuer string) {
+// With rekor, the evidence is a Rekor bundle (hashedrekord entry and signed entry timestamp) instead.
+func signKeylessLegacy(t *testing.T, vs *ca.VirtualSigstore, d name.Digest, identity, issuer string, rekor bool) {
 	t.Helper()
 	cert, priv, err := vs.GenerateLeafCert(identity, issuer)
 	if err != nil {
@@ -124,24 +139,50 @@ func signKeylessLegacy(t *testing.T, vs *ca.VirtualSigstore, d name.Digest, iden
 	if err != nil {
 		t.Fatal(err)
 	}
-	tsr, err := vs.TimestampResponse(sig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ts, err := json.Marshal(cbundle.RFC3161Timestamp{SignedRFC3161Timestamp: tsr})
-	if err != nil {
-		t.Fatal(err)
-	}
 	certPEM, err := cryptoutils.MarshalCertificateToPEM(cert)
 	if err != nil {
 		t.Fatal(err)
 	}
-	pushSigImage(t, d, ".sig", sigLayer{payload: p, mediaType: "application/vnd.dev.cosign.simplesigning.v1+json",
-		annotations: map[string]string{
-			cstatic.SignatureAnnotationKey:        base64.StdEncoding.EncodeToString(sig),
-			cstatic.CertificateAnnotationKey:      string(certPEM),
-			cstatic.RFC3161TimestampAnnotationKey: string(ts),
+	ann := map[string]string{
+		cstatic.SignatureAnnotationKey:   base64.StdEncoding.EncodeToString(sig),
+		cstatic.CertificateAnnotationKey: string(certPEM),
+	}
+	if rekor {
+		body, err := json.Marshal(map[string]any{"apiVersion": "0.0.1", "kind": "hashedrekord", "spec": map[string]any{
+			"data": map[string]any{"hash": map[string]string{"algorithm": "sha256", "value": hex.EncodeToString(h[:])}},
+			"signature": map[string]any{"content": base64.StdEncoding.EncodeToString(sig),
+				"publicKey": map[string]string{"content": base64.StdEncoding.EncodeToString(certPEM)}},
 		}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		logID, err := vs.RekorLogID()
+		if err != nil {
+			t.Fatal(err)
+		}
+		rp := tlog.RekorPayload{Body: base64.StdEncoding.EncodeToString(body), IntegratedTime: time.Now().Unix(), LogID: logID}
+		set, err := vs.RekorSignPayload(rp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rb, err := json.Marshal(cbundle.RekorBundle{SignedEntryTimestamp: set, Payload: cbundle.RekorPayload{
+			Body: rp.Body, IntegratedTime: rp.IntegratedTime, LogIndex: rp.LogIndex, LogID: rp.LogID}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ann[cstatic.BundleAnnotationKey] = string(rb)
+	} else {
+		tsr, err := vs.TimestampResponse(sig)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ts, err := json.Marshal(cbundle.RFC3161Timestamp{SignedRFC3161Timestamp: tsr})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ann[cstatic.RFC3161TimestampAnnotationKey] = string(ts)
+	}
+	pushSigImage(t, d, ".sig", sigLayer{payload: p, mediaType: "application/vnd.dev.cosign.simplesigning.v1+json", annotations: ann})
 }
 
 func TestKeyless(t *testing.T) {
@@ -154,7 +195,9 @@ func TestKeyless(t *testing.T) {
 	d := reg.pushImage(t, "group/app", "v1")
 	signKeyless(t, vs, d, subject, issuer, true)
 	legacy := reg.pushImage(t, "group/legacy", "v1")
-	signKeylessLegacy(t, vs, legacy, subject, issuer)
+	signKeylessLegacy(t, vs, legacy, subject, issuer, false)
+	rekord := reg.pushImage(t, "group/rekor", "v1")
+	signKeylessLegacy(t, vs, rekord, subject, issuer, true)
 	noTS := reg.pushImage(t, "group/nots", "v1")
 	signKeyless(t, vs, noTS, subject, issuer, false)
 
@@ -190,6 +233,14 @@ func TestKeyless(t *testing.T) {
 		r, err = newVerifier(policy(Keyless{Issuer: issuer, Subject: "other@gitlab.example"}), nil).Verify(ctx(t), reg.host+"/group/legacy:v1")
 		mustRejected(t, r, err, "no signature verified")
 		r, err = newVerifier(policy(Keyless{Issuer: issuer, Subject: subject, Evidence: EvidenceTlog}), nil).Verify(ctx(t), reg.host+"/group/legacy:v1")
+		mustRejected(t, r, err, "no signature verified")
+	})
+	t.Run("rekor evidence (legacy format)", func(t *testing.T) {
+		r, err := newVerifier(policy(Keyless{Issuer: issuer, Subject: subject, Evidence: EvidenceTlog}), nil).Verify(ctx(t), reg.host+"/group/rekor:v1")
+		mustVerified(t, r, err)
+		r, err = newVerifier(policy(Keyless{Issuer: issuer, Subject: subject, Evidence: EvidenceTimestamp}), nil).Verify(ctx(t), reg.host+"/group/rekor:v1")
+		mustRejected(t, r, err, "no signature verified")
+		r, err = newVerifier(policy(Keyless{Issuer: "https://gitlab.com", Subject: subject, Evidence: EvidenceTlog}), nil).Verify(ctx(t), reg.host+"/group/rekor:v1")
 		mustRejected(t, r, err, "no signature verified")
 	})
 	t.Run("anchored subject regexp", func(t *testing.T) {
