@@ -10,6 +10,8 @@
 #   conftest: `conftest test --policy policies/ --output json stack.json` : process start, policy load and
 #             compile, evaluation of the already rendered document (the compose work is not in its time, which
 #             favours conftest).
+#   agent render: `agent render -c compose.yaml`: the same process start and compose load without the policies;
+#             check - render is what the policies add to the agent's time.
 #   per-service evaluation: the engine alone on the same 100 services (go test -bench BenchmarkEvaluate100 in
 #             internal/policy: input conversion + one prepared query), reported in microseconds per service.
 # The two tools must agree on the number of denies and warnings (checked), otherwise the comparison is void.
@@ -76,7 +78,11 @@ now_ns() { date +%s%N; }
 
 agent_ms=()
 conftest_ms=()
+render_ms=()
 for r in $(seq 1 "$REPS"); do
+  t=$(now_ns)
+  "$work/agent" render -c "$work/compose.yaml" >/dev/null
+  render_ms+=($((($(now_ns) - t) / 1000000)))
   t=$(now_ns)
   set +e
   "$work/agent" check -c "$work/compose.yaml" -o json >"$work/agent.json" 2>/dev/null
@@ -107,12 +113,15 @@ read -r ad aw cd cw <<<"$counts"
 
 am=$(printf '%s\n' "${agent_ms[@]}" | median)
 cm=$(printf '%s\n' "${conftest_ms[@]}" | median)
+rm_=$(printf '%s\n' "${render_ms[@]}" | median)
 per=$(go test -run '^$' -bench BenchmarkEvaluate100 -benchtime 20x ./internal/policy/ 2>/dev/null | awk '/BenchmarkEvaluate100/ {for (i=1;i<=NF;i++) if ($(i) ~ /service/) print $(i-1)}')
 
 echo "policy check, $N services, $REPS runs each (median wall ms), load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "  decisions (both tools):            $ad denies, $aw warnings"
 echo "  agent check (compose -> decisions): ${am} ms   runs: ${agent_ms[*]}"
 echo "  conftest test (rendered document):  ${cm} ms   runs: ${conftest_ms[*]}"
+echo "  agent render (compose -> document):  ${rm_} ms   runs: ${render_ms[*]}"
 awk -v a="$am" -v c="$cm" 'BEGIN { printf "  ratio conftest/agent:               %.2f (goal > 1: agent faster)\n", c / a }'
+awk -v a="$am" -v r="$rm_" -v c="$cm" 'BEGIN { d = a - r; if (d < 1) d = 1; printf "  policy share of agent check:        %d ms (check - render); conftest / that: %.1f\n", d, c / d }'
 awk -v a="$am" -v n="$N" 'BEGIN { printf "  agent check per service:            %.2f ms (whole command / services)\n", a / n }'
 echo "  engine evaluation per service:      ${per:-?} us (BenchmarkEvaluate100)"
