@@ -14,12 +14,14 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/secure-systems-lab/go-securesystemslib/dsse"
 	cbundle "github.com/sigstore/cosign/v3/pkg/cosign/bundle"
 	ociremote "github.com/sigstore/cosign/v3/pkg/oci/remote"
 	cstatic "github.com/sigstore/cosign/v3/pkg/oci/static"
 	ctypes "github.com/sigstore/cosign/v3/pkg/types"
 	protobundle "github.com/sigstore/protobuf-specs/gen/pb-go/bundle/v1"
 	protocommon "github.com/sigstore/protobuf-specs/gen/pb-go/common/v1"
+	protorekor "github.com/sigstore/protobuf-specs/gen/pb-go/rekor/v1"
 	"github.com/sigstore/sigstore-go/pkg/root"
 	"github.com/sigstore/sigstore-go/pkg/sign"
 	"github.com/sigstore/sigstore-go/pkg/testing/ca"
@@ -91,7 +93,7 @@ func virtualSigstore(t *testing.T) (*ca.VirtualSigstore, string) {
 
 // signKeyless signs d as identity/issuer with a virtual Fulcio certificate, adds an RFC 3161 timestamp
 // from the virtual TSA when withTimestamp, and attaches the bundle as a referrer.
-func signKeyless(t *testing.T, vs *ca.VirtualSigstore, d name.Digest, identity, issuer string, withTimestamp bool) {
+func signKeyless(t *testing.T, vs *ca.VirtualSigstore, d name.Digest, identity, issuer string, withTimestamp bool, withRekor ...bool) {
 	t.Helper()
 	cert, priv, err := vs.GenerateLeafCert(identity, issuer)
 	if err != nil {
@@ -102,6 +104,9 @@ func signKeyless(t *testing.T, vs *ca.VirtualSigstore, d name.Digest, identity, 
 		kp, sign.BundleOptions{CertificateProvider: kp})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if len(withRekor) > 0 && withRekor[0] {
+		pb.VerificationMaterial.TlogEntries = append(pb.VerificationMaterial.TlogEntries, dsseTlogEntry(t, vs, cert, pb))
 	}
 	if withTimestamp {
 		tsr, err := vs.TimestampResponse(pb.GetDsseEnvelope().GetSignatures()[0].GetSig())
@@ -185,6 +190,35 @@ func signKeylessLegacy(t *testing.T, vs *ca.VirtualSigstore, d name.Digest, iden
 	pushSigImage(t, d, ".sig", sigLayer{payload: p, mediaType: "application/vnd.dev.cosign.simplesigning.v1+json", annotations: ann})
 }
 
+// dsseTlogEntry is a Rekor v1 dsse entry for the bundle's envelope from the virtual Rekor, with inclusion
+// proof and signed entry timestamp.
+func dsseTlogEntry(t *testing.T, vs *ca.VirtualSigstore, cert *x509.Certificate, pb *protobundle.Bundle) *protorekor.TransparencyLogEntry {
+	t.Helper()
+	env := pb.GetDsseEnvelope()
+	sig := env.GetSignatures()[0].GetSig()
+	now := time.Now().Unix()
+	e, err := vs.GenerateTlogEntry(cert, &dsse.Envelope{
+		PayloadType: env.GetPayloadType(),
+		Payload:     base64.StdEncoding.EncodeToString(env.GetPayload()),
+		Signatures:  []dsse.Signature{{Sig: base64.StdEncoding.EncodeToString(sig)}},
+	}, sig, now, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logID, err := vs.RekorLogID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := vs.RekorSignPayload(tlog.RekorPayload{Body: e.Body(), IntegratedTime: now, LogIndex: e.LogIndex(), LogID: logID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tle := e.TransparencyLogEntry()
+	tle.KindVersion = &protorekor.KindVersion{Kind: "dsse", Version: "0.0.1"}
+	tle.InclusionPromise = &protorekor.InclusionPromise{SignedEntryTimestamp: set}
+	return tle
+}
+
 func TestKeyless(t *testing.T) {
 	reg := newRegistry(t, true)
 	vs, rootPath := virtualSigstore(t)
@@ -196,6 +230,8 @@ func TestKeyless(t *testing.T) {
 	signKeyless(t, vs, d, subject, issuer, true)
 	legacy := reg.pushImage(t, "group/legacy", "v1")
 	signKeylessLegacy(t, vs, legacy, subject, issuer, false)
+	rekorBundle := reg.pushImage(t, "group/rekorbundle", "v1")
+	signKeyless(t, vs, rekorBundle, subject, issuer, false, true)
 	rekord := reg.pushImage(t, "group/rekor", "v1")
 	signKeylessLegacy(t, vs, rekord, subject, issuer, true)
 	noTS := reg.pushImage(t, "group/nots", "v1")
@@ -233,6 +269,14 @@ func TestKeyless(t *testing.T) {
 		r, err = newVerifier(policy(Keyless{Issuer: issuer, Subject: "other@gitlab.example"}), nil).Verify(ctx(t), reg.host+"/group/legacy:v1")
 		mustRejected(t, r, err, "no signature verified")
 		r, err = newVerifier(policy(Keyless{Issuer: issuer, Subject: subject, Evidence: EvidenceTlog}), nil).Verify(ctx(t), reg.host+"/group/legacy:v1")
+		mustRejected(t, r, err, "no signature verified")
+	})
+	t.Run("rekor evidence (bundle)", func(t *testing.T) {
+		r, err := newVerifier(policy(Keyless{Issuer: issuer, Subject: subject, Evidence: EvidenceTlog}), nil).Verify(ctx(t), reg.host+"/group/rekorbundle:v1")
+		mustVerified(t, r, err)
+		r, err = newVerifier(policy(Keyless{Issuer: issuer, Subject: subject, Evidence: EvidenceTimestamp}), nil).Verify(ctx(t), reg.host+"/group/rekorbundle:v1")
+		mustRejected(t, r, err, "no signature verified")
+		r, err = newVerifier(policy(Keyless{Issuer: issuer, Subject: "x@gitlab.example", Evidence: EvidenceTlog}), nil).Verify(ctx(t), reg.host+"/group/rekorbundle:v1")
 		mustRejected(t, r, err, "no signature verified")
 	})
 	t.Run("rekor evidence (legacy format)", func(t *testing.T) {
