@@ -391,3 +391,41 @@ func BenchmarkEvaluate100(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N)/100, "µs/service")
 }
+
+func TestGateModes(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	p := filepath.Join(dir, "compose.yaml")
+	if err := os.WriteFile(p, []byte(badCompose), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	st, err := compose.Load(ctx, compose.Options{Files: []string{p}, Stack: "shop", Env: []string{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := New(Options{})
+	for _, c := range []struct {
+		mode    Mode
+		refused bool
+		printed string
+	}{
+		{ModeOff, false, ""},
+		{ModeWarn, false, "policy deny (warn mode: not enforced) privileged: ui:"},
+		{ModeEnforce, true, "policy deny privileged: ui:"},
+	} {
+		var out strings.Builder
+		err := (&Gate{Engine: e, Mode: c.mode, Out: &out}).Check(ctx, st)
+		if got := fault.KindOf(err) == fault.Refused; got != c.refused {
+			t.Errorf("%s: refused %v, want %v (%v)", c.mode, got, c.refused, err)
+		}
+		if c.printed == "" && out.Len() > 0 || !strings.Contains(out.String(), c.printed) {
+			t.Errorf("%s: printed\n%s", c.mode, out.String())
+		}
+		if strings.Contains(out.String(), "hunter2") || (err != nil && strings.Contains(err.Error(), "hunter2")) {
+			t.Errorf("%s: an env value was printed", c.mode)
+		}
+	}
+	if _, err := ParseMode("strict"); err == nil {
+		t.Fatal("ParseMode accepted an unknown mode")
+	}
+}
