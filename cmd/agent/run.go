@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"net"
@@ -16,6 +17,7 @@ import (
 	gitlab "gitlab.com/gitlab-org/api/client-go"
 
 	"github.com/sabeiro/sawmill/internal/daemon"
+	"github.com/sabeiro/sawmill/internal/fault"
 	"github.com/sabeiro/sawmill/internal/policy"
 	"github.com/sabeiro/sawmill/internal/reconcile"
 	"github.com/sabeiro/sawmill/internal/report"
@@ -69,7 +71,9 @@ func runCmd(v *viper.Viper, d deps) *cobra.Command {
 			}
 			if !v.GetBool("lease.disabled") {
 				host, _ := os.Hostname()
-				dm.Lease = &swarm.Lease{Client: c, Holder: fmt.Sprintf("%s/%d", host, os.Getpid()), TTL: v.GetDuration("lease.ttl")}
+				nonce := make([]byte, 4)
+				_, _ = rand.Read(nonce)
+				dm.Lease = &swarm.Lease{Client: c, Holder: fmt.Sprintf("%s/%d/%x", host, os.Getpid(), nonce), TTL: v.GetDuration("lease.ttl")}
 			}
 			mode, err := policy.ParseMode(v.GetString("policy_mode"))
 			if err != nil {
@@ -133,10 +137,21 @@ func runCmd(v *viper.Viper, d deps) *cobra.Command {
 			}
 			if v.GetBool("once") {
 				rec := dm.Cycle(ctx)
-				if rec.Outcome != "success" && rec.Outcome != "standby" {
-					return fmt.Errorf("%s: %s", rec.Outcome, rec.Reason)
+				if dm.Lease != nil {
+					_ = dm.Lease.Release(ctx)
 				}
-				return nil
+				err := fmt.Errorf("%s: %s", rec.Outcome, rec.Reason)
+				switch rec.Outcome {
+				case "success", "standby":
+					return nil
+				case "refused":
+					return fault.RefusedErr(err)
+				case "invalid":
+					return fault.InvalidErr(err)
+				case "failed":
+					return fault.RolloutErr(err)
+				}
+				return err
 			}
 			return dm.Run(ctx)
 		},

@@ -206,6 +206,11 @@ func (d *Daemon) cycle(ctx context.Context) Record {
 		if !held {
 			return Record{Outcome: "standby", Reason: "agent " + holder + " holds the lease"}
 		}
+		// A rollout can outlast the lease: renew it while the cycle runs, and stop the cycle if it is lost.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithCancel(ctx)
+		defer cancel()
+		go d.keepLease(ctx, cancel)
 	}
 	rel, key, err := d.Source.Latest(ctx)
 	if err != nil {
@@ -264,6 +269,30 @@ func (d *Daemon) cycle(ctx context.Context) Record {
 	}
 	rec.Reason = strings.Join(failures, "; ")
 	return rec
+}
+
+// keepLease renews the lease every third of its TTL until ctx ends; when a renewal fails it cancels the
+// cycle, so that two agents never act at once.
+func (d *Daemon) keepLease(ctx context.Context, cancel context.CancelFunc) {
+	t := time.NewTicker(d.Lease.TTL / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			held, holder, err := d.Lease.Acquire(ctx)
+			if ctx.Err() != nil {
+				return
+			}
+			if err != nil || !held {
+				d.Log.Error("lost the lease; stopping this cycle", "holder", holder, "err", err)
+				d.Metrics.leader(false)
+				cancel()
+				return
+			}
+		}
+	}
 }
 
 func writeState(path string, rec Record) error {

@@ -4,152 +4,18 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
-	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"os"
 	"path/filepath"
-	"sort"
-	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	gitlab "gitlab.com/gitlab-org/api/client-go"
 
 	"github.com/sabeiro/sawmill/internal/fault"
+	"github.com/sabeiro/sawmill/internal/testenv"
 )
-
-// fakeGitLab implements exactly the two documented endpoints the source calls:
-//
-//	GET /api/v4/projects/:id/deployments (docs.gitlab.com/api/deployments/#list-project-deployments)
-//	GET /api/v4/projects/:id/jobs/:job_id/artifacts/*artifact_path
-//	    (docs.gitlab.com/api/job_artifacts/#download-a-single-artifact-file-by-job-id)
-//
-// with PRIVATE-TOKEN authentication, offset pagination headers and GitLab's JSON error bodies.
-type fakeGitLab struct {
-	token       string
-	project     string // path, e.g. sawmill/platform
-	deployments []fakeDeployment
-	artifacts   map[int64]map[string]string // job -> path -> content
-	outage      atomic.Bool
-	requests    atomic.Int64
-}
-
-type fakeDeployment struct {
-	id, job, pipeline int64
-	env, status, sha  string
-	finished          time.Time
-}
-
-func (f *fakeGitLab) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	f.requests.Add(1)
-	w.Header().Set("Content-Type", "application/json")
-	if f.outage.Load() {
-		w.WriteHeader(http.StatusInternalServerError)
-		fmt.Fprint(w, `{"message":"500 Internal Server Error"}`)
-		return
-	}
-	if r.Header.Get("PRIVATE-TOKEN") != f.token {
-		w.WriteHeader(http.StatusUnauthorized)
-		fmt.Fprint(w, `{"message":"401 Unauthorized"}`)
-		return
-	}
-	prefix := "/api/v4/projects/" + url.PathEscape(f.project) + "/"
-	p := r.URL.EscapedPath()
-	if r.Method != http.MethodGet || !strings.HasPrefix(p, prefix) {
-		notFound(w)
-		return
-	}
-	rest := strings.TrimPrefix(p, prefix)
-	switch {
-	case rest == "deployments":
-		f.listDeployments(w, r)
-	case strings.HasPrefix(rest, "jobs/"):
-		parts := strings.SplitN(strings.TrimPrefix(rest, "jobs/"), "/", 3)
-		if len(parts) != 3 || parts[1] != "artifacts" {
-			notFound(w)
-			return
-		}
-		job, _ := strconv.ParseInt(parts[0], 10, 64)
-		file, _ := url.PathUnescape(parts[2])
-		content, ok := f.artifacts[job][file]
-		if !ok {
-			notFound(w)
-			return
-		}
-		w.Header().Set("Content-Type", "application/octet-stream")
-		fmt.Fprint(w, content)
-	default:
-		notFound(w)
-	}
-}
-
-func notFound(w http.ResponseWriter) {
-	w.WriteHeader(http.StatusNotFound)
-	fmt.Fprint(w, `{"message":"404 Not Found"}`)
-}
-
-func (f *fakeGitLab) listDeployments(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
-	var sel []fakeDeployment
-	for _, d := range f.deployments {
-		if (q.Get("environment") == "" || q.Get("environment") == d.env) && (q.Get("status") == "" || q.Get("status") == d.status) {
-			sel = append(sel, d)
-		}
-	}
-	if q.Get("order_by") != "finished_at" {
-		w.WriteHeader(http.StatusBadRequest)
-		fmt.Fprint(w, `{"error":"order_by does not have a valid value"}`)
-		return
-	}
-	sort.Slice(sel, func(i, j int) bool {
-		if q.Get("sort") == "desc" {
-			return sel[i].finished.After(sel[j].finished)
-		}
-		return sel[i].finished.Before(sel[j].finished)
-	})
-	page, _ := strconv.Atoi(q.Get("page"))
-	per, _ := strconv.Atoi(q.Get("per_page"))
-	if page < 1 {
-		page = 1
-	}
-	if per < 1 {
-		per = 20
-	}
-	total := len(sel)
-	pages := (total + per - 1) / per
-	lo, hi := min((page-1)*per, total), min(page*per, total)
-	w.Header().Set("X-Page", strconv.Itoa(page))
-	w.Header().Set("X-Per-Page", strconv.Itoa(per))
-	w.Header().Set("X-Total", strconv.Itoa(total))
-	w.Header().Set("X-Total-Pages", strconv.Itoa(pages))
-	if page < pages {
-		w.Header().Set("X-Next-Page", strconv.Itoa(page+1))
-	} else {
-		w.Header().Set("X-Next-Page", "")
-	}
-	var out []map[string]any
-	for _, d := range sel[lo:hi] {
-		fin := d.finished.UTC().Format(time.RFC3339Nano)
-		out = append(out, map[string]any{
-			"id": d.id, "iid": d.id, "ref": "main", "sha": d.sha, "status": d.status,
-			"created_at": fin, "updated_at": fin,
-			"environment": map[string]any{"id": 1, "name": d.env, "external_url": nil},
-			"deployable": map[string]any{
-				"id": d.job, "status": d.status, "stage": "deploy", "name": "deploy:" + d.env, "ref": "main", "tag": false,
-				"finished_at": fin,
-				"pipeline":    map[string]any{"id": d.pipeline, "sha": d.sha, "ref": "main", "status": d.status},
-			},
-		})
-	}
-	if out == nil {
-		out = []map[string]any{}
-	}
-	_ = json.NewEncoder(w).Encode(out)
-}
 
 const sha1 = "1111111111111111111111111111111111111111"
 const sha2 = "2222222222222222222222222222222222222222"
@@ -173,24 +39,18 @@ func manifest(commit string, files ...string) string {
 	return string(b)
 }
 
-func newFake(t *testing.T) (*fakeGitLab, *GitLab) {
+func newFake(t *testing.T) (*testenv.GitLab, *GitLab) {
 	t.Helper()
 	now := time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC)
-	f := &fakeGitLab{token: "glpat-test", project: "sawmill/platform",
-		deployments: []fakeDeployment{
-			{id: 1, job: 101, pipeline: 7, env: "production", status: "success", sha: sha1, finished: now},
-			{id: 2, job: 102, pipeline: 8, env: "production", status: "success", sha: sha2, finished: now.Add(time.Hour)},
-			{id: 3, job: 103, pipeline: 9, env: "production", status: "failed", sha: sha2, finished: now.Add(2 * time.Hour)},
-			{id: 4, job: 104, pipeline: 9, env: "staging", status: "success", sha: sha2, finished: now.Add(3 * time.Hour)},
-		},
-		artifacts: map[int64]map[string]string{
-			102: {
-				"release/release.json":                           manifest(sha2, "stacks/platform/compose.yaml", "stacks/platform/compose.production.yaml"),
-				"release/stacks/platform/compose.yaml":            "services:\n  a:\n    image: x\n",
-				"release/stacks/platform/compose.production.yaml": "services:\n  a:\n    deploy: {replicas: 3}\n",
-			},
-		},
-	}
+	f := testenv.NewGitLab("glpat-test", "sawmill/platform")
+	f.AddDeployment(testenv.Deployment{ID: 1, Job: 101, Pipeline: 7, Environment: "production", Status: "success", SHA: sha1, Finished: now}, nil)
+	f.AddDeployment(testenv.Deployment{ID: 2, Job: 102, Pipeline: 8, Environment: "production", Status: "success", SHA: sha2, Finished: now.Add(time.Hour)}, map[string]string{
+		"release/release.json":                            manifest(sha2, "stacks/platform/compose.yaml", "stacks/platform/compose.production.yaml"),
+		"release/stacks/platform/compose.yaml":            "services:\n  a:\n    image: x\n",
+		"release/stacks/platform/compose.production.yaml": "services:\n  a:\n    deploy: {replicas: 3}\n",
+	})
+	f.AddDeployment(testenv.Deployment{ID: 3, Job: 103, Pipeline: 9, Environment: "production", Status: "failed", SHA: sha2, Finished: now.Add(2 * time.Hour)}, nil)
+	f.AddDeployment(testenv.Deployment{ID: 4, Job: 104, Pipeline: 9, Environment: "staging", Status: "success", SHA: sha2, Finished: now.Add(3 * time.Hour)}, nil)
 	srv := httptest.NewServer(f)
 	t.Cleanup(srv.Close)
 	c, err := gitlab.NewClient("glpat-test", gitlab.WithBaseURL(srv.URL+"/api/v4"), gitlab.WithoutRetries())
@@ -198,6 +58,21 @@ func newFake(t *testing.T) (*fakeGitLab, *GitLab) {
 		t.Fatal(err)
 	}
 	return f, &GitLab{Client: c, Project: "sawmill/platform", Environment: "production"}
+}
+
+// setArtifact replaces one artifact file of job 102.
+func setArtifact(f *testenv.GitLab, path, content string) {
+	files := map[string]string{
+		"release/release.json":                            manifest(sha2, "stacks/platform/compose.yaml", "stacks/platform/compose.production.yaml"),
+		"release/stacks/platform/compose.yaml":            "services:\n  a:\n    image: x\n",
+		"release/stacks/platform/compose.production.yaml": "services:\n  a:\n    deploy: {replicas: 3}\n",
+	}
+	if content == "" {
+		delete(files, path)
+	} else {
+		files[path] = content
+	}
+	f.AddDeployment(testenv.Deployment{ID: 5, Job: 105, Pipeline: 10, Environment: "production", Status: "success", SHA: sha2, Finished: time.Date(2026, 11, 26, 0, 0, 0, 0, time.UTC)}, files)
 }
 
 func TestLatestSuccessfulDeploymentAndItsRelease(t *testing.T) {
@@ -244,7 +119,7 @@ func TestNoDeployment(t *testing.T) {
 
 func TestOutageAndAuthAreErrorsNotReleases(t *testing.T) {
 	f, g := newFake(t)
-	f.outage.Store(true)
+	f.Outage.Store(true)
 	_, err := g.Latest(context.Background())
 	if err == nil || !strings.Contains(err.Error(), "500") {
 		t.Fatalf("outage: %v", err)
@@ -252,7 +127,7 @@ func TestOutageAndAuthAreErrorsNotReleases(t *testing.T) {
 	if fault.KindOf(err) == fault.Invalid {
 		t.Fatal("an outage is not invalid input: it must be retried, not reported as a bad release")
 	}
-	f.outage.Store(false)
+	f.Outage.Store(false)
 	c, _ := gitlab.NewClient("wrong", gitlab.WithBaseURL(g.Client.BaseURL().String()), gitlab.WithoutRetries())
 	g.Client = c
 	if _, err := g.Latest(context.Background()); err == nil || !strings.Contains(err.Error(), "401") {
@@ -272,7 +147,7 @@ func TestBadReleasesAreRefused(t *testing.T) {
 	for name, m := range cases {
 		t.Run(name, func(t *testing.T) {
 			f, g := newFake(t)
-			f.artifacts[102]["release/release.json"] = m
+			setArtifact(f, "release/release.json", m)
 			d, err := g.Latest(context.Background())
 			if err != nil {
 				t.Fatal(err)
@@ -293,7 +168,7 @@ func TestBadReleasesAreRefused(t *testing.T) {
 
 func TestMissingArtifact(t *testing.T) {
 	f, g := newFake(t)
-	delete(f.artifacts[102], "release/stacks/platform/compose.production.yaml")
+	setArtifact(f, "release/stacks/platform/compose.production.yaml", "")
 	d, _ := g.Latest(context.Background())
 	_, err := g.Fetch(context.Background(), d, t.TempDir())
 	if err == nil || !strings.Contains(err.Error(), "compose.production.yaml") {

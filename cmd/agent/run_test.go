@@ -1,0 +1,307 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/moby/moby/client"
+
+	"github.com/sabeiro/sawmill/internal/swarm"
+	"github.com/sabeiro/sawmill/internal/testenv"
+)
+
+// release returns the artifact files of a release of stack "shop" whose web service runs image (pinned).
+func release(commit, image string, port int, extra string) map[string]string {
+	compose := fmt.Sprintf(`services:
+  web:
+    image: %s
+    environment:
+      MESSAGE: shop
+    secrets: [db_password]
+    ports:
+      - {target: 8080, published: %d, mode: host}
+    deploy:
+      endpoint_mode: dnsrr
+%s
+secrets:
+  db_password:
+    environment: DB_PASSWORD
+`, image, port, extra)
+	digest := image[strings.LastIndex(image, "@")+1:]
+	m := map[string]any{
+		"schema_version": 1, "project": "sawmill/platform", "commit": commit, "ref": "main",
+		"pipeline": map[string]any{"id": 1, "url": ""}, "registry": "", "channel": "release-main",
+		"images": map[string]any{"web": map[string]any{"repository": image[:strings.LastIndex(image, ":")], "tag": "v1", "digest": digest, "rebuilt": true, "ref": image}},
+		"stacks": map[string]any{"shop": map[string]any{"files": []string{"stacks/shop/compose.yaml"}}},
+	}
+	b, _ := json.Marshal(m)
+	return map[string]string{"release/release.json": string(b), "release/stacks/shop/compose.yaml": compose}
+}
+
+type daemonEnv struct {
+	t   *testing.T
+	dc  *client.Client
+	gl  *testenv.GitLab
+	url string
+}
+
+func (e daemonEnv) setenv() {
+	e.t.Setenv("SAWMILL_GITLAB_URL", e.url)
+	e.t.Setenv("SAWMILL_GITLAB_PROJECT", "sawmill/platform")
+	e.t.Setenv("SAWMILL_GITLAB_TOKEN", "glpat-agent")
+	e.t.Setenv("SAWMILL_GITLAB_VARIABLES", "true")
+	e.t.Setenv("SAWMILL_WEBHOOK_TOKEN", "hook-secret")
+}
+
+func TestDaemonFollowsGitLab(t *testing.T) {
+	dc := testenv.Docker(t)
+	reg := testenv.Registry(t)
+	_, d1 := testenv.Image(t, reg+"/web:v1", "MESSAGE=v1")
+	image := reg + "/web:v1@" + d1
+	port := freePort(t)
+	t.Cleanup(func() { removeStack(dc, "shop") })
+
+	gl := testenv.NewGitLab("glpat-agent", "sawmill/platform")
+	gl.SetVariables(
+		testenv.Variable{Key: "DB_PASSWORD", Value: "pw-staging", Scope: "staging"},
+		testenv.Variable{Key: "DB_PASSWORD", Value: "pw-production", Scope: "production"},
+	)
+	srv := httptest.NewServer(gl)
+	t.Cleanup(srv.Close)
+	env := daemonEnv{t: t, dc: dc, gl: gl, url: srv.URL}
+	env.setenv()
+	state := t.TempDir()
+	web := fmt.Sprintf("http://127.0.0.1:%d", port)
+	commit := strings.Repeat("a", 40)
+	base := time.Now()
+
+	once := func(environment string, extra ...string) agentRun {
+		args := append([]string{"run", "--once", "--environment", environment, "--state-dir", state, "--listen", "", "--policy-mode", "warn", "--timeout", "2m"}, extra...)
+		return runAgent(t, dc, args...)
+	}
+
+	// A promotion to staging: the agent of staging deploys the release, with staging's secret.
+	gl.AddDeployment(testenv.Deployment{ID: 1, Job: 11, Pipeline: 1, Environment: "staging", Status: "success", SHA: commit, Finished: base}, release(commit, image, port, ""))
+	if r := once("staging"); r.code != 0 {
+		t.Fatalf("staging: exit %d", r.code)
+	}
+	svc, err := dc.ServiceInspect(context.Background(), "shop_web", client.ServiceInspectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := svc.Service.Spec.TaskTemplate.ContainerSpec.Image; got != image {
+		t.Fatalf("staging runs %s, want the released %s", got, image)
+	}
+	if got := get(t, web+"/secret/db_password"); got != sha("pw-staging") {
+		t.Fatal("the staging-scoped GitLab variable did not reach the secret")
+	}
+	assertStatus(t, gl, commit, "sawmill/staging", "success")
+
+	// The same release promoted to production: the same digest, production's secret (rotated).
+	gl.AddDeployment(testenv.Deployment{ID: 2, Job: 12, Pipeline: 1, Environment: "production", Status: "success", SHA: commit, Finished: base.Add(time.Minute)}, release(commit, image, port, ""))
+	if r := once("production"); r.code != 0 {
+		t.Fatalf("production: exit %d", r.code)
+	}
+	svc, _ = dc.ServiceInspect(context.Background(), "shop_web", client.ServiceInspectOptions{})
+	if got := svc.Service.Spec.TaskTemplate.ContainerSpec.Image; got != image {
+		t.Fatalf("production runs %s, want the same digest %s", got, image)
+	}
+	if got := get(t, web+"/secret/db_password"); got != sha("pw-production") {
+		t.Fatal("the production-scoped variable did not rotate the secret")
+	}
+	assertStatus(t, gl, commit, "sawmill/production", "success")
+	for _, s := range gl.Statuses() {
+		if strings.Contains(s.Description, "pw-") {
+			t.Fatal("a secret value reached GitLab")
+		}
+	}
+
+	// A restart does not redeploy: every object of the stack keeps its version.
+	snap := snapshot(t, dc, "shop")
+	if r := once("production"); r.code != 0 {
+		t.Fatalf("restart: exit %d", r.code)
+	}
+	if snapshot(t, dc, "shop") != snap {
+		t.Fatal("a restart with the same release wrote to the stack")
+	}
+
+	// A release the policies deny is refused and reported failed; the swarm is untouched.
+	bad := strings.Repeat("b", 40)
+	gl.AddDeployment(testenv.Deployment{ID: 3, Job: 13, Pipeline: 2, Environment: "production", Status: "success", SHA: bad, Finished: base.Add(2 * time.Minute)},
+		release(bad, image, port, "    privileged: true\n    network_mode: host\n"))
+	r := runAgent(t, dc, "run", "--once", "--environment", "production", "--state-dir", state, "--listen", "", "--policy-mode", "enforce")
+	if r.code != 3 {
+		t.Fatalf("denied release: exit %d, want 3", r.code)
+	}
+	assertStatus(t, gl, bad, "sawmill/production", "failed")
+	if snapshot(t, dc, "shop") != snap {
+		t.Fatal("a refused release changed the swarm")
+	}
+
+	// A GitLab outage leaves the running stack as it was.
+	gl.Outage.Store(true)
+	r = once("production")
+	gl.Outage.Store(false)
+	if r.code == 0 {
+		t.Fatal("an outage was reported as success")
+	}
+	if snapshot(t, dc, "shop") != snap {
+		t.Fatal("a GitLab outage changed the swarm")
+	}
+	if got := get(t, web+"/"); got != "shop" {
+		t.Fatalf("after the outage web answers %q", got)
+	}
+}
+
+func assertStatus(t *testing.T, gl *testenv.GitLab, sha, name, state string) {
+	t.Helper()
+	var last *testenv.Status
+	for _, s := range gl.Statuses() {
+		if s.SHA == sha && s.Name == name {
+			last = &s
+		}
+	}
+	if last == nil || last.State != state {
+		t.Fatalf("commit status %s of %s: %+v, want %s (all: %+v)", name, sha[:7], last, state, gl.Statuses())
+	}
+}
+
+// agentDaemon runs `agent run` until stop is called.
+type agentDaemon struct {
+	stop func()
+	done chan int
+	out  *bytes.Buffer
+	addr string
+}
+
+func startDaemon(t *testing.T, dc *client.Client, args ...string) *agentDaemon {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	d := &agentDaemon{stop: cancel, done: make(chan int, 1), out: &bytes.Buffer{}, addr: addr}
+	var mu sync.Mutex
+	w := writerFunc(func(p []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return d.out.Write(p) })
+	go func() {
+		d.done <- run(ctx, append([]string{"run", "--listen", addr}, args...), deps{stdout: w, stderr: w, connect: func() (swarm.Client, error) { return nopClose{dc}, nil }})
+	}()
+	t.Cleanup(func() { cancel(); <-d.done })
+	return d
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+func (d *agentDaemon) status(t *testing.T) map[string]any {
+	t.Helper()
+	r, err := http.Get("http://" + d.addr + "/status")
+	if err != nil {
+		return nil
+	}
+	defer r.Body.Close()
+	var m map[string]any
+	_ = json.NewDecoder(r.Body).Decode(&m)
+	return m
+}
+
+func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if cond() {
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Fatalf("timed out waiting for %s", what)
+}
+
+func TestDaemonWebhookAndOneActingAgent(t *testing.T) {
+	dc := testenv.Docker(t)
+	reg := testenv.Registry(t)
+	_, d1 := testenv.Image(t, reg+"/web:v1", "MESSAGE=v1")
+	image := reg + "/web:v1@" + d1
+	port := freePort(t)
+	t.Cleanup(func() { removeStack(dc, "shop") })
+	gl := testenv.NewGitLab("glpat-agent", "sawmill/platform")
+	gl.SetVariables(testenv.Variable{Key: "DB_PASSWORD", Value: "pw", Scope: "*"})
+	srv := httptest.NewServer(gl)
+	t.Cleanup(srv.Close)
+	env := daemonEnv{t: t, dc: dc, gl: gl, url: srv.URL}
+	env.setenv()
+	commit := strings.Repeat("c", 40)
+	gl.AddDeployment(testenv.Deployment{ID: 1, Job: 11, Pipeline: 1, Environment: "staging", Status: "success", SHA: commit, Finished: time.Now()}, release(commit, image, port, ""))
+
+	// Two agents on the same swarm, a lease of a few seconds: one acts, the other stands by.
+	lease := t.TempDir() + "/lease.yaml"
+	writeFile(t, lease, "lease:\n  ttl: 4s\n")
+	args := func() []string {
+		return []string{"--config", lease, "--environment", "staging", "--state-dir", t.TempDir(), "--interval", "1s", "--policy-mode", "warn", "--timeout", "2m"}
+	}
+	a := startDaemon(t, dc, args()...)
+	b := startDaemon(t, dc, args()...)
+	outcome := func(d *agentDaemon) string { s := d.status(t); o, _ := s["outcome"].(string); return o }
+	waitFor(t, "one agent to deploy", 2*time.Minute, func() bool { return outcome(a) == "success" || outcome(b) == "success" })
+	time.Sleep(2 * time.Second)
+	leader, standby := a, b
+	if outcome(b) == "success" {
+		leader, standby = b, a
+	}
+	if o := outcome(standby); o != "standby" {
+		t.Fatalf("the other agent: %q, want standby: %v", o, standby.status(t))
+	}
+
+	// The webhook: a wrong token is refused, the right one triggers a cycle at once.
+	post := func(d *agentDaemon, token string) int {
+		req, _ := http.NewRequest(http.MethodPost, "http://"+d.addr+"/hooks/gitlab", strings.NewReader(`{"object_kind":"deployment","status":"success"}`))
+		req.Header.Set("X-Gitlab-Token", token)
+		req.Header.Set("X-Gitlab-Event", "Deployment Hook")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := post(leader, "wrong"); code != http.StatusUnauthorized {
+		t.Fatalf("wrong webhook token: %d, want 401", code)
+	}
+	if code := post(leader, "hook-secret"); code != http.StatusAccepted {
+		t.Fatalf("webhook: %d, want 202", code)
+	}
+	for _, path := range []string{"/healthz", "/readyz", "/metrics"} {
+		resp, err := http.Get("http://" + leader.addr + path)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("%s: %v %v", path, resp, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if path == "/metrics" && (!bytes.Contains(b, []byte("sawmill_sync_duration_seconds")) || !bytes.Contains(b, []byte("sawmill_leader 1"))) {
+			t.Fatalf("metrics lack the sync duration or the leader gauge:\n%s", b)
+		}
+	}
+
+	// The acting agent goes away: the other takes over.
+	leader.stop()
+	<-leader.done
+	leader.done <- 0 // for the cleanup
+	waitFor(t, "the standby agent to take over", time.Minute, func() bool { return outcome(standby) == "success" })
+}
+
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}

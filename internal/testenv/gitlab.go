@@ -1,0 +1,278 @@
+package testenv
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// GitLab is the one stand-in this project allows: an HTTP server implementing exactly the documented GitLab
+// API endpoints the agent calls, with their JSON shapes, PRIVATE-TOKEN authentication, offset pagination
+// headers and JSON error bodies:
+//
+//	GET  /api/v4/projects/:id/deployments                       (api/deployments: list project deployments)
+//	GET  /api/v4/projects/:id/jobs/:job_id/artifacts/*path      (api/job_artifacts: download a single file by job ID)
+//	GET  /api/v4/projects/:id/variables                         (api/project_level_variables: list)
+//	POST /api/v4/projects/:id/statuses/:sha                     (api/commits: set the pipeline status of a commit)
+//
+// Anything else answers 404 like GitLab.
+type GitLab struct {
+	Token   string
+	Project string // path, e.g. sawmill/platform
+
+	mu          sync.Mutex
+	deployments []Deployment
+	artifacts   map[int64]map[string]string
+	variables   []Variable
+	statuses    []Status
+
+	Outage   atomic.Bool // every request answers 500
+	Hang     atomic.Bool // every request waits until the client gives up
+	Requests atomic.Int64
+}
+
+// Deployment is a deployment of the fake.
+type Deployment struct {
+	ID, Job, Pipeline int64
+	Environment       string
+	Status            string // success, failed, running, ...
+	SHA, Ref          string
+	Finished          time.Time
+}
+
+// Variable is a project CI/CD variable.
+type Variable struct {
+	Key, Value, Scope string
+	File, Hidden      bool
+}
+
+// Status is a commit status the agent posted.
+type Status struct {
+	SHA, State, Name, Description, Ref string
+}
+
+// NewGitLab returns a fake for project, accepting token.
+func NewGitLab(token, project string) *GitLab {
+	return &GitLab{Token: token, Project: project, artifacts: map[int64]map[string]string{}}
+}
+
+// AddDeployment records a deployment whose job carries the artifact files (path -> content, paths as in the
+// archive, e.g. release/release.json).
+func (g *GitLab) AddDeployment(d Deployment, files map[string]string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.deployments = append(g.deployments, d)
+	g.artifacts[d.Job] = files
+}
+
+// SetVariables replaces the project's variables.
+func (g *GitLab) SetVariables(vs ...Variable) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.variables = vs
+}
+
+// Statuses returns the commit statuses posted so far.
+func (g *GitLab) Statuses() []Status {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return append([]Status(nil), g.statuses...)
+}
+
+func (g *GitLab) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	g.Requests.Add(1)
+	if g.Hang.Load() {
+		<-r.Context().Done()
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	if g.Outage.Load() {
+		w.WriteHeader(http.StatusInternalServerError)
+		fmt.Fprint(w, `{"message":"500 Internal Server Error"}`)
+		return
+	}
+	if r.Header.Get("PRIVATE-TOKEN") != g.Token {
+		w.WriteHeader(http.StatusUnauthorized)
+		fmt.Fprint(w, `{"message":"401 Unauthorized"}`)
+		return
+	}
+	prefix := "/api/v4/projects/" + url.PathEscape(g.Project) + "/"
+	p := r.URL.EscapedPath()
+	if !strings.HasPrefix(p, prefix) {
+		notFound(w)
+		return
+	}
+	rest := strings.TrimPrefix(p, prefix)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	switch {
+	case r.Method == http.MethodGet && rest == "deployments":
+		g.listDeployments(w, r)
+	case r.Method == http.MethodGet && rest == "variables":
+		g.listVariables(w, r)
+	case r.Method == http.MethodGet && strings.HasPrefix(rest, "jobs/"):
+		parts := strings.SplitN(strings.TrimPrefix(rest, "jobs/"), "/", 3)
+		if len(parts) != 3 || parts[1] != "artifacts" {
+			notFound(w)
+			return
+		}
+		job, _ := strconv.ParseInt(parts[0], 10, 64)
+		file, _ := url.PathUnescape(parts[2])
+		content, ok := g.artifacts[job][file]
+		if !ok {
+			notFound(w)
+			return
+		}
+		w.Header().Set("Content-Type", "application/octet-stream")
+		fmt.Fprint(w, content)
+	case r.Method == http.MethodPost && strings.HasPrefix(rest, "statuses/"):
+		g.setStatus(w, r, strings.TrimPrefix(rest, "statuses/"))
+	default:
+		notFound(w)
+	}
+}
+
+func notFound(w http.ResponseWriter) {
+	w.WriteHeader(http.StatusNotFound)
+	fmt.Fprint(w, `{"message":"404 Not Found"}`)
+}
+
+func badRequest(w http.ResponseWriter, msg string) {
+	w.WriteHeader(http.StatusBadRequest)
+	_ = json.NewEncoder(w).Encode(map[string]string{"error": msg})
+}
+
+// paginate writes GitLab's offset pagination headers and returns the slice bounds of the page.
+func paginate(w http.ResponseWriter, r *http.Request, total int) (lo, hi int) {
+	q := r.URL.Query()
+	page, _ := strconv.Atoi(q.Get("page"))
+	per, _ := strconv.Atoi(q.Get("per_page"))
+	if page < 1 {
+		page = 1
+	}
+	if per < 1 {
+		per = 20
+	}
+	per = min(per, 100)
+	pages := max((total+per-1)/per, 1)
+	w.Header().Set("X-Page", strconv.Itoa(page))
+	w.Header().Set("X-Per-Page", strconv.Itoa(per))
+	w.Header().Set("X-Total", strconv.Itoa(total))
+	w.Header().Set("X-Total-Pages", strconv.Itoa(pages))
+	next := ""
+	if page < pages {
+		next = strconv.Itoa(page + 1)
+	}
+	w.Header().Set("X-Next-Page", next)
+	prev := ""
+	if page > 1 {
+		prev = strconv.Itoa(page - 1)
+	}
+	w.Header().Set("X-Prev-Page", prev)
+	return min((page-1)*per, total), min(page*per, total)
+}
+
+func (g *GitLab) listDeployments(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	switch q.Get("order_by") {
+	case "", "id", "iid", "created_at", "updated_at", "finished_at", "ref":
+	default:
+		badRequest(w, "order_by does not have a valid value")
+		return
+	}
+	var sel []Deployment
+	for _, d := range g.deployments {
+		if (q.Get("environment") == "" || q.Get("environment") == d.Environment) && (q.Get("status") == "" || q.Get("status") == d.Status) {
+			sel = append(sel, d)
+		}
+	}
+	desc := q.Get("sort") != "asc"
+	sort.SliceStable(sel, func(i, j int) bool {
+		a, b := sel[i], sel[j]
+		if desc {
+			a, b = b, a
+		}
+		if q.Get("order_by") == "finished_at" {
+			return a.Finished.Before(b.Finished)
+		}
+		return a.ID < b.ID
+	})
+	lo, hi := paginate(w, r, len(sel))
+	out := []map[string]any{}
+	for _, d := range sel[lo:hi] {
+		fin := d.Finished.UTC().Format(time.RFC3339Nano)
+		ref := d.Ref
+		if ref == "" {
+			ref = "main"
+		}
+		out = append(out, map[string]any{
+			"id": d.ID, "iid": d.ID, "ref": ref, "sha": d.SHA, "status": d.Status,
+			"created_at": fin, "updated_at": fin, "user": map[string]any{"id": 1, "username": "operator", "name": "Operator", "state": "active"},
+			"environment": map[string]any{"id": 1, "name": d.Environment, "external_url": nil},
+			"deployable": map[string]any{
+				"id": d.Job, "status": d.Status, "stage": "deploy", "name": "deploy:" + d.Environment, "ref": ref, "tag": false,
+				"created_at": fin, "started_at": fin, "finished_at": fin,
+				"pipeline": map[string]any{"id": d.Pipeline, "sha": d.SHA, "ref": ref, "status": d.Status},
+			},
+		})
+	}
+	_ = json.NewEncoder(w).Encode(out)
+}
+
+func (g *GitLab) listVariables(w http.ResponseWriter, r *http.Request) {
+	lo, hi := paginate(w, r, len(g.variables))
+	out := []map[string]any{}
+	for _, v := range g.variables[lo:hi] {
+		typ := "env_var"
+		if v.File {
+			typ = "file"
+		}
+		var value any = v.Value
+		if v.Hidden {
+			value = nil
+		}
+		out = append(out, map[string]any{"key": v.Key, "value": value, "variable_type": typ, "protected": false,
+			"masked": v.Hidden, "hidden": v.Hidden, "raw": false, "environment_scope": v.Scope, "description": nil})
+	}
+	_ = json.NewEncoder(w).Encode(out)
+}
+
+func (g *GitLab) setStatus(w http.ResponseWriter, r *http.Request, sha string) {
+	var body map[string]any
+	b, _ := io.ReadAll(r.Body)
+	if err := json.Unmarshal(b, &body); err != nil {
+		badRequest(w, "invalid JSON")
+		return
+	}
+	state, _ := body["state"].(string)
+	switch state {
+	case "pending", "running", "success", "failed", "canceled", "skipped":
+	default:
+		badRequest(w, "state does not have a valid value")
+		return
+	}
+	name, _ := body["name"].(string)
+	if name == "" {
+		name, _ = body["context"].(string)
+	}
+	if name == "" {
+		name = "default"
+	}
+	desc, _ := body["description"].(string)
+	ref, _ := body["ref"].(string)
+	g.statuses = append(g.statuses, Status{SHA: sha, State: state, Name: name, Description: desc, Ref: ref})
+	w.WriteHeader(http.StatusCreated)
+	_ = json.NewEncoder(w).Encode(map[string]any{
+		"id": len(g.statuses), "sha": sha, "ref": ref, "status": state, "name": name, "description": desc,
+		"target_url": nil, "allow_failure": false, "created_at": time.Now().UTC().Format(time.RFC3339Nano),
+		"author": map[string]any{"id": 1, "username": "sawmill-agent"},
+	})
+}
