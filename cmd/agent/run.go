@@ -91,6 +91,11 @@ func runCmd(v *viper.Viper, d deps) *cobra.Command {
 					return usageError{errors.New("source dir needs dir: the release directory")}
 				}
 				dm.Source = source.Local{Path: v.GetString("dir")}
+			case "git":
+				if v.GetString("git.url") == "" {
+					return usageError{errors.New("source git needs git.url (and git.ref, git.path)")}
+				}
+				dm.Source = &source.Git{URL: v.GetString("git.url"), Ref: v.GetString("git.ref"), Path: v.GetString("git.path"), Dir: filepath.Join(stateDir, "git")}
 			case "gitlab":
 				token := os.Getenv(v.GetString("gitlab.token_env"))
 				if f := v.GetString("gitlab.token_file"); f != "" {
@@ -114,7 +119,7 @@ func runCmd(v *viper.Viper, d deps) *cobra.Command {
 					dm.Vars = g.Variables
 				}
 			default:
-				return usageError{fmt.Errorf("source %q: use gitlab or dir", kind)}
+				return usageError{fmt.Errorf("source %q: use gitlab, git or dir", kind)}
 			}
 			if _, err := daemon.New(dm); err != nil {
 				return usageError{err}
@@ -159,7 +164,7 @@ func runCmd(v *viper.Viper, d deps) *cobra.Command {
 	f := cmd.Flags()
 	f.String("config", "", "config file (YAML)")
 	f.String("environment", "", "the environment this agent deploys (staging, production, ...)")
-	f.String("source", "gitlab", "where releases come from: gitlab or dir")
+	f.String("source", "gitlab", "where releases come from: gitlab, git or dir")
 	f.String("dir", "", "the release directory (source dir)")
 	f.String("listen", "127.0.0.1:9090", "address of /healthz, /readyz, /metrics, /status and the webhook; empty: none")
 	f.String("state-dir", "/var/lib/sawmill-agent", "where the state file and the fetched releases are kept")
@@ -169,6 +174,8 @@ func runCmd(v *viper.Viper, d deps) *cobra.Command {
 	f.Bool("once", false, "run one cycle and exit (exit code as apply)")
 	_ = v.BindPFlag("once", f.Lookup("once"))
 	v.SetDefault("jitter", 0.1)
+	v.SetDefault("git.ref", "main")
+	v.SetDefault("git.path", "release")
 	v.SetDefault("gitlab.token_env", "SAWMILL_GITLAB_TOKEN")
 	v.SetDefault("webhook.token_env", "SAWMILL_WEBHOOK_TOKEN")
 	v.SetDefault("lease.ttl", 30*time.Second)
