@@ -36,7 +36,10 @@ type Gate struct {
 	Engine *Engine
 	Mode   Mode
 	Input  InputOptions
-	Log    *slog.Logger
+	// Signatures, when set, supplies the signature results of this stack's images (the verify stage's, for
+	// this cycle); they replace Input.Signatures. An error stops the run.
+	Signatures func(ctx context.Context, wanted *stack.Stack) (map[string]Signature, error)
+	Log        *slog.Logger
 	// Out receives the decisions as text lines. Nil: each decision is logged instead.
 	Out io.Writer
 }
@@ -47,7 +50,15 @@ func (g *Gate) Check(ctx context.Context, wanted *stack.Stack) error {
 	if g == nil || g.Mode == ModeOff {
 		return nil
 	}
-	rep, err := g.Engine.Evaluate(ctx, NewInput(wanted, g.Input))
+	opts := g.Input
+	if g.Signatures != nil {
+		sigs, err := g.Signatures(ctx, wanted)
+		if err != nil {
+			return err
+		}
+		opts.Signatures = sigs
+	}
+	rep, err := g.Engine.Evaluate(ctx, NewInput(wanted, opts))
 	if err != nil {
 		return err
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/sabeiro/sawmill/internal/compose"
 	"github.com/sabeiro/sawmill/internal/fault"
+	"github.com/sabeiro/sawmill/internal/stack"
 	"github.com/sabeiro/sawmill/policies"
 )
 
@@ -427,5 +428,27 @@ func TestGateModes(t *testing.T) {
 	}
 	if _, err := ParseMode("strict"); err == nil {
 		t.Fatal("ParseMode accepted an unknown mode")
+	}
+}
+
+func TestGateSignatures(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	p := filepath.Join(dir, "compose.yaml")
+	if err := os.WriteFile(p, []byte(goodCompose), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	st, err := compose.Load(ctx, compose.Options{Files: []string{p}, Stack: "shop", Env: []string{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := st.Services[0].Spec.TaskTemplate.ContainerSpec.Image
+	g := &Gate{Engine: New(Options{}), Mode: ModeEnforce, Input: InputOptions{AllowedRegistries: []string{"registry.example"}},
+		Signatures: func(context.Context, *stack.Stack) (map[string]Signature, error) {
+			return map[string]Signature{ref: {Status: SignatureUnverified, Reason: "no matching signature"}}, nil
+		}}
+	err = g.Check(ctx, st)
+	if fault.KindOf(err) != fault.Refused || !strings.Contains(err.Error(), "[image_signature]") {
+		t.Fatalf("an unverified image: %v", err)
 	}
 }
