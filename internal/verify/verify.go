@@ -83,7 +83,7 @@ type Options struct {
 	// MaxBytes caps every registry response and signature artifact; default 1 MiB.
 	MaxBytes int64
 	// MaxSignatures caps the signatures (legacy layers or bundle referrers) looked at per image; more is
-	// rejected as malformed. Default 16.
+	// rejected as oversized. Default 32 (every `cosign sign` run appends a legacy signature layer).
 	MaxSignatures int
 	// Logger; default discards.
 	Logger *slog.Logger
@@ -135,7 +135,7 @@ func New(trust *Trust, opts Options) *Verifier {
 		opts.MaxBytes = 1 << 20
 	}
 	if opts.MaxSignatures <= 0 {
-		opts.MaxSignatures = 16
+		opts.MaxSignatures = 32
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)

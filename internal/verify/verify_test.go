@@ -210,7 +210,7 @@ func TestMalformedAndOversizedArtifacts(t *testing.T) {
 			ls = append(ls, l)
 		}
 		pushSigImage(t, d, ".sig", ls...)
-		r, err := newVerifier(trust, nil).Verify(ctx(t), reg.host+"/many:v1")
+		r, err := New(trust, Options{Retry: fastRetry(), MaxSignatures: 16}).Verify(ctx(t), reg.host+"/many:v1")
 		mustRejected(t, r, err, "oversized")
 	})
 	t.Run("deeply nested payload signed by the trusted key", func(t *testing.T) {
