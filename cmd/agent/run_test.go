@@ -20,8 +20,8 @@ import (
 	"github.com/sabeiro/sawmill/internal/testenv"
 )
 
-// release returns the artifact files of a release of stack "shop" whose web service runs image (pinned).
-func release(commit, image string, port int, extra string) map[string]string {
+// release returns the artifact files of a release of one stack whose web service runs image (pinned).
+func release(stackName, commit, image string, port int, extra string) map[string]string {
 	compose := fmt.Sprintf(`services:
   web:
     image: %s
@@ -42,10 +42,10 @@ secrets:
 		"schema_version": 1, "project": "sawmill/platform", "commit": commit, "ref": "main",
 		"pipeline": map[string]any{"id": 1, "url": ""}, "registry": "", "channel": "release-main",
 		"images": map[string]any{"web": map[string]any{"repository": image[:strings.LastIndex(image, ":")], "tag": "v1", "digest": digest, "rebuilt": true, "ref": image}},
-		"stacks": map[string]any{"shop": map[string]any{"files": []string{"stacks/shop/compose.yaml"}}},
+		"stacks": map[string]any{stackName: map[string]any{"files": []string{"stacks/" + stackName + "/compose.yaml"}}},
 	}
 	b, _ := json.Marshal(m)
-	return map[string]string{"release/release.json": string(b), "release/stacks/shop/compose.yaml": compose}
+	return map[string]string{"release/release.json": string(b), "release/stacks/" + stackName + "/compose.yaml": compose}
 }
 
 type daemonEnv struct {
@@ -69,7 +69,8 @@ func TestDaemonFollowsGitLab(t *testing.T) {
 	_, d1 := testenv.Image(t, reg+"/web:v1", "MESSAGE=v1")
 	image := reg + "/web:v1@" + d1
 	port := freePort(t)
-	t.Cleanup(func() { removeStack(dc, "shop") })
+	name := randomName("shop")
+	t.Cleanup(func() { removeStack(dc, name) })
 
 	gl := testenv.NewGitLab("glpat-agent", "sawmill/platform")
 	gl.SetVariables(
@@ -91,11 +92,11 @@ func TestDaemonFollowsGitLab(t *testing.T) {
 	}
 
 	// A promotion to staging: the agent of staging deploys the release, with staging's secret.
-	gl.AddDeployment(testenv.Deployment{ID: 1, Job: 11, Pipeline: 1, Environment: "staging", Status: "success", SHA: commit, Finished: base}, release(commit, image, port, ""))
+	gl.AddDeployment(testenv.Deployment{ID: 1, Job: 11, Pipeline: 1, Environment: "staging", Status: "success", SHA: commit, Finished: base}, release(name, commit, image, port, ""))
 	if r := once("staging"); r.code != 0 {
 		t.Fatalf("staging: exit %d", r.code)
 	}
-	svc, err := dc.ServiceInspect(context.Background(), "shop_web", client.ServiceInspectOptions{})
+	svc, err := dc.ServiceInspect(context.Background(), name+"_web", client.ServiceInspectOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,11 +109,11 @@ func TestDaemonFollowsGitLab(t *testing.T) {
 	assertStatus(t, gl, commit, "sawmill/staging", "success")
 
 	// The same release promoted to production: the same digest, production's secret (rotated).
-	gl.AddDeployment(testenv.Deployment{ID: 2, Job: 12, Pipeline: 1, Environment: "production", Status: "success", SHA: commit, Finished: base.Add(time.Minute)}, release(commit, image, port, ""))
+	gl.AddDeployment(testenv.Deployment{ID: 2, Job: 12, Pipeline: 1, Environment: "production", Status: "success", SHA: commit, Finished: base.Add(time.Minute)}, release(name, commit, image, port, ""))
 	if r := once("production"); r.code != 0 {
 		t.Fatalf("production: exit %d", r.code)
 	}
-	svc, _ = dc.ServiceInspect(context.Background(), "shop_web", client.ServiceInspectOptions{})
+	svc, _ = dc.ServiceInspect(context.Background(), name+"_web", client.ServiceInspectOptions{})
 	if got := svc.Service.Spec.TaskTemplate.ContainerSpec.Image; got != image {
 		t.Fatalf("production runs %s, want the same digest %s", got, image)
 	}
@@ -127,24 +128,24 @@ func TestDaemonFollowsGitLab(t *testing.T) {
 	}
 
 	// A restart does not redeploy: every object of the stack keeps its version.
-	snap := snapshot(t, dc, "shop")
+	snap := snapshot(t, dc, name)
 	if r := once("production"); r.code != 0 {
 		t.Fatalf("restart: exit %d", r.code)
 	}
-	if snapshot(t, dc, "shop") != snap {
+	if snapshot(t, dc, name) != snap {
 		t.Fatal("a restart with the same release wrote to the stack")
 	}
 
 	// A release the policies deny is refused and reported failed; the swarm is untouched.
 	bad := strings.Repeat("b", 40)
 	gl.AddDeployment(testenv.Deployment{ID: 3, Job: 13, Pipeline: 2, Environment: "production", Status: "success", SHA: bad, Finished: base.Add(2 * time.Minute)},
-		release(bad, image, port, "    privileged: true\n    network_mode: host\n"))
+		release(name, bad, image, port, "    privileged: true\n    network_mode: host\n"))
 	r := runAgent(t, dc, "run", "--once", "--environment", "production", "--state-dir", state, "--listen", "", "--policy-mode", "enforce")
 	if r.code != 3 {
 		t.Fatalf("denied release: exit %d, want 3", r.code)
 	}
 	assertStatus(t, gl, bad, "sawmill/production", "failed")
-	if snapshot(t, dc, "shop") != snap {
+	if snapshot(t, dc, name) != snap {
 		t.Fatal("a refused release changed the swarm")
 	}
 
@@ -155,7 +156,7 @@ func TestDaemonFollowsGitLab(t *testing.T) {
 	if r.code == 0 {
 		t.Fatal("an outage was reported as success")
 	}
-	if snapshot(t, dc, "shop") != snap {
+	if snapshot(t, dc, name) != snap {
 		t.Fatal("a GitLab outage changed the swarm")
 	}
 	if got := get(t, web+"/"); got != "shop" {
@@ -232,7 +233,8 @@ func TestDaemonWebhookAndOneActingAgent(t *testing.T) {
 	_, d1 := testenv.Image(t, reg+"/web:v1", "MESSAGE=v1")
 	image := reg + "/web:v1@" + d1
 	port := freePort(t)
-	t.Cleanup(func() { removeStack(dc, "shop") })
+	name := randomName("shop")
+	t.Cleanup(func() { removeStack(dc, name) })
 	gl := testenv.NewGitLab("glpat-agent", "sawmill/platform")
 	gl.SetVariables(testenv.Variable{Key: "DB_PASSWORD", Value: "pw", Scope: "*"})
 	srv := httptest.NewServer(gl)
@@ -240,7 +242,7 @@ func TestDaemonWebhookAndOneActingAgent(t *testing.T) {
 	env := daemonEnv{t: t, dc: dc, gl: gl, url: srv.URL}
 	env.setenv()
 	commit := strings.Repeat("c", 40)
-	gl.AddDeployment(testenv.Deployment{ID: 1, Job: 11, Pipeline: 1, Environment: "staging", Status: "success", SHA: commit, Finished: time.Now()}, release(commit, image, port, ""))
+	gl.AddDeployment(testenv.Deployment{ID: 1, Job: 11, Pipeline: 1, Environment: "staging", Status: "success", SHA: commit, Finished: time.Now()}, release(name, commit, image, port, ""))
 
 	// Two agents on the same swarm, a lease of a few seconds: one acts, the other stands by.
 	lease := t.TempDir() + "/lease.yaml"
@@ -304,4 +306,96 @@ func writeFile(t *testing.T, path, content string) {
 	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// Killing the agent in the middle of a rollout and starting it again converges, with no duplicate secret
+// and none that nothing references.
+func TestDaemonKilledMidRolloutResumes(t *testing.T) {
+	dc := testenv.Docker(t)
+	reg := testenv.Registry(t)
+	_, d1 := testenv.Image(t, reg+"/web:v1", "MESSAGE=v1")
+	image := reg + "/web:v1@" + d1
+	port := freePort(t)
+	name := randomName("shop")
+	t.Cleanup(func() { removeStack(dc, name) })
+	gl := testenv.NewGitLab("glpat-agent", "sawmill/platform")
+	gl.SetVariables(testenv.Variable{Key: "DB_PASSWORD", Value: "pw-one", Scope: "*"})
+	srv := httptest.NewServer(gl)
+	t.Cleanup(srv.Close)
+	daemonEnv{t: t, dc: dc, gl: gl, url: srv.URL}.setenv()
+	state := t.TempDir()
+	commit := strings.Repeat("d", 40)
+	gl.AddDeployment(testenv.Deployment{ID: 1, Job: 11, Pipeline: 1, Environment: "staging", Status: "success", SHA: commit, Finished: time.Now()}, release(name, commit, image, port, ""))
+	args := []string{"--environment", "staging", "--state-dir", state, "--policy-mode", "off", "--timeout", "2m"}
+	if r := runAgent(t, dc, append([]string{"run", "--once", "--listen", ""}, args...)...); r.code != 0 {
+		t.Fatalf("first rollout: exit %d", r.code)
+	}
+
+	// The secret changes; the agent is killed as soon as the new secret object exists.
+	gl.SetVariables(testenv.Variable{Key: "DB_PASSWORD", Value: "pw-two", Scope: "*"})
+	secrets := func() []string {
+		l, _ := dc.SecretList(context.Background(), client.SecretListOptions{Filters: make(client.Filters).Add("label", "com.docker.stack.namespace="+name)})
+		var names []string
+		for _, s := range l.Items {
+			names = append(names, s.Spec.Name)
+		}
+		return names
+	}
+	d := startDaemon(t, dc, append([]string{"--interval", "1h"}, args...)...)
+	waitFor(t, "the new secret", time.Minute, func() bool { return len(secrets()) == 2 })
+	d.stop()
+	<-d.done
+	d.done <- 0
+
+	// Started again, it finishes the rollout.
+	if r := runAgent(t, dc, append([]string{"run", "--once", "--listen", ""}, args...)...); r.code != 0 {
+		t.Fatalf("after the restart: exit %d", r.code)
+	}
+	if got := get(t, fmt.Sprintf("http://127.0.0.1:%d/secret/db_password", port)); got != sha("pw-two") {
+		t.Fatal("the restarted agent did not finish the rotation")
+	}
+	svc, err := dc.ServiceInspect(context.Background(), name+"_web", client.ServiceInspectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	used := map[string]bool{}
+	for _, spec := range []*swarmSpec{specOf(svc.Service.Spec), specOf(svc.Service.PreviousSpec)} {
+		if spec != nil {
+			for _, s := range spec.secrets {
+				used[s] = true
+			}
+		}
+	}
+	names := secrets()
+	seen := map[string]bool{}
+	for _, n := range names {
+		if seen[n] {
+			t.Fatalf("duplicate secret %s", n)
+		}
+		seen[n] = true
+		if !used[n] {
+			t.Fatalf("orphaned secret %s: neither the spec nor the previous spec uses it (secrets %v)", n, names)
+		}
+	}
+}
+
+type swarmSpec struct{ secrets []string }
+
+func specOf(s any) *swarmSpec {
+	b, _ := json.Marshal(s)
+	var spec struct {
+		TaskTemplate struct {
+			ContainerSpec struct {
+				Secrets []struct{ SecretName string }
+			}
+		}
+	}
+	if string(b) == "null" || json.Unmarshal(b, &spec) != nil {
+		return nil
+	}
+	out := &swarmSpec{}
+	for _, s := range spec.TaskTemplate.ContainerSpec.Secrets {
+		out.secrets = append(out.secrets, s.SecretName)
+	}
+	return out
 }

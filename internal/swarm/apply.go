@@ -82,7 +82,18 @@ func (a *Applier) defaults() {
 func (a *Applier) Apply(ctx context.Context, p *plan.Plan) (*Result, error) {
 	a.defaults()
 	res := &Result{Plan: p}
+	inflight := inflight(p)
 	if !p.Writes() {
+		if len(inflight) == 0 {
+			return res, nil
+		}
+		// Nothing to write, but an update started earlier (by an agent that was stopped mid-rollout, say)
+		// is still rolling: wait for it like for one of ours.
+		if failures := a.converge(ctx, inflight); len(failures) > 0 {
+			res.Failures = failures
+			res.RolledBack = a.rollback(ctx, inflight, failures)
+			return res, fault.RolloutErr(&RolloutError{Failures: failures})
+		}
 		return res, nil
 	}
 	for _, c := range p.Of(stack.KindNetwork, plan.Configured) {
@@ -141,7 +152,7 @@ func (a *Applier) Apply(ctx context.Context, p *plan.Plan) (*Result, error) {
 	}
 
 	since := a.Now().Add(-time.Second)
-	var touched []target
+	touched := inflight
 	for _, c := range p.Changes {
 		if c.Kind != stack.KindService || (c.Action != plan.Created && c.Action != plan.Configured) {
 			continue
@@ -156,7 +167,7 @@ func (a *Applier) Apply(ctx context.Context, p *plan.Plan) (*Result, error) {
 			if err != nil {
 				return res, fmt.Errorf("create service %s: %w", s.Name, err)
 			}
-			touched = append(touched, target{id: r.ID, name: s.Name})
+			touched = append(touched, target{id: r.ID, name: s.Name, since: since})
 			a.Log.Info("service created", "stack", p.Stack, "service", s.Name, "image", image(spec))
 			continue
 		}
@@ -166,13 +177,13 @@ func (a *Applier) Apply(ctx context.Context, p *plan.Plan) (*Result, error) {
 		}); err != nil {
 			return res, fmt.Errorf("update service %s: %w", s.Name, err)
 		}
-		touched = append(touched, target{id: obs.ID, name: s.Name, updated: true})
+		touched = append(touched, target{id: obs.ID, name: s.Name, updated: true, since: since})
 		a.Log.Info("service updated", "stack", p.Stack, "service", s.Name, "image", image(spec), "fields", strings.Join(c.Fields, ","))
 	}
 
-	if failures := a.converge(ctx, touched, since); len(failures) > 0 {
+	if failures := a.converge(ctx, touched); len(failures) > 0 {
 		res.Failures = failures
-		res.RolledBack = a.rollback(ctx, touched, failures, since)
+		res.RolledBack = a.rollback(ctx, touched, failures)
 		return res, fault.RolloutErr(&RolloutError{Failures: failures})
 	}
 
@@ -212,6 +223,25 @@ func (a *Applier) Apply(ctx context.Context, p *plan.Plan) (*Result, error) {
 		a.Log.Info("network removed", "stack", p.Stack, "network", c.Name)
 	}
 	return res, nil
+}
+
+// inflight returns the services the plan leaves unchanged but whose rolling update is still going on or
+// paused: started by an earlier run that did not see it through.
+func inflight(p *plan.Plan) []target {
+	var out []target
+	for _, c := range p.Of(stack.KindService, plan.Unchanged) {
+		s := findService(p.Observed, c.Name)
+		us := s.UpdateStatus
+		if us == nil || (us.State != swarm.UpdateStateUpdating && us.State != swarm.UpdateStatePaused) {
+			continue
+		}
+		since := time.Time{}
+		if us.StartedAt != nil {
+			since = us.StartedAt.Add(-time.Second)
+		}
+		out = append(out, target{id: s.ID, name: s.Name, updated: true, since: since})
+	}
+	return out
 }
 
 // retry repeats a removal while the engine still sees the object in use (tasks of a removed service take a

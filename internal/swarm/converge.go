@@ -15,12 +15,14 @@ import (
 type target struct {
 	id, name string
 	updated  bool
+	// since is when the rollout started: tasks and update states older than that are not its own.
+	since time.Time
 }
 
 // converge waits until every target runs its new spec with every task running (Swarm reports a task with a
 // healthcheck as running only once it is healthy), or fails them: a paused update, a Swarm auto-rollback, too
 // many failed tasks of the new version, or the timeout. It returns the failures, none on success.
-func (a *Applier) converge(ctx context.Context, targets []target, since time.Time) []Failure {
+func (a *Applier) converge(ctx context.Context, targets []target) []Failure {
 	deadline := a.Now().Add(a.Timeout)
 	pending := map[string]target{}
 	for _, t := range targets {
@@ -43,7 +45,7 @@ func (a *Applier) converge(ctx context.Context, targets []target, since time.Tim
 					delete(pending, id)
 					continue
 				}
-				done, reason := a.check(t, svc, r.tasks[id], since)
+				done, reason := a.check(t, svc, r.tasks[id])
 				switch {
 				case reason != "":
 					failures = append(failures, Failure{Service: t.name, Reason: reason})
@@ -119,7 +121,8 @@ func (a *Applier) observe(ctx context.Context, ids []string) (*round, error) {
 }
 
 // check judges one service from one round: converged, failed (with the reason), or neither yet.
-func (a *Applier) check(t target, svc swarm.Service, tasks []swarm.Task, since time.Time) (done bool, failure string) {
+func (a *Applier) check(t target, svc swarm.Service, tasks []swarm.Task) (done bool, failure string) {
+	since := t.since
 	if us := svc.UpdateStatus; us != nil && (us.StartedAt == nil || !us.StartedAt.Before(since)) {
 		switch us.State {
 		case swarm.UpdateStatePaused:
@@ -192,7 +195,7 @@ func taskError(tasks []swarm.Task, svc swarm.Service, since time.Time) string {
 
 // rollback puts every failed service that was updated back on its previous spec, unless Swarm already did,
 // and waits for that. It returns the services it rolled back.
-func (a *Applier) rollback(ctx context.Context, targets []target, failures []Failure, since time.Time) []string {
+func (a *Applier) rollback(ctx context.Context, targets []target, failures []Failure) []string {
 	failed := map[string]bool{}
 	for _, f := range failures {
 		failed[f.Service] = true
