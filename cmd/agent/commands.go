@@ -82,11 +82,11 @@ func planCmd(v *viper.Viper, d deps) *cobra.Command {
 				return err
 			}
 			defer c.Close()
-			gate, err := policyGate(v, cmd, log, stdout)
+			gates, err := checks(v, cmd, log, stdout)
 			if err != nil {
 				return err
 			}
-			p, err := reconcile.Plan(cmd.Context(), c, o, log, gate.Check)
+			p, err := reconcile.Plan(cmd.Context(), c, o, log, gates...)
 			if err != nil {
 				return err
 			}
@@ -96,6 +96,7 @@ func planCmd(v *viper.Viper, d deps) *cobra.Command {
 	composeFlags(cmd)
 	cmd.Flags().StringP("output", "o", "text", "output format: text or json")
 	gateFlags(cmd)
+	verifyFlags(cmd)
 	return cmd
 }
 
@@ -135,11 +136,11 @@ func applyCmd(v *viper.Viper, d deps) *cobra.Command {
 			}
 			defer c.Close()
 			a := &swarm.Applier{Client: c, Log: log, Timeout: timeout}
-			gate, err := policyGate(v, cmd, log, stdout)
+			gates, err := checks(v, cmd, log, stdout)
 			if err != nil {
 				return err
 			}
-			res, err := reconcile.Apply(cmd.Context(), a, o, log, gate.Check)
+			res, err := reconcile.Apply(cmd.Context(), a, o, log, gates...)
 			if res != nil && res.Plan != nil {
 				if rerr := output(stdout, cmd, res.Plan); rerr != nil && err == nil {
 					err = rerr
@@ -158,6 +159,7 @@ func applyCmd(v *viper.Viper, d deps) *cobra.Command {
 	composeFlags(cmd)
 	cmd.Flags().StringP("output", "o", "text", "output format: text or json")
 	gateFlags(cmd)
+	verifyFlags(cmd)
 	cmd.Flags().Duration("timeout", 5*time.Minute, "how long to wait for the stack to converge")
 	return cmd
 }

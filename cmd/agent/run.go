@@ -23,6 +23,7 @@ import (
 	"github.com/sabeiro/sawmill/internal/report"
 	"github.com/sabeiro/sawmill/internal/source"
 	"github.com/sabeiro/sawmill/internal/swarm"
+	"github.com/sabeiro/sawmill/internal/verify"
 )
 
 // runSettings are the daemon's settings: a config file (--config), SAWMILL_* variables (SAWMILL_GITLAB_URL
@@ -84,6 +85,18 @@ func runCmd(v *viper.Viper, d deps) *cobra.Command {
 				Mode:   mode, Input: policy.InputOptions{Environment: env, AllowedRegistries: v.GetStringSlice("allowed_registries")}, Log: log,
 			}
 			dm.Checks = []reconcile.Check{gate.Check}
+			if skip, _ := cmd.Flags().GetBool("skip-verify"); skip || v.GetBool("skip_verify") {
+				log.Warn("signature verification is off (skip_verify)")
+			} else {
+				trust, err := loadTrust(v)
+				if err != nil {
+					return err
+				}
+				// One verifier for the daemon's lifetime: its cache of verified digests lives in it.
+				sigs := &reconcile.Signatures{Verifier: verify.New(trust, verify.Options{Logger: log}), Log: log}
+				gate.Signatures = sigs.Results
+				dm.Checks = []reconcile.Check{sigs.Check, gate.Check}
+			}
 
 			switch kind := v.GetString("source"); kind {
 			case "dir":
@@ -171,6 +184,7 @@ func runCmd(v *viper.Viper, d deps) *cobra.Command {
 	f.Duration("interval", time.Minute, "poll interval")
 	f.Duration("timeout", 5*time.Minute, "how long one stack may take to converge")
 	f.String("policy-mode", "enforce", "policy gate: enforce, warn or off")
+	f.Bool("skip-verify", false, "do not verify signatures (development only)")
 	f.Bool("once", false, "run one cycle and exit (exit code as apply)")
 	_ = v.BindPFlag("once", f.Lookup("once"))
 	v.SetDefault("jitter", 0.1)

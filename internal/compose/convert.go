@@ -436,7 +436,7 @@ func (c *converter) service(s types.ServiceConfig) (stack.Service, error) {
 	if spec.EndpointSpec, err = endpoint(s, deploy); err != nil {
 		return stack.Service{}, c.errf(at("ports"), "%v", err)
 	}
-	spec.Annotations.Labels[stack.LabelSpecHash] = stack.Hash(spec)
+	stack.SetSpecHash(&spec)
 	return stack.Service{Name: spec.Name, Key: s.Name, Spec: spec}, nil
 }
 

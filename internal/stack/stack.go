@@ -160,3 +160,12 @@ func (s *Stack) Sort() {
 		return s.Warnings[i].Field < s.Warnings[j].Field
 	})
 }
+
+// SetSpecHash (re)computes the spec-hash label of a service spec, after any change to the spec.
+func SetSpecHash(spec *swarm.ServiceSpec) {
+	if spec.Labels == nil {
+		spec.Labels = map[string]string{}
+	}
+	delete(spec.Labels, LabelSpecHash)
+	spec.Labels[LabelSpecHash] = Hash(*spec)
+}

@@ -1,0 +1,89 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/moby/moby/client"
+
+	"github.com/sabeiro/sawmill/internal/testenv"
+)
+
+// A signed stack deploys pinned to the verified digests; a stack with one unsigned image exits 3 and the
+// swarm is untouched.
+func TestApplyVerifiesSignatures(t *testing.T) {
+	dc := testenv.Docker(t)
+	reg := testenv.Registry(t)
+	key := testenv.NewKey(t)
+	_, signed := testenv.Image(t, reg+"/app:signed", "MESSAGE=signed")
+	key.Sign(t, reg+"/app@"+signed)
+	testenv.Image(t, reg+"/app:unsigned", "MESSAGE=unsigned")
+
+	dir := t.TempDir()
+	trust := filepath.Join(dir, "trust.yaml")
+	pem := strings.ReplaceAll(strings.TrimSpace(key.PublicPEM), "\n", "\n            ")
+	writeFile(t, trust, fmt.Sprintf(`trust:
+  rules:
+    - pattern: "%s/**"
+      mode: enforce
+      authorities:
+        - name: test-key
+          key: |
+            %s
+`, reg, pem))
+	name := randomName("e2esig")
+	t.Cleanup(func() { removeStack(dc, name) })
+	compose := func(images ...string) string {
+		var b strings.Builder
+		b.WriteString("services:\n")
+		for i, img := range images {
+			fmt.Fprintf(&b, "  s%d:\n    image: %s\n    deploy: {endpoint_mode: dnsrr}\n", i, img)
+		}
+		p := filepath.Join(dir, "compose.yaml")
+		if err := os.WriteFile(p, []byte(b.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+
+	r := runAgent(t, dc, "apply", "--trust", trust, "--policy-mode", "off", "-c", compose(reg+"/app:signed"), name, "--timeout", "2m")
+	if r.code != 0 {
+		t.Fatalf("signed stack: exit %d", r.code)
+	}
+	if !strings.Contains(r.stdout, "image "+reg+"/app:signed: verified "+signed+" signed by test-key") {
+		t.Fatalf("plan output does not show the verified digest and signer:\n%s", r.stdout)
+	}
+	svc, err := dc.ServiceInspect(context.Background(), name+"_s0", client.ServiceInspectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := svc.Service.Spec.TaskTemplate.ContainerSpec.Image, reg+"/app:signed@"+signed; got != want {
+		t.Fatalf("deployed %s, want the verified digest %s", got, want)
+	}
+	// Re-applying the same tag is a no-op: the pinned spec matches.
+	if r := runAgent(t, dc, "apply", "--trust", trust, "--policy-mode", "off", "-c", compose(reg+"/app:signed"), name); r.code != 0 || r.writes != 0 {
+		t.Fatalf("re-apply: exit %d, %d writes", r.code, r.writes)
+	}
+
+	// Five services, one image unsigned: the whole stack is refused, nothing written.
+	snap := snapshot(t, dc, name)
+	imgs := []string{reg + "/app:signed", reg + "/app:signed", reg + "/app:unsigned", reg + "/app:signed", reg + "/app:signed"}
+	r = runAgent(t, dc, "apply", "--trust", trust, "--policy-mode", "off", "-c", compose(imgs...), name)
+	if r.code != 3 || r.writes != 0 {
+		t.Fatalf("unsigned image: exit %d with %d writes, want 3 and 0", r.code, r.writes)
+	}
+	if !strings.Contains(r.stderr, reg+"/app:unsigned") {
+		t.Fatalf("the refusal does not name the unsigned image:\n%s", r.stderr)
+	}
+	if snapshot(t, dc, name) != snap {
+		t.Fatal("a refused stack changed the swarm")
+	}
+	// Without a trust policy nothing is deployed either.
+	if r := runAgent(t, dc, "plan", "--trust", "", "-c", compose(reg+"/app:signed"), name); r.code != 2 {
+		t.Fatalf("no trust policy: exit %d, want 2", r.code)
+	}
+}
