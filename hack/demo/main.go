@@ -23,6 +23,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/moby/moby/client"
 
+	"github.com/sabeiro/sawmill/internal/cosignkey"
 	"github.com/sabeiro/sawmill/internal/imagebuild"
 	"github.com/sabeiro/sawmill/internal/stack"
 )
@@ -75,15 +76,36 @@ func run(agent, port string, cleanup bool) error {
 	}
 	fmt.Printf("== image: %s@%s (FROM scratch, assembled without a daemon)\n", ref, digest)
 
+	// Sign it with a key generated for this run; the agent verifies against its public half only.
+	key, err := cosignkey.Generate()
+	if err != nil {
+		return err
+	}
+	if err := key.Sign(reg + "/sawmill-demo/web@" + digest); err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp("", "sawmill-demo-trust")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	trust := filepath.Join(dir, "trust.yaml")
+	pem := strings.ReplaceAll(strings.TrimSpace(key.PublicPEM), "\n", "\n            ")
+	policy := fmt.Sprintf("trust:\n  rules:\n    - pattern: %q\n      mode: enforce\n      authorities:\n        - name: demo-key\n          key: |\n            %s\n", reg+"/**", pem)
+	if err := os.WriteFile(trust, []byte(policy), 0o644); err != nil {
+		return err
+	}
+	fmt.Printf("== signed %s@%s with a generated key (trust policy: %s)\n", ref, digest, trust)
+
 	token := make([]byte, 16)
 	_, _ = rand.Read(token)
 	env := append(os.Environ(), "REGISTRY="+reg, "DEMO_PORT="+port, "DEMO_API_TOKEN="+hex.EncodeToString(token))
 	// The demo image is not pinned by digest or signed yet and the demo publishes a port without an edge proxy:
 	// the default policies would refuse it, so the demo runs them in warn mode and shows their decisions.
 	for _, args := range [][]string{
-		{"plan", "-c", "examples/demo/compose.yaml", "--policy-mode=warn"},
-		{"apply", "-c", "examples/demo/compose.yaml", "--timeout", "3m", "--policy-mode=warn"},
-		{"apply", "-c", "examples/demo/compose.yaml", "--policy-mode=warn"},
+		{"plan", "-c", "examples/demo/compose.yaml", "--policy-mode=warn", "--trust", trust},
+		{"apply", "-c", "examples/demo/compose.yaml", "--timeout", "3m", "--policy-mode=warn", "--trust", trust},
+		{"apply", "-c", "examples/demo/compose.yaml", "--policy-mode=warn", "--trust", trust},
 	} {
 		fmt.Printf("== agent %s\n", strings.Join(args, " "))
 		cmd := exec.Command(agent, args...)
