@@ -16,7 +16,7 @@ demo-clean:
 
 # The test harness: a private swarm-mode dockerd (hack/dockerd.sh) unless SAWMILL_TEST_DOCKER_HOST already
 # points at an engine the tests may use.
-test:
+test: tools
 	SAWMILL_TEST_DOCKER_HOST=$${SAWMILL_TEST_DOCKER_HOST:-$$(hack/dockerd.sh start)} $(MAKE) test-go
 
 test-go:
@@ -26,6 +26,11 @@ test-go:
 bench:
 	SAWMILL_TEST_DOCKER_HOST=$${SAWMILL_TEST_DOCKER_HOST:-$$(hack/dockerd.sh start)} bench/run.sh
 
-# Tools the tests need that are not Go modules of this project.
+# Tools the tests run as independent peers: gitlab-ci-local (GitLab CI interpreter), conftest (the same
+# policies through another engine), the cosign CLI (signature interop; a cold build takes minutes).
+CONFTEST_VERSION ?= v0.71.1
+COSIGN_VERSION ?= v3.1.3
 tools:
-	npm install --no-audit --no-fund --prefix .tools gitlab-ci-local@4.62.0
+	[ -x .tools/node_modules/.bin/gitlab-ci-local ] || npm install --no-audit --no-fund --prefix .tools gitlab-ci-local@4.62.0
+	command -v conftest >/dev/null || $(GO) install github.com/open-policy-agent/conftest@$(CONFTEST_VERSION)
+	command -v cosign >/dev/null || $(GO) install github.com/sigstore/cosign/v3/cmd/cosign@$(COSIGN_VERSION)
