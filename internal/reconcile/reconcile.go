@@ -18,8 +18,9 @@ import (
 	"github.com/sabeiro/sawmill/internal/swarm"
 )
 
-// Check judges the wanted stack before anything is observed or written (policy.Gate.Check, say); an error
-// stops the run (a fault.Refused one exits 3).
+// Check judges the wanted stack, and may rewrite it (Signatures pins images to their verified digests),
+// before the plan is computed and anything is written (observing, which only reads, may overlap). The
+// checks run in order; an error stops the run (a fault.Refused one exits 3).
 type Check func(ctx context.Context, wanted *stack.Stack) error
 
 // Plan loads the wanted stack, runs the checks on it, and compares it with the swarm. It makes read calls only.
