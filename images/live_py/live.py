@@ -73,10 +73,11 @@ class Config:
             self.poll = float(env.get("LIVE_POLL_SECONDS", "2"))
             self.heartbeat = float(env.get("LIVE_HEARTBEAT_SECONDS", "15"))
             self.history = int(env.get("LIVE_HISTORY", "100"))
+            self.max_streams = int(env.get("LIVE_MAX_STREAMS", "100"))
         except ValueError as e:
-            raise ConfigError("LIVE_POLL_SECONDS / LIVE_HEARTBEAT_SECONDS / LIVE_HISTORY: %s" % e)
-        if self.poll <= 0 or self.heartbeat <= 0 or self.history <= 0:
-            raise ConfigError("LIVE_POLL_SECONDS, LIVE_HEARTBEAT_SECONDS and LIVE_HISTORY must be positive")
+            raise ConfigError("LIVE_POLL_SECONDS / LIVE_HEARTBEAT_SECONDS / LIVE_HISTORY / LIVE_MAX_STREAMS: %s" % e)
+        if self.poll <= 0 or self.heartbeat <= 0 or self.history <= 0 or self.max_streams <= 0:
+            raise ConfigError("LIVE_POLL_SECONDS, LIVE_HEARTBEAT_SECONDS, LIVE_HISTORY and LIVE_MAX_STREAMS must be positive")
         if self.mode not in ("stats", "count"):
             raise ConfigError("LIVE_MODE: stats or count, got %r" % self.mode)
         if self.mode == "count" and not self.tables:
@@ -225,6 +226,8 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "live_py"
     sys_version = ""
     protocol_version = "HTTP/1.1"
+    # socket timeout: a client that stops reading its event stream is dropped instead of holding a thread
+    timeout = 60
 
     # set on the class by make_server
     app = None
@@ -275,6 +278,9 @@ class Handler(BaseHTTPRequestHandler):
                 return
             self.send_json(200, {"status": "ok"})
         elif path == "/events":
+            if self.command == "HEAD":
+                self.send_body(200, "text/event-stream", b"")
+                return
             self.events()
         else:
             self.send_json(404, {"error": "not found"})
@@ -290,6 +296,16 @@ class Handler(BaseHTTPRequestHandler):
             last = int(self.headers.get("Last-Event-ID", "0"))
         except ValueError:
             last = 0
+        if not app.streams_add(1):
+            self.send_json(503, {"error": "too many event streams"})
+            return
+        try:
+            self.stream(last)
+        finally:
+            app.streams_add(-1)
+
+    def stream(self, last):
+        app = self.app
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-store")
@@ -297,7 +313,6 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Connection", "close")
         self.end_headers()
         self.close_connection = True
-        app.streams_add(1)
         try:
             # the current state first, so a page has something to show at once
             self.write_event("snapshot", app.broadcaster.snapshot, None, retry=3000)
@@ -316,8 +331,6 @@ class Handler(BaseHTTPRequestHandler):
                     last = seq
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             pass
-        finally:
-            app.streams_add(-1)
 
     def write_event(self, name, data, seq, retry=None):
         out = []
@@ -347,8 +360,12 @@ class App:
                 self.static[name] = f.read()
 
     def streams_add(self, n):
+        """Counts open event streams; False (and no change) when one more would exceed LIVE_MAX_STREAMS."""
         with self._lock:
+            if n > 0 and self.streams + n > self.cfg.max_streams:
+                return False
             self.streams += n
+            return True
 
 
 def _html_escape(s):

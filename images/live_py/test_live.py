@@ -121,6 +121,7 @@ class EventStream:
                 eid = value
 
     def close(self):
+        self.resp.close()  # the response holds the socket open otherwise
         self.conn.close()
 
 
@@ -267,6 +268,26 @@ class ServiceTest(unittest.TestCase):
             self.assertTrue(line.startswith(b": keep-alive"), line)
         finally:
             es.close()
+
+    def test_max_streams(self):
+        s = self.start(LIVE_MAX_STREAMS="1")
+        es = s.stream(timeout=10)
+        try:
+            self.assertEqual(es.next()[0], "snapshot")
+            status, _, body = s.get("/events")
+            self.assertEqual(status, 503, body)
+        finally:
+            es.close()
+        deadline = time.time() + 10
+        while True:  # the slot is freed when the server notices the closed stream (next keep-alive)
+            c = http.client.HTTPConnection("127.0.0.1", s.port, timeout=10)
+            c.request("GET", "/events")
+            r = c.getresponse()
+            c.close()
+            if r.status == 200 or time.time() > deadline:
+                break
+            time.sleep(0.3)
+        self.assertEqual(r.status, 200)
 
     def test_healthz(self):
         s = self.start()
