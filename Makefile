@@ -15,9 +15,11 @@ demo-clean:
 	DOCKER_HOST=$$(hack/dockerd.sh env) $(GO) run ./hack/demo -cleanup
 
 # The test harness: a private swarm-mode dockerd (hack/dockerd.sh) unless SAWMILL_TEST_DOCKER_HOST already
-# points at an engine the tests may use.
+# points at an engine the tests may use, and a private PostgreSQL (hack/postgres.sh) unless
+# SAWMILL_TEST_PG_DSN names one.
 test: tools
-	SAWMILL_TEST_DOCKER_HOST=$${SAWMILL_TEST_DOCKER_HOST:-$$(hack/dockerd.sh start)} $(MAKE) test-go
+	SAWMILL_TEST_DOCKER_HOST=$${SAWMILL_TEST_DOCKER_HOST:-$$(hack/dockerd.sh start)} \
+	SAWMILL_TEST_PG_DSN=$${SAWMILL_TEST_PG_DSN:-$$(hack/postgres.sh start)} $(MAKE) test-go
 
 test-go:
 	$(GO) vet ./...
