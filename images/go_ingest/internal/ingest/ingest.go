@@ -50,6 +50,10 @@ type RejectedError struct {
 
 func (e *RejectedError) Error() string { return e.Message + " (SQLSTATE " + e.Code + ")" }
 
+// ErrSchemaMismatch is an allow-listed table or column that the database does not have: a deployment
+// mistake, answered with 500 (not the client's fault, and retrying will not help).
+var ErrSchemaMismatch = errors.New("the allow-list names a table or column the database does not have")
+
 // Options configure the handler. New fills the defaults.
 type Options struct {
 	Tables       *allowlist.List
@@ -224,6 +228,10 @@ func (s *server) ingest(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 			s.Logger.Error("insert failed", "table", t.Name, "err", err)
+			if errors.Is(err, ErrSchemaMismatch) {
+				writeError(w, http.StatusInternalServerError, "server misconfigured: %v", ErrSchemaMismatch)
+				return
+			}
 			writeError(w, http.StatusServiceUnavailable, "database error")
 			return
 		}

@@ -251,6 +251,45 @@ func TestDatabaseRejectsValueAtomically(t *testing.T) {
 	}
 }
 
+// TestSchemaQualifiedFromFile: the JSON allow-list form, a table in its own schema, and an allow-list that
+// names a column the table lacks (a deployment mistake: 500, nothing written).
+func TestSchemaQualifiedFromFile(t *testing.T) {
+	pool := pgtest.Pool(t)
+	schema := pgtest.Table(t, pool, "s", "id int") // a unique name, reused for the schema
+	ctx := context.Background()
+	sch := pgx.Identifier{schema}.Sanitize()
+	if _, err := pool.Exec(ctx, "CREATE SCHEMA "+sch+"; CREATE TABLE "+sch+".metrics (name text, value double precision)"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = pool.Exec(context.Background(), "DROP SCHEMA "+sch+" CASCADE") })
+	list, err := allowlist.Parse([]byte(`{"tables": {"m": {"schema": "` + schema + `", "table": "metrics", "columns": ["name", "value", "unit"]}}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := pgstore.New(ctx, pgtest.DSN(t), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(st.Close)
+	h, err := ingest.New(ingest.Options{Tables: list, Store: st, Token: []byte(token)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fixture{srv: httptest.NewServer(h)}
+	t.Cleanup(f.srv.Close)
+	if code, out := f.post(t, "/v1/ingest/m", bearer, `[{"name":"cpu","value":0.5},{"name":"mem","value":1e3}]`); code != 200 || out["rows"] != float64(2) {
+		t.Fatalf("%d %v", code, out)
+	}
+	var sum float64
+	if err := pool.QueryRow(ctx, "SELECT sum(value) FROM "+sch+".metrics").Scan(&sum); err != nil || sum != 1000.5 {
+		t.Fatalf("sum %v %v", sum, err)
+	}
+	code, out := f.post(t, "/v1/ingest/m", bearer, `[{"name":"disk","unit":"bytes"}]`)
+	if msg, _ := out["error"].(string); code != 500 || !strings.Contains(msg, "misconfigured") {
+		t.Fatalf("%d %v, want 500", code, out)
+	}
+}
+
 func TestBodyLimit(t *testing.T) {
 	f := newFixture(t, 256)
 	big := `[{"source":"` + strings.Repeat("x", 1000) + `"}]`

@@ -85,6 +85,8 @@ func classify(err error) error {
 	var pg *pgconn.PgError
 	if errors.As(err, &pg) {
 		switch {
+		case pg.Code == "42P01", pg.Code == "42703", pg.Code == "3F000": // undefined table, column, schema
+			return fmt.Errorf("pgstore: %w: %s", ingest.ErrSchemaMismatch, pg.Message)
 		case strings.HasPrefix(pg.Code, "22"), strings.HasPrefix(pg.Code, "23"):
 			// data exception or integrity constraint violation: the records are at fault.
 			return &ingest.RejectedError{Code: pg.Code, Message: pg.Message}
