@@ -537,7 +537,7 @@ func skipVerifyUnlessTrusted(args []string) []string {
 		return args
 	}
 	for _, a := range args {
-		if a == "--trust" || strings.HasPrefix(a, "--trust=") || a == "--skip-verify" {
+		if a == "--trust" || strings.HasPrefix(a, "--trust=") || a == "--skip-verify" || strings.HasPrefix(a, "--skip-verify=") {
 			return args
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -147,6 +148,25 @@ func TestDaemonFollowsGitLab(t *testing.T) {
 	assertStatus(t, gl, bad, "sawmill/production", "failed")
 	if snapshot(t, dc, name) != snap {
 		t.Fatal("a refused release changed the swarm")
+	}
+
+	// A release with an unsigned image is refused and reported failed, with signatures checked against the
+	// trust policy of the agent's config file; the swarm is untouched.
+	key := testenv.NewKey(t)
+	_, unsigned := testenv.Image(t, reg+"/web:v2", "MESSAGE=v2")
+	cfg := filepath.Join(t.TempDir(), "agent.yaml")
+	pem := strings.ReplaceAll(strings.TrimSpace(key.PublicPEM), "\n", "\n            ")
+	writeFile(t, cfg, fmt.Sprintf("trust:\n  rules:\n    - pattern: %q\n      mode: enforce\n      authorities:\n        - key: |\n            %s\n", reg+"/**", pem))
+	unsignedCommit := strings.Repeat("e", 40)
+	gl.AddDeployment(testenv.Deployment{ID: 4, Job: 14, Pipeline: 3, Environment: "production", Status: "success", SHA: unsignedCommit, Finished: base.Add(3 * time.Minute)},
+		release(name, unsignedCommit, reg+"/web:v2@"+unsigned, port, ""))
+	r = runAgent(t, dc, "run", "--once", "--config", cfg, "--skip-verify=false", "--environment", "production", "--state-dir", state, "--listen", "", "--policy-mode", "warn")
+	if r.code != 3 {
+		t.Fatalf("unsigned release: exit %d, want 3", r.code)
+	}
+	assertStatus(t, gl, unsignedCommit, "sawmill/production", "failed")
+	if snapshot(t, dc, name) != snap {
+		t.Fatal("an unsigned release changed the swarm")
 	}
 
 	// A GitLab outage leaves the running stack as it was.

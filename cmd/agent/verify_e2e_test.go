@@ -69,6 +69,25 @@ func TestApplyVerifiesSignatures(t *testing.T) {
 		t.Fatalf("re-apply: exit %d, %d writes", r.code, r.writes)
 	}
 
+	// Drift: someone bypasses the agent (`docker service update --image`), keeping the labels, which claim
+	// nothing. plan reports it; apply puts the verified digest back.
+	spec := svc.Service.Spec
+	spec.TaskTemplate.ContainerSpec.Image = reg + "/app:unsigned"
+	if _, err := dc.ServiceUpdate(context.Background(), svc.Service.ID, client.ServiceUpdateOptions{Version: svc.Service.Version, Spec: spec}); err != nil {
+		t.Fatal(err)
+	}
+	r = runAgent(t, dc, "plan", "--trust", trust, "--policy-mode", "off", "-c", compose(reg+"/app:signed"), name)
+	if r.code != 0 || !strings.Contains(r.stdout, "drift") || !strings.Contains(r.stdout, "app:unsigned -> "+reg+"/app:signed@"+signed) {
+		t.Fatalf("plan does not report the drift:\n%s", r.stdout)
+	}
+	if r := runAgent(t, dc, "apply", "--trust", trust, "--policy-mode", "off", "-c", compose(reg+"/app:signed"), name, "--timeout", "2m"); r.code != 0 {
+		t.Fatalf("apply after drift: exit %d", r.code)
+	}
+	svc, _ = dc.ServiceInspect(context.Background(), name+"_s0", client.ServiceInspectOptions{})
+	if got := svc.Service.Spec.TaskTemplate.ContainerSpec.Image; got != reg+"/app:signed@"+signed {
+		t.Fatalf("after apply the service runs %s, want the verified digest back", got)
+	}
+
 	// Five services, one image unsigned: the whole stack is refused, nothing written.
 	snap := snapshot(t, dc, name)
 	imgs := []string{reg + "/app:signed", reg + "/app:signed", reg + "/app:unsigned", reg + "/app:signed", reg + "/app:signed"}
