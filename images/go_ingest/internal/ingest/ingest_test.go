@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -233,6 +234,42 @@ func TestRowsWritten(t *testing.T) {
 	}
 	if got[3].source != "ndjson" || *got[4].n != 5 {
 		t.Errorf("ndjson rows: %+v %+v", got[3], got[4])
+	}
+}
+
+func TestConcurrentBatches(t *testing.T) {
+	f := newFixture(t, 0)
+	const clients, perBatch = 16, 200
+	var batch strings.Builder
+	for i := 0; i < perBatch; i++ {
+		batch.WriteString(`{"source":"concurrent","n":1}` + "\n")
+	}
+	var wg sync.WaitGroup
+	codes := make(chan int, clients)
+	for i := 0; i < clients; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req, _ := http.NewRequest(http.MethodPost, f.srv.URL+"/v1/ingest/events", strings.NewReader(batch.String()))
+			req.Header.Set("Authorization", bearer)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				codes <- -1
+				return
+			}
+			resp.Body.Close()
+			codes <- resp.StatusCode
+		}()
+	}
+	wg.Wait()
+	close(codes)
+	for c := range codes {
+		if c != 200 {
+			t.Fatalf("status %d", c)
+		}
+	}
+	if n := f.count(t); n != clients*perBatch {
+		t.Fatalf("%d rows, want %d", n, clients*perBatch)
 	}
 }
 
