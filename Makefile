@@ -3,7 +3,7 @@ SHELL := /bin/bash
 GO ?= go
 export PATH := $(CURDIR)/.tools/node_modules/.bin:$(HOME)/go/bin:$(PATH)
 
-.PHONY: build test test-go demo demo-clean bench tools
+.PHONY: build test test-go test-py demo demo-clean bench tools
 build:
 	CGO_ENABLED=0 $(GO) build -o bin/ ./cmd/...
 
@@ -19,11 +19,15 @@ demo-clean:
 # SAWMILL_TEST_PG_DSN names one.
 test: tools
 	SAWMILL_TEST_DOCKER_HOST=$${SAWMILL_TEST_DOCKER_HOST:-$$(hack/dockerd.sh start)} \
-	SAWMILL_TEST_PG_DSN=$${SAWMILL_TEST_PG_DSN:-$$(hack/postgres.sh start)} $(MAKE) test-go
+	SAWMILL_TEST_PG_DSN=$${SAWMILL_TEST_PG_DSN:-$$(hack/postgres.sh start)} $(MAKE) test-go test-py
 
 test-go:
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 40m ./...
+
+# live_py's tests run with Debian's Python (python3-psycopg2); PyPI is not needed.
+test-py:
+	images/live_py/test.sh
 
 bench:
 	SAWMILL_TEST_DOCKER_HOST=$${SAWMILL_TEST_DOCKER_HOST:-$$(hack/dockerd.sh start)} bench/run.sh
