@@ -49,6 +49,9 @@ type Image struct {
 	Target     string     // build target stage, "" for the last one
 	Platforms  []string   // e.g. linux/amd64 (sorted); empty means the builder's default
 	DependsOn  []string   // repository images this one builds on (sorted, direct only)
+	// Context is the build context, relative to the repository root: image.yaml's `context` (e.g. "." for
+	// an image that builds from the module root), else Dir.
+	Context string
 }
 
 // BuildArg is one --build-arg of an image.
@@ -106,6 +109,7 @@ type imageSpec struct {
 	Target    string            `yaml:"target"`
 	Platforms []string          `yaml:"platforms"`
 	DependsOn []string          `yaml:"depends_on"`
+	Context   string            `yaml:"context"`
 }
 
 // Scan reads the repository at root.
@@ -219,7 +223,7 @@ type imageResult struct {
 
 func readImage(root, name string) (r imageResult) {
 	dir := ImagesDir + "/" + name
-	im := &Image{Name: name, Dir: dir, Dockerfile: dir + "/" + Dockerfile}
+	im := &Image{Name: name, Dir: dir, Dockerfile: dir + "/" + Dockerfile, Context: dir}
 	df, err := readFile(filepath.Join(root, filepath.FromSlash(im.Dockerfile)))
 	if errors.Is(err, fs.ErrNotExist) {
 		r.err = fmt.Errorf("%s: image directory has no Dockerfile", dir)
@@ -266,6 +270,13 @@ func readSpec(root string, im *Image) error {
 	im.Watch = slices.Compact(im.Watch)
 	for _, k := range sortedKeys(spec.BuildArgs) {
 		im.BuildArgs = append(im.BuildArgs, BuildArg{Name: k, Value: spec.BuildArgs[k]})
+	}
+	if spec.Context != "" {
+		c := path.Clean(strings.TrimPrefix(spec.Context, "./"))
+		if strings.HasPrefix(c, "../") || c == ".." || path.IsAbs(c) {
+			return fmt.Errorf("%s: context: %q must be a directory inside the repository", file, spec.Context)
+		}
+		im.Context = c
 	}
 	im.Target = spec.Target
 	im.Platforms = slices.Compact(slices.Sorted(slices.Values(spec.Platforms)))

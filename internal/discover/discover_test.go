@@ -99,7 +99,7 @@ func TestScan(t *testing.T) {
 	}
 	tool, _ := got.Image("tool")
 	wantTool := Image{
-		Name: "tool", Dir: "images/tool", Dockerfile: "images/tool/Dockerfile",
+		Name: "tool", Dir: "images/tool", Dockerfile: "images/tool/Dockerfile", Context: "images/tool",
 		Watch:     []string{"docs/*.md", "shared/proto"},
 		BuildArgs: []BuildArg{{"A", "1"}, {"B", "2"}},
 		Target:    "final", Platforms: []string{"linux/amd64", "linux/arm64"}, DependsOn: []string{"base"},
@@ -137,6 +137,7 @@ func TestScanErrors(t *testing.T) {
 		{"unknown dep", map[string]string{"images/a/Dockerfile": "FROM x\n", "images/a/image.yaml": "depends_on: [nope]\n"}, "images/a/image.yaml: depends_on: no image \"nope\""},
 		{"unknown key", map[string]string{"images/a/Dockerfile": "FROM x\n", "images/a/image.yaml": "wacth: [x]\n"}, "images/a/image.yaml: yaml: unmarshal errors:\n  line 1: field wacth not found"},
 		{"bad watch", map[string]string{"images/a/Dockerfile": "FROM x\n", "images/a/image.yaml": "watch: [../etc]\n"}, "images/a/image.yaml: watch: \"../etc\" must be a path inside the repository"},
+		{"context outside", map[string]string{"images/a/Dockerfile": "FROM x\n", "images/a/image.yaml": "context: ../..\n"}, "images/a/image.yaml: context: \"../..\" must be a directory inside the repository"},
 		{"variable clash", map[string]string{"images/a-b/Dockerfile": "FROM x\n", "images/a_b/Dockerfile": "FROM x\n"}, "images/a_b: image names \"a-b\" and \"a_b\" both map to the variable prefix A_B"},
 		{"bad name", map[string]string{"images/Bad/Dockerfile": "FROM x\n"}, "images/Bad: \"Bad\" is not a valid image name"},
 		{"stack without compose", map[string]string{"stacks/s/compose.prod.yaml": "x: 1\n"}, "stacks/s: stack directory has no compose.yaml"},
@@ -149,6 +150,26 @@ func TestScanErrors(t *testing.T) {
 				t.Fatalf("err = %v, want it to contain %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// An image that builds from the module root says so in image.yaml; the default context is its directory.
+func TestBuildContext(t *testing.T) {
+	r := &repo{t: t, dir: t.TempDir()}
+	r.write(map[string]string{
+		"images/a/Dockerfile": "FROM x\n", "images/a/image.yaml": "context: .\n",
+		"images/b/Dockerfile": "FROM x\n",
+	})
+	got, err := Scan(r.dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := map[string]string{}
+	for _, im := range got.Images {
+		ctx[im.Name] = im.Context
+	}
+	if ctx["a"] != "." || ctx["b"] != "images/b" {
+		t.Fatalf("contexts %v", ctx)
 	}
 }
 

@@ -132,7 +132,7 @@ func Build(repo *discover.Repo, decisions []discover.Decision, cfg Config) (*Pip
 			Stage:   "build",
 			Needs:   []Need{},
 			Variables: append(cloneVars(common),
-				Var{"SAWMILL_CONTEXT", im.Dir},
+				Var{"SAWMILL_CONTEXT", im.Context},
 				Var{"SAWMILL_DOCKERFILE", im.Dockerfile},
 				Var{"SAWMILL_TARGET", im.Target},
 				Var{"SAWMILL_PLATFORMS", strings.Join(im.Platforms, ",")},
