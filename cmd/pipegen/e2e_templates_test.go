@@ -115,11 +115,11 @@ echo '<testsuites/>'
 	base, app := rel.Images["base"], rel.Images["app"]
 	for _, want := range []string{
 		"buildah build -f images/base/Dockerfile -t " + reg + "/base:" + sha + " --build-arg REGISTRY=" + reg + " images/base",
-		"buildah push --digestfile digest.txt " + reg + "/base:" + sha,
+		"buildah push --digestfile BASE_DIGEST.txt " + reg + "/base:" + sha,
 		"buildah build -f images/app/Dockerfile -t " + reg + "/app:" + sha + " --build-arg REGISTRY=" + reg +
 			" --build-arg VERSION=v-" + sha[:8] + " --build-arg BASE_IMAGE=" + reg + "/base@" + base.Digest + " --target runtime images/app",
 		"buildah build -f images/multi/Dockerfile --manifest " + reg + "/multi:" + sha + " --build-arg REGISTRY=" + reg + " --platform linux/amd64,linux/arm64 images/multi",
-		"buildah manifest push --all --digestfile digest.txt " + reg + "/multi:" + sha + " docker://" + reg + "/multi:" + sha,
+		"buildah manifest push --all --digestfile MULTI_DIGEST.txt " + reg + "/multi:" + sha + " docker://" + reg + "/multi:" + sha,
 		"cosign sign --yes --new-bundle-format=false --use-signing-config=false --key env://COSIGN_PRIVATE_KEY " + reg + "/multi@" + rel.Images["multi"].Digest,
 		"trivy image --exit-code 0 --format template --template @/contrib/gitlab.tpl --output gl-container-scanning-report.json " + reg + "/app@" + app.Digest,
 		"trivy image --format cyclonedx --output gl-sbom.cdx.json " + reg + "/base@" + base.Digest,
