@@ -81,7 +81,11 @@ func loadInput(v *viper.Viper, cmd *cobra.Command, args []string) (*policy.Input
 	if err != nil {
 		return nil, err
 	}
-	return policy.NewInput(st, inputOptions(v, cmd)), nil
+	opts := inputOptions(v, cmd)
+	if opts.Signatures, err = checkSignatures(cmd, st); err != nil {
+		return nil, err
+	}
+	return policy.NewInput(st, opts), nil
 }
 
 func checkCmd(v *viper.Viper, d deps) *cobra.Command {
@@ -124,6 +128,7 @@ func checkCmd(v *viper.Viper, d deps) *cobra.Command {
 	}
 	composeFlags(cmd)
 	policyFlags(cmd)
+	trustFlag(cmd)
 	cmd.Flags().StringP("output", "o", "text", "output format: text, json or junit (a GitLab test report)")
 	return cmd
 }

@@ -30,6 +30,7 @@ are (as in the compose files). conftest reaches the agent's decisions on it:
 		},
 	}
 	composeFlags(cmd)
+	trustFlag(cmd)
 	inputFlags(cmd)
 	return cmd
 }

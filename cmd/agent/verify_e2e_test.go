@@ -101,6 +101,18 @@ func TestApplyVerifiesSignatures(t *testing.T) {
 	if snapshot(t, dc, name) != snap {
 		t.Fatal("a refused stack changed the swarm")
 	}
+	// agent check sees the same signature results: in production only the unsigned image is denied for it.
+	r = runAgent(t, dc, "check", "--trust", trust, "--env", "production", "-c", compose(reg+"/app:signed", reg+"/app:unsigned"), name)
+	var sigDenies []string
+	for _, line := range strings.Split(r.stdout, "\n") {
+		if strings.Contains(line, "image_signature") {
+			sigDenies = append(sigDenies, line)
+		}
+	}
+	if r.code != 3 || len(sigDenies) != 1 || !strings.Contains(sigDenies[0], "app:unsigned") {
+		t.Fatalf("check: exit %d, signature decisions %q; want exactly the unsigned image denied", r.code, sigDenies)
+	}
+
 	// Without a trust policy nothing is deployed either.
 	if r := runAgent(t, dc, "plan", "--trust", "", "-c", compose(reg+"/app:signed"), name); r.code != 2 {
 		t.Fatalf("no trust policy: exit %d, want 2", r.code)

@@ -43,7 +43,7 @@ func (s *Signatures) Check(ctx context.Context, wanted *stack.Stack) error {
 	results, err := s.Verifier.VerifyAll(ctx, refs)
 	sigs := map[string]policy.Signature{}
 	for _, r := range results {
-		sig := policy.Signature{Status: string(r.Status), Signer: strings.Join(r.Signers, ", "), Reason: r.Reason}
+		sig := PolicySignature(r)
 		sigs[r.Ref] = sig
 		if r.Pinned != "" {
 			sigs[r.Pinned] = sig
@@ -85,6 +85,24 @@ func (s *Signatures) Check(ctx context.Context, wanted *stack.Stack) error {
 		}
 	}
 	return nil
+}
+
+// PolicySignature is a verification result as the policies' input names it: verified; unverified (the
+// verification failed); or unknown (it could not be checked: the registry was unreachable, or the trust
+// policy's warn mode let an unverified image through).
+func PolicySignature(r verify.Result) policy.Signature {
+	sig := policy.Signature{Signer: strings.Join(r.Signers, ", "), Reason: r.Reason}
+	switch {
+	case r.Status == verify.Verified:
+		sig.Status = "verified"
+	case verify.IsTransient(r.Err):
+		sig.Status, sig.Reason = "unknown", "registry unreachable: "+r.Reason
+	case r.Status == verify.Warned:
+		sig.Status = "unknown"
+	default:
+		sig.Status = "unverified"
+	}
+	return sig
 }
 
 // Results returns the signature results of the last Check, by image reference (as written and pinned), for
