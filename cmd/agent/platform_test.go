@@ -223,9 +223,9 @@ func TestPlatformRender(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := map[string][]string{
-		"edge_nginx_conf":    {"server_name ~^metabase\\.;", "set $upstream http://metabase:3000;", "return 301 https://$host$request_uri;"},
-		"postgres_init":      {"psql -v ON_ERROR_STOP=1 --username \"$POSTGRES_USER\"", "PASSWORD :'ingest_pw'"},
-		"airflow_entrypoint": {"path=\"${!name}\"", "exec /usr/bin/dumb-init -- /entrypoint \"$@\""},
+		"edge_nginx_conf": {"server_name ~^metabase\\.;", "set $upstream http://metabase:3000;", "return 301 https://$host$request_uri;"},
+		"postgres_init":   {"psql -v ON_ERROR_STOP=1 --username \"$POSTGRES_USER\"", "PASSWORD :'ingest_pw'"},
+		"secrets_env":     {"path=\"${!name}\"", "export \"${name%_FILE}=$value\"", "exec \"$@\""},
 	}
 	for _, c := range st.Configs {
 		key := strings.TrimPrefix(c.Name[:strings.LastIndex(c.Name, "-")], "platform_")
