@@ -77,6 +77,7 @@ func loadInput(v *viper.Viper, cmd *cobra.Command, args []string) (*policy.Input
 	if err != nil {
 		return nil, err
 	}
+	o.WithoutValues = true // the policies judge specs, never values
 	st, err := compose.Load(cmd.Context(), o)
 	if err != nil {
 		return nil, err

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"log/slog"
 	"strings"
 	"time"
 
@@ -63,30 +64,18 @@ func composeOptions(cmd *cobra.Command, args []string) (compose.Options, error) 
 }
 
 func planCmd(v *viper.Viper, d deps) *cobra.Command {
-	stdout, stderr := d.stdout, d.stderr
+	stdout := d.stdout
 	cmd := &cobra.Command{
 		Use:   "plan -c compose.yaml [-c override.yaml ...] [STACK]",
 		Short: "Show what apply would change on the swarm; makes no write call",
 		Args:  cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			o, err := composeOptions(cmd, args)
+			r, err := prepare(v, d, cmd, args)
 			if err != nil {
 				return err
 			}
-			log, err := newLogger(stderr, v.GetString("log-level"), v.GetString("log-format"))
-			if err != nil {
-				return err
-			}
-			c, err := d.connect()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			gates, err := checks(v, cmd, log, stdout)
-			if err != nil {
-				return err
-			}
-			p, err := reconcile.Plan(cmd.Context(), c, o, log, gates...)
+			defer r.client.Close()
+			p, err := reconcile.Plan(cmd.Context(), r.client, r.compose, r.log, r.checks...)
 			if err != nil {
 				return err
 			}
@@ -98,6 +87,34 @@ func planCmd(v *viper.Viper, d deps) *cobra.Command {
 	gateFlags(cmd)
 	verifyFlags(cmd)
 	return cmd
+}
+
+// runSetup is what plan and apply share: the compose options, the logger, the engine and the checks.
+type runSetup struct {
+	compose compose.Options
+	log     *slog.Logger
+	client  swarm.Client
+	checks  []reconcile.Check
+}
+
+func prepare(v *viper.Viper, d deps, cmd *cobra.Command, args []string) (*runSetup, error) {
+	o, err := composeOptions(cmd, args)
+	if err != nil {
+		return nil, err
+	}
+	log, err := newLogger(d.stderr, v.GetString("log-level"), v.GetString("log-format"))
+	if err != nil {
+		return nil, err
+	}
+	gates, err := checks(v, cmd, log, d.stdout)
+	if err != nil {
+		return nil, err
+	}
+	c, err := d.connect()
+	if err != nil {
+		return nil, err
+	}
+	return &runSetup{compose: o, log: log, client: c, checks: gates}, nil
 }
 
 func output(w io.Writer, cmd *cobra.Command, p *plan.Plan) error {
@@ -112,35 +129,23 @@ func output(w io.Writer, cmd *cobra.Command, p *plan.Plan) error {
 }
 
 func applyCmd(v *viper.Viper, d deps) *cobra.Command {
-	stdout, stderr := d.stdout, d.stderr
+	stdout := d.stdout
 	cmd := &cobra.Command{
 		Use:   "apply -c compose.yaml [-c override.yaml ...] [STACK]",
 		Short: "Apply the plan and wait until the stack converged; roll back a failed update",
 		Args:  cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			o, err := composeOptions(cmd, args)
-			if err != nil {
-				return err
-			}
-			log, err := newLogger(stderr, v.GetString("log-level"), v.GetString("log-format"))
-			if err != nil {
-				return err
-			}
 			timeout, _ := cmd.Flags().GetDuration("timeout")
 			if timeout <= 0 {
 				return usageError{fmt.Errorf("--timeout must be positive")}
 			}
-			c, err := d.connect()
+			r, err := prepare(v, d, cmd, args)
 			if err != nil {
 				return err
 			}
-			defer c.Close()
-			a := &swarm.Applier{Client: c, Log: log, Timeout: timeout}
-			gates, err := checks(v, cmd, log, stdout)
-			if err != nil {
-				return err
-			}
-			res, err := reconcile.Apply(cmd.Context(), a, o, log, gates...)
+			defer r.client.Close()
+			a := &swarm.Applier{Client: r.client, Log: r.log, Timeout: timeout}
+			res, err := reconcile.Apply(cmd.Context(), a, r.compose, r.log, r.checks...)
 			if res != nil && res.Plan != nil {
 				if rerr := output(stdout, cmd, res.Plan); rerr != nil && err == nil {
 					err = rerr

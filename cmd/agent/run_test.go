@@ -54,6 +54,27 @@ type daemonEnv struct {
 	dc  *client.Client
 	gl  *testenv.GitLab
 	url string
+	// An image of the test registry (pinned), the host port the stack publishes, its name.
+	reg, image, name string
+	port             int
+}
+
+// newDaemonEnv starts what the daemon tests share: the swarm, a registry with web:v1, a GitLab test server
+// with the given variables, a stack name removed at the end, and the agent's SAWMILL_* settings.
+func newDaemonEnv(t *testing.T, vars ...testenv.Variable) daemonEnv {
+	t.Helper()
+	dc := testenv.Docker(t)
+	reg := testenv.Registry(t)
+	_, d1 := testenv.Image(t, reg+"/web:v1", "MESSAGE=v1")
+	name := randomName("shop")
+	t.Cleanup(func() { removeStack(dc, name) })
+	gl := testenv.NewGitLab("glpat-agent", "sawmill/platform")
+	gl.SetVariables(vars...)
+	srv := httptest.NewServer(gl)
+	t.Cleanup(srv.Close)
+	e := daemonEnv{t: t, dc: dc, gl: gl, url: srv.URL, reg: reg, image: reg + "/web:v1@" + d1, name: name, port: freePort(t)}
+	e.setenv()
+	return e
 }
 
 func (e daemonEnv) setenv() {
@@ -65,23 +86,11 @@ func (e daemonEnv) setenv() {
 }
 
 func TestDaemonFollowsGitLab(t *testing.T) {
-	dc := testenv.Docker(t)
-	reg := testenv.Registry(t)
-	_, d1 := testenv.Image(t, reg+"/web:v1", "MESSAGE=v1")
-	image := reg + "/web:v1@" + d1
-	port := freePort(t)
-	name := randomName("shop")
-	t.Cleanup(func() { removeStack(dc, name) })
-
-	gl := testenv.NewGitLab("glpat-agent", "sawmill/platform")
-	gl.SetVariables(
+	env := newDaemonEnv(t,
 		testenv.Variable{Key: "DB_PASSWORD", Value: "pw-staging", Scope: "staging"},
 		testenv.Variable{Key: "DB_PASSWORD", Value: "pw-production", Scope: "production"},
 	)
-	srv := httptest.NewServer(gl)
-	t.Cleanup(srv.Close)
-	env := daemonEnv{t: t, dc: dc, gl: gl, url: srv.URL}
-	env.setenv()
+	dc, reg, image, port, name, gl := env.dc, env.reg, env.image, env.port, env.name, env.gl
 	state := t.TempDir()
 	web := fmt.Sprintf("http://127.0.0.1:%d", port)
 	commit := strings.Repeat("a", 40)
@@ -248,19 +257,8 @@ func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool)
 }
 
 func TestDaemonWebhookAndOneActingAgent(t *testing.T) {
-	dc := testenv.Docker(t)
-	reg := testenv.Registry(t)
-	_, d1 := testenv.Image(t, reg+"/web:v1", "MESSAGE=v1")
-	image := reg + "/web:v1@" + d1
-	port := freePort(t)
-	name := randomName("shop")
-	t.Cleanup(func() { removeStack(dc, name) })
-	gl := testenv.NewGitLab("glpat-agent", "sawmill/platform")
-	gl.SetVariables(testenv.Variable{Key: "DB_PASSWORD", Value: "pw", Scope: "*"})
-	srv := httptest.NewServer(gl)
-	t.Cleanup(srv.Close)
-	env := daemonEnv{t: t, dc: dc, gl: gl, url: srv.URL}
-	env.setenv()
+	env := newDaemonEnv(t, testenv.Variable{Key: "DB_PASSWORD", Value: "pw", Scope: "*"})
+	dc, image, port, name, gl := env.dc, env.image, env.port, env.name, env.gl
 	commit := strings.Repeat("c", 40)
 	gl.AddDeployment(testenv.Deployment{ID: 1, Job: 11, Pipeline: 1, Environment: "staging", Status: "success", SHA: commit, Finished: time.Now()}, release(name, commit, image, port, ""))
 
@@ -331,18 +329,8 @@ func writeFile(t *testing.T, path, content string) {
 // Killing the agent in the middle of a rollout and starting it again converges, with no duplicate secret
 // and none that nothing references.
 func TestDaemonKilledMidRolloutResumes(t *testing.T) {
-	dc := testenv.Docker(t)
-	reg := testenv.Registry(t)
-	_, d1 := testenv.Image(t, reg+"/web:v1", "MESSAGE=v1")
-	image := reg + "/web:v1@" + d1
-	port := freePort(t)
-	name := randomName("shop")
-	t.Cleanup(func() { removeStack(dc, name) })
-	gl := testenv.NewGitLab("glpat-agent", "sawmill/platform")
-	gl.SetVariables(testenv.Variable{Key: "DB_PASSWORD", Value: "pw-one", Scope: "*"})
-	srv := httptest.NewServer(gl)
-	t.Cleanup(srv.Close)
-	daemonEnv{t: t, dc: dc, gl: gl, url: srv.URL}.setenv()
+	env := newDaemonEnv(t, testenv.Variable{Key: "DB_PASSWORD", Value: "pw-one", Scope: "*"})
+	dc, image, port, name, gl := env.dc, env.image, env.port, env.name, env.gl
 	state := t.TempDir()
 	commit := strings.Repeat("d", 40)
 	gl.AddDeployment(testenv.Deployment{ID: 1, Job: 11, Pipeline: 1, Environment: "staging", Status: "success", SHA: commit, Finished: time.Now()}, release(name, commit, image, port, ""))

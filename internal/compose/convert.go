@@ -24,6 +24,8 @@ type converter struct {
 	files   []string
 	loc     locator
 	st      *stack.Stack
+	// noValues lets secrets and configs whose value is not available load without it (Options.WithoutValues).
+	noValues bool
 	// secret and config names by compose key, after hashing.
 	secretNames, configNames map[string]string
 }
@@ -185,11 +187,19 @@ func (c *converter) objects(kind string, in map[string]fileObject, out *[]stack.
 		switch {
 		case o.File != "":
 			b, err := os.ReadFile(o.File)
+			if err != nil && c.noValues {
+				c.warn("", kind+"."+key+".file", "", "cannot read "+o.File+": judged without its value")
+				break
+			}
 			if err != nil {
 				return c.errf([]string{kind, key, "file"}, "cannot read %s: %v", o.File, errNoValue(err))
 			}
 			data = b
 		case o.Environment != "":
+			if o.Content == "" && c.noValues {
+				c.warn("", kind+"."+key+".environment", o.Environment, "environment variable "+o.Environment+" is not set: judged without its value")
+				break
+			}
 			if o.Content == "" {
 				return c.errf([]string{kind, key, "environment"}, "environment variable %s is not set", o.Environment)
 			}

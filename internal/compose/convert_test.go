@@ -337,3 +337,26 @@ func TestDeterministic(t *testing.T) {
 		}
 	}
 }
+
+// check and render judge specs without values: a missing secret variable or file is a warning there, and an
+// error everywhere else.
+func TestWithoutValues(t *testing.T) {
+	c := "services:\n  a:\n    image: x\n    secrets: [tok, cert]\nsecrets:\n  tok:\n    environment: TOKEN\n  cert:\n    file: ./cert.pem\n"
+	st, err := load(t, map[string]string{"compose.yaml": c}, Options{Stack: "s", WithoutValues: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Secrets) != 2 || len(st.Services[0].Spec.TaskTemplate.ContainerSpec.Secrets) != 2 {
+		t.Fatalf("secrets %v", st.Secrets)
+	}
+	var warned []string
+	for _, w := range st.Warnings {
+		warned = append(warned, w.Field)
+	}
+	if strings.Join(warned, ",") != "secrets.cert.file,secrets.tok.environment" {
+		t.Fatalf("warnings %v", warned)
+	}
+	if _, err := load(t, map[string]string{"compose.yaml": c}, Options{Stack: "s"}); err == nil {
+		t.Fatal("without WithoutValues a missing secret value must fail")
+	}
+}

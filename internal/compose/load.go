@@ -36,6 +36,10 @@ type Options struct {
 	Profiles []string
 	// WorkDir resolves relative paths; empty means the directory of the first file.
 	WorkDir string
+	// WithoutValues loads secrets and configs whose file or environment variable is missing with no value
+	// (and a warning) instead of failing: for `agent check` and `agent render`, which judge the specs and
+	// never the values (a CI policy job has no production credentials). Never for apply.
+	WithoutValues bool
 }
 
 var stackName = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]*$`)
@@ -84,7 +88,7 @@ func Load(ctx context.Context, o Options) (*stack.Stack, error) {
 	if project.Name == "" || !stackName.MatchString(project.Name) {
 		return nil, fault.InvalidErr(fmt.Errorf("compose %s: no valid stack name: give STACK or a top-level `name:`", strings.Join(o.Files, ", ")))
 	}
-	c := &converter{project: project, files: absAll(o.Files)}
+	c := &converter{project: project, files: absAll(o.Files), noValues: o.WithoutValues}
 	st, err := c.convert()
 	if err != nil {
 		return nil, fault.InvalidErr(err)
