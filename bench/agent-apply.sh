@@ -25,6 +25,8 @@
 #                         which favours docker.
 #   no-op, agent:         `agent apply` of the same file again (process start, compose load, observe, plan;
 #                         with nothing to write it returns without waiting).
+#   both tools deploy the same unsigned local image: the agent runs with --skip-verify and --policy-mode=off,
+#                         since docker stack deploy checks neither.
 #   no-op writes:         Version.Index of every service, secret and config of the stack plus the network IDs,
 #                         compared before and after each no-op; every object whose line changed, appeared or
 #                         disappeared counts as a write. The agent's info log lines "... created/updated/removed"
@@ -210,7 +212,7 @@ first_agent() {
   local to t0 rc=0
   to=$(deadline_for 240)
   t0=$(now_ms)
-  timeout $((to + 10)) "$work/agent" apply -c "$compose" "$AGENT_STACK" --timeout "${to}s" >"$work/agent-first.out" 2>"$work/agent-first.log" || rc=$?
+  timeout $((to + 10)) "$work/agent" apply -c "$compose" "$AGENT_STACK" --timeout "${to}s" --skip-verify --policy-mode=off >"$work/agent-first.out" 2>"$work/agent-first.log" || rc=$?
   [ "$rc" = 0 ] || die "agent apply -c $compose $AGENT_STACK (first deploy) exited $rc: $(tail -5 "$work/agent-first.log")"
   echo $(($(now_ms) - t0))
   converged "$AGENT_STACK" || die "agent apply exited 0 but not all services of $AGENT_STACK show 1/1 running: $(not_running "$AGENT_STACK")"
@@ -264,7 +266,7 @@ round_agent() { # with_noop
       to=$(deadline_for 60)
       t0=$(now_ms)
       rc=0
-      timeout $((to + 10)) "$work/agent" apply -c "$compose" "$AGENT_STACK" --timeout "${to}s" >"$work/agent-noop.out" 2>"$work/agent-noop.log" || rc=$?
+      timeout $((to + 10)) "$work/agent" apply -c "$compose" "$AGENT_STACK" --timeout "${to}s" --skip-verify --policy-mode=off >"$work/agent-noop.out" 2>"$work/agent-noop.log" || rc=$?
       [ "$rc" = 0 ] || die "agent apply (no-op $r) exited $rc: $(tail -5 "$work/agent-noop.log")"
       agent_noop+=($(($(now_ms) - t0)))
       snapshot "$AGENT_STACK" >"$work/after"
