@@ -68,18 +68,18 @@ echo '<testsuites/>'
 	defer srv.Close()
 	reg := strings.TrimPrefix(srv.URL, "http://") + "/sawmill/platform"
 
-	r := &gitRepo{t: t, dir: filepath.Join(work, "repo")}
-	os.MkdirAll(r.dir, 0o755)
-	r.git("init", "-q", "-b", "main")
-	r.git("remote", "add", "origin", "https://gitlab.example.com/sawmill/platform.git")
-	if res := pipegen(t, nil, "init", "--repo", r.dir, "--registry", reg, "--agent", "fake-agent"); res.code != 0 {
+	r := &gitRepo{T: t, Dir: filepath.Join(work, "repo")}
+	os.MkdirAll(r.Dir, 0o755)
+	r.Git("init", "-q", "-b", "main")
+	r.Git("remote", "add", "origin", "https://gitlab.example.com/sawmill/platform.git")
+	if res := pipegen(t, nil, "init", "--repo", r.Dir, "--registry", reg, "--agent", "fake-agent"); res.code != 0 {
 		t.Fatal(res.stderr)
 	}
-	cfg, _ := os.ReadFile(filepath.Join(r.dir, "pipegen.yaml"))
+	cfg, _ := os.ReadFile(filepath.Join(r.Dir, "pipegen.yaml"))
 	cfgText := strings.Replace(string(cfg), "scanners: [container_scanning, sbom, sast]", "scanners: [container_scanning, sbom]", 1)
 	cfgText = strings.Replace(cfgText, "  mode: keyless", "  mode: key", 1)
 	cfgText = strings.Replace(cfgText, "  format: bundle", "  format: legacy", 1)
-	r.write(map[string]string{
+	r.Write(map[string]string{
 		"pipegen.yaml":                            cfgText,
 		"images/base/Dockerfile":                  "FROM alpine:3.22\n",
 		"images/app/Dockerfile":                   "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\n",
@@ -90,10 +90,10 @@ echo '<testsuites/>'
 		"stacks/platform/compose.production.yaml": "services:\n  app:\n    deploy: {replicas: 2}\n",
 		".gitignore":                              ".gitlab-ci-local/\n",
 	})
-	sha := r.commit("initial")
+	sha := r.Commit("initial")
 
 	cmd := exec.CommandContext(ctx, gcl, "--force-shell-executor", "--no-color")
-	cmd.Dir = r.dir
+	cmd.Dir = r.Dir
 	cmd.Env = append(os.Environ(), "PATH="+bin+string(os.PathListSeparator)+os.Getenv("PATH"))
 	output, err := cmd.CombinedOutput()
 	if err != nil {
@@ -111,7 +111,7 @@ echo '<testsuites/>'
 	log := string(raw)
 
 	// The release the real pipegen wrote, taken from the release job's artifacts.
-	rel := readRelease(t, findArtifact(t, r.dir, "release"))
+	rel := readRelease(t, findArtifact(t, r.Dir, "release"))
 	base, app := rel.Images["base"], rel.Images["app"]
 	for _, want := range []string{
 		"buildah build -f images/base/Dockerfile -t " + reg + "/base:" + sha + " --build-arg REGISTRY=" + reg + " images/base",

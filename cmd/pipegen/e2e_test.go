@@ -130,15 +130,15 @@ func TestEndToEndGitLabCILocal(t *testing.T) {
 
 	work := t.TempDir()
 	logFile, outDir := filepath.Join(work, "jobs.log"), filepath.Join(work, "release")
-	r := &gitRepo{t: t, dir: filepath.Join(work, "repo")}
-	os.MkdirAll(r.dir, 0o755)
-	r.git("init", "-q", "-b", "main")
-	r.git("remote", "add", "origin", "https://gitlab.example.com/sawmill/platform.git")
-	if res := pipegen(t, nil, "init", "--repo", r.dir, "--registry", reg); res.code != 0 {
+	r := &gitRepo{T: t, Dir: filepath.Join(work, "repo")}
+	os.MkdirAll(r.Dir, 0o755)
+	r.Git("init", "-q", "-b", "main")
+	r.Git("remote", "add", "origin", "https://gitlab.example.com/sawmill/platform.git")
+	if res := pipegen(t, nil, "init", "--repo", r.Dir, "--registry", reg); res.code != 0 {
 		t.Fatal(res.stderr)
 	}
-	r.write(fixtureTemplates(logFile, outDir))
-	r.write(map[string]string{
+	r.Write(fixtureTemplates(logFile, outDir))
+	r.Write(map[string]string{
 		"images/base/Dockerfile":                  "FROM alpine:3.22\n",
 		"images/app/Dockerfile":                   "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\n",
 		"images/solo/Dockerfile":                  "FROM scratch\n",
@@ -146,14 +146,14 @@ func TestEndToEndGitLabCILocal(t *testing.T) {
 		"stacks/platform/compose.production.yaml": "services:\n  app:\n    deploy: {replicas: 2}\n",
 		".gitignore":                              ".gitlab-ci-local/\n",
 	})
-	first := r.commit("initial")
+	first := r.Commit("initial")
 
 	gitlabCI := func(extra ...string) string {
 		t.Helper()
 		os.Remove(logFile)
 		args := append([]string{"--force-shell-executor", "--no-color"}, extra...)
 		cmd := exec.CommandContext(ctx, gcl, args...)
-		cmd.Dir = r.dir
+		cmd.Dir = r.Dir
 		cmd.Env = append(os.Environ(), "PATH="+bin+string(os.PathListSeparator)+os.Getenv("PATH"))
 		out, err := cmd.CombinedOutput()
 		if err != nil {
@@ -240,8 +240,8 @@ func TestEndToEndGitLabCILocal(t *testing.T) {
 	// published; pushed here directly).
 	releasedBase := pushRandom(t, reg+"/base:release-main")
 	releasedSolo := pushRandom(t, reg+"/solo:release-main")
-	r.write(map[string]string{"images/app/main.txt": "v2\n"})
-	second := r.commit("change app")
+	r.Write(map[string]string{"images/app/main.txt": "v2\n"})
+	second := r.Commit("change app")
 	output = gitlabCI("--variable", "CI_COMMIT_BEFORE_SHA="+first)
 	lines = readLog(t, logFile)
 	ran = nil

@@ -4,11 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"github.com/sabeiro/sawmill/internal/testenv"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -18,49 +18,9 @@ import (
 	"github.com/sabeiro/sawmill/internal/cilint"
 )
 
-type gitRepo struct {
-	t   *testing.T
-	dir string
-}
+type gitRepo = testenv.GitRepo
 
-func newGitRepo(t *testing.T, files map[string]string) *gitRepo {
-	t.Helper()
-	r := &gitRepo{t: t, dir: t.TempDir()}
-	r.git("init", "-q", "-b", "main")
-	r.write(files)
-	r.commit("initial")
-	return r
-}
-
-func (r *gitRepo) git(args ...string) string {
-	r.t.Helper()
-	cmd := exec.Command("git", append([]string{"-C", r.dir, "-c", "user.name=test", "-c", "user.email=test@example.com", "-c", "commit.gpgsign=false"}, args...)...)
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		r.t.Fatalf("git %s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	return strings.TrimSpace(string(out))
-}
-
-func (r *gitRepo) write(files map[string]string) {
-	r.t.Helper()
-	for p, c := range files {
-		dst := filepath.Join(r.dir, filepath.FromSlash(p))
-		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-			r.t.Fatal(err)
-		}
-		if err := os.WriteFile(dst, []byte(c), 0o644); err != nil {
-			r.t.Fatal(err)
-		}
-	}
-}
-
-func (r *gitRepo) commit(msg string) string {
-	r.t.Helper()
-	r.git("add", "-A")
-	r.git("commit", "-q", "--allow-empty", "-m", msg)
-	return r.git("rev-parse", "HEAD")
-}
+func newGitRepo(t *testing.T, files map[string]string) *gitRepo { return testenv.NewGitRepo(t, files) }
 
 const testConfig = `registry: registry.gitlab.com/sawmill/platform
 default_branch: main
@@ -101,16 +61,16 @@ func jobs(t *testing.T, yml []byte) map[string]any {
 
 func TestGenerateChangeDetection(t *testing.T) {
 	r := newGitRepo(t, testLayout)
-	first := r.git("rev-parse", "HEAD")
-	r.write(map[string]string{"images/base/Dockerfile": "FROM alpine:3.23\n"})
-	r.commit("bump base")
+	first := r.Git("rev-parse", "HEAD")
+	r.Write(map[string]string{"images/base/Dockerfile": "FROM alpine:3.23\n"})
+	r.Commit("bump base")
 	schema, err := cilint.Embedded()
 	if err != nil {
 		t.Fatal(err)
 	}
 
 	out := filepath.Join(t.TempDir(), "child.yml")
-	res := pipegen(t, nil, "generate", "--repo", r.dir, "--base", first, "-o", out)
+	res := pipegen(t, nil, "generate", "--repo", r.Dir, "--base", first, "-o", out)
 	if res.code != 0 {
 		t.Fatalf("exit %d: %s", res.code, res.stderr)
 	}
@@ -132,18 +92,18 @@ func TestGenerateChangeDetection(t *testing.T) {
 	}
 
 	// The same from GitLab's variables, and stdout equals the file byte for byte.
-	res = pipegen(t, map[string]string{"CI_COMMIT_BEFORE_SHA": first}, "generate", "--repo", r.dir)
+	res = pipegen(t, map[string]string{"CI_COMMIT_BEFORE_SHA": first}, "generate", "--repo", r.Dir)
 	if res.code != 0 || res.stdout != string(data) {
 		t.Errorf("CI_COMMIT_BEFORE_SHA: exit %d, same output %v\n%s", res.code, res.stdout == string(data), res.stderr)
 	}
 	// The merge request base wins over the commit before.
-	head := r.git("rev-parse", "HEAD")
-	res = pipegen(t, map[string]string{"CI_MERGE_REQUEST_DIFF_BASE_SHA": head, "CI_COMMIT_BEFORE_SHA": first}, "plan", "--repo", r.dir)
+	head := r.Git("rev-parse", "HEAD")
+	res = pipegen(t, map[string]string{"CI_MERGE_REQUEST_DIFF_BASE_SHA": head, "CI_COMMIT_BEFORE_SHA": first}, "plan", "--repo", r.Dir)
 	if res.code != 0 || strings.Contains(res.stdout, "rebuilt") {
 		t.Errorf("MR base: exit %d\n%s%s", res.code, res.stdout, res.stderr)
 	}
 	// A first push (all zeros) rebuilds everything.
-	res = pipegen(t, map[string]string{"CI_COMMIT_BEFORE_SHA": "0000000000000000000000000000000000000000"}, "generate", "--repo", r.dir)
+	res = pipegen(t, map[string]string{"CI_COMMIT_BEFORE_SHA": "0000000000000000000000000000000000000000"}, "generate", "--repo", r.Dir)
 	if doc := jobs(t, []byte(res.stdout)); doc["build:solo"] == nil {
 		t.Errorf("zero base: solo not rebuilt\n%s", res.stderr)
 	}
@@ -151,10 +111,10 @@ func TestGenerateChangeDetection(t *testing.T) {
 
 func TestPlanTable(t *testing.T) {
 	r := newGitRepo(t, testLayout)
-	first := r.git("rev-parse", "HEAD")
-	r.write(map[string]string{"images/base/x.txt": "1"})
-	r.commit("x")
-	res := pipegen(t, nil, "plan", "--repo", r.dir, "--base", first)
+	first := r.Git("rev-parse", "HEAD")
+	r.Write(map[string]string{"images/base/x.txt": "1"})
+	r.Commit("x")
+	res := pipegen(t, nil, "plan", "--repo", r.Dir, "--base", first)
 	want := "IMAGE  ACTION   WHY\n" +
 		"base   rebuilt  changed images/base/x.txt\n" +
 		"app    rebuilt  depends on base\n" +
@@ -166,7 +126,7 @@ func TestPlanTable(t *testing.T) {
 
 func TestConfigLayers(t *testing.T) {
 	r := newGitRepo(t, testLayout)
-	res := pipegen(t, map[string]string{"PIPEGEN_BUILDER": "buildkit", "PIPEGEN_SIGNING_MODE": "key"}, "generate", "--repo", r.dir)
+	res := pipegen(t, map[string]string{"PIPEGEN_BUILDER": "buildkit", "PIPEGEN_SIGNING_MODE": "key"}, "generate", "--repo", r.Dir)
 	if res.code != 0 {
 		t.Fatal(res.stderr)
 	}
@@ -174,7 +134,7 @@ func TestConfigLayers(t *testing.T) {
 	if vars["SAWMILL_BUILDER"] != "buildkit" || vars["SAWMILL_SIGN_MODE"] != "key" || vars["SAWMILL_SIGN_KEY_VARIABLE"] != "COSIGN_PRIVATE_KEY" {
 		t.Errorf("environment not applied: %v", vars)
 	}
-	res = pipegen(t, map[string]string{"PIPEGEN_BUILDER": "buildkit"}, "generate", "--repo", r.dir, "--builder", "buildah")
+	res = pipegen(t, map[string]string{"PIPEGEN_BUILDER": "buildkit"}, "generate", "--repo", r.Dir, "--builder", "buildah")
 	if vars := jobs(t, []byte(res.stdout))["variables"].(map[string]any); vars["SAWMILL_BUILDER"] != "buildah" {
 		t.Errorf("flag does not win over the environment: %v", vars)
 	}
@@ -204,15 +164,15 @@ func TestBadInput(t *testing.T) {
 			var dir string
 			if tc.nogit {
 				dir = t.TempDir()
-				(&gitRepo{t: t, dir: dir}).write(testLayout)
+				(&gitRepo{T: t, Dir: dir}).Write(testLayout)
 			} else {
 				r := newGitRepo(t, testLayout)
-				r.write(tc.edit)
+				r.Write(tc.edit)
 				if tc.name == "no config" {
-					os.Remove(filepath.Join(r.dir, "pipegen.yaml"))
+					os.Remove(filepath.Join(r.Dir, "pipegen.yaml"))
 				}
-				r.commit("edit")
-				dir = r.dir
+				r.Commit("edit")
+				dir = r.Dir
 			}
 			out := filepath.Join(t.TempDir(), "child.yml")
 			if err := os.WriteFile(out, []byte("previous"), 0o644); err != nil {
@@ -269,10 +229,10 @@ func TestInit(t *testing.T) {
 		t.Error("init --force kept the file")
 	}
 	// The initialized repository generates and lints.
-	r := &gitRepo{t: t, dir: dir}
-	r.git("init", "-q", "-b", "main")
-	r.write(map[string]string{"images/a/Dockerfile": "FROM scratch\n"})
-	r.commit("init")
+	r := &gitRepo{T: t, Dir: dir}
+	r.Git("init", "-q", "-b", "main")
+	r.Write(map[string]string{"images/a/Dockerfile": "FROM scratch\n"})
+	r.Commit("init")
 	out := filepath.Join(dir, "child.yml")
 	if res := pipegen(t, nil, "generate", "--repo", dir, "-o", out); res.code != 0 {
 		t.Fatal(res.stderr)
@@ -410,7 +370,7 @@ func TestReleaseCommand(t *testing.T) {
 		"SAWMILL_REBUILT": "base app solo", "BASE_DIGEST": digest, "APP_DIGEST": digest, "SOLO_DIGEST": digest,
 		"CI_COMMIT_SHA": "c0ffee", "CI_COMMIT_REF_NAME": "main", "CI_PIPELINE_ID": "7", "CI_PROJECT_PATH": "sawmill/platform",
 	}
-	res := pipegen(t, env, "release", "--repo", r.dir, "--out", out)
+	res := pipegen(t, env, "release", "--repo", r.Dir, "--out", out)
 	if res.code != 0 {
 		t.Fatalf("%+v", res)
 	}
@@ -432,14 +392,14 @@ func TestReleaseCommand(t *testing.T) {
 	// A missing digest names the variable's image and writes nothing.
 	delete(env, "SOLO_DIGEST")
 	out2 := filepath.Join(t.TempDir(), "release")
-	res = pipegen(t, env, "release", "--repo", r.dir, "--out", out2)
+	res = pipegen(t, env, "release", "--repo", r.Dir, "--out", out2)
 	if res.code != 1 || !strings.Contains(res.stderr, "image solo was rebuilt but its digest") {
 		t.Errorf("%+v", res)
 	}
 	if _, err := os.Stat(out2); err == nil {
 		t.Error("release directory written on failure")
 	}
-	if res := pipegen(t, env, "release", "--repo", r.dir, "--rebuilt", "ghost"); res.code != 1 || !strings.Contains(res.stderr, `image "ghost"`) {
+	if res := pipegen(t, env, "release", "--repo", r.Dir, "--rebuilt", "ghost"); res.code != 1 || !strings.Contains(res.stderr, `image "ghost"`) {
 		t.Errorf("%+v", res)
 	}
 }

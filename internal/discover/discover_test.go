@@ -3,58 +3,17 @@ package discover
 import (
 	"context"
 	"errors"
+	"github.com/sabeiro/sawmill/internal/testenv"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
 )
 
-// repo is a real git repository in a temporary directory.
-type repo struct {
-	t   *testing.T
-	dir string
-}
+type repo = testenv.GitRepo
 
-func newRepo(t *testing.T, files map[string]string) *repo {
-	t.Helper()
-	r := &repo{t: t, dir: t.TempDir()}
-	r.git("init", "-q", "-b", "main")
-	r.write(files)
-	r.commit("initial")
-	return r
-}
-
-func (r *repo) git(args ...string) string {
-	r.t.Helper()
-	cmd := exec.Command("git", append([]string{"-C", r.dir, "-c", "user.name=test", "-c", "user.email=test@example.com", "-c", "commit.gpgsign=false"}, args...)...)
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		r.t.Fatalf("git %s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	return strings.TrimSpace(string(out))
-}
-
-func (r *repo) write(files map[string]string) {
-	r.t.Helper()
-	for p, c := range files {
-		dst := filepath.Join(r.dir, filepath.FromSlash(p))
-		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-			r.t.Fatal(err)
-		}
-		if err := os.WriteFile(dst, []byte(c), 0o644); err != nil {
-			r.t.Fatal(err)
-		}
-	}
-}
-
-func (r *repo) commit(msg string) string {
-	r.t.Helper()
-	r.git("add", "-A")
-	r.git("commit", "-q", "--allow-empty", "-m", msg)
-	return r.git("rev-parse", "HEAD")
-}
+func newRepo(t *testing.T, files map[string]string) *repo { return testenv.NewGitRepo(t, files) }
 
 // layout is a repository with a dependency chain base <- mid <- app, an independent tool,
 // a watch path and a stack with overrides.
@@ -78,7 +37,7 @@ var layout = map[string]string{
 
 func TestScan(t *testing.T) {
 	r := newRepo(t, layout)
-	got, err := Scan(r.dir, Options{Registries: []string{"registry.example.com/g/p"}})
+	got, err := Scan(r.Dir, Options{Registries: []string{"registry.example.com/g/p"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,9 +102,9 @@ func TestScanErrors(t *testing.T) {
 		{"stack without compose", map[string]string{"stacks/s/compose.prod.yaml": "x: 1\n"}, "stacks/s: stack directory has no compose.yaml"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r := &repo{t: t, dir: t.TempDir()}
-			r.write(tc.files)
-			_, err := Scan(r.dir, Options{})
+			r := &repo{T: t, Dir: t.TempDir()}
+			r.Write(tc.files)
+			_, err := Scan(r.Dir, Options{})
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("err = %v, want it to contain %q", err, tc.want)
 			}
@@ -155,12 +114,12 @@ func TestScanErrors(t *testing.T) {
 
 // An image that builds from the module root says so in image.yaml; the default context is its directory.
 func TestBuildContext(t *testing.T) {
-	r := &repo{t: t, dir: t.TempDir()}
-	r.write(map[string]string{
+	r := &repo{T: t, Dir: t.TempDir()}
+	r.Write(map[string]string{
 		"images/a/Dockerfile": "FROM x\n", "images/a/image.yaml": "context: .\n",
 		"images/b/Dockerfile": "FROM x\n",
 	})
-	got, err := Scan(r.dir, Options{})
+	got, err := Scan(r.Dir, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -231,15 +190,15 @@ func names(ds []Decision, rebuild bool) []string {
 func TestPlanWithGit(t *testing.T) {
 	ctx := context.Background()
 	r := newRepo(t, layout)
-	first := r.git("rev-parse", "HEAD")
+	first := r.Git("rev-parse", "HEAD")
 	scan := func() *Repo {
-		got, err := Scan(r.dir, Options{Registries: []string{"registry.example.com/g/p"}})
+		got, err := Scan(r.Dir, Options{Registries: []string{"registry.example.com/g/p"}})
 		if err != nil {
 			t.Fatal(err)
 		}
 		return got
 	}
-	g := Git{Dir: r.dir}
+	g := Git{Dir: r.Dir}
 	plan := func(base string) []Decision {
 		t.Helper()
 		d, err := g.Diff(ctx, base, "no base")
@@ -263,8 +222,8 @@ func TestPlanWithGit(t *testing.T) {
 	}
 
 	// A change in mid rebuilds mid and app (transitively), not base or tool.
-	r.write(map[string]string{"images/mid/Dockerfile": layout["images/mid/Dockerfile"] + "RUN echo 2\n"})
-	second := r.commit("mid")
+	r.Write(map[string]string{"images/mid/Dockerfile": layout["images/mid/Dockerfile"] + "RUN echo 2\n"})
+	second := r.Commit("mid")
 	ds := plan(first)
 	if got, want := names(ds, true), []string{"mid", "app"}; !reflect.DeepEqual(got, want) {
 		t.Errorf("mid change: rebuilt %v, want %v", got, want)
@@ -277,22 +236,22 @@ func TestPlanWithGit(t *testing.T) {
 	}
 
 	// A watched path rebuilds tool only; a glob watch matches too.
-	r.write(map[string]string{"shared/proto/y.proto": "x", "docs/a.md": "x", "docs/b/c.txt": "x", "images/tool/image.yaml": layout["images/tool/image.yaml"]})
-	r.commit("proto")
+	r.Write(map[string]string{"shared/proto/y.proto": "x", "docs/a.md": "x", "docs/b/c.txt": "x", "images/tool/image.yaml": layout["images/tool/image.yaml"]})
+	r.Commit("proto")
 	if got, want := names(plan(second), true), []string{"tool"}; !reflect.DeepEqual(got, want) {
 		t.Errorf("watch change: rebuilt %v, want %v", got, want)
 	}
 	// A change to a file outside every image rebuilds nothing.
-	third := r.git("rev-parse", "HEAD")
-	r.write(map[string]string{"README.md": "x", "stacks/platform/compose.yaml": "services: {a: {}}\n"})
-	r.commit("docs")
+	third := r.Git("rev-parse", "HEAD")
+	r.Write(map[string]string{"README.md": "x", "stacks/platform/compose.yaml": "services: {a: {}}\n"})
+	r.Commit("docs")
 	if got := names(plan(third), true); got != nil {
 		t.Errorf("unrelated change: rebuilt %v", got)
 	}
 	// pipelines/ rebuilds everything.
-	fourth := r.git("rev-parse", "HEAD")
-	r.write(map[string]string{"pipelines/build.yml": ".sawmill-build: {script: [false]}\n"})
-	r.commit("templates")
+	fourth := r.Git("rev-parse", "HEAD")
+	r.Write(map[string]string{"pipelines/build.yml": ".sawmill-build: {script: [false]}\n"})
+	r.Commit("templates")
 	ds = plan(fourth)
 	if got := names(ds, false); got != nil {
 		t.Errorf("template change: reused %v", got)
@@ -301,11 +260,11 @@ func TestPlanWithGit(t *testing.T) {
 		t.Errorf("reason = %q", ds[0].Reason)
 	}
 	// Deleting an image's file counts as a change.
-	fifth := r.git("rev-parse", "HEAD")
-	if err := os.Remove(filepath.Join(r.dir, "images/app/src/main.go")); err != nil {
+	fifth := r.Git("rev-parse", "HEAD")
+	if err := os.Remove(filepath.Join(r.Dir, "images/app/src/main.go")); err != nil {
 		t.Fatal(err)
 	}
-	r.commit("rm")
+	r.Commit("rm")
 	if got, want := names(plan(fifth), true), []string{"app"}; !reflect.DeepEqual(got, want) {
 		t.Errorf("delete: rebuilt %v, want %v", got, want)
 	}
@@ -325,12 +284,12 @@ func TestGitErrors(t *testing.T) {
 	}
 	r := newRepo(t, map[string]string{"a": "b"})
 	for _, base := range []string{"deadbeef", "no-such-branch", "--output=/tmp/x"} {
-		_, err = Git{Dir: r.dir}.Diff(ctx, base, "")
+		_, err = Git{Dir: r.Dir}.Diff(ctx, base, "")
 		if !errors.Is(err, ErrNoBase) || !strings.Contains(err.Error(), base) {
 			t.Errorf("base %q: err = %v", base, err)
 		}
 	}
-	head, err := Git{Dir: r.dir}.Head(ctx)
+	head, err := Git{Dir: r.Dir}.Head(ctx)
 	if err != nil || len(head) != 40 {
 		t.Errorf("Head = %q, %v", head, err)
 	}
@@ -339,10 +298,10 @@ func TestGitErrors(t *testing.T) {
 func TestGitSubdirectory(t *testing.T) {
 	// The repository root may be a subdirectory of the git work tree: paths are relative to it.
 	r := newRepo(t, map[string]string{"sub/images/a/Dockerfile": "FROM x\n", "other/x": "1"})
-	base := r.git("rev-parse", "HEAD")
-	r.write(map[string]string{"sub/images/a/Dockerfile": "FROM y\n", "other/x": "2"})
-	r.commit("change")
-	d, err := Git{Dir: filepath.Join(r.dir, "sub")}.Diff(context.Background(), base, "")
+	base := r.Git("rev-parse", "HEAD")
+	r.Write(map[string]string{"sub/images/a/Dockerfile": "FROM y\n", "other/x": "2"})
+	r.Commit("change")
+	d, err := Git{Dir: filepath.Join(r.Dir, "sub")}.Diff(context.Background(), base, "")
 	if err != nil {
 		t.Fatal(err)
 	}
