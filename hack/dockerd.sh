@@ -25,10 +25,24 @@ start)
     for _ in $(seq 1 60); do answering && break; sleep 0.5; done
     answering || { echo "dockerd did not start; see $dir/dockerd.log" >&2; tail -20 "$dir/dockerd.log" >&2; exit 1; }
   fi
-  state=$(DOCKER_HOST=$host docker info --format '{{.Swarm.LocalNodeState}}')
-  if [ "$state" != active ]; then
-    DOCKER_HOST=$host docker swarm init --advertise-addr 127.0.0.1 >/dev/null
-  fi
+  # An engine restarted on a data root that holds a swarm rejoins it (pending, then active): wait for that;
+  # only an engine in no swarm is initialised.
+  for _ in $(seq 1 60); do
+    state=$(DOCKER_HOST=$host docker info --format '{{.Swarm.LocalNodeState}}')
+    [ "$state" = pending ] || break
+    sleep 0.5
+  done
+  case "$state" in
+  active) ;;
+  inactive) DOCKER_HOST=$host docker swarm init --advertise-addr 127.0.0.1 >/dev/null ;;
+  *) echo "the private engine's swarm is $state; see $dir/dockerd.log (hack/dockerd.sh stop, rm -rf $dir to start over)" >&2; exit 1 ;;
+  esac
+  ctl=$(DOCKER_HOST=$host docker info --format '{{.Swarm.ControlAvailable}}')
+  for _ in $(seq 1 60); do
+    [ "$ctl" = true ] && break
+    sleep 0.5
+    ctl=$(DOCKER_HOST=$host docker info --format '{{.Swarm.ControlAvailable}}')
+  done
   echo "$host"
   ;;
 stop)
