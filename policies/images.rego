@@ -9,6 +9,7 @@ package main
 deny_image_digest contains d if {
 	some svc in input.services
 	not svc.image.pinned
+	not pinned_by_release(svc)
 	not exempt(svc, "image_digest")
 	d := decision(svc, "image_digest", sprintf("image %s is not pinned by digest (repo:tag@sha256:...)", [svc.image.ref]))
 }
@@ -26,9 +27,34 @@ deny_image_signature contains d if {
 
 deny_image_signature contains d if {
 	input.environment == "production"
+	not pre_release
 	some svc in input.services
 	svc.image.signature.status == "unknown"
 	d := decision(svc, "image_signature", sprintf("the signature of image %s was not verified (production needs a verified signature)", [svc.image.ref]))
+}
+
+# METADATA
+# title: signature_at_deploy
+# description: >-
+#   The pipeline's check of the repository's files (agent check --pre-release REGISTRY) runs before the images
+#   are signed: the repository's images are pinned by the release, and every signature is verified by the
+#   agent when it deploys. A reminder, not a waiver: the agent refuses an unverified image in production.
+warn_signature_at_deploy contains d if {
+	input.environment == "production"
+	pre_release
+	some svc in input.services
+	svc.image.signature.status == "unknown"
+	d := decision(svc, "signature_at_deploy", sprintf("the signature of image %s is verified when the agent deploys the release", [svc.image.ref]))
+}
+
+# pre_release: the check runs on the repository's files in the pipeline, before the release pins and signs.
+pre_release if input.config.pre_release != ""
+
+# pinned_by_release: a repository image (under the release registry), which the release pins to the digest
+# the pipeline built and signed.
+pinned_by_release(svc) if {
+	pre_release
+	startswith(svc.image.ref, concat("", [input.config.pre_release, "/"]))
 }
 
 # METADATA

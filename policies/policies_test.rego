@@ -146,6 +146,23 @@ test_signature if {
 	deny_rules == {"image_signature"} with input as object.union(inp, {"environment": "production"})
 }
 
+# The pipeline's check of the repository's files (--pre-release REGISTRY): the repository's images are
+# pinned by the release, signatures are verified when the agent deploys; nothing else is waived.
+test_pre_release if {
+	unpinned := with_patch({"image": {"ref": "registry.example/shop/api:1", "pinned": false, "digest": "", "signature": {"status": "unknown"}}})
+	pre := object.union(unpinned, {"environment": "production", "config": {"allowed_registries": ["registry.example"], "pre_release": "registry.example/shop"}})
+	count(denies) == 0 with input as pre
+	warn_rules == {"signature_at_deploy"} with input as pre
+	# an image from elsewhere is still judged
+	other := object.union(pre, {"services": [object.union(pre.services[0], {"image": object.union(pre.services[0].image, {"ref": "registry.example/other/api:1"})})]})
+	deny_rules == {"image_digest"} with input as other
+	# a failed signature is still a deny
+	failed := object.union(pre, {"services": [object.union(pre.services[0], {"image": object.union(pre.services[0].image, {"signature": {"status": "unverified"}})})]})
+	deny_rules == {"image_signature"} with input as failed
+	# without --pre-release nothing changes
+	deny_rules == {"image_digest", "image_signature"} with input as object.union(unpinned, {"environment": "production"})
+}
+
 test_signature_cannot_be_exempted if {
 	inp := with_patch(object.union(exempt("image_signature"), {"image": {"signature": {"status": "unverified"}}}))
 	deny_rules == {"image_signature"} with input as inp

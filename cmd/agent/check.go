@@ -27,6 +27,11 @@ func policyFlags(cmd *cobra.Command) {
 	f.Bool("no-default-policies", false, "leave out the default policy set built into the agent")
 }
 
+// preReleaseFlag marks the pipeline's check of the repository's files, before the release pins and signs.
+func preReleaseFlag(cmd *cobra.Command) {
+	cmd.Flags().String("pre-release", "", "the release registry: check the repository's files before the release (its images are pinned by the release; signatures are verified when the agent deploys)")
+}
+
 // gateFlags add the policy flags of plan and apply.
 func gateFlags(cmd *cobra.Command) {
 	policyFlags(cmd)
@@ -83,6 +88,7 @@ func loadInput(v *viper.Viper, cmd *cobra.Command, args []string) (*policy.Input
 		return nil, err
 	}
 	opts := inputOptions(v, cmd)
+	opts.PreRelease, _ = cmd.Flags().GetString("pre-release")
 	if opts.Signatures, err = checkSignatures(cmd, st); err != nil {
 		return nil, err
 	}
@@ -130,6 +136,7 @@ func checkCmd(v *viper.Viper, d deps) *cobra.Command {
 	composeFlags(cmd)
 	policyFlags(cmd)
 	trustFlag(cmd)
+	preReleaseFlag(cmd)
 	cmd.Flags().StringP("output", "o", "text", "output format: text, json or junit (a GitLab test report)")
 	return cmd
 }

@@ -160,6 +160,36 @@ func TestPlatformCheck(t *testing.T) {
 	})
 }
 
+// TestPlatformPipelineCheck is the generated pipeline's policy job: the repository's files, before the
+// release, with no credentials in the job, per environment. It passes; in production every signature is
+// left to the agent's deploy-time check (a warning per image), and nothing else is waived.
+func TestPlatformPipelineCheck(t *testing.T) {
+	platformEnv(t)
+	for _, name := range platformSecretEnv {
+		os.Unsetenv(name) // the policy job has no environment-scoped CI/CD variables (restored by t.Setenv)
+	}
+	src := filepath.Join("..", "..", "stacks", "platform")
+	for _, env := range []string{"staging", "production"} {
+		code, decisions, out := platformCheck(t, "-c", filepath.Join(src, "compose.yaml"), "-c", filepath.Join(src, "compose."+env+".yaml"),
+			"--env", env, "--pre-release", platformRegistry, "platform")
+		if code != 0 {
+			t.Fatalf("%s: exit %d, want 0:\n%s", env, code, out)
+		}
+		atDeploy := 0
+		for _, d := range decisions {
+			switch {
+			case d.Kind != "warn":
+				t.Errorf("%s: unexpected deny %+v", env, d)
+			case d.Rule == "signature_at_deploy":
+				atDeploy++
+			}
+		}
+		if env == "production" && atDeploy != len(platformServices) {
+			t.Errorf("production: %d signature_at_deploy warnings, want one per service (%d)", atDeploy, len(platformServices))
+		}
+	}
+}
+
 // TestPlatformRender: exactly one service publishes ports, the edge proxy, with 80 and 443; the configs
 // delivered inline reach Swarm with compose's "$$" turned into "$".
 func TestPlatformRender(t *testing.T) {

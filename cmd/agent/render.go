@@ -31,6 +31,7 @@ are (as in the compose files). conftest reaches the agent's decisions on it:
 	}
 	composeFlags(cmd)
 	trustFlag(cmd)
+	preReleaseFlag(cmd)
 	inputFlags(cmd)
 	return cmd
 }

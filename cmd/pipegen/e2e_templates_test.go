@@ -125,8 +125,8 @@ echo '<testsuites/>'
 		"trivy image --format cyclonedx --output gl-sbom.cdx.json " + reg + "/base@" + base.Digest,
 		"cosign sign --yes --new-bundle-format=false --use-signing-config=false --key env://COSIGN_PRIVATE_KEY " + reg + "/app@" + app.Digest,
 		"cosign sign --yes --new-bundle-format=false --use-signing-config=false --key env://COSIGN_PRIVATE_KEY " + reg + "/base@" + base.Digest,
-		"agent check -c stacks/platform/compose.yaml --env staging -o junit",
-		"agent check -c stacks/platform/compose.yaml -c stacks/platform/compose.production.yaml --env production -o junit",
+		"agent check -c stacks/platform/compose.yaml --env staging --pre-release " + reg + " -o junit",
+		"agent check -c stacks/platform/compose.yaml -c stacks/platform/compose.production.yaml --env production --pre-release " + reg + " -o junit",
 	} {
 		if !strings.Contains(log, want+"\n") {
 			t.Errorf("no call %q in\n%s", want, log)

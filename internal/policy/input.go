@@ -43,6 +43,8 @@ type Signature struct {
 type InputOptions struct {
 	// Environment is the name of the target environment (staging, production, ...); may be empty.
 	Environment string
+	// PreRelease: see Config.PreRelease.
+	PreRelease string
 	// AllowedRegistries are registry hosts (optionally with a path prefix) images may come from. Empty means
 	// the registry rule only warns.
 	AllowedRegistries []string
@@ -69,6 +71,9 @@ type Input struct {
 // the same decisions.
 type Config struct {
 	AllowedRegistries []string `json:"allowed_registries"`
+	// PreRelease is the release registry when the check runs on the repository's files before the release
+	// (the pipeline's policy job): images under it are pinned by the release, signatures come later.
+	PreRelease string `json:"pre_release,omitempty"`
 }
 
 // Service is one service: normalized facts derived from its Swarm spec, plus the spec itself.
@@ -209,7 +214,7 @@ func NewInput(st *stack.Stack, o InputOptions) *Input {
 		Kind:        InputKind,
 		Stack:       st.Name,
 		Environment: o.Environment,
-		Config:      Config{AllowedRegistries: sortedCopy(o.AllowedRegistries)},
+		Config:      Config{AllowedRegistries: sortedCopy(o.AllowedRegistries), PreRelease: strings.TrimSuffix(o.PreRelease, "/")},
 		Services:    []Service{},
 		Networks:    []Network{},
 		Secrets:     []Object{},
