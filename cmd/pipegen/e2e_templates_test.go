@@ -2,17 +2,13 @@ package main
 
 import (
 	"context"
-	"io"
-	"log"
-	"net/http/httptest"
+	"github.com/sabeiro/sawmill/internal/testenv"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/google/go-containerregistry/pkg/registry"
 
 	"github.com/sabeiro/sawmill/internal/release"
 )
@@ -64,9 +60,7 @@ echo '<testsuites/>'
 		}
 	}
 
-	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
-	defer srv.Close()
-	reg := strings.TrimPrefix(srv.URL, "http://") + "/sawmill/platform"
+	reg := testenv.Registry(t) + "/sawmill/platform"
 
 	r := &gitRepo{T: t, Dir: filepath.Join(work, "repo")}
 	os.MkdirAll(r.Dir, 0o755)

@@ -3,9 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"io"
-	"log"
-	"net/http/httptest"
+	"github.com/sabeiro/sawmill/internal/testenv"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,11 +11,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/registry"
-	"github.com/google/go-containerregistry/pkg/v1/random"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 )
 
 // gitlabCILocal finds gitlab-ci-local in PATH or in <module root>/.tools (make tools). When it
@@ -124,9 +117,7 @@ func TestEndToEndGitLabCILocal(t *testing.T) {
 	}
 
 	// A real registry (in process) holding the last release of the default branch.
-	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
-	defer srv.Close()
-	reg := strings.TrimPrefix(srv.URL, "http://") + "/sawmill/platform"
+	reg := testenv.Registry(t) + "/sawmill/platform"
 
 	work := t.TempDir()
 	logFile, outDir := filepath.Join(work, "jobs.log"), filepath.Join(work, "release")
@@ -238,8 +229,8 @@ func TestEndToEndGitLabCILocal(t *testing.T) {
 	// Run 2: only app changed since the last release. base and solo are reused: the release
 	// resolves them from the registry's release-main tags (what the previous release job
 	// published; pushed here directly).
-	releasedBase := pushRandom(t, reg+"/base:release-main")
-	releasedSolo := pushRandom(t, reg+"/solo:release-main")
+	releasedBase := testenv.PushRandom(t, reg+"/base:release-main")
+	releasedSolo := testenv.PushRandom(t, reg+"/solo:release-main")
 	r.Write(map[string]string{"images/app/main.txt": "v2\n"})
 	second := r.Commit("change app")
 	output = gitlabCI("--variable", "CI_COMMIT_BEFORE_SHA="+first)
@@ -290,21 +281,4 @@ func readRelease(t *testing.T, dir string) releaseJSON {
 		t.Fatal(err)
 	}
 	return rel
-}
-
-func pushRandom(t *testing.T, ref string) string {
-	t.Helper()
-	img, err := random.Image(128, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := name.ParseReference(ref)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.Write(r, img); err != nil {
-		t.Fatal(err)
-	}
-	d, _ := img.Digest()
-	return d.String()
 }

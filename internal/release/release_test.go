@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"github.com/sabeiro/sawmill/internal/testenv"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -12,10 +13,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
-	"github.com/google/go-containerregistry/pkg/v1/random"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/sabeiro/sawmill/internal/discover"
 )
@@ -36,27 +34,6 @@ func startRegistry(t *testing.T, fail string) string {
 	return strings.TrimPrefix(srv.URL, "http://")
 }
 
-// push writes a random image to ref and returns its digest.
-func push(t *testing.T, ref string) string {
-	t.Helper()
-	img, err := random.Image(256, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := name.ParseReference(ref)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.Write(r, img); err != nil {
-		t.Fatal(err)
-	}
-	d, err := img.Digest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return d.String()
-}
-
 func writeFiles(t *testing.T, dir string, files map[string]string) {
 	t.Helper()
 	for p, c := range files {
@@ -75,12 +52,12 @@ func TestMakeWritePublish(t *testing.T) {
 	host := startRegistry(t, "")
 	registryPath := host + "/team/sawmill"
 	// base was released on this branch before; tool only on the default branch.
-	baseDigest := push(t, registryPath+"/base:release-feature-x")
-	push(t, registryPath+"/base:release-main") // older, must not win
-	toolDigest := push(t, registryPath+"/tool:release-main")
+	baseDigest := testenv.PushRandom(t, registryPath+"/base:release-feature-x")
+	testenv.PushRandom(t, registryPath+"/base:release-main") // older, must not win
+	toolDigest := testenv.PushRandom(t, registryPath+"/tool:release-main")
 	// The rebuilt images must exist for Publish to tag them.
-	dApp := push(t, registryPath+"/app:abc123")
-	dMid := push(t, registryPath+"/mid:abc123")
+	dApp := testenv.PushRandom(t, registryPath+"/app:abc123")
+	dMid := testenv.PushRandom(t, registryPath+"/mid:abc123")
 
 	root := t.TempDir()
 	writeFiles(t, root, map[string]string{

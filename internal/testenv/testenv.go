@@ -23,6 +23,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/moby/moby/client"
 
 	"github.com/sabeiro/sawmill/internal/imagebuild"
@@ -116,4 +117,18 @@ func Image(t testing.TB, ref string, env ...string) (v1.Image, string) {
 		t.Fatal(err)
 	}
 	return img, d
+}
+
+// PushRandom writes a small random image to ref (repo:tag in a test registry) and returns its digest.
+func PushRandom(t testing.TB, ref string) string {
+	t.Helper()
+	img, err := random.Image(128, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := imagebuild.Push(img, ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
 }
