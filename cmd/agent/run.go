@@ -84,6 +84,10 @@ func runCmd(v *viper.Viper, d deps) *cobra.Command {
 				Engine: policy.New(policy.Options{Dirs: v.GetStringSlice("policies"), NoDefault: v.GetBool("no_default_policies")}),
 				Mode:   mode, Input: policy.InputOptions{Environment: env, AllowedRegistries: v.GetStringSlice("allowed_registries")}, Log: log,
 			}
+			if v.GetBool("once") {
+				// One cycle from a terminal: print what apply prints (signatures, policy decisions, the plan).
+				gate.Out, dm.Out = d.stdout, d.stdout
+			}
 			dm.Checks = []reconcile.Check{gate.Check}
 			if skip, _ := cmd.Flags().GetBool("skip-verify"); skip || v.GetBool("skip_verify") {
 				log.Warn("signature verification is off (skip_verify)")
@@ -93,7 +97,7 @@ func runCmd(v *viper.Viper, d deps) *cobra.Command {
 					return err
 				}
 				// One verifier for the daemon's lifetime: its cache of verified digests lives in it.
-				sigs := &reconcile.Signatures{Verifier: verify.New(trust, verify.Options{Logger: log}), Log: log}
+				sigs := &reconcile.Signatures{Verifier: verify.New(trust, verify.Options{Logger: log}), Log: log, Out: dm.Out}
 				gate.Signatures = sigs.Results
 				dm.Checks = []reconcile.Check{sigs.Check, gate.Check}
 			}

@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -103,8 +104,13 @@ func TestDaemonFollowsGitLab(t *testing.T) {
 
 	// A promotion to staging: the agent of staging deploys the release, with staging's secret.
 	gl.AddDeployment(testenv.Deployment{ID: 1, Job: 11, Pipeline: 1, Environment: "staging", Status: "success", SHA: commit, Finished: base}, release(name, commit, image, port, ""))
-	if r := once("staging"); r.code != 0 {
+	r := once("staging")
+	if r.code != 0 {
 		t.Fatalf("staging: exit %d", r.code)
+	}
+	// --once prints what apply prints: the plan it applied.
+	if !regexp.MustCompile(`service\s+` + name + `_web\s+created`).MatchString(r.stdout) {
+		t.Errorf("run --once did not print the plan it applied:\n%s", r.stdout)
 	}
 	svc, err := dc.ServiceInspect(context.Background(), name+"_web", client.ServiceInspectOptions{})
 	if err != nil {
@@ -150,7 +156,7 @@ func TestDaemonFollowsGitLab(t *testing.T) {
 	bad := strings.Repeat("b", 40)
 	gl.AddDeployment(testenv.Deployment{ID: 3, Job: 13, Pipeline: 2, Environment: "production", Status: "success", SHA: bad, Finished: base.Add(2 * time.Minute)},
 		release(name, bad, image, port, "    privileged: true\n    network_mode: host\n"))
-	r := runAgent(t, dc, "run", "--once", "--environment", "production", "--state-dir", state, "--listen", "", "--policy-mode", "enforce")
+	r = runAgent(t, dc, "run", "--once", "--environment", "production", "--state-dir", state, "--listen", "", "--policy-mode", "enforce")
 	if r.code != 3 {
 		t.Fatalf("denied release: exit %d, want 3", r.code)
 	}

@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"os"
@@ -57,6 +58,8 @@ type Daemon struct {
 	Jitter  float64
 	Log     *slog.Logger
 	Metrics *Metrics
+	// Out receives each stack's plan as text once it is applied (agent run --once). Nil: logged only.
+	Out io.Writer
 
 	trigger chan struct{}
 	mu      sync.Mutex
@@ -244,6 +247,9 @@ func (d *Daemon) cycle(ctx context.Context) Record {
 			res, err = reconcile.Apply(ctx, d.Applier, compose.Options{Files: files, Stack: name, Env: env, WorkDir: filepath.Dir(files[0])}, d.Log, d.Checks...)
 			if res != nil && res.Plan != nil {
 				d.Metrics.applied(res.Plan)
+				if d.Out != nil {
+					_ = plan.Render(d.Out, res.Plan)
+				}
 			}
 		}
 		if err != nil {
