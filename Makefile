@@ -3,7 +3,7 @@ SHELL := /bin/bash
 GO ?= go
 export PATH := $(CURDIR)/.tools/node_modules/.bin:$(HOME)/go/bin:$(PATH)
 
-.PHONY: build test test-go test-py demo demo-clean bench tools
+.PHONY: build test test-go test-py demo demo-clean bench tools check-digests
 build:
 	CGO_ENABLED=0 $(GO) build -o bin/ ./cmd/...
 
@@ -31,6 +31,11 @@ test-py:
 
 bench:
 	SAWMILL_TEST_DOCKER_HOST=$${SAWMILL_TEST_DOCKER_HOST:-$$(hack/dockerd.sh start)} bench/run.sh
+
+# The digest-pinned third-party images (compose files under stacks/, Dockerfiles under images/) against their
+# registries: does each digest exist, where does its tag point now. Needs the registries (hack/digests).
+check-digests:
+	$(GO) run ./hack/digests
 
 # Tools the tests run as independent peers: gitlab-ci-local (GitLab CI interpreter), conftest (the same
 # policies through another engine), the cosign CLI (signature interop; a cold build takes minutes).
