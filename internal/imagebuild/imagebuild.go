@@ -1,9 +1,14 @@
-// Package imagebuild assembles FROM scratch container images from a static binary and pushes them to a
-// registry, without a Docker daemon and without pulling a base image. The tests and the local demo use it
-// where no registry on the internet can be reached.
+// Package imagebuild assembles FROM scratch container images and pushes them to a registry, without a Docker
+// daemon and without pulling a base image. The tests and the local demo use it where no registry on the
+// internet can be reached.
 //
-// In: a binary, an image reference, an entrypoint and environment. Out: the pushed image's digest.
-// Imports go-containerregistry and the standard library.
+// Image makes a one-binary image from a static binary. PostgresDebian makes a PostgreSQL server image, with
+// the upstream postgres image's interface (POSTGRES_* environment, /docker-entrypoint-initdb.d, uid 999), from
+// the Debian packages installed on this machine: their files (dpkg -L), the shared libraries those need (ldd)
+// and a bash entrypoint; the same installed files give the same digest.
+//
+// In: a binary, or the machine's installed packages; an image reference. Out: the pushed image's digest.
+// Imports go-containerregistry and the standard library; PostgresDebian runs dpkg and ldd.
 package imagebuild
 
 import (
