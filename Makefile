@@ -7,9 +7,10 @@ export PATH := $(CURDIR)/.tools/node_modules/.bin:$(HOME)/go/bin:$(PATH)
 build:
 	CGO_ENABLED=0 $(GO) build -o bin/ ./cmd/...
 
-# The local demo: a private single-node swarm (hack/dockerd.sh), an in-process registry, the agent.
+# The local demo (hack/demo): a private single-node swarm (hack/dockerd.sh), an in-process registry, pipegen
+# and the agent. DEMO_FLAGS: e.g. -images local (assemble PostgreSQL from Debian's packages) or -port 18081.
 demo: build
-	DOCKER_HOST=$$(hack/dockerd.sh start) $(GO) run ./hack/demo -agent bin/agent
+	DOCKER_HOST=$$(hack/dockerd.sh start) $(GO) run ./hack/demo -agent bin/agent -pipegen bin/pipegen $(DEMO_FLAGS)
 
 demo-clean:
 	DOCKER_HOST=$$(hack/dockerd.sh env) $(GO) run ./hack/demo -cleanup

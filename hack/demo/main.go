@@ -1,16 +1,32 @@
-// Command demo runs the local demo: on the swarm named by DOCKER_HOST (`make demo` starts a private one),
-// it starts an in-process OCI registry on 127.0.0.1, assembles the demo image FROM scratch and pushes it,
-// then runs the real agent binary to plan and apply examples/demo, and shows the service answering.
+// Command demo runs the local demo (`make demo`): the whole delivery path of Sawmill on one machine.
+//
+// On the swarm named by DOCKER_HOST (`make demo` starts or reuses a private single-node one, hack/dockerd.sh)
+// it:
+//  1. runs pipegen on this repository: which images a pipeline would rebuild, and the child pipeline's jobs;
+//  2. starts an in-process OCI registry on 127.0.0.1;
+//  3. builds go_ingest (a static binary in a FROM scratch image, without a daemon) and, where Docker Hub
+//     cannot be reached, a PostgreSQL image assembled from Debian's postgresql package (on a machine that
+//     reaches Docker Hub it uses upstream's postgres image, pinned by digest);
+//  4. signs the images it built with a cosign key generated for this run;
+//  5. writes a release with `pipegen release`, as the pipeline's release job does: go_ingest pinned to its
+//     digest in the demo stack (examples/demo/compose.yaml, placed at stacks/demo of a workspace);
+//  6. runs the agent once (`agent run --once`, source dir) to deploy it: the agent prints the signatures it
+//     verified, what the policies said and the plan it applied;
+//  7. shows go_ingest answering: /healthz, then two records ingested into PostgreSQL.
+//
 // With -cleanup it removes the demo stack instead.
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"log"
 	"net"
 	"net/http"
@@ -20,37 +36,87 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/moby/moby/client"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/sabeiro/sawmill/internal/cosignkey"
 	"github.com/sabeiro/sawmill/internal/imagebuild"
 	"github.com/sabeiro/sawmill/internal/stack"
 )
 
+// upstreamPostgres is the stack's default PostgreSQL image (examples/demo/compose.yaml, stacks/platform).
+const upstreamPostgres = "postgres:16.4@sha256:e62fbf9d3e2b49816a32c400ed2dba83e3b361e6833e624024309c35d334b412"
+
+// options are the demo's flags.
+type options struct {
+	Agent, Pipegen string
+	Port           string
+	// Images: auto (upstream where Docker Hub answers, else local), upstream or local.
+	Images string
+	// Repo is the repository root; Stack the demo compose file.
+	Repo, Stack string
+}
+
 func main() {
-	agent := flag.String("agent", "bin/agent", "the agent binary")
+	var o options
+	flag.StringVar(&o.Agent, "agent", "bin/agent", "the agent binary")
+	flag.StringVar(&o.Pipegen, "pipegen", "bin/pipegen", "the pipegen binary")
+	flag.StringVar(&o.Port, "port", "18080", "host port go_ingest publishes")
+	flag.StringVar(&o.Images, "images", "auto", "third-party images: upstream (Docker Hub), local (assembled from Debian's packages) or auto")
+	flag.StringVar(&o.Repo, "repo", ".", "the repository root")
+	flag.StringVar(&o.Stack, "stack", "examples/demo/compose.yaml", "the demo stack")
 	cleanup := flag.Bool("cleanup", false, "remove the demo stack and exit")
-	port := flag.String("port", "18080", "host port the demo web service publishes")
 	flag.Parse()
-	if err := run(*agent, *port, *cleanup); err != nil {
+	ctx := context.Background()
+	dc, err := client.New(client.FromEnv)
+	if err == nil {
+		defer dc.Close()
+		if *cleanup {
+			err = remove(ctx, dc, "demo", os.Stdout)
+		} else {
+			err = run(ctx, dc, o, os.Stdout)
+		}
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		os.Exit(1)
 	}
 }
 
-func run(agent, port string, cleanup bool) error {
-	ctx := context.Background()
-	dc, err := client.New(client.FromEnv)
+func run(ctx context.Context, dc *client.Client, o options, out io.Writer) error {
+	info, err := dc.Info(ctx, client.InfoOptions{})
+	if err != nil {
+		return fmt.Errorf("docker engine (DOCKER_HOST): %w", err)
+	}
+	if info.Info.Swarm.LocalNodeState != "active" || !info.Info.Swarm.ControlAvailable {
+		return errors.New("the engine is not a swarm manager: `make demo` starts one (hack/dockerd.sh)")
+	}
+	work, err := os.MkdirTemp("", "sawmill-demo")
 	if err != nil {
 		return err
 	}
-	defer dc.Close()
-	if cleanup {
-		return remove(ctx, dc, "demo")
-	}
+	defer os.RemoveAll(work)
+	commit, tag := revision(o.Repo)
 
-	// The registry lives as long as this process; the engine pulls from it during the rollout.
+	// 1. pipegen on this repository.
+	step(out, "pipegen plan --repo %s", o.Repo)
+	if err := command(ctx, out, nil, o.Pipegen, "plan", "--repo", o.Repo); err != nil {
+		return err
+	}
+	child := filepath.Join(work, "child-pipeline.yml")
+	if err := command(ctx, io.Discard, nil, o.Pipegen, "generate", "--repo", o.Repo, "-o", child); err != nil {
+		return err
+	}
+	jobs, err := pipelineJobs(child)
+	if err != nil {
+		return err
+	}
+	step(out, "pipegen generate: the child pipeline has %d jobs: %s", len(jobs), strings.Join(jobs, " "))
+
+	// 2. The registry lives as long as this process; the engine pulls from it during the rollout.
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
@@ -58,95 +124,345 @@ func run(agent, port string, cleanup bool) error {
 	srv := &http.Server{Handler: registry.New(registry.Logger(log.New(io.Discard, "", 0))), ReadHeaderTimeout: 5 * time.Second}
 	go srv.Serve(l)
 	defer srv.Close()
-	reg := l.Addr().String()
-	fmt.Printf("== registry: in-process on %s\n", reg)
+	reg := l.Addr().String() + "/sawmill"
+	step(out, "registry: in-process, %s", reg)
 
-	bin, err := buildStatic("./internal/testenv/testsvc")
-	if err != nil {
-		return err
-	}
-	img, err := imagebuild.Image(imagebuild.Spec{Binary: bin, Name: "testsvc", ExposedPort: "8080"})
-	if err != nil {
-		return err
-	}
-	ref := reg + "/sawmill-demo/web:1"
-	digest, err := imagebuild.Push(img, ref)
-	if err != nil {
-		return err
-	}
-	fmt.Printf("== image: %s@%s (FROM scratch, assembled without a daemon)\n", ref, digest)
-
-	// Sign it with a key generated for this run; the agent verifies against its public half only.
+	// 3. Images.
 	key, err := cosignkey.Generate()
 	if err != nil {
 		return err
 	}
-	if err := key.Sign(reg + "/sawmill-demo/web@" + digest); err != nil {
-		return err
-	}
-	dir, err := os.MkdirTemp("", "sawmill-demo-trust")
+	bin, err := goBuild(ctx, o.Repo, "./images/go_ingest", work)
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	trust := filepath.Join(dir, "trust.yaml")
-	pem := strings.ReplaceAll(strings.TrimSpace(key.PublicPEM), "\n", "\n            ")
-	policy := fmt.Sprintf("trust:\n  rules:\n    - pattern: %q\n      mode: enforce\n      authorities:\n        - name: demo-key\n          key: |\n            %s\n", reg+"/**", pem)
-	if err := os.WriteFile(trust, []byte(policy), 0o644); err != nil {
+	img, err := imagebuild.Image(imagebuild.Spec{
+		Binary: bin, Name: "go_ingest", User: "65534:65534", ExposedPort: "8080",
+		Env: []string{"INGEST_LISTEN=:8080", "INGEST_TOKEN_FILE=/run/secrets/ingest_token"},
+	})
+	if err != nil {
 		return err
 	}
-	fmt.Printf("== signed %s@%s with a generated key (trust policy: %s)\n", ref, digest, trust)
+	ingestRepo := reg + "/go_ingest"
+	ingestDigest, err := imagebuild.Push(img, ingestRepo+":"+tag)
+	if err != nil {
+		return err
+	}
+	step(out, "built go_ingest: %s:%s@%s (static binary FROM scratch, no daemon, no base image)", ingestRepo, tag, ingestDigest)
+	signed := []string{ingestRepo + "@" + ingestDigest}
 
-	token := make([]byte, 16)
-	_, _ = rand.Read(token)
-	env := append(os.Environ(), "REGISTRY="+reg, "DEMO_PORT="+port, "DEMO_API_TOKEN="+hex.EncodeToString(token))
-	// The demo image is not pinned by digest or signed yet and the demo publishes a port without an edge proxy:
-	// the default policies would refuse it, so the demo runs them in warn mode and shows their decisions.
-	for _, args := range [][]string{
-		{"plan", "-c", "examples/demo/compose.yaml", "--policy-mode=warn", "--trust", trust},
-		{"apply", "-c", "examples/demo/compose.yaml", "--timeout", "3m", "--policy-mode=warn", "--trust", trust},
-		{"apply", "-c", "examples/demo/compose.yaml", "--policy-mode=warn", "--trust", trust},
-	} {
-		fmt.Printf("== agent %s\n", strings.Join(args, " "))
-		cmd := exec.Command(agent, args...)
-		cmd.Env, cmd.Stdout, cmd.Stderr = env, os.Stdout, os.Stderr
-		if err := cmd.Run(); err != nil {
-			return fmt.Errorf("agent %s: %w", args[0], err)
+	postgres, err := postgresImage(ctx, o.Images, reg, out)
+	if err != nil {
+		return err
+	}
+	if strings.HasPrefix(postgres, reg+"/") {
+		signed = append(signed, postgres)
+	}
+
+	// 4. Sign what was built here; the agent verifies against the public half only.
+	for _, ref := range signed {
+		if err := key.Sign(ref); err != nil {
+			return err
+		}
+		step(out, "signed %s with a key generated for this run", ref)
+	}
+
+	// 5. The release, as the pipeline's release job writes it.
+	ws := filepath.Join(work, "repo")
+	if err := workspace(o.Repo, o.Stack, ws, reg); err != nil {
+		return err
+	}
+	rel := filepath.Join(work, "release")
+	releaseEnv := append(os.Environ(), "GO_INGEST_DIGEST="+ingestDigest)
+	step(out, "pipegen release: go_ingest pinned in stacks/demo (workspace: this repository's images/, the demo stack, the local registry)")
+	if err := command(ctx, out, releaseEnv, o.Pipegen, "release", "--repo", ws, "--out", rel, "--rebuilt", "go_ingest",
+		"--tag", tag, "--commit", commit, "--ref", "main", "--project", "sabeiro/sawmill"); err != nil {
+		return err
+	}
+	pinned, err := os.ReadFile(filepath.Join(rel, "stacks", "demo", "compose.yaml"))
+	if err != nil {
+		return err
+	}
+	for _, line := range strings.Split(string(pinned), "\n") {
+		if strings.Contains(line, "image: ") {
+			fmt.Fprintf(out, "   release: %s\n", strings.TrimSpace(line))
 		}
 	}
-	url := "http://127.0.0.1:" + port + "/"
-	for i := 0; i < 40; i++ {
-		r, err := http.Get(url)
-		if err == nil {
-			b, _ := io.ReadAll(r.Body)
-			r.Body.Close()
-			fmt.Printf("== GET %s -> %d %s", url, r.StatusCode, b)
-			fmt.Println("== done; `make demo-clean` removes the demo stack")
-			return nil
-		}
-		time.Sleep(250 * time.Millisecond)
+
+	// 6. The agent, once, from the release directory.
+	cfg := filepath.Join(work, "agent.yaml")
+	if err := os.WriteFile(cfg, agentConfig(rel, filepath.Join(work, "state"), reg, key.PublicPEM), 0o600); err != nil {
+		return err
 	}
-	return fmt.Errorf("the demo service does not answer on %s", url)
+	// The password and the token reach the services only as Docker secrets; they are never printed.
+	token := randomHex()
+	env := append(os.Environ(), "POSTGRES_IMAGE="+postgres, "DEMO_PORT="+o.Port, "DEMO_DB_PASSWORD="+randomHex(), "DEMO_INGEST_TOKEN="+token)
+	step(out, "agent run --once --config agent.yaml (environment demo, source dir, trust: the generated key for %s/**)", reg)
+	if err := command(ctx, out, env, o.Agent, "run", "--once", "--config", cfg); err != nil {
+		return err
+	}
+	step(out, "agent run --once again: the same release, nothing to change")
+	if err := command(ctx, out, env, o.Agent, "run", "--once", "--config", cfg); err != nil {
+		return err
+	}
+
+	// 7. The service answering.
+	base := "http://127.0.0.1:" + o.Port
+	body, err := waitHealthy(ctx, base+"/healthz", 90*time.Second)
+	if err != nil {
+		return err
+	}
+	step(out, "GET %s/healthz -> %s", base, body)
+	records := `[{"source":"demo","payload":{"step":"ingest"}},{"source":"demo","payload":{"step":"query"}}]`
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/v1/ingest/events", strings.NewReader(records))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("POST /v1/ingest/events: %w", err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	step(out, "POST %s/v1/ingest/events (2 records, bearer token) -> %d %s", base, resp.StatusCode, bytes.TrimSpace(b))
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("go_ingest refused the records: %s", resp.Status)
+	}
+	step(out, "done; `make demo-clean` removes the demo stack")
+	return nil
 }
 
-func buildStatic(pkg string) ([]byte, error) {
-	dir, err := os.MkdirTemp("", "sawmill-demo")
+func step(out io.Writer, format string, args ...any) {
+	fmt.Fprintf(out, "== "+format+"\n", args...)
+}
+
+// command runs a program with its output on out (stderr too: the agent's and pipegen's logs are part of
+// the demo).
+func command(ctx context.Context, out io.Writer, env []string, prog string, args ...string) error {
+	cmd := exec.CommandContext(ctx, prog, args...)
+	cmd.Env, cmd.Stdout, cmd.Stderr = env, out, out
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("%s %s: %w", filepath.Base(prog), args[0], err)
+	}
+	return nil
+}
+
+// revision is the repository's HEAD commit and the image tag the pipeline would give it (the commit SHA).
+func revision(repo string) (commit, tag string) {
+	b, err := exec.Command("git", "-C", repo, "rev-parse", "HEAD").Output()
+	commit = strings.TrimSpace(string(b))
+	if err != nil || len(commit) != 40 {
+		commit = strings.Repeat("0", 40)
+	}
+	return commit, commit
+}
+
+// pipelineJobs lists the jobs of a generated pipeline in file order.
+func pipelineJobs(path string) ([]string, error) {
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(dir)
-	out := filepath.Join(dir, "bin")
-	cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", out, pkg)
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	var doc yaml.Node
+	if err := yaml.Unmarshal(b, &doc); err != nil || len(doc.Content) == 0 || doc.Content[0].Kind != yaml.MappingNode {
+		return nil, fmt.Errorf("%s: not a YAML mapping: %v", path, err)
+	}
+	var jobs []string
+	m := doc.Content[0]
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		switch k := m.Content[i].Value; k {
+		case "include", "stages", "variables", "default", "workflow":
+		default:
+			jobs = append(jobs, k)
+		}
+	}
+	return jobs, nil
+}
+
+func goBuild(ctx context.Context, repo, pkg, dir string) ([]byte, error) {
+	out := filepath.Join(dir, filepath.Base(pkg))
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags=-s -w", "-o", out, pkg)
+	cmd.Dir = repo
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux")
 	cmd.Stderr = os.Stderr
 	if err := cmd.Run(); err != nil {
-		return nil, fmt.Errorf("build %s: %w", pkg, err)
+		return nil, fmt.Errorf("go build %s: %w", pkg, err)
 	}
 	return os.ReadFile(out)
 }
 
-// remove deletes the objects of the demo stack the agent created.
-func remove(ctx context.Context, dc *client.Client, name string) error {
+// postgresImage returns the PostgreSQL image the demo deploys, pinned by digest: upstream's where Docker
+// Hub answers (mode upstream, or auto), else one assembled from Debian's postgresql package and pushed to
+// reg (mode local, or auto without Docker Hub).
+func postgresImage(ctx context.Context, mode, reg string, out io.Writer) (string, error) {
+	switch mode {
+	case "upstream", "local", "auto":
+	default:
+		return "", fmt.Errorf("-images %q: use auto, upstream or local", mode)
+	}
+	if mode != "local" {
+		ref, err := name.ParseReference(upstreamPostgres)
+		if err != nil {
+			return "", err
+		}
+		hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err = remote.Head(ref, remote.WithContext(hctx))
+		cancel()
+		if err == nil {
+			step(out, "postgres: upstream %s (Docker Hub answers)", upstreamPostgres)
+			return upstreamPostgres, nil
+		}
+		if mode == "upstream" {
+			return "", fmt.Errorf("upstream image %s: %w", upstreamPostgres, err)
+		}
+		step(out, "postgres: Docker Hub cannot be reached (%v); assembling an image from Debian's postgresql package", rootCause(err))
+	}
+	img, err := imagebuild.PostgresDebian()
+	if err != nil {
+		return "", err
+	}
+	repo := reg + "/postgres"
+	digest, err := imagebuild.Push(img, repo+":debian")
+	if err != nil {
+		return "", err
+	}
+	size := int64(0)
+	if layers, err := img.Layers(); err == nil {
+		for _, l := range layers {
+			if n, err := l.Size(); err == nil {
+				size += n
+			}
+		}
+	}
+	step(out, "built postgres: %s:debian@%s (%d MB compressed, from this machine's Debian packages)", repo, digest, size>>20)
+	return repo + ":debian@" + digest, nil
+}
+
+func rootCause(err error) error {
+	for {
+		u := errors.Unwrap(err)
+		if u == nil {
+			return err
+		}
+		err = u
+	}
+}
+
+// workspace lays out what `pipegen release` reads, as a pipeline's checkout would have it: the repository's
+// images/ and go.mod/go.sum (go_ingest's build context), the demo stack as stacks/demo, and a pipegen.yaml
+// naming the local registry and the one environment, demo.
+func workspace(repo, stackFile, ws, reg string) error {
+	for _, f := range []string{"go.mod", "go.sum"} {
+		if err := copyFile(filepath.Join(repo, f), filepath.Join(ws, f)); err != nil {
+			return err
+		}
+	}
+	src := filepath.Join(repo, "images")
+	err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return err
+		}
+		rel, err := filepath.Rel(repo, p)
+		if err != nil {
+			return err
+		}
+		return copyFile(p, filepath.Join(ws, rel))
+	})
+	if err != nil {
+		return err
+	}
+	if err := copyFile(stackFile, filepath.Join(ws, "stacks", "demo", "compose.yaml")); err != nil {
+		return err
+	}
+	cfg := fmt.Sprintf(`# Written by hack/demo: the local registry and the demo's one environment.
+registry: %s
+default_branch: main
+environments:
+  - name: demo
+    tier: development
+    when: automatic
+    branch: main
+`, reg)
+	return os.WriteFile(filepath.Join(ws, "pipegen.yaml"), []byte(cfg), 0o644)
+}
+
+func copyFile(from, to string) error {
+	b, err := os.ReadFile(from)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(to), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(to, b, 0o644)
+}
+
+// agentConfig is the agent's configuration for the demo: the release directory as its source, the demo
+// environment and stack, and a trust policy that requires the generated key's signature on every image of
+// the local registry. Upstream images carry no cosign signature: they are let through pinned (warn).
+func agentConfig(release, state, reg, publicPEM string) []byte {
+	pem := strings.ReplaceAll(strings.TrimSpace(publicPEM), "\n", "\n            ")
+	return []byte(fmt.Sprintf(`environment: demo
+source: dir
+dir: %s
+stacks: [demo]
+state_dir: %s
+listen: ""
+log-level: warn
+timeout: 3m
+policy_mode: enforce
+allowed_registries: [%q, docker.io]
+trust:
+  rules:
+    - pattern: %q
+      mode: enforce
+      authorities:
+        - name: demo-key
+          key: |
+            %s
+    - pattern: "index.docker.io/library/postgres"
+      mode: warn
+      authorities:
+        - name: demo-key
+          key: |
+            %s
+`, release, state, reg, reg+"/**", pem, pem))
+}
+
+func randomHex() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func waitHealthy(ctx context.Context, url string, timeout time.Duration) (string, error) {
+	deadline := time.Now().Add(timeout)
+	var last string
+	for time.Now().Before(deadline) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return "", err
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			last = fmt.Sprintf("%d %s", resp.StatusCode, bytes.TrimSpace(b))
+			if resp.StatusCode == http.StatusOK {
+				return last, nil
+			}
+		} else {
+			last = err.Error()
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	return "", fmt.Errorf("%s did not answer 200 within %s (last: %s)", url, timeout, last)
+}
+
+// remove deletes the objects of the stack the agent created, services first.
+func remove(ctx context.Context, dc *client.Client, name string, out io.Writer) error {
 	f := make(client.Filters).Add("label", stack.LabelNamespace+"="+name).Add("label", stack.LabelOwner+"="+stack.OwnerValue)
 	svcs, err := dc.ServiceList(ctx, client.ServiceListOptions{Filters: f})
 	if err != nil {
@@ -178,10 +494,10 @@ func remove(ctx context.Context, dc *client.Client, name string) error {
 			}
 		}
 		if left == 0 {
-			fmt.Println("demo stack removed")
+			fmt.Fprintf(out, "stack %s removed\n", name)
 			return nil
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
-	return fmt.Errorf("demo objects still in use after 30s")
+	return fmt.Errorf("stack %s: objects still in use after 30s", name)
 }
