@@ -2,13 +2,16 @@
 // daemon and without pulling a base image. The tests and the local demo use it where no registry on the
 // internet can be reached.
 //
-// Image makes a one-binary image from a static binary. PostgresDebian makes a PostgreSQL server image, with
-// the upstream postgres image's interface (POSTGRES_* environment, /docker-entrypoint-initdb.d, uid 999), from
-// the Debian packages installed on this machine: their files (dpkg -L), the shared libraries those need (ldd)
-// and a bash entrypoint; the same installed files give the same digest.
+// Image makes a one-binary image from a static binary. PostgresDebian and LivePyDebian make images from the
+// Debian packages installed on this machine: their files (dpkg -L), the shared libraries those need (ldd) and
+// files written for the image, in one deterministic layer (debian.go); the same installed files give the same
+// digest. PostgresDebian is a PostgreSQL server with the upstream postgres image's interface (POSTGRES_*
+// environment, /docker-entrypoint-initdb.d, uid 999) and a bash entrypoint. LivePyDebian is images/live_py
+// (live.py and static/ in /app) on Debian's python3 and python3-psycopg2, with its Dockerfile's configuration.
 //
-// In: a binary, or the machine's installed packages; an image reference. Out: the pushed image's digest.
-// Imports go-containerregistry and the standard library; PostgresDebian runs dpkg and ldd.
+// In: a binary, or the machine's installed packages (and live_py's app directory); an image reference. Out:
+// the pushed image's digest. Imports go-containerregistry and the standard library; PostgresDebian and
+// LivePyDebian run dpkg and ldd.
 package imagebuild
 
 import (
