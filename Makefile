@@ -12,8 +12,10 @@ build:
 demo: build
 	DOCKER_HOST=$$(hack/dockerd.sh start) $(GO) run ./hack/demo -agent bin/agent -pipegen bin/pipegen $(DEMO_FLAGS)
 
+# Removes the demo stack and its images, then stops the private engine (its data root stays for the next start).
 demo-clean:
 	DOCKER_HOST=$$(hack/dockerd.sh env) $(GO) run ./hack/demo -cleanup
+	hack/dockerd.sh stop
 
 # The test harness: a private swarm-mode dockerd (hack/dockerd.sh) unless SAWMILL_TEST_DOCKER_HOST already
 # points at an engine the tests may use, and a private PostgreSQL (hack/postgres.sh) unless

@@ -36,12 +36,7 @@ func TestDemo(t *testing.T) {
 			t.Fatalf("build %s: %v\n%s", p, err, out)
 		}
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := strings.TrimPrefix(l.Addr().String(), "127.0.0.1:")
-	l.Close()
+	port, livePort := freePort(t), freePort(t)
 	t.Cleanup(func() {
 		if err := remove(context.Background(), dc, "demo", &bytes.Buffer{}); err != nil {
 			t.Errorf("cleanup: %v", err)
@@ -49,9 +44,9 @@ func TestDemo(t *testing.T) {
 	})
 
 	var out bytes.Buffer
-	o := options{Agent: filepath.Join(bin, "agent"), Pipegen: filepath.Join(bin, "pipegen"), Port: port, Images: "local",
+	o := options{Agent: filepath.Join(bin, "agent"), Pipegen: filepath.Join(bin, "pipegen"), Port: port, LivePort: livePort, Images: "local",
 		Repo: "../..", Stack: "../../examples/demo/compose.yaml"}
-	err = run(ctx, dc, o, &out)
+	err := run(ctx, dc, o, &out)
 	text := out.String()
 	t.Logf("demo output:\n%s", text)
 	if err != nil {
@@ -67,14 +62,18 @@ func TestDemo(t *testing.T) {
 		// the agent verified both images built here against the generated key
 		regexp.MustCompile(`image 127\.0\.0\.1:\d+/sawmill/go_ingest:\S+: verified sha256:[0-9a-f]{64} signed by demo-key`),
 		regexp.MustCompile(`image 127\.0\.0\.1:\d+/sawmill/postgres:debian@sha256:[0-9a-f]{64}: verified sha256:[0-9a-f]{64} signed by demo-key`),
+		regexp.MustCompile(`image 127\.0\.0\.1:\d+/sawmill/live_py:\S+: verified sha256:[0-9a-f]{64} signed by demo-key`),
 		// what the policies said: the exception in use
 		regexp.MustCompile(`policy warn exception: go_ingest: exception for rule published_ports`),
 		// the plan it applied
 		regexp.MustCompile(`service\s+demo_postgres\s+created`),
 		regexp.MustCompile(`service\s+demo_go_ingest\s+created`),
+		regexp.MustCompile(`service\s+demo_live_py\s+created`),
 		// the service answering, with rows written to PostgreSQL
 		regexp.MustCompile(`GET http://127\.0\.0\.1:\d+/healthz -> 200`),
 		regexp.MustCompile(`POST \S+/v1/ingest/events \(2 records, bearer token\) -> 200 \{"rows":2,"table":"events"\}`),
+		// live_py saw them: an activity event on its stream, two rows more in public.events
+		regexp.MustCompile(`live_py streamed .*event: activity data: .*"table": ?"public\.events".*"delta": ?2`),
 	} {
 		if !want.MatchString(text) {
 			t.Errorf("the demo output lacks %s", want)
@@ -85,7 +84,7 @@ func TestDemo(t *testing.T) {
 	if i < 0 {
 		t.Fatal("the demo did not run the agent a second time")
 	}
-	if second := text[i:]; !strings.Contains(second, "0 created, 0 configured, 6 unchanged, 0 deleted") {
+	if second := text[i:]; !strings.Contains(second, "0 created, 0 configured, 7 unchanged, 0 deleted") {
 		t.Errorf("the second agent run changed the stack:\n%s", second)
 	}
 	// Secrets are never printed.
@@ -103,7 +102,7 @@ func TestDemo(t *testing.T) {
 	for _, s := range svcs.Items {
 		images[s.Spec.Name] = s.Spec.TaskTemplate.ContainerSpec.Image
 	}
-	for _, name := range []string{"demo_go_ingest", "demo_postgres"} {
+	for _, name := range []string{"demo_go_ingest", "demo_live_py", "demo_postgres"} {
 		if !regexp.MustCompile(`@sha256:[0-9a-f]{64}$`).MatchString(images[name]) {
 			t.Errorf("service %s runs %q, not a digest-pinned image", name, images[name])
 		}
@@ -117,4 +116,27 @@ func TestDemo(t *testing.T) {
 	if err != nil || len(svcs.Items) != 0 {
 		t.Errorf("after cleanup: %d services left, err %v", len(svcs.Items), err)
 	}
+	if err := removeImages(ctx, dc, &out); err != nil {
+		t.Fatal(err)
+	}
+	list, err := dc.ImageList(ctx, client.ImageListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, img := range list.Items {
+		for _, ref := range append(img.RepoTags, img.RepoDigests...) {
+			if demoImage.MatchString(ref) {
+				t.Errorf("after cleanup the engine still has the demo image %s", ref)
+			}
+		}
+	}
+}
+
+func freePort(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return strings.TrimPrefix(l.Addr().String(), "127.0.0.1:")
 }

@@ -4,20 +4,24 @@
 // it:
 //  1. runs pipegen on this repository: which images a pipeline would rebuild, and the child pipeline's jobs;
 //  2. starts an in-process OCI registry on 127.0.0.1;
-//  3. builds go_ingest (a static binary in a FROM scratch image, without a daemon) and, where Docker Hub
-//     cannot be reached, a PostgreSQL image assembled from Debian's postgresql package (on a machine that
-//     reaches Docker Hub it uses upstream's postgres image, pinned by digest);
+//  3. builds go_ingest (a static binary in a FROM scratch image, without a daemon), live_py (assembled from
+//     Debian's python3 and python3-psycopg2, no pip needed) and, where Docker Hub cannot be reached, a
+//     PostgreSQL image assembled from Debian's postgresql package (on a machine that reaches Docker Hub it
+//     uses upstream's postgres image, pinned by digest);
 //  4. signs the images it built with a cosign key generated for this run;
-//  5. writes a release with `pipegen release`, as the pipeline's release job does: go_ingest pinned to its
-//     digest in the demo stack (examples/demo/compose.yaml, placed at stacks/demo of a workspace);
+//  5. writes a release with `pipegen release`, as the pipeline's release job does: go_ingest and live_py
+//     pinned to their digests in the demo stack (examples/demo/compose.yaml, placed at stacks/demo of a workspace);
 //  6. runs the agent once (`agent run --once`, source dir) to deploy it: the agent prints the signatures it
 //     verified, what the policies said and the plan it applied;
-//  7. shows go_ingest answering: /healthz, then two records ingested into PostgreSQL.
+//  7. shows the services answering: go_ingest's /healthz, two records ingested into PostgreSQL, and the
+//     activity event live_py streams about them.
 //
-// With -cleanup it removes the demo stack instead.
+// With -cleanup it removes the demo stack and the images the demo's rollouts pulled into the engine instead
+// (`make demo-clean` then stops the private engine).
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -33,11 +37,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/moby/moby/client"
 	"go.yaml.in/yaml/v3"
@@ -53,7 +59,7 @@ const upstreamPostgres = "postgres:16.4@sha256:e62fbf9d3e2b49816a32c400ed2dba83e
 // options are the demo's flags.
 type options struct {
 	Agent, Pipegen string
-	Port           string
+	Port, LivePort string
 	// Images: auto (upstream where Docker Hub answers, else local), upstream or local.
 	Images string
 	// Repo is the repository root; Stack the demo compose file.
@@ -65,6 +71,7 @@ func main() {
 	flag.StringVar(&o.Agent, "agent", "bin/agent", "the agent binary")
 	flag.StringVar(&o.Pipegen, "pipegen", "bin/pipegen", "the pipegen binary")
 	flag.StringVar(&o.Port, "port", "18080", "host port go_ingest publishes")
+	flag.StringVar(&o.LivePort, "live-port", "18081", "host port live_py publishes")
 	flag.StringVar(&o.Images, "images", "auto", "third-party images: upstream (Docker Hub), local (assembled from Debian's packages) or auto")
 	flag.StringVar(&o.Repo, "repo", ".", "the repository root")
 	flag.StringVar(&o.Stack, "stack", "examples/demo/compose.yaml", "the demo stack")
@@ -75,7 +82,9 @@ func main() {
 	if err == nil {
 		defer dc.Close()
 		if *cleanup {
-			err = remove(ctx, dc, "demo", os.Stdout)
+			if err = remove(ctx, dc, "demo", os.Stdout); err == nil {
+				err = removeImages(ctx, dc, os.Stdout)
+			}
 		} else {
 			err = run(ctx, dc, o, os.Stdout)
 		}
@@ -151,6 +160,18 @@ func run(ctx context.Context, dc *client.Client, o options, out io.Writer) error
 	step(out, "built go_ingest: %s:%s@%s (static binary FROM scratch, no daemon, no base image)", ingestRepo, tag, ingestDigest)
 	signed := []string{ingestRepo + "@" + ingestDigest}
 
+	live, err := imagebuild.LivePyDebian(filepath.Join(o.Repo, "images", "live_py"))
+	if err != nil {
+		return err
+	}
+	liveRepo := reg + "/live_py"
+	liveDigest, err := imagebuild.Push(live, liveRepo+":"+tag)
+	if err != nil {
+		return err
+	}
+	step(out, "built live_py: %s:%s@%s (%d MB compressed, Debian's python3 and python3-psycopg2, no pip)", liveRepo, tag, liveDigest, compressedMB(live))
+	signed = append(signed, liveRepo+"@"+liveDigest)
+
 	postgres, err := postgresImage(ctx, o.Images, reg, out)
 	if err != nil {
 		return err
@@ -173,9 +194,9 @@ func run(ctx context.Context, dc *client.Client, o options, out io.Writer) error
 		return err
 	}
 	rel := filepath.Join(work, "release")
-	releaseEnv := append(os.Environ(), "GO_INGEST_DIGEST="+ingestDigest)
-	step(out, "pipegen release: go_ingest pinned in stacks/demo (workspace: this repository's images/, the demo stack, the local registry)")
-	if err := command(ctx, out, releaseEnv, o.Pipegen, "release", "--repo", ws, "--out", rel, "--rebuilt", "go_ingest",
+	releaseEnv := append(os.Environ(), "GO_INGEST_DIGEST="+ingestDigest, "LIVE_PY_DIGEST="+liveDigest)
+	step(out, "pipegen release: go_ingest and live_py pinned in stacks/demo (workspace: this repository's images/, the demo stack, the local registry)")
+	if err := command(ctx, out, releaseEnv, o.Pipegen, "release", "--repo", ws, "--out", rel, "--rebuilt", "go_ingest,live_py",
 		"--tag", tag, "--commit", commit, "--ref", "main", "--project", "sabeiro/sawmill"); err != nil {
 		return err
 	}
@@ -196,7 +217,7 @@ func run(ctx context.Context, dc *client.Client, o options, out io.Writer) error
 	}
 	// The password and the token reach the services only as Docker secrets; they are never printed.
 	token := randomHex()
-	env := append(os.Environ(), "POSTGRES_IMAGE="+postgres, "DEMO_PORT="+o.Port, "DEMO_DB_PASSWORD="+randomHex(), "DEMO_INGEST_TOKEN="+token)
+	env := append(os.Environ(), "POSTGRES_IMAGE="+postgres, "DEMO_PORT="+o.Port, "DEMO_LIVE_PORT="+o.LivePort, "DEMO_DB_PASSWORD="+randomHex(), "DEMO_INGEST_TOKEN="+token)
 	step(out, "agent run --once --config agent.yaml (environment demo, source dir, trust: the generated key for %s/**)", reg)
 	if err := command(ctx, out, env, o.Agent, "run", "--once", "--config", cfg); err != nil {
 		return err
@@ -213,6 +234,19 @@ func run(ctx context.Context, dc *client.Client, o options, out io.Writer) error
 		return err
 	}
 	step(out, "GET %s/healthz -> %s", base, body)
+	liveBase := "http://127.0.0.1:" + o.LivePort
+	if body, err = waitHealthy(ctx, liveBase+"/healthz", 90*time.Second); err != nil {
+		return err
+	}
+	step(out, "GET %s/healthz -> %s", liveBase, body)
+	// Follow live_py's event stream from before the records are sent.
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	events, err := openEvents(sctx, liveBase+"/events")
+	if err != nil {
+		return err
+	}
+	defer events.Close()
 	records := `[{"source":"demo","payload":{"step":"ingest"}},{"source":"demo","payload":{"step":"query"}}]`
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/v1/ingest/events", strings.NewReader(records))
 	if err != nil {
@@ -230,6 +264,11 @@ func run(ctx context.Context, dc *client.Client, o options, out io.Writer) error
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("go_ingest refused the records: %s", resp.Status)
 	}
+	activity, err := nextEvent(events, "activity")
+	if err != nil {
+		return fmt.Errorf("live_py's event stream %s/events: %w", liveBase, err)
+	}
+	step(out, "live_py streamed (GET %s/events): event: activity data: %s", liveBase, activity)
 	step(out, "done; `make demo-clean` removes the demo stack")
 	return nil
 }
@@ -328,15 +367,7 @@ func postgresImage(ctx context.Context, mode, reg string, out io.Writer) (string
 	if err != nil {
 		return "", err
 	}
-	size := int64(0)
-	if layers, err := img.Layers(); err == nil {
-		for _, l := range layers {
-			if n, err := l.Size(); err == nil {
-				size += n
-			}
-		}
-	}
-	step(out, "built postgres: %s:debian@%s (%d MB compressed, from this machine's Debian packages)", repo, digest, size>>20)
+	step(out, "built postgres: %s:debian@%s (%d MB compressed, from this machine's Debian packages)", repo, digest, compressedMB(img))
 	return repo + ":debian@" + digest, nil
 }
 
@@ -500,4 +531,109 @@ func remove(ctx context.Context, dc *client.Client, name string, out io.Writer) 
 		time.Sleep(500 * time.Millisecond)
 	}
 	return fmt.Errorf("stack %s: objects still in use after 30s", name)
+}
+
+// demoImage matches the images the demo pushes to its in-process registry, as the engine recorded them.
+var demoImage = regexp.MustCompile(`^127\.0\.0\.1:\d+/sawmill/(go_ingest|live_py|postgres)[:@]`)
+
+// removeImages deletes the demo's images from the engine once no container uses them any more (the tasks of
+// removed services stop asynchronously).
+func removeImages(ctx context.Context, dc *client.Client, out io.Writer) error {
+	var err error
+	for i := 0; i < 60; i++ {
+		var list client.ImageListResult
+		if list, err = dc.ImageList(ctx, client.ImageListOptions{}); err != nil {
+			return fmt.Errorf("list images: %w", err)
+		}
+		removed, left := 0, 0
+		for _, img := range list.Items {
+			// By reference: one image may carry the references of several demo runs (one registry port each),
+			// and references that are not the demo's stay.
+			for _, ref := range append(img.RepoTags, img.RepoDigests...) {
+				if !demoImage.MatchString(ref) {
+					continue
+				}
+				if _, err = dc.ImageRemove(ctx, ref, client.ImageRemoveOptions{PruneChildren: true}); err != nil {
+					left++
+					continue
+				}
+				removed++
+			}
+		}
+		if removed > 0 {
+			fmt.Fprintf(out, "%d demo image reference(s) removed\n", removed)
+		}
+		if left == 0 {
+			return nil
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	return fmt.Errorf("demo images still in use after 30s: %w", err)
+}
+
+// compressedMB is the size of an image's layers as pushed.
+func compressedMB(img v1.Image) int64 {
+	size := int64(0)
+	if layers, err := img.Layers(); err == nil {
+		for _, l := range layers {
+			if n, err := l.Size(); err == nil {
+				size += n
+			}
+		}
+	}
+	return size >> 20
+}
+
+// openEvents opens a Server-Sent Events stream and waits for its first event (live_py sends its snapshot at
+// once), so that what happens afterwards is seen as it happens.
+func openEvents(ctx context.Context, url string) (*eventStream, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Accept", "text/event-stream")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("GET %s: %w", url, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		resp.Body.Close()
+		return nil, fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	s := &eventStream{body: resp.Body, lines: bufio.NewScanner(resp.Body)}
+	if _, err := nextEvent(s, "snapshot"); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("GET %s: %w", url, err)
+	}
+	return s, nil
+}
+
+type eventStream struct {
+	body  io.ReadCloser
+	lines *bufio.Scanner
+}
+
+func (s *eventStream) Close() error { return s.body.Close() }
+
+// nextEvent reads the stream until an event of the given type and returns its data.
+func nextEvent(s *eventStream, want string) (string, error) {
+	var typ, data string
+	for s.lines.Scan() {
+		line := s.lines.Text()
+		switch {
+		case line == "":
+			if typ == want {
+				return data, nil
+			}
+			typ, data = "", ""
+		case strings.HasPrefix(line, "event:"):
+			typ = strings.TrimSpace(strings.TrimPrefix(line, "event:"))
+		case strings.HasPrefix(line, "data:"):
+			data += strings.TrimSpace(strings.TrimPrefix(line, "data:"))
+		}
+	}
+	if err := s.lines.Err(); err != nil {
+		return "", err
+	}
+	return "", fmt.Errorf("the stream ended before a %q event", want)
 }
