@@ -103,6 +103,9 @@ func run(ctx context.Context, dc *client.Client, o options, out io.Writer) error
 	if info.Info.Swarm.LocalNodeState != "active" || !info.Info.Swarm.ControlAvailable {
 		return errors.New("the engine is not a swarm manager: `make demo` starts one (hack/dockerd.sh)")
 	}
+	if err := portsFree(ctx, dc, o.Port, o.LivePort); err != nil {
+		return err
+	}
 	work, err := os.MkdirTemp("", "sawmill-demo")
 	if err != nil {
 		return err
@@ -636,4 +639,25 @@ func nextEvent(s *eventStream, want string) (string, error) {
 		return "", err
 	}
 	return "", fmt.Errorf("the stream ended before a %q event", want)
+}
+
+// portsFree fails early, naming the port and the flag, when a port the demo publishes is taken by something
+// else than an earlier demo (whose services hold them until they are updated in place).
+func portsFree(ctx context.Context, dc *client.Client, ports ...string) error {
+	f := make(client.Filters).Add("label", stack.LabelNamespace+"=demo")
+	svcs, err := dc.ServiceList(ctx, client.ServiceListOptions{Filters: f})
+	if err != nil {
+		return fmt.Errorf("list services: %w", err)
+	}
+	if len(svcs.Items) > 0 {
+		return nil
+	}
+	for _, p := range ports {
+		l, err := net.Listen("tcp", "127.0.0.1:"+p)
+		if err != nil {
+			return fmt.Errorf("port %s is in use: choose others, e.g. make demo DEMO_FLAGS=\"-port 28080 -live-port 28081\" (%w)", p, err)
+		}
+		l.Close()
+	}
+	return nil
 }
