@@ -3,17 +3,20 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/moby/moby/client"
 
+	"github.com/sabeiro/sawmill/internal/imagebuild"
 	"github.com/sabeiro/sawmill/internal/stack"
 	"github.com/sabeiro/sawmill/internal/testenv"
 )
@@ -22,30 +25,11 @@ import (
 // from Debian's packages (as on a machine without Docker Hub): pipegen, build, sign, release, the agent
 // once, the service answering, the second agent run changing nothing, and the cleanup.
 func TestDemo(t *testing.T) {
-	if _, err := os.Stat("/usr/lib/postgresql"); err != nil && os.Getenv("CI") != "true" {
-		t.Skip("Debian's postgresql package is not installed (apt-get install postgresql)")
-	}
-	dc := testenv.Docker(t)
+	dc, o := setupDemo(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	bin := t.TempDir()
-	for _, p := range []string{"agent", "pipegen"} {
-		cmd := exec.Command("go", "build", "-o", filepath.Join(bin, p), "../../cmd/"+p)
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("build %s: %v\n%s", p, err, out)
-		}
-	}
-	port, livePort := freePort(t), freePort(t)
-	t.Cleanup(func() {
-		if err := remove(context.Background(), dc, "demo", &bytes.Buffer{}); err != nil {
-			t.Errorf("cleanup: %v", err)
-		}
-	})
-
+	o.Images = "local"
 	var out bytes.Buffer
-	o := options{Agent: filepath.Join(bin, "agent"), Pipegen: filepath.Join(bin, "pipegen"), Port: port, LivePort: livePort, Images: "local",
-		Repo: "../..", Stack: "../../examples/demo/compose.yaml"}
 	err := run(ctx, dc, o, &out)
 	text := out.String()
 	t.Logf("demo output:\n%s", text)
@@ -130,6 +114,118 @@ func TestDemo(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestDemoUpstream runs the demo as on a machine that reaches Docker Hub (-images auto): a second in-process
+// registry stands in for Docker Hub with a postgres image under library/postgres. The demo deploys that image
+// as it is, pinned, instead of assembling one; the agent reports its missing cosign signature as a warning
+// (the trust policy's warn rule for the upstream image) and deploys; the stack works on it. With -images
+// upstream and the upstream registry unreachable, the demo stops before deploying anything.
+func TestDemoUpstream(t *testing.T) {
+	dc, o := setupDemo(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	hub := testenv.Registry(t)
+	img, err := imagebuild.PostgresDebian()
+	if err != nil {
+		t.Fatal(err)
+	}
+	digest, err := imagebuild.Push(img, hub+"/library/postgres:16")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := make(client.Filters).Add("label", stack.LabelNamespace+"=demo")
+
+	t.Run("unreachable upstream", func(t *testing.T) {
+		o := o
+		o.Images, o.UpstreamPostgres = "upstream", "127.0.0.1:1/library/postgres:16@"+digest
+		var out bytes.Buffer
+		err := run(ctx, dc, o, &out)
+		if err == nil || !strings.Contains(err.Error(), "upstream image 127.0.0.1:1/library/postgres:16@"+digest) {
+			t.Fatalf("want an error naming the unreachable upstream image, got %v\n%s", err, out.String())
+		}
+		svcs, err := dc.ServiceList(ctx, client.ServiceListOptions{Filters: f})
+		if err != nil || len(svcs.Items) != 0 {
+			t.Fatalf("the failed demo deployed %d services (err %v)", len(svcs.Items), err)
+		}
+	})
+
+	o.Images, o.UpstreamPostgres = "auto", hub+"/library/postgres:16@"+digest
+	var out bytes.Buffer
+	err = run(ctx, dc, o, &out)
+	text := out.String()
+	t.Logf("demo output:\n%s", text)
+	if err != nil {
+		t.Fatalf("demo: %v", err)
+	}
+	for _, want := range []string{
+		"== postgres: upstream " + o.UpstreamPostgres + " (its registry answers)",
+		"image " + o.UpstreamPostgres + ": warned " + digest,
+		"service  demo_postgres ",
+		`-> 200 {"rows":2,"table":"events"}`,
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("the demo output lacks %q", want)
+		}
+	}
+	if strings.Contains(text, "built postgres") || strings.Contains(text, "signed "+hub) {
+		t.Error("the demo built or signed a PostgreSQL image although the upstream one answered")
+	}
+	svc, err := dc.ServiceInspect(ctx, "demo_postgres", client.ServiceInspectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := svc.Service.Spec.TaskTemplate.ContainerSpec.Image; got != o.UpstreamPostgres {
+		t.Errorf("demo_postgres runs %s, want the upstream image as pinned, %s", got, o.UpstreamPostgres)
+	}
+}
+
+var (
+	buildOnce sync.Once
+	binDir    string
+	buildErr  error
+)
+
+// setupDemo returns the test engine and the demo's options: the agent and pipegen built once for the test
+// binary, free host ports, this repository; the demo stack is removed when the test ends.
+func setupDemo(t *testing.T) (*client.Client, options) {
+	t.Helper()
+	if _, err := os.Stat("/usr/lib/postgresql"); err != nil && os.Getenv("CI") != "true" {
+		t.Skip("Debian's postgresql package is not installed (apt-get install postgresql)")
+	}
+	dc := testenv.Docker(t)
+	buildOnce.Do(func() {
+		if binDir, buildErr = os.MkdirTemp("", "sawmill-demo-test"); buildErr != nil {
+			return
+		}
+		for _, p := range []string{"agent", "pipegen"} {
+			cmd := exec.Command("go", "build", "-o", filepath.Join(binDir, p), "../../cmd/"+p)
+			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+			if out, err := cmd.CombinedOutput(); err != nil {
+				buildErr = fmt.Errorf("build %s: %w\n%s", p, err, out)
+				return
+			}
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	t.Cleanup(func() {
+		if err := remove(context.Background(), dc, "demo", &bytes.Buffer{}); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+	return dc, options{Agent: filepath.Join(binDir, "agent"), Pipegen: filepath.Join(binDir, "pipegen"),
+		Port: freePort(t), LivePort: freePort(t), Repo: "../..", Stack: "../../examples/demo/compose.yaml",
+		UpstreamPostgres: upstreamPostgres}
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
 }
 
 func freePort(t *testing.T) string {

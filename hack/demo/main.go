@@ -64,6 +64,8 @@ type options struct {
 	Images string
 	// Repo is the repository root; Stack the demo compose file.
 	Repo, Stack string
+	// UpstreamPostgres is the upstream PostgreSQL image, pinned by digest.
+	UpstreamPostgres string
 }
 
 func main() {
@@ -75,6 +77,7 @@ func main() {
 	flag.StringVar(&o.Images, "images", "auto", "third-party images: upstream (Docker Hub), local (assembled from Debian's packages) or auto")
 	flag.StringVar(&o.Repo, "repo", ".", "the repository root")
 	flag.StringVar(&o.Stack, "stack", "examples/demo/compose.yaml", "the demo stack")
+	flag.StringVar(&o.UpstreamPostgres, "upstream-postgres", upstreamPostgres, "the upstream PostgreSQL image, pinned by digest (-images auto or upstream)")
 	cleanup := flag.Bool("cleanup", false, "remove the demo stack and exit")
 	flag.Parse()
 	ctx := context.Background()
@@ -175,7 +178,7 @@ func run(ctx context.Context, dc *client.Client, o options, out io.Writer) error
 	step(out, "built live_py: %s:%s@%s (%d MB compressed, Debian's python3 and python3-psycopg2, no pip)", liveRepo, tag, liveDigest, compressedMB(live))
 	signed = append(signed, liveRepo+"@"+liveDigest)
 
-	postgres, err := postgresImage(ctx, o.Images, reg, out)
+	postgres, err := postgresImage(ctx, o.Images, o.UpstreamPostgres, reg, out)
 	if err != nil {
 		return err
 	}
@@ -215,7 +218,7 @@ func run(ctx context.Context, dc *client.Client, o options, out io.Writer) error
 
 	// 6. The agent, once, from the release directory.
 	cfg := filepath.Join(work, "agent.yaml")
-	if err := os.WriteFile(cfg, agentConfig(rel, filepath.Join(work, "state"), reg, key.PublicPEM), 0o600); err != nil {
+	if err := os.WriteFile(cfg, agentConfig(rel, filepath.Join(work, "state"), reg, o.UpstreamPostgres, key.PublicPEM), 0o600); err != nil {
 		return err
 	}
 	// The password and the token reach the services only as Docker secrets; they are never printed.
@@ -335,31 +338,34 @@ func goBuild(ctx context.Context, repo, pkg, dir string) ([]byte, error) {
 	return os.ReadFile(out)
 }
 
-// postgresImage returns the PostgreSQL image the demo deploys, pinned by digest: upstream's where Docker
-// Hub answers (mode upstream, or auto), else one assembled from Debian's postgresql package and pushed to
-// reg (mode local, or auto without Docker Hub).
-func postgresImage(ctx context.Context, mode, reg string, out io.Writer) (string, error) {
+// postgresImage returns the PostgreSQL image the demo deploys, pinned by digest: upstream (Docker Hub's
+// postgres) where its registry answers (mode upstream, or auto), else one assembled from Debian's postgresql
+// package and pushed to reg (mode local, or auto without Docker Hub).
+func postgresImage(ctx context.Context, mode, upstream, reg string, out io.Writer) (string, error) {
 	switch mode {
 	case "upstream", "local", "auto":
 	default:
 		return "", fmt.Errorf("-images %q: use auto, upstream or local", mode)
 	}
 	if mode != "local" {
-		ref, err := name.ParseReference(upstreamPostgres)
+		ref, err := name.ParseReference(upstream)
 		if err != nil {
-			return "", err
+			return "", fmt.Errorf("-upstream-postgres: %w", err)
+		}
+		if _, pinned := ref.(name.Digest); !pinned {
+			return "", fmt.Errorf("-upstream-postgres %s: not pinned by digest (repository:tag@sha256:...)", upstream)
 		}
 		hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		_, err = remote.Head(ref, remote.WithContext(hctx))
 		cancel()
 		if err == nil {
-			step(out, "postgres: upstream %s (Docker Hub answers)", upstreamPostgres)
-			return upstreamPostgres, nil
+			step(out, "postgres: upstream %s (its registry answers)", upstream)
+			return upstream, nil
 		}
 		if mode == "upstream" {
-			return "", fmt.Errorf("upstream image %s: %w", upstreamPostgres, err)
+			return "", fmt.Errorf("upstream image %s: %w", upstream, err)
 		}
-		step(out, "postgres: Docker Hub cannot be reached (%v); assembling an image from Debian's postgresql package", rootCause(err))
+		step(out, "postgres: %s cannot be reached (%v); assembling an image from Debian's postgresql package", ref.Context().RegistryStr(), rootCause(err))
 	}
 	img, err := imagebuild.PostgresDebian()
 	if err != nil {
@@ -435,9 +441,17 @@ func copyFile(from, to string) error {
 
 // agentConfig is the agent's configuration for the demo: the release directory as its source, the demo
 // environment and stack, and a trust policy that requires the generated key's signature on every image of
-// the local registry. Upstream images carry no cosign signature: they are let through pinned (warn).
-func agentConfig(release, state, reg, publicPEM string) []byte {
+// the local registry. The upstream PostgreSQL image carries no cosign signature: it is let through pinned
+// (warn), and its registry is allowed.
+func agentConfig(release, state, reg, upstream, publicPEM string) []byte {
 	pem := strings.ReplaceAll(strings.TrimSpace(publicPEM), "\n", "\n            ")
+	upstreamRepo, upstreamRegistry := "index.docker.io/library/postgres", "docker.io"
+	if ref, err := name.ParseReference(upstream); err == nil {
+		upstreamRepo = ref.Context().Name()
+		if upstreamRegistry = ref.Context().RegistryStr(); upstreamRegistry == name.DefaultRegistry {
+			upstreamRegistry = "docker.io" // as the policies name Docker Hub
+		}
+	}
 	return []byte(fmt.Sprintf(`environment: demo
 source: dir
 dir: %s
@@ -447,7 +461,7 @@ listen: ""
 log-level: warn
 timeout: 3m
 policy_mode: enforce
-allowed_registries: [%q, docker.io]
+allowed_registries: [%q, %q]
 trust:
   rules:
     - pattern: %q
@@ -456,13 +470,13 @@ trust:
         - name: demo-key
           key: |
             %s
-    - pattern: "index.docker.io/library/postgres"
+    - pattern: %q
       mode: warn
       authorities:
         - name: demo-key
           key: |
             %s
-`, release, state, reg, reg+"/**", pem, pem))
+`, release, state, reg, upstreamRegistry, reg+"/**", pem, upstreamRepo, pem))
 }
 
 func randomHex() string {
