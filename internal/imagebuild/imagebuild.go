@@ -58,7 +58,19 @@ func Image(s Spec) (v1.Image, error) {
 	if err := tw.Close(); err != nil {
 		return nil, err
 	}
-	data := buf.Bytes()
+	cfg := v1.Config{Entrypoint: append([]string{path.Join("/", s.Name)}, s.Args...), Env: s.Env, User: s.User}
+	if cfg.User == "" {
+		cfg.User = "65534"
+	}
+	if s.ExposedPort != "" {
+		cfg.ExposedPorts = map[string]struct{}{s.ExposedPort + "/tcp": {}}
+	}
+	return oneLayer(buf.Bytes(), cfg)
+}
+
+// oneLayer makes a linux image for this machine's architecture of one layer (a tar stream, plain or gzipped)
+// and the given configuration.
+func oneLayer(data []byte, config v1.Config) (v1.Image, error) {
 	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil })
 	if err != nil {
 		return nil, fmt.Errorf("layer: %w", err)
@@ -73,15 +85,7 @@ func Image(s Spec) (v1.Image, error) {
 	}
 	cfg = cfg.DeepCopy()
 	cfg.Architecture, cfg.OS = runtime.GOARCH, "linux"
-	cfg.Config.Entrypoint = append([]string{path.Join("/", s.Name)}, s.Args...)
-	cfg.Config.Env = s.Env
-	cfg.Config.User = s.User
-	if cfg.Config.User == "" {
-		cfg.Config.User = "65534"
-	}
-	if s.ExposedPort != "" {
-		cfg.Config.ExposedPorts = map[string]struct{}{s.ExposedPort + "/tcp": {}}
-	}
+	cfg.Config = config
 	return mutate.ConfigFile(img, cfg)
 }
 
