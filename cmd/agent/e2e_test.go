@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -99,16 +98,6 @@ func runAgent(t *testing.T, dc *client.Client, args ...string) agentRun {
 type nopClose struct{ swarm.Client }
 
 func (nopClose) Close() error { return nil }
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
 
 func randomName(prefix string) string {
 	b := make([]byte, 3)
@@ -313,7 +302,7 @@ func TestApplyEndToEnd(t *testing.T) {
 
 	name := randomName("e2e")
 	t.Cleanup(func() { removeStack(dc, name) })
-	f := fixture{dir: t.TempDir(), reg: reg, port: freePort(t), withWorker: true, webImage: reg + "/app:v1", apiImage: reg + "/app:v1", secretValue: "s3cret-one"}
+	f := fixture{dir: t.TempDir(), reg: reg, port: testenv.FreePort(t), withWorker: true, webImage: reg + "/app:v1", apiImage: reg + "/app:v1", secretValue: "s3cret-one"}
 	web := fmt.Sprintf("http://127.0.0.1:%d", f.port)
 	file := f.write(t)
 
@@ -476,7 +465,7 @@ func TestSwarmAutoRollbackIsAFailure(t *testing.T) {
 	name := randomName("e2erb")
 	t.Cleanup(func() { removeStack(dc, name) })
 	dir := t.TempDir()
-	port := freePort(t)
+	port := testenv.FreePort(t)
 	write := func(unhealthy string, constraints ...string) string {
 		c := fmt.Sprintf(`services:
   app:

@@ -73,7 +73,7 @@ func newDaemonEnv(t *testing.T, vars ...testenv.Variable) daemonEnv {
 	gl.SetVariables(vars...)
 	srv := httptest.NewServer(gl)
 	t.Cleanup(srv.Close)
-	e := daemonEnv{t: t, dc: dc, gl: gl, url: srv.URL, reg: reg, image: reg + "/web:v1@" + d1, name: name, port: freePort(t)}
+	e := daemonEnv{t: t, dc: dc, gl: gl, url: srv.URL, reg: reg, image: reg + "/web:v1@" + d1, name: name, port: testenv.FreePort(t)}
 	e.setenv()
 	return e
 }
@@ -223,7 +223,7 @@ type agentDaemon struct {
 func startDaemon(t *testing.T, dc *client.Client, args ...string) *agentDaemon {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	d := &agentDaemon{stop: cancel, done: make(chan int, 1), out: &bytes.Buffer{}, addr: addr}
 	var mu sync.Mutex
 	w := writerFunc(func(p []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return d.out.Write(p) })

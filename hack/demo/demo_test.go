@@ -4,11 +4,11 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -216,7 +216,7 @@ func setupDemo(t *testing.T) (*client.Client, options) {
 		}
 	})
 	return dc, options{Agent: filepath.Join(binDir, "agent"), Pipegen: filepath.Join(binDir, "pipegen"),
-		Port: freePort(t), LivePort: freePort(t), Repo: "../..", Stack: "../../examples/demo/compose.yaml",
+		Port: strconv.Itoa(testenv.FreePort(t)), LivePort: strconv.Itoa(testenv.FreePort(t)), Repo: "../..", Stack: "../../examples/demo/compose.yaml",
 		UpstreamPostgres: upstreamPostgres}
 }
 
@@ -226,13 +226,4 @@ func TestMain(m *testing.M) {
 		os.RemoveAll(binDir)
 	}
 	os.Exit(code)
-}
-
-func freePort(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return strings.TrimPrefix(l.Addr().String(), "127.0.0.1:")
 }

@@ -320,7 +320,7 @@ func TestLivePyDebianOnSwarm(t *testing.T) {
 		})
 	})
 	pgName := name + "_postgres"
-	pgPort := freePort(t)
+	pgPort := testenv.FreePort(t)
 	pgID := createService(swarm.ServiceSpec{
 		Annotations: swarm.Annotations{Name: pgName, Labels: labels},
 		TaskTemplate: swarm.TaskSpec{
@@ -347,7 +347,7 @@ func TestLivePyDebianOnSwarm(t *testing.T) {
 		EndpointSpec: endpoint(5432, pgPort),
 	})
 
-	livePort := freePort(t)
+	livePort := testenv.FreePort(t)
 	liveID := createService(swarm.ServiceSpec{
 		Annotations: swarm.Annotations{Name: name + "_live", Labels: labels},
 		TaskTemplate: swarm.TaskSpec{

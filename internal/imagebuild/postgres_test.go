@@ -248,7 +248,7 @@ SQL
 `),
 	}
 
-	port := freePort(t)
+	port := testenv.FreePort(t)
 	grace := 30 * time.Second
 	spec := swarm.ServiceSpec{
 		Annotations: swarm.Annotations{Name: name, Labels: labels},
@@ -444,16 +444,6 @@ func removeRetrying(t *testing.T, what string, remove func(context.Context) erro
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 func randomHex(t *testing.T, n int) string {
