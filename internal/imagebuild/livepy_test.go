@@ -6,26 +6,18 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
-	"fmt"
 	"io"
-	"io/fs"
-	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/jackc/pgx/v5"
 	"github.com/moby/moby/api/types/container"
-	"github.com/moby/moby/api/types/mount"
 	"github.com/moby/moby/api/types/swarm"
 	"github.com/moby/moby/client"
 
@@ -36,42 +28,17 @@ import (
 // liveAppDir is images/live_py, the app the image carries.
 const liveAppDir = "../../images/live_py"
 
-// needInstalled skips the test when the host file of a Debian package is absent, or fails it when CI=true
-// (CI installs the packages).
-func needInstalled(t *testing.T, hostFile, install string) {
-	t.Helper()
-	if _, err := os.Stat(hostFile); errors.Is(err, fs.ErrNotExist) {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("%s is missing: %s", hostFile, install)
-		}
-		t.Skipf("%s is missing: %s", hostFile, install)
-	}
-}
-
 func needLivePy(t *testing.T) {
 	t.Helper()
 	needInstalled(t, "/usr/lib/python3/dist-packages/psycopg2", "apt-get install python3 python3-psycopg2")
 }
 
-var livePyOnce struct {
-	sync.Once
-	img  v1.Image
-	err  error
-	took time.Duration
-}
+var livePyBuild onceImage
 
 // livePyImage builds the image once per test process.
 func livePyImage(t *testing.T) v1.Image {
 	t.Helper()
-	livePyOnce.Do(func() {
-		start := time.Now()
-		livePyOnce.img, livePyOnce.err = imagebuild.LivePyDebian(liveAppDir)
-		livePyOnce.took = time.Since(start)
-	})
-	if livePyOnce.err != nil {
-		t.Fatal(livePyOnce.err)
-	}
-	return livePyOnce.img
+	return livePyBuild.get(t, func() (v1.Image, error) { return imagebuild.LivePyDebian(liveAppDir) })
 }
 
 func TestLivePyDebianImage(t *testing.T) {
@@ -81,29 +48,7 @@ func TestLivePyDebianImage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d1, err := img.Digest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	d2, err := again.Digest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if d1 != d2 {
-		t.Errorf("two builds from the same files differ: %s, %s", d1, d2)
-	}
-	layers, err := img.Layers()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var compressed int64
-	for _, l := range layers {
-		n, err := l.Size()
-		if err != nil {
-			t.Fatal(err)
-		}
-		compressed += n
-	}
+	d1, compressed := sameBuild(t, img, again)
 
 	// The Dockerfile's configuration.
 	cfg, err := img.ConfigFile()
@@ -135,36 +80,7 @@ func TestLivePyDebianImage(t *testing.T) {
 	}
 
 	// The files.
-	type ent struct {
-		mode     int64
-		uid, gid int
-		typ      byte
-		link     string
-		data     []byte
-	}
-	files := map[string]ent{}
-	rc := mutate.Extract(img)
-	defer rc.Close()
-	tr := tar.NewReader(rc)
-	var uncompressed int64
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !h.ModTime.Equal(time.Unix(0, 0)) {
-			t.Errorf("%s: mtime %v", h.Name, h.ModTime)
-		}
-		e := ent{mode: h.Mode, uid: h.Uid, gid: h.Gid, typ: h.Typeflag, link: h.Linkname}
-		if strings.HasPrefix(h.Name, "app/") {
-			e.data, _ = io.ReadAll(tr)
-		}
-		uncompressed += h.Size
-		files[strings.TrimSuffix(h.Name, "/")] = e
-	}
+	files, uncompressed := imageFiles(t, img, "app/")
 	if e := files["usr/bin/python"]; e.typ != tar.TypeSymlink || e.link != "python3" {
 		t.Errorf("/usr/bin/python: type %c link %q", e.typ, e.link)
 	}
@@ -206,7 +122,7 @@ func TestLivePyDebianImage(t *testing.T) {
 		t.Errorf("/tmp: type %c mode %o", e.typ, e.mode)
 	}
 	t.Logf("live_py image %s: %.1f MB compressed, %.1f MB of files, %d entries; built in %s",
-		d1, float64(compressed)/1e6, float64(uncompressed)/1e6, len(files), livePyOnce.took.Round(time.Millisecond))
+		d1, float64(compressed)/1e6, float64(uncompressed)/1e6, len(files), livePyBuild.took.Round(time.Millisecond))
 
 	// An app directory without live.py is an error that says so.
 	if _, err := imagebuild.LivePyDebian(t.TempDir()); err == nil || !strings.Contains(err.Error(), "live.py") {
@@ -239,102 +155,25 @@ func TestLivePyDebianOnSwarm(t *testing.T) {
 	defer cancel()
 	name := "livetest" + randomHex(t, 3)
 	password := randomHex(t, 16)
-	labels := map[string]string{"sawmill.test": "imagebuild.TestLivePyDebianOnSwarm"}
-
-	netName := name + "_net"
-	nw, err := dc.NetworkCreate(ctx, netName, client.NetworkCreateOptions{Driver: "overlay", Labels: labels})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		removeRetrying(t, "network", func(ctx context.Context) error {
-			_, err := dc.NetworkRemove(ctx, nw.ID, client.NetworkRemoveOptions{})
-			return err
-		})
-	})
-	secName := name + "_db_password"
-	sec, err := dc.SecretCreate(ctx, client.SecretCreateOptions{Spec: swarm.SecretSpec{
-		Annotations: swarm.Annotations{Name: secName, Labels: labels},
-		Data:        []byte(password + "\n"),
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		removeRetrying(t, "secret", func(ctx context.Context) error {
-			_, err := dc.SecretRemove(ctx, sec.ID, client.SecretRemoveOptions{})
-			return err
-		})
-	})
-	cfgName := name + "_init_sql"
-	initSQL, err := dc.ConfigCreate(ctx, client.ConfigCreateOptions{Spec: swarm.ConfigSpec{
-		Annotations: swarm.Annotations{Name: cfgName, Labels: labels},
-		Data:        []byte("CREATE TABLE events (id bigserial PRIMARY KEY, source text, payload jsonb, ts timestamptz DEFAULT now());\n"),
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		removeRetrying(t, "config", func(ctx context.Context) error {
-			_, err := dc.ConfigRemove(ctx, initSQL.ID, client.ConfigRemoveOptions{})
-			return err
-		})
-	})
-
-	// createService creates a service and removes it at the end.
-	createService := func(spec swarm.ServiceSpec) string {
-		svc, err := dc.ServiceCreate(ctx, client.ServiceCreateOptions{Spec: spec})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-			defer cancel()
-			if _, err := dc.ServiceRemove(ctx, svc.ID, client.ServiceRemoveOptions{}); err != nil {
-				t.Errorf("remove service %s: %v", spec.Name, err)
-			}
-		})
-		return svc.ID
-	}
-	endpoint := func(target, published int) *swarm.EndpointSpec {
-		return &swarm.EndpointSpec{Mode: swarm.ResolutionModeDNSRR, Ports: []swarm.PortConfig{{
-			Protocol: "tcp", TargetPort: uint32(target), PublishedPort: uint32(published), PublishMode: swarm.PortConfigPublishModeHost,
-		}}}
-	}
+	objs := newSwarmObjects(ctx, t, dc)
+	nw := objs.network(name + "_net")
+	sec := objs.secret(name+"_db_password", []byte(password+"\n"))
+	initSQL := objs.config(name+"_init_sql",
+		[]byte("CREATE TABLE events (id bigserial PRIMARY KEY, source text, payload jsonb, ts timestamptz DEFAULT now());\n"),
+		"/docker-entrypoint-initdb.d/10-events.sql", 0o444)
 	grace := 20 * time.Second
-	networks := []swarm.NetworkAttachmentConfig{{Target: nw.ID}}
+	networks := []swarm.NetworkAttachmentConfig{{Target: nw}}
 
-	// The anonymous volume of the image's VOLUME, removed after the service (Swarm usually removes it with
-	// the task's container).
-	var pgVolume string
-	t.Cleanup(func() {
-		if pgVolume == "" {
-			return
-		}
-		removeRetrying(t, "volume", func(ctx context.Context) error {
-			_, err := dc.VolumeRemove(ctx, pgVolume, client.VolumeRemoveOptions{})
-			if err != nil && strings.Contains(strings.ToLower(err.Error()), "no such volume") {
-				return nil
-			}
-			return err
-		})
-	})
 	pgName := name + "_postgres"
 	pgPort := testenv.FreePort(t)
-	pgID := createService(swarm.ServiceSpec{
-		Annotations: swarm.Annotations{Name: pgName, Labels: labels},
+	pgID := objs.service(swarm.ServiceSpec{
+		Annotations: swarm.Annotations{Name: pgName},
 		TaskTemplate: swarm.TaskSpec{
 			ContainerSpec: &swarm.ContainerSpec{
-				Image: pgRef + "@" + pgDigest,
-				Env:   []string{"POSTGRES_USER=postgres", "POSTGRES_DB=sawmill", "POSTGRES_PASSWORD_FILE=/run/secrets/db_password"},
-				Secrets: []*swarm.SecretReference{{
-					File:     &swarm.SecretReferenceFileTarget{Name: "db_password", UID: "0", GID: "0", Mode: 0o444},
-					SecretID: sec.ID, SecretName: secName,
-				}},
-				Configs: []*swarm.ConfigReference{{
-					File:     &swarm.ConfigReferenceFileTarget{Name: "/docker-entrypoint-initdb.d/10-events.sql", UID: "0", GID: "0", Mode: 0o444},
-					ConfigID: initSQL.ID, ConfigName: cfgName,
-				}},
+				Image:   pgRef + "@" + pgDigest,
+				Env:     []string{"POSTGRES_USER=postgres", "POSTGRES_DB=sawmill", "POSTGRES_PASSWORD_FILE=/run/secrets/db_password"},
+				Secrets: []*swarm.SecretReference{secretFile(sec, "db_password", "0", 0o444)},
+				Configs: []*swarm.ConfigReference{initSQL},
 				Healthcheck: &container.HealthConfig{
 					Test:     []string{"CMD", "pg_isready", "-U", "postgres", "-h", "127.0.0.1"},
 					Interval: time.Second, Timeout: 5 * time.Second, Retries: 60,
@@ -344,12 +183,12 @@ func TestLivePyDebianOnSwarm(t *testing.T) {
 			Networks:      networks,
 			RestartPolicy: &swarm.RestartPolicy{Condition: swarm.RestartPolicyConditionNone},
 		},
-		EndpointSpec: endpoint(5432, pgPort),
+		EndpointSpec: hostPort(5432, pgPort),
 	})
 
 	livePort := testenv.FreePort(t)
-	liveID := createService(swarm.ServiceSpec{
-		Annotations: swarm.Annotations{Name: name + "_live", Labels: labels},
+	liveID := objs.service(swarm.ServiceSpec{
+		Annotations: swarm.Annotations{Name: name + "_live"},
 		TaskTemplate: swarm.TaskSpec{
 			ContainerSpec: &swarm.ContainerSpec{
 				Image: liveRef + "@" + liveDigest,
@@ -358,10 +197,7 @@ func TestLivePyDebianOnSwarm(t *testing.T) {
 					"LIVE_DATABASE_PASSWORD_FILE=/run/secrets/db_password",
 					"LIVE_POLL_SECONDS=1",
 				},
-				Secrets: []*swarm.SecretReference{{
-					File:     &swarm.SecretReferenceFileTarget{Name: "db_password", UID: "65534", GID: "65534", Mode: 0o400},
-					SecretID: sec.ID, SecretName: secName,
-				}},
+				Secrets: []*swarm.SecretReference{secretFile(sec, "db_password", "65534", 0o400)},
 				// The compose file's healthcheck (the Dockerfile's), more often.
 				Healthcheck: &container.HealthConfig{
 					Test:     []string{"CMD", "python", "/app/live.py", "--healthcheck"},
@@ -372,19 +208,10 @@ func TestLivePyDebianOnSwarm(t *testing.T) {
 			Networks:      networks,
 			RestartPolicy: &swarm.RestartPolicy{Condition: swarm.RestartPolicyConditionNone},
 		},
-		EndpointSpec: endpoint(8080, livePort),
+		EndpointSpec: hostPort(8080, livePort),
 	})
 
-	pgContainer := waitHealthy(ctx, t, dc, pgID)
-	ci, err := dc.ContainerInspect(ctx, pgContainer, client.ContainerInspectOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, m := range ci.Container.Mounts {
-		if m.Type == mount.TypeVolume && m.Destination == "/var/lib/postgresql/data" {
-			pgVolume = m.Name
-		}
-	}
+	objs.keepVolume(waitHealthy(ctx, t, dc, pgID), "/var/lib/postgresql/data")
 	liveContainer := waitHealthy(ctx, t, dc, liveID)
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -519,9 +346,7 @@ func TestLivePyDebianOnSwarm(t *testing.T) {
 	}
 
 	// A row, inserted the way an ingest service would, through the database's published port.
-	u := url.URL{Scheme: "postgres", User: url.UserPassword("postgres", password), Host: net.JoinHostPort("127.0.0.1", strconv.Itoa(pgPort)),
-		Path: "/sawmill", RawQuery: "sslmode=disable&connect_timeout=10"}
-	conn, err := pgx.Connect(ctx, u.String())
+	conn, err := pgx.Connect(ctx, pgDSN("postgres", password, pgPort))
 	if err != nil {
 		t.Fatalf("connect to PostgreSQL: %v", err) // pgconn's errors never carry the password
 	}
@@ -569,20 +394,4 @@ func TestLivePyDebianOnSwarm(t *testing.T) {
 	if logs := containerLogs(ctx, t, dc, liveContainer); !strings.Contains(logs, "listening on 0.0.0.0:8080") {
 		t.Errorf("live_py's log lacks the listening line:\n%s", logs)
 	}
-}
-
-// serviceLogs returns the logs of the service's containers.
-func serviceLogs(ctx context.Context, t *testing.T, dc *client.Client, service string) string {
-	t.Helper()
-	tasks, err := dc.TaskList(ctx, client.TaskListOptions{Filters: make(client.Filters).Add("service", service)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out strings.Builder
-	for _, task := range tasks.Items {
-		if st := task.Status.ContainerStatus; st != nil && st.ContainerID != "" {
-			fmt.Fprintln(&out, containerLogs(ctx, t, dc, st.ContainerID))
-		}
-	}
-	return out.String()
 }

@@ -4,61 +4,33 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
-	"io"
-	"io/fs"
-	"net"
-	"net/url"
 	"os"
-	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/moby/moby/api/pkg/stdcopy"
 	"github.com/moby/moby/api/types/container"
-	"github.com/moby/moby/api/types/mount"
 	"github.com/moby/moby/api/types/swarm"
-	"github.com/moby/moby/client"
 
 	"github.com/sabeiro/sawmill/internal/imagebuild"
 	"github.com/sabeiro/sawmill/internal/testenv"
 )
 
-// needPostgres skips the test on a machine without Debian's PostgreSQL packages (CI installs them).
 func needPostgres(t *testing.T) {
 	t.Helper()
-	if _, err := os.Stat("/usr/lib/postgresql"); errors.Is(err, fs.ErrNotExist) {
-		t.Skip("PostgreSQL is not installed on this machine: apt-get install postgresql")
-	}
+	needInstalled(t, "/usr/lib/postgresql", "apt-get install postgresql")
 }
 
-var postgresOnce struct {
-	sync.Once
-	img  v1.Image
-	err  error
-	took time.Duration
-}
+var postgresBuild onceImage
 
 // postgresImage builds the image once per test process.
 func postgresImage(t *testing.T) v1.Image {
 	t.Helper()
-	postgresOnce.Do(func() {
-		start := time.Now()
-		postgresOnce.img, postgresOnce.err = imagebuild.PostgresDebian()
-		postgresOnce.took = time.Since(start)
-	})
-	if postgresOnce.err != nil {
-		t.Fatal(postgresOnce.err)
-	}
-	return postgresOnce.img
+	return postgresBuild.get(t, imagebuild.PostgresDebian)
 }
 
 func TestPostgresDebianImage(t *testing.T) {
@@ -68,29 +40,7 @@ func TestPostgresDebianImage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d1, err := img.Digest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	d2, err := again.Digest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if d1 != d2 {
-		t.Errorf("two builds from the same installed files differ: %s, %s", d1, d2)
-	}
-	layers, err := img.Layers()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var compressed int64
-	for _, l := range layers {
-		n, err := l.Size()
-		if err != nil {
-			t.Fatal(err)
-		}
-		compressed += n
-	}
+	d1, compressed := sameBuild(t, img, again)
 
 	cfg, err := img.ConfigFile()
 	if err != nil {
@@ -114,36 +64,7 @@ func TestPostgresDebianImage(t *testing.T) {
 	}
 
 	// The files: read the flattened filesystem.
-	type ent struct {
-		mode     int64
-		uid, gid int
-		typ      byte
-		link     string
-		data     []byte
-	}
-	files := map[string]ent{}
-	rc := mutate.Extract(img)
-	defer rc.Close()
-	tr := tar.NewReader(rc)
-	var uncompressed int64
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !h.ModTime.Equal(time.Unix(0, 0)) {
-			t.Errorf("%s: mtime %v", h.Name, h.ModTime)
-		}
-		e := ent{mode: h.Mode, uid: h.Uid, gid: h.Gid, typ: h.Typeflag, link: h.Linkname}
-		if strings.HasPrefix(h.Name, "etc/") {
-			e.data, _ = io.ReadAll(tr)
-		}
-		uncompressed += h.Size
-		files[strings.TrimSuffix(h.Name, "/")] = e
-	}
+	files, uncompressed := imageFiles(t, img, "etc/")
 	var major string
 	for _, kv := range c.Env {
 		if v, ok := strings.CutPrefix(kv, "PG_MAJOR="); ok {
@@ -177,7 +98,7 @@ func TestPostgresDebianImage(t *testing.T) {
 		t.Errorf("/etc/passwd, /etc/group:\n%s%s", files["etc/passwd"].data, files["etc/group"].data)
 	}
 	t.Logf("PostgreSQL %s image %s: %.1f MB compressed, %.1f MB of files; built in %s",
-		major, d1, float64(compressed)/1e6, float64(uncompressed)/1e6, postgresOnce.took.Round(time.Millisecond))
+		major, d1, float64(compressed)/1e6, float64(uncompressed)/1e6, postgresBuild.took.Round(time.Millisecond))
 }
 
 // TestPostgresDebianOnSwarm runs the image as a Swarm service the way a compose file for the upstream postgres
@@ -198,41 +119,12 @@ func TestPostgresDebianOnSwarm(t *testing.T) {
 	defer cancel()
 	name := "pgtest" + randomHex(t, 3)
 	password := randomHex(t, 16)
-	labels := map[string]string{"sawmill.test": "imagebuild.TestPostgresDebianOnSwarm"}
-
-	sec, err := dc.SecretCreate(ctx, client.SecretCreateOptions{Spec: swarm.SecretSpec{
-		Annotations: swarm.Annotations{Name: name + "_postgres_password", Labels: labels},
-		Data:        []byte(password + "\n"),
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		removeRetrying(t, "secret", func(ctx context.Context) error {
-			_, err := dc.SecretRemove(ctx, sec.ID, client.SecretRemoveOptions{})
-			return err
-		})
-	})
+	objs := newSwarmObjects(ctx, t, dc)
+	sec := objs.secret(name+"_postgres_password", []byte(password+"\n"))
 	// initScript makes a config and mounts it in /docker-entrypoint-initdb.d.
 	initScript := func(file string, mode os.FileMode, content string) *swarm.ConfigReference {
 		cname := name + "_" + strings.NewReplacer(".", "_", "-", "_").Replace(file)
-		cfg, err := dc.ConfigCreate(ctx, client.ConfigCreateOptions{Spec: swarm.ConfigSpec{
-			Annotations: swarm.Annotations{Name: cname, Labels: labels},
-			Data:        []byte(content),
-		}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			removeRetrying(t, "config", func(ctx context.Context) error {
-				_, err := dc.ConfigRemove(ctx, cfg.ID, client.ConfigRemoveOptions{})
-				return err
-			})
-		})
-		return &swarm.ConfigReference{
-			File:     &swarm.ConfigReferenceFileTarget{Name: "/docker-entrypoint-initdb.d/" + file, UID: "0", GID: "0", Mode: mode},
-			ConfigID: cfg.ID, ConfigName: cname,
-		}
+		return objs.config(cname, []byte(content), "/docker-entrypoint-initdb.d/"+file, mode)
 	}
 	configs := []*swarm.ConfigReference{
 		initScript("10-init.sql", 0o444, "CREATE TABLE greetings (id int PRIMARY KEY, message text NOT NULL);\n"+
@@ -251,7 +143,7 @@ SQL
 	port := testenv.FreePort(t)
 	grace := 30 * time.Second
 	spec := swarm.ServiceSpec{
-		Annotations: swarm.Annotations{Name: name, Labels: labels},
+		Annotations: swarm.Annotations{Name: name},
 		TaskTemplate: swarm.TaskSpec{
 			ContainerSpec: &swarm.ContainerSpec{
 				Image: ref + "@" + digest,
@@ -261,10 +153,7 @@ SQL
 					"POSTGRES_PASSWORD_FILE=/run/secrets/postgres_password",
 					"PGDATA=/var/lib/postgresql/data/pgdata",
 				},
-				Secrets: []*swarm.SecretReference{{
-					File:     &swarm.SecretReferenceFileTarget{Name: "postgres_password", UID: "0", GID: "0", Mode: 0o444},
-					SecretID: sec.ID, SecretName: name + "_postgres_password",
-				}},
+				Secrets: []*swarm.SecretReference{secretFile(sec, "postgres_password", "0", 0o444)},
 				Configs: configs,
 				Healthcheck: &container.HealthConfig{
 					Test:     []string{"CMD", "pg_isready", "-U", "postgres", "-h", "127.0.0.1"},
@@ -274,52 +163,13 @@ SQL
 			},
 			RestartPolicy: &swarm.RestartPolicy{Condition: swarm.RestartPolicyConditionNone},
 		},
-		EndpointSpec: &swarm.EndpointSpec{
-			Mode: swarm.ResolutionModeDNSRR,
-			Ports: []swarm.PortConfig{{
-				Protocol: "tcp", TargetPort: 5432, PublishedPort: uint32(port), PublishMode: swarm.PortConfigPublishModeHost,
-			}},
-		},
+		EndpointSpec: hostPort(5432, port),
 	}
-	svc, err := dc.ServiceCreate(ctx, client.ServiceCreateOptions{Spec: spec})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var volume string // the anonymous volume of the image's VOLUME (Swarm removes it with the container)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		if _, err := dc.ServiceRemove(ctx, svc.ID, client.ServiceRemoveOptions{}); err != nil {
-			t.Errorf("remove service: %v", err)
-		}
-		if volume != "" {
-			removeRetrying(t, "volume", func(ctx context.Context) error {
-				_, err := dc.VolumeRemove(ctx, volume, client.VolumeRemoveOptions{})
-				if err != nil && strings.Contains(strings.ToLower(err.Error()), "no such volume") {
-					return nil // Swarm removed it with the task's container
-				}
-				return err
-			})
-		}
-	})
-
-	id := waitHealthy(ctx, t, dc, svc.ID)
-	ci, err := dc.ContainerInspect(ctx, id, client.ContainerInspectOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, m := range ci.Container.Mounts {
-		if m.Type == mount.TypeVolume && m.Destination == "/var/lib/postgresql/data" {
-			volume = m.Name
-		}
-	}
+	id := waitHealthy(ctx, t, dc, objs.service(spec))
+	objs.keepVolume(id, "/var/lib/postgresql/data")
 
 	// The right password connects to POSTGRES_DB, where the init script made its table.
-	dsn := func(user, pw string) string {
-		u := url.URL{Scheme: "postgres", User: url.UserPassword(user, pw), Host: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)),
-			Path: "/sawmill", RawQuery: "sslmode=disable&connect_timeout=10"}
-		return u.String()
-	}
+	dsn := func(user, pw string) string { return pgDSN(user, pw, port) }
 	conn, err := pgx.Connect(ctx, dsn("postgres", password))
 	if err != nil {
 		t.Fatalf("connect with the secret's password: %v", err) // pgconn's errors name user and database, never the password
@@ -369,88 +219,4 @@ SQL
 	if strings.Contains(logs, password) {
 		t.Error("the log holds the password")
 	}
-}
-
-// waitHealthy waits for the service's task to run with a healthy container and returns the container's id.
-func waitHealthy(ctx context.Context, t *testing.T, dc *client.Client, service string) string {
-	t.Helper()
-	last := ""
-	for {
-		tasks, err := dc.TaskList(ctx, client.TaskListOptions{Filters: make(client.Filters).Add("service", service)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, task := range tasks.Items {
-			st := task.Status
-			last = string(st.State) + " " + st.Message + " " + st.Err
-			switch st.State {
-			case swarm.TaskStateFailed, swarm.TaskStateRejected, swarm.TaskStateShutdown, swarm.TaskStateComplete:
-				msg := last
-				if st.ContainerStatus != nil && st.ContainerStatus.ContainerID != "" {
-					msg += "\n" + containerLogs(ctx, t, dc, st.ContainerStatus.ContainerID)
-				}
-				t.Fatalf("task %s: %s", task.ID, msg)
-			case swarm.TaskStateRunning:
-				if st.ContainerStatus == nil || st.ContainerStatus.ContainerID == "" {
-					continue
-				}
-				ci, err := dc.ContainerInspect(ctx, st.ContainerStatus.ContainerID, client.ContainerInspectOptions{})
-				if err != nil {
-					t.Fatal(err)
-				}
-				if h := ci.Container.State.Health; h != nil {
-					last += " health " + string(h.Status)
-					if h.Status == container.Healthy {
-						return st.ContainerStatus.ContainerID
-					}
-				}
-			}
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("the service did not become healthy: %s", last)
-		case <-time.After(500 * time.Millisecond):
-		}
-	}
-}
-
-func containerLogs(ctx context.Context, t *testing.T, dc *client.Client, id string) string {
-	t.Helper()
-	rc, err := dc.ContainerLogs(ctx, id, client.ContainerLogsOptions{ShowStdout: true, ShowStderr: true})
-	if err != nil {
-		return "(logs: " + err.Error() + ")"
-	}
-	defer rc.Close()
-	var out bytes.Buffer
-	if _, err := stdcopy.StdCopy(&out, &out, rc); err != nil {
-		return out.String() + "\n(logs: " + err.Error() + ")"
-	}
-	return out.String()
-}
-
-// removeRetrying retries a removal that fails while the service's task still holds the object.
-func removeRetrying(t *testing.T, what string, remove func(context.Context) error) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	for {
-		err := remove(ctx)
-		if err == nil {
-			return
-		}
-		select {
-		case <-ctx.Done():
-			t.Errorf("remove %s: %v", what, err)
-			return
-		case <-time.After(500 * time.Millisecond):
-		}
-	}
-}
-
-func randomHex(t *testing.T, n int) string {
-	t.Helper()
-	b := make([]byte, n)
-	if _, err := rand.Read(b); err != nil {
-		t.Fatal(err)
-	}
-	return hex.EncodeToString(b)
 }
