@@ -114,7 +114,9 @@ func run(ctx context.Context, dc *client.Client, o options, out io.Writer) error
 		return err
 	}
 	defer os.RemoveAll(work)
-	commit, tag := revision(o.Repo)
+	// The pipeline tags the images it builds with the commit SHA.
+	commit := revision(o.Repo)
+	tag := commit
 
 	// 1. pipegen on this repository.
 	step(out, "pipegen plan --repo %s", o.Repo)
@@ -294,14 +296,14 @@ func command(ctx context.Context, out io.Writer, env []string, prog string, args
 	return nil
 }
 
-// revision is the repository's HEAD commit and the image tag the pipeline would give it (the commit SHA).
-func revision(repo string) (commit, tag string) {
+// revision is the repository's HEAD commit (forty zeros outside a git checkout).
+func revision(repo string) string {
 	b, err := exec.Command("git", "-C", repo, "rev-parse", "HEAD").Output()
-	commit = strings.TrimSpace(string(b))
+	commit := strings.TrimSpace(string(b))
 	if err != nil || len(commit) != 40 {
-		commit = strings.Repeat("0", 40)
+		return strings.Repeat("0", 40)
 	}
-	return commit, commit
+	return commit
 }
 
 // pipelineJobs lists the jobs of a generated pipeline in file order.
