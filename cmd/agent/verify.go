@@ -66,7 +66,7 @@ func loadTrust(v *viper.Viper) (*verify.Trust, error) {
 	if !v.IsSet("trust") {
 		return nil, usageError{errors.New("no trust policy: give --trust FILE (or `trust:` in the config file), or --skip-verify for development")}
 	}
-	var p verify.Policy
+	var p verify.TrustPolicy
 	if err := v.UnmarshalKey("trust", &p); err != nil {
 		return nil, usageError{fmt.Errorf("trust policy: %w", err)}
 	}

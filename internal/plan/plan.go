@@ -9,6 +9,8 @@ package plan
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"strings"
 
@@ -140,7 +142,7 @@ func Compute(wanted, observed *stack.Stack) (*Plan, error) {
 		// After the update the current spec becomes PreviousSpec: what it references must stay.
 		refs(o.Spec, s.Name, keep)
 	}
-	for _, name := range sortedNames(obsSvc) {
+	for _, name := range slices.Sorted(maps.Keys(obsSvc)) {
 		if o := obsSvc[name]; stack.OwnedBy(o.Spec.Labels, wanted.Name) {
 			svcChanges = append(svcChanges, Change{Kind: stack.KindService, Name: name, Action: Deleted})
 		}
@@ -150,7 +152,7 @@ func Compute(wanted, observed *stack.Stack) (*Plan, error) {
 	p.objects(stack.KindConfig, wanted.Configs, observed.Configs, keep)
 	p.Changes = append(p.Changes, svcChanges...)
 
-	for _, name := range sortedNames(obsNet) {
+	for _, name := range slices.Sorted(maps.Keys(obsNet)) {
 		if o := obsNet[name]; stack.OwnedBy(o.Labels, wanted.Name) {
 			p.add(stack.KindNetwork, name, Deleted, nil, "")
 		}
@@ -179,7 +181,7 @@ func (p *Plan) objects(kind stack.Kind, wanted, observed []stack.Object, keep ma
 		}
 		p.add(kind, w.Name, Created, nil, "")
 	}
-	for _, name := range sortedNames(obs) {
+	for _, name := range slices.Sorted(maps.Keys(obs)) {
 		o := obs[name]
 		if !stack.OwnedBy(o.Labels, p.Stack) {
 			continue
@@ -215,15 +217,6 @@ func image(spec swarm.ServiceSpec) string {
 		return ""
 	}
 	return spec.TaskTemplate.ContainerSpec.Image
-}
-
-func sortedNames[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }
 
 // Normalize rewrites an observed spec into the form the converter produces: object references by name (the

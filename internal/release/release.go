@@ -14,62 +14,32 @@ package release
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
-	"regexp"
-	"sort"
+	"slices"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
 
 	"github.com/sabeiro/sawmill/internal/discover"
+	"github.com/sabeiro/sawmill/internal/manifest"
+	"github.com/sabeiro/sawmill/internal/stack"
 )
 
-// SchemaVersion is the version of release.json this package writes.
-const SchemaVersion = 1
-
-// FileName is the name of the release manifest inside the release directory.
-const FileName = "release.json"
-
-// Release is release.json.
-type Release struct {
-	SchemaVersion int              `json:"schema_version"`
-	Project       string           `json:"project"`
-	Commit        string           `json:"commit"`
-	Ref           string           `json:"ref"`
-	Pipeline      Pipeline         `json:"pipeline"`
-	Registry      string           `json:"registry"`
-	Channel       string           `json:"channel"`
-	Images        map[string]Image `json:"images"`
-	Stacks        map[string]Stack `json:"stacks"`
-}
-
-// Pipeline identifies the GitLab pipeline that made the release.
-type Pipeline struct {
-	ID  int64  `json:"id"`
-	URL string `json:"url"`
-}
-
-// Image is one image of the release.
-type Image struct {
-	Repository string `json:"repository"` // <registry>/<name>
-	Tag        string `json:"tag"`        // the tag pushed (rebuilt) or resolved (reused)
-	Digest     string `json:"digest"`     // sha256:<64 hex>
-	Rebuilt    bool   `json:"rebuilt"`    // built and signed in this pipeline
-	Ref        string `json:"ref"`        // repository:tag@digest, as pinned in the compose files
-}
-
-// Stack is one stack of the release.
-type Stack struct {
-	// Files are the compose files, relative to the release directory, base file first and
-	// then the environment overrides sorted by environment.
-	Files []string `json:"files"`
-	// Environments maps an environment to the files to load for it (base + its override).
-	Environments map[string][]string `json:"environments,omitempty"`
-}
+// The release.json schema is internal/manifest's; these names keep the writer's code short.
+type (
+	// Release is release.json.
+	Release = manifest.Release
+	// Pipeline identifies the GitLab pipeline that made the release.
+	Pipeline = manifest.Pipeline
+	// Image is one image of the release.
+	Image = manifest.Image
+	// Stack is one stack of the release.
+	Stack = manifest.Stack
+)
 
 // Registry resolves tags and moves them. See NewRegistry for the real one.
 type Registry interface {
@@ -101,8 +71,6 @@ type Input struct {
 	Environments  []string // configured environments (for Stack.Environments)
 }
 
-var digestRE = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
-
 // Slug is GitLab's CI_COMMIT_REF_SLUG of a ref: lower case, every character other than
 // a-z and 0-9 replaced by '-', at most 63 bytes, no leading or trailing '-'.
 func Slug(ref string) string {
@@ -128,7 +96,7 @@ func Make(ctx context.Context, in Input, reg Registry) (*Release, map[string][]b
 		return nil, nil, errors.New("commit and ref are required (CI_COMMIT_SHA, CI_COMMIT_REF_NAME)")
 	}
 	rel := &Release{
-		SchemaVersion: SchemaVersion,
+		SchemaVersion: manifest.SchemaVersion,
 		Project:       in.Project,
 		Commit:        in.Commit,
 		Ref:           in.Ref,
@@ -145,7 +113,7 @@ func Make(ctx context.Context, in Input, reg Registry) (*Release, map[string][]b
 		}
 		seen[name] = true
 		d := in.Digests[name]
-		if !digestRE.MatchString(d) {
+		if !stack.IsDigest(d) {
 			return nil, nil, fmt.Errorf("image %s was rebuilt but its digest %q is not sha256:<64 hex> (dotenv variable missing?)", name, d)
 		}
 		repo := in.Registry + "/" + name
@@ -200,11 +168,11 @@ func Make(ctx context.Context, in Input, reg Registry) (*Release, map[string][]b
 		}
 		rel.Stacks[st.Name] = s
 	}
-	b, err := json.MarshalIndent(rel, "", "  ")
+	b, err := manifest.Encode(rel)
 	if err != nil {
-		return nil, nil, fmt.Errorf("encode %s: %w", FileName, err)
+		return nil, nil, err
 	}
-	files[FileName] = append(b, '\n')
+	files[manifest.FileName] = b
 	return rel, files, nil
 }
 
@@ -223,7 +191,7 @@ func resolve(ctx context.Context, reg Registry, repo string, channels []string) 
 		if err != nil {
 			return Image{}, fmt.Errorf("resolve %s: %w", ref, err)
 		}
-		if !digestRE.MatchString(d) {
+		if !stack.IsDigest(d) {
 			return Image{}, fmt.Errorf("resolve %s: unexpected digest %q", ref, d)
 		}
 		return Image{Repository: repo, Tag: tag, Digest: d, Ref: ref + "@" + d}, nil
@@ -234,12 +202,7 @@ func resolve(ctx context.Context, reg Registry, repo string, channels []string) 
 // Publish moves the release's channel tag of every image to the image's digest, so the
 // next pipeline on this ref can reuse what this one released.
 func Publish(ctx context.Context, rel *Release, reg Registry) error {
-	names := make([]string, 0, len(rel.Images))
-	for n := range rel.Images {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	for _, n := range names {
+	for _, n := range slices.Sorted(maps.Keys(rel.Images)) {
 		img := rel.Images[n]
 		if err := reg.Tag(ctx, img.Repository, img.Digest, rel.Channel); err != nil {
 			return fmt.Errorf("tag %s:%s -> %s: %w", img.Repository, rel.Channel, img.Digest, err)
@@ -260,12 +223,7 @@ func Write(dir string, files map[string][]byte) error {
 		return fmt.Errorf("create temporary directory: %w", err)
 	}
 	defer os.RemoveAll(tmp)
-	paths := make([]string, 0, len(files))
-	for p := range files {
-		paths = append(paths, p)
-	}
-	sort.Strings(paths)
-	for _, p := range paths {
+	for _, p := range slices.Sorted(maps.Keys(files)) {
 		dst := filepath.Join(tmp, filepath.FromSlash(p))
 		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 			return fmt.Errorf("create %s: %w", filepath.Dir(dst), err)

@@ -2,16 +2,17 @@ package source
 
 import (
 	"context"
-	"github.com/sabeiro/sawmill/internal/testenv"
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/sabeiro/sawmill/internal/testenv"
 )
 
 func TestGitFollowsTheRef(t *testing.T) {
 	files := func(commit string) map[string]string {
 		return map[string]string{
-			"deploy/release.json":                 manifest(commit, "stacks/platform/compose.yaml"),
+			"deploy/release.json":                 releaseJSON(commit, "stacks/platform/compose.yaml"),
 			"deploy/stacks/platform/compose.yaml": "services:\n  a:\n    image: x:" + commit[:4] + "\n",
 		}
 	}
