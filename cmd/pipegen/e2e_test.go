@@ -3,7 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"github.com/sabeiro/sawmill/internal/testenv"
+	"github.com/sabeiro/sawmill/internal/testing/testenv"
 	"os"
 	"os/exec"
 	"path/filepath"

@@ -41,6 +41,8 @@ type Change struct {
 	Fields []string `json:"fields,omitempty"`
 	// Detail is a short human note: the image change, drift, or why a superseded object is kept.
 	Detail string `json:"detail,omitempty"`
+	// Drift: the object was changed outside the agent (its spec no longer matches what the agent wrote).
+	Drift bool `json:"drift,omitempty"`
 }
 
 // Plan is the change set for one stack.
@@ -138,7 +140,7 @@ func Compute(wanted, observed *stack.Stack) (*Plan, error) {
 		if drift {
 			detail = strings.TrimPrefix(detail+"; changed outside the agent (drift)", "; ")
 		}
-		svcChanges = append(svcChanges, Change{Kind: stack.KindService, Name: s.Name, Action: Configured, Fields: fields, Detail: detail})
+		svcChanges = append(svcChanges, Change{Kind: stack.KindService, Name: s.Name, Action: Configured, Fields: fields, Detail: detail, Drift: drift})
 		// After the update the current spec becomes PreviousSpec: what it references must stay.
 		refs(o.Spec, s.Name, keep)
 	}

@@ -7,8 +7,9 @@
 // and a [Registry] to resolve reused images' release tags to digests and to move those tags.
 // Out: a [Release] and its files, written atomically to a directory.
 //
-// It imports the standard library, internal/discover, go.yaml.in/yaml/v3 and
-// go-containerregistry; it is used only by cmd/pipegen (`pipegen release`).
+// It imports the standard library, internal/discover, internal/manifest (the release.json
+// schema it writes, which the agent reads), internal/stack (the digest pattern),
+// go.yaml.in/yaml/v3 and go-containerregistry; it is used only by cmd/pipegen (`pipegen release`).
 package release
 
 import (

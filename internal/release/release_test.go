@@ -12,7 +12,7 @@ import (
 	"testing"
 
 	"github.com/sabeiro/sawmill/internal/manifest"
-	"github.com/sabeiro/sawmill/internal/testenv"
+	"github.com/sabeiro/sawmill/internal/testing/testenv"
 
 	"github.com/google/go-containerregistry/pkg/registry"
 

@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/sabeiro/sawmill/internal/testenv"
+	"github.com/sabeiro/sawmill/internal/testing/testenv"
 )
 
 func TestGitFollowsTheRef(t *testing.T) {
@@ -17,7 +17,7 @@ func TestGitFollowsTheRef(t *testing.T) {
 		}
 	}
 	repo := testenv.NewGitRepo(t, files(sha1))
-	g := &Git{URL: "file://" + repo.Dir, Ref: "main", Path: "deploy", Dir: t.TempDir()}
+	g := &Git{URL: "file://" + repo.Dir, Ref: "main", Path: "deploy", Dir: t.TempDir(), Env: os.Environ()}
 	rel, key1, err := g.Latest(context.Background())
 	if err != nil {
 		t.Fatal(err)

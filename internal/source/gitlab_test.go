@@ -14,7 +14,7 @@ import (
 	gitlab "gitlab.com/gitlab-org/api/client-go"
 
 	"github.com/sabeiro/sawmill/internal/fault"
-	"github.com/sabeiro/sawmill/internal/testenv"
+	"github.com/sabeiro/sawmill/internal/testing/testenv"
 )
 
 const sha1 = "1111111111111111111111111111111111111111"

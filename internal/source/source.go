@@ -3,8 +3,8 @@
 // release artifact of that deployment's job) or from a local directory.
 //
 // In: where to look (GitLab URL, project, environment; or a directory). Out: a *Release whose compose files
-// are in a local directory, ready for internal/compose. It imports client-go, internal/fault and the
-// standard library; nothing of the agent's other stages.
+// are in a local directory, ready for internal/compose. It imports client-go, internal/fault, internal/manifest
+// (the release.json schema) and the standard library; nothing of the agent's other stages.
 package source
 
 import (
