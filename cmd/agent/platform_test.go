@@ -38,6 +38,7 @@ func platformEnv(t *testing.T) {
 	t.Setenv("REGISTRY", platformRegistry)
 	t.Setenv("TAG", "test")
 	t.Setenv("DOMAIN", "sawmill.test")
+	t.Setenv("SAWMILL_GRANT", "edge:edge") // the platform grants the edge service its role (--grant edge:edge)
 	for _, name := range platformSecretEnv {
 		t.Setenv(name, platformSecretValue(name))
 	}

@@ -17,7 +17,9 @@ are (as in the compose files). conftest reaches the agent's decisions on it:
   conftest test --policy policies/ stack.json`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			in, err := loadInput(v, cmd, args)
+			// What variables put into the compose files is shown as <redacted>: the document is for policies
+			// and people, and a variable may hold a credential.
+			in, err := loadInput(v, cmd, args, func(value string) { d.redact.Add(value) })
 			if err != nil {
 				return err
 			}

@@ -28,6 +28,12 @@ type converter struct {
 	st      *stack.Stack
 	// noValues lets secrets and configs whose value is not available load without it (Options.WithoutValues).
 	noValues bool
+	// env is the environment the objects are labelled with (Options.Environment).
+	env string
+	// nameKey keys the content hashes of secret and config names (Options.NameKey).
+	nameKey []byte
+	// conf confines file reads to the release (Options.Root); nil: not confined.
+	conf *confinement
 	// secret and config names by compose key, after hashing.
 	secretNames, configNames map[string]string
 }
@@ -96,7 +102,7 @@ func (c *converter) networks() error {
 		nw := stack.Network{
 			Name: name, Key: key, Driver: driver, Attachable: n.Attachable, Internal: n.Internal,
 			Options: map[string]string(n.DriverOpts),
-			Labels:  stack.StackLabels(c.project.Name, n.Labels),
+			Labels:  c.stackLabels(n.Labels),
 		}
 		if n.Ipam.Driver != "" || len(n.Ipam.Config) > 0 {
 			ipam := &network.IPAM{Driver: n.Ipam.Driver, Options: map[string]string(n.Ipam.Options)}
@@ -179,7 +185,7 @@ func (c *converter) objects(kind string, in map[string]fileObject, out *[]stack.
 		var data []byte
 		switch {
 		case o.File != "":
-			b, err := os.ReadFile(o.File)
+			b, err := c.conf.readFile(o.File)
 			if err != nil && c.noValues {
 				c.warn("", kind+"."+key+".file", "", "cannot read "+o.File+": judged without its value")
 				break
@@ -209,12 +215,12 @@ func (c *converter) objects(kind string, in map[string]fileObject, out *[]stack.
 		if base == "" {
 			base = stack.Scope(c.project.Name, key)
 		}
-		hash := stack.ContentHash(c.project.Name, key, data)
+		hash := stack.ContentHash(c.nameKey, c.project.Name, key, data)
 		if len(base) > 50 {
 			base = base[:50]
 		}
 		name := base + "-" + hash
-		labels := stack.StackLabels(c.project.Name, o.Labels)
+		labels := c.stackLabels(o.Labels)
 		labels[stack.LabelKey] = key
 		labels[stack.LabelContentHash] = hash
 		names[key] = name
@@ -312,7 +318,7 @@ func (c *converter) service(s types.ServiceConfig) (stack.Service, error) {
 	if deploy == nil {
 		deploy = &types.DeployConfig{}
 	}
-	serviceLabels := stack.StackLabels(ns, deploy.Labels)
+	serviceLabels := c.stackLabels(deploy.Labels)
 	serviceLabels[stack.LabelImage] = image
 	containerLabels := map[string]string{}
 	for k, v := range s.Labels {
@@ -560,7 +566,7 @@ func (c *converter) mounts(s types.ServiceConfig, at func(...string) []string) (
 					m.Source = stack.Scope(c.project.Name, v.Source)
 				}
 				if !vol.External {
-					opts := &mount.VolumeOptions{Labels: stack.StackLabels(c.project.Name, vol.Labels)}
+					opts := &mount.VolumeOptions{Labels: c.stackLabels(vol.Labels)}
 					delete(opts.Labels, stack.LabelOwner)
 					if vol.Driver != "" {
 						opts.DriverConfig = &mount.Driver{Name: vol.Driver, Options: map[string]string(vol.DriverOpts)}
@@ -743,4 +749,14 @@ func endpoint(s types.ServiceConfig, d *types.DeployConfig) (*swarm.EndpointSpec
 		return a.TargetPort < b.TargetPort
 	})
 	return ep, nil
+}
+
+// stackLabels are the labels of every object the agent creates for the stack: the namespace, the owner, and
+// the environment when known, merged over extra.
+func (c *converter) stackLabels(extra map[string]string) map[string]string {
+	l := stack.StackLabels(c.project.Name, extra)
+	if c.env != "" {
+		l[stack.LabelEnvironment] = c.env
+	}
+	return l
 }

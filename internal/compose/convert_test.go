@@ -260,9 +260,10 @@ func TestOverridesProfilesAndStackName(t *testing.T) {
 }
 
 func TestSecretNameFollowsContent(t *testing.T) {
+	key := []byte("0123456789abcdef0123456789abcdef")
 	names := map[string]string{}
 	for _, v := range []string{"one", "two", "one"} {
-		st, err := load(t, map[string]string{"compose.yaml": base, "db_password.txt": v}, Options{Env: []string{"DOTENV_VALUE=x"}})
+		st, err := load(t, map[string]string{"compose.yaml": base, "db_password.txt": v}, Options{Env: []string{"DOTENV_VALUE=x"}, NameKey: key})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -274,9 +275,20 @@ func TestSecretNameFollowsContent(t *testing.T) {
 	if names["one"] == names["two"] {
 		t.Fatalf("a changed value kept the name %s", names["one"])
 	}
-	st, _ := load(t, map[string]string{"compose.yaml": base, "db_password.txt": "one"}, Options{Env: []string{"DOTENV_VALUE=x"}})
+	st, _ := load(t, map[string]string{"compose.yaml": base, "db_password.txt": "one"}, Options{Env: []string{"DOTENV_VALUE=x"}, NameKey: key})
 	if st.Secrets[0].Name != names["one"] {
 		t.Fatal("the same value got another name")
+	}
+	// The name is keyed: without the swarm's key a guessed value does not give the name.
+	other, _ := load(t, map[string]string{"compose.yaml": base, "db_password.txt": "one"}, Options{Env: []string{"DOTENV_VALUE=x"}, NameKey: []byte("another key, another swarm......")})
+	if other.Secrets[0].Name == names["one"] {
+		t.Fatal("the name does not depend on the key")
+	}
+	// Without a key (check, render) the name leaves the value out.
+	a, _ := load(t, map[string]string{"compose.yaml": base, "db_password.txt": "one"}, Options{Env: []string{"DOTENV_VALUE=x"}})
+	b, _ := load(t, map[string]string{"compose.yaml": base, "db_password.txt": "two"}, Options{Env: []string{"DOTENV_VALUE=x"}})
+	if a.Secrets[0].Name != b.Secrets[0].Name {
+		t.Fatal("without a key the name depends on the value")
 	}
 }
 
