@@ -44,6 +44,9 @@ type parityCase struct {
 	profiles []string
 	// env is added to the environment of both tools.
 	env map[string]string
+	// agentDrops are keys the agent must report as dropped (docker reports the keys it ignores; the test
+	// also checks the agent reports those).
+	agentDrops []string
 	// serial: the stacks cannot exist side by side (a published ingress port, a fixed subnet), so they are
 	// deployed, observed and removed one at a time.
 	serial bool
@@ -60,8 +63,8 @@ var parityCorpus = []parityCase{
 	{dir: "06-anchors-extensions"},
 	{dir: "07-override-files", serial: true, files: []string{"compose.yaml", "override.yaml", "production.yaml"}},
 	{dir: "08-profiles", profiles: []string{"debug"}},
-	{dir: "09-dropped-keys"},
-	{dir: "10-dropped-compose-spec"},
+	{dir: "09-dropped-keys", agentDrops: []string{"tmpfs", "privileged", "network_mode", "depends_on"}},
+	{dir: "10-dropped-with-warnings"},
 	{dir: "11-secrets-configs"},
 	{dir: "12-networks-volumes", serial: true},
 	{dir: "13-health-restart"},
@@ -72,9 +75,10 @@ var parityCorpus = []parityCase{
 	{dir: "18-image-references"},
 	{dir: "19-dotenv"},
 	{dir: "20-env-file"},
-	{dir: "21-refused-keys"},
+	{dir: "21-refused-keys", agentDrops: []string{"mem_limit", "volumes_from"}},
 	{dir: "22-compose-spec-keys"},
 	{dir: "23-group-add"},
+	{dir: "24-unknown-to-docker", agentDrops: []string{"cpus", "runtime", "uts", "pull_policy"}},
 }
 
 // difference is a deliberate difference between the agent and docker stack deploy. This table is the one
@@ -91,7 +95,7 @@ type difference struct {
 	// input adapts what docker is given (its environment, or a file it can read) so that the rest of the
 	// case is still compared.
 	input func(t *testing.T, c parityCase, in *dockerInput)
-	// normalize sets the difference aside in what the engine stored for the agent's stack.
+	// normalize sets the difference aside in what the engine stored, for both tools' stacks.
 	normalize func(o *observed)
 	// ignoredKey: docker says it ignores this key but the agent does not report it as dropped (see reason).
 	ignoredKey string
@@ -113,7 +117,7 @@ var deliberate = []difference{
 		what:    "files without `version:` (the compose specification) with docker 20.10",
 		reason:  "docker 20.10's stack deploy reads only the versioned 3.x schema; the agent reads the compose specification (compose-go), which also accepts 3.x files",
 		docker:  "20.10.",
-		cases:   []string{"02-swarm-features", "10-dropped-compose-spec", "15-modes-endpoints"},
+		cases:   []string{"02-swarm-features", "15-modes-endpoints"},
 		rejects: "unsupported Compose file version: 1.0",
 	},
 	{
@@ -142,6 +146,21 @@ var deliberate = []difference{
 		rejects: "Additional property dns_opt is not allowed",
 	},
 	{
+		what: "override files that replace a volume (same target) with docker 20.10",
+		reason: "docker 20.10 appends the later file's volumes instead of replacing the one with the same target, and the engine refuses " +
+			"the duplicate mount point; newer docker CLIs and the agent (compose-go) replace it",
+		docker:  "20.10.",
+		cases:   []string{"07-override-files"},
+		rejects: "duplicate mount point",
+	},
+	{
+		what: "cpus, runtime, uts, pull_policy, scale (compose specification keys Swarm cannot apply)",
+		reason: "docker stack deploy's schema does not know them and refuses the file; the agent reports them as dropped keys and deploys " +
+			"the rest (scale, like docker compose, is the replica count when deploy.replicas is absent)",
+		cases:   []string{"24-unknown-to-docker"},
+		rejects: "is not allowed",
+	},
+	{
 		what:    "group_add",
 		reason:  "docker stack deploy's schema does not know the key and refuses the file; the agent applies it (Swarm's ContainerSpec.Groups), as the compose specification says",
 		cases:   []string{"23-group-add"},
@@ -153,6 +172,12 @@ var deliberate = []difference{
 			"the agent submits condition none, which is what the key says",
 		cases:     []string{"09-dropped-keys", "13-health-restart"},
 		normalize: restartNoAsDocker("<STACK>_db", "<STACK>_disabled"),
+	},
+	{
+		what: "the order of extra_hosts",
+		reason: "compose-go keeps extra_hosts in a map, so the agent submits them sorted by host name; docker keeps the order " +
+			"of the file. The container's /etc/hosts has the same lines",
+		normalize: sortHosts,
 	},
 	{
 		what:       "`restart:` is not reported as dropped when deploy.restart_policy is absent",
@@ -410,10 +435,15 @@ func TestParityWithDockerStackDeploy(t *testing.T) {
 				}
 				b, err := cmd.CombinedOutput()
 				d.out = string(b)
+				t.Logf("docker %s stack deploy %s -> %v\n%s", d.cli.version, d.stack, err, b)
 				if err != nil {
 					d.err = fmt.Errorf("docker %s stack deploy: %w", d.cli.version, err)
+					return
 				}
-				t.Logf("docker %s stack deploy %s -> %v\n%s", d.cli.version, d.stack, err, b)
+				// The agent waits for its tasks; docker does not. The volumes a task creates are compared too.
+				if err := waitRunning(ctx, dc, d.stack, 90*time.Second); err != nil {
+					t.Errorf("docker %s stack %s: %v", d.cli.version, d.stack, err)
+				}
 			}
 			observe := func(d *deployment, isAgent bool) {
 				if d.err != nil {
@@ -448,6 +478,11 @@ func TestParityWithDockerStackDeploy(t *testing.T) {
 			if agent.err != nil {
 				t.Fatalf("%v:\n%s", agent.err, agent.out)
 			}
+			for _, key := range c.agentDrops {
+				if agent.obs != nil && !agent.obs.warnings[key] {
+					t.Errorf("the agent does not report %s as dropped", key)
+				}
+			}
 
 			for _, d := range docker {
 				t.Run("docker-"+d.cli.version, func(t *testing.T) {
@@ -475,13 +510,14 @@ func TestParityWithDockerStackDeploy(t *testing.T) {
 					if agent.obs == nil || d.obs == nil {
 						t.Fatal("a stack could not be observed")
 					}
-					got := agent.obs.clone()
+					got, want := agent.obs.clone(), d.obs.clone()
 					for _, df := range d.diffs {
 						if df.normalize != nil {
 							df.normalize(got)
+							df.normalize(want)
 						}
 					}
-					for _, diff := range compareObserved(d.obs, got) {
+					for _, diff := range compareObserved(want, got) {
 						t.Error(diff)
 					}
 					// Every key docker says it ignores, the agent reports as dropped.
@@ -780,6 +816,31 @@ func stripContentHash(o *observed) {
 	}
 }
 
+// sortHosts sorts every service's ContainerSpec.Hosts.
+func sortHosts(o *observed) {
+	for _, flat := range o.services {
+		var hosts []string
+		for i := 0; ; i++ {
+			v, ok := flat["TaskTemplate.ContainerSpec.Hosts."+strconv.Itoa(i)]
+			if !ok {
+				break
+			}
+			var h string
+			_ = json.Unmarshal([]byte(v), &h)
+			hosts = append(hosts, h)
+		}
+		// "IP host": by host name, then address.
+		sort.Slice(hosts, func(i, j int) bool {
+			ai, ni, _ := strings.Cut(hosts[i], " ")
+			aj, nj, _ := strings.Cut(hosts[j], " ")
+			return ni < nj || ni == nj && ai < aj
+		})
+		for i, h := range hosts {
+			flat["TaskTemplate.ContainerSpec.Hosts."+strconv.Itoa(i)] = jsonString(h)
+		}
+	}
+}
+
 // restartNoAsDocker removes the restart policy `restart: "no"` gave the agent's services (condition none
 // and nothing else), as docker leaves it out.
 func restartNoAsDocker(services ...string) func(o *observed) {
@@ -898,13 +959,66 @@ func droppedKeys(out string, isAgent bool) map[string]bool {
 			keys[strings.TrimSpace(k)] = true
 		}
 	}
+	// "Ignoring deprecated options:", then "key: why" lines separated by blank lines.
 	if _, deprecated, ok := strings.Cut(out, "Ignoring deprecated options:"); ok {
-		block, _, _ := strings.Cut(strings.TrimLeft(deprecated, "\n"), "\n\n")
-		for _, m := range dockerDeprecatedKey.FindAllStringSubmatch(block, -1) {
+		for _, line := range strings.Split(deprecated, "\n") {
+			if strings.TrimSpace(line) == "" {
+				continue
+			}
+			m := dockerDeprecatedKey.FindStringSubmatch(line)
+			if m == nil {
+				break
+			}
 			keys[m[1]] = true
 		}
 	}
 	return keys
+}
+
+// waitRunning waits until every replicated service of the stack runs its replicas and every global one runs
+// a task (jobs are not waited for).
+func waitRunning(ctx context.Context, dc *client.Client, name string, timeout time.Duration) error {
+	byLabel := make(client.Filters).Add("label", stack.LabelNamespace+"="+name)
+	deadline := time.Now().Add(timeout)
+	for {
+		svcs, err := dc.ServiceList(ctx, client.ServiceListOptions{Filters: byLabel})
+		if err != nil {
+			return fmt.Errorf("list services: %w", err)
+		}
+		var pending []string
+		for _, s := range svcs.Items {
+			want := 0
+			switch m := s.Spec.Mode; {
+			case m.Replicated != nil && m.Replicated.Replicas != nil:
+				want = int(*m.Replicated.Replicas)
+			case m.Global != nil:
+				want = 1
+			}
+			if want == 0 {
+				continue
+			}
+			tasks, err := dc.TaskList(ctx, client.TaskListOptions{Filters: make(client.Filters).Add("service", s.ID).Add("desired-state", "running")})
+			if err != nil {
+				return fmt.Errorf("list tasks: %w", err)
+			}
+			running := 0
+			for _, task := range tasks.Items {
+				if task.Status.State == swarm.TaskStateRunning {
+					running++
+				}
+			}
+			if running < want {
+				pending = append(pending, s.Spec.Name)
+			}
+		}
+		if len(pending) == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("services %s did not run within %s", strings.Join(pending, ", "), timeout)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
 }
 
 // removeParityStack removes a stack's services, secrets, configs and networks, then its volumes (once the
