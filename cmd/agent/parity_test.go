@@ -78,6 +78,7 @@ var parityCorpus = []parityCase{
 	{dir: "21-refused-keys", agentDrops: []string{"mem_limit", "volumes_from"}},
 	{dir: "22-compose-spec-keys"},
 	{dir: "23-group-add"},
+	{dir: "25-config-template"},
 	{dir: "24-unknown-to-docker", agentDrops: []string{"cpus", "runtime", "uts", "pull_policy"}},
 }
 
@@ -92,6 +93,9 @@ type difference struct {
 	// rejects: docker refuses the case's files with an error containing this (the agent deploys them). The
 	// test fails if docker accepts them, so the entry cannot outlive the difference.
 	rejects string
+	// agentRejects: the agent refuses the case's files (exit 2) with an error containing this; docker
+	// deploys them. The test fails if either changes.
+	agentRejects string
 	// input adapts what docker is given (its environment, or a file it can read) so that the rest of the
 	// case is still compared.
 	input func(t *testing.T, c parityCase, in *dockerInput)
@@ -159,6 +163,20 @@ var deliberate = []difference{
 			"the rest (scale, like docker compose, is the replica count when deploy.replicas is absent)",
 		cases:   []string{"24-unknown-to-docker"},
 		rejects: "is not allowed",
+	},
+	{
+		what: "secret and config drivers (template_driver, driver)",
+		reason: "the agent refuses them (exit 2): a templated or driver-provided value is not the file's content, so the content hash " +
+			"in the name would not follow a change; docker stack deploy submits them",
+		cases:        []string{"25-config-template"},
+		agentRejects: "drivers are not supported by the agent",
+	},
+	{
+		what: "a secret target written as /run/secrets/<source>",
+		reason: "compose-go writes a missing target as /run/secrets/<source>, so the agent cannot tell it from one written out and submits " +
+			"the bare name for both, as docker does for a missing target; the file in the container is the same",
+		cases:     []string{"11-secrets-configs"},
+		normalize: bareSecretTarget("/run/secrets/spelled_out"),
 	},
 	{
 		what:    "group_add",
@@ -475,6 +493,17 @@ func TestParityWithDockerStackDeploy(t *testing.T) {
 				}
 				wg.Wait()
 			}
+			if df, ok := agentRejected(c.dir); ok {
+				if agent.err == nil || !strings.Contains(agent.out, df.agentRejects) || !strings.Contains(agent.err.Error(), "exit 2") {
+					t.Fatalf("deliberate difference %q says the agent refuses %s with %q (exit 2); it gave %v:\n%s", df.what, c.dir, df.agentRejects, agent.err, agent.out)
+				}
+				for _, d := range docker {
+					if d.err != nil {
+						t.Errorf("deliberate difference %q says docker deploys %s, docker %s did not:\n%s", df.what, c.dir, d.cli.version, d.out)
+					}
+				}
+				return
+			}
 			if agent.err != nil {
 				t.Fatalf("%v:\n%s", agent.err, agent.out)
 			}
@@ -531,6 +560,15 @@ func TestParityWithDockerStackDeploy(t *testing.T) {
 			}
 		})
 	}
+}
+
+func agentRejected(dir string) (difference, bool) {
+	for _, d := range deliberate {
+		if d.agentRejects != "" && d.appliesTo(dir, "") {
+			return d, true
+		}
+	}
+	return difference{}, false
 }
 
 func (d difference) appliesTo(dir, version string) bool {
@@ -837,6 +875,19 @@ func sortHosts(o *observed) {
 		})
 		for i, h := range hosts {
 			flat["TaskTemplate.ContainerSpec.Hosts."+strconv.Itoa(i)] = jsonString(h)
+		}
+	}
+}
+
+// bareSecretTarget writes a secret reference's target written out as /run/secrets/<name> as the bare name.
+func bareSecretTarget(target string) func(o *observed) {
+	return func(o *observed) {
+		for _, flat := range o.services {
+			for k, v := range flat {
+				if strings.HasPrefix(k, "TaskTemplate.ContainerSpec.Secrets.") && strings.HasSuffix(k, ".File.Name") && v == jsonString(target) {
+					flat[k] = jsonString(strings.TrimPrefix(target, "/run/secrets/"))
+				}
+			}
 		}
 	}
 }

@@ -371,6 +371,12 @@ func (c *converter) service(s types.ServiceConfig) (stack.Service, error) {
 		Hosts:       hosts(s.ExtraHosts),
 	}
 	cs.CapabilityAdd, cs.CapabilityDrop = capabilities(s.CapAdd, s.CapDrop)
+	if cred := s.CredentialSpec; cred != nil {
+		if cred.Config != "" {
+			return stack.Service{}, c.errf(at("credential_spec", "config"), "a credential spec from a config is not supported by the agent; use file or registry")
+		}
+		cs.Privileges = &swarm.Privileges{CredentialSpec: &swarm.CredentialSpec{File: cred.File, Registry: cred.Registry}}
+	}
 	if s.StopGracePeriod != nil {
 		d := time.Duration(*s.StopGracePeriod)
 		cs.StopGracePeriod = &d
