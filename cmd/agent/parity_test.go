@@ -79,6 +79,7 @@ var parityCorpus = []parityCase{
 	{dir: "22-compose-spec-keys"},
 	{dir: "23-group-add"},
 	{dir: "25-config-template"},
+	{dir: "26-credential-spec-config"},
 	{dir: "24-unknown-to-docker", agentDrops: []string{"cpus", "runtime", "uts", "pull_policy"}},
 }
 
@@ -170,6 +171,12 @@ var deliberate = []difference{
 			"in the name would not follow a change; docker stack deploy submits them",
 		cases:        []string{"25-config-template"},
 		agentRejects: "drivers are not supported by the agent",
+	},
+	{
+		what:         "credential_spec.config",
+		reason:       "the agent refuses it (exit 2): use credential_spec.file or registry; docker stack deploy submits it with a runtime config reference",
+		cases:        []string{"26-credential-spec-config"},
+		agentRejects: "a credential spec from a config is not supported by the agent",
 	},
 	{
 		what: "a secret target written as /run/secrets/<source>",
@@ -346,6 +353,30 @@ func TestParityWithDockerStackDeploy(t *testing.T) {
 	})
 	dockerConfig := t.TempDir() // no docker config or credentials of the machine's user
 
+	// The images the global services pulled from this test's registry (cleanups run last-registered first:
+	// this one after the stacks are gone).
+	t.Cleanup(func() {
+		// A container of a removed service may still be stopping: retry for a while.
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(time.Second) {
+			list, err := dc.ImageList(ctx, client.ImageListOptions{})
+			if err != nil {
+				return
+			}
+			left := 0
+			for _, img := range list.Items {
+				for _, ref := range append(img.RepoTags, img.RepoDigests...) {
+					if strings.HasPrefix(ref, reg+"/") {
+						if _, err := dc.ImageRemove(ctx, ref, client.ImageRemoveOptions{}); err != nil {
+							left++
+						}
+					}
+				}
+			}
+			if left == 0 || time.Now().After(deadline) {
+				return
+			}
+		}
+	})
 	var allStacks []string
 	var mu sync.Mutex
 	t.Cleanup(func() {
