@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -97,8 +98,20 @@ configs:
 func load(t *testing.T, files map[string]string, o Options) (*stack.Stack, error) {
 	t.Helper()
 	dir := t.TempDir()
-	for name, content := range files {
-		p := write(t, dir, name, content)
+	// compose.yaml first, then the other compose files by name: a fixed merge order (ranging over the map
+	// put the override first now and then, and the test failed one run in ten).
+	names := make([]string, 0, len(files))
+	for name := range files {
+		names = append(names, name)
+	}
+	sort.Slice(names, func(i, j int) bool {
+		if (names[i] == "compose.yaml") != (names[j] == "compose.yaml") {
+			return names[i] == "compose.yaml"
+		}
+		return names[i] < names[j]
+	})
+	for _, name := range names {
+		p := write(t, dir, name, files[name])
 		if strings.HasPrefix(name, "compose") {
 			o.Files = append(o.Files, p)
 		}
