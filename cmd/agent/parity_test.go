@@ -80,6 +80,7 @@ var parityCorpus = []parityCase{
 	{dir: "23-group-add"},
 	{dir: "25-config-template"},
 	{dir: "26-credential-spec-config"},
+	{dir: "27-top-level-name"},
 	{dir: "24-unknown-to-docker", agentDrops: []string{"cpus", "runtime", "uts", "pull_policy"}},
 }
 
@@ -184,6 +185,12 @@ var deliberate = []difference{
 			"the bare name for both, as docker does for a missing target; the file in the container is the same",
 		cases:     []string{"11-secrets-configs"},
 		normalize: bareSecretTarget("/run/secrets/spelled_out"),
+	},
+	{
+		what:    "the top-level `name:`",
+		reason:  "docker stack deploy's schema refuses it; the agent takes it as the stack name when the command line gives none, as the compose specification says",
+		cases:   []string{"27-top-level-name"},
+		rejects: "Additional property name is not allowed",
 	},
 	{
 		what:    "group_add",
@@ -468,6 +475,12 @@ func TestParityWithDockerStackDeploy(t *testing.T) {
 				agent.out = r.stdout + r.stderr
 				if r.code != 0 {
 					agent.err = fmt.Errorf("agent apply: exit %d", r.code)
+					return
+				}
+				// What the engine stored is what the agent wants: a second apply changes nothing.
+				again := runAgent(t, dc, append(args, agent.stack)...)
+				if again.code != 0 || again.writes != 0 || !noChange.MatchString(again.stdout) {
+					t.Errorf("a second agent apply of %s: exit %d, %d writes (want 0, 0):\n%s", c.dir, again.code, again.writes, again.stdout)
 				}
 			}
 			deployDocker := func(d *deployment) {
@@ -498,7 +511,7 @@ func TestParityWithDockerStackDeploy(t *testing.T) {
 				if d.err != nil {
 					return
 				}
-				o, err := observeStack(ctx, dc, d.stack, isAgent)
+				o, err := observeStack(ctx, dc, d.stack)
 				if err != nil {
 					t.Errorf("observe %s: %v", d.stack, err)
 					return
@@ -610,7 +623,7 @@ func (d difference) appliesTo(dir, version string) bool {
 }
 
 // observeStack reads what the engine stored for a stack.
-func observeStack(ctx context.Context, dc *client.Client, name string, isAgent bool) (*observed, error) {
+func observeStack(ctx context.Context, dc *client.Client, name string) (*observed, error) {
 	o := &observed{stack: name, services: map[string]map[string]string{}, networks: map[string]map[string]string{},
 		secrets: map[string]map[string]string{}, configs: map[string]map[string]string{}, volumes: map[string]map[string]string{}}
 	byLabel := make(client.Filters).Add("label", stack.LabelNamespace+"="+name)
@@ -701,7 +714,7 @@ func observeStack(ctx context.Context, dc *client.Client, name string, isAgent b
 			var id string
 			_ = json.Unmarshal([]byte(v), &id)
 			switch {
-			case regexp.MustCompile(`^TaskTemplate\.Networks\.\d+\.Target$`).MatchString(k):
+			case networkTarget.MatchString(k):
 				flat[k] = jsonString(scrub(name, networkNames[id]))
 			case strings.HasSuffix(k, ".SecretID"), strings.HasSuffix(k, ".ConfigID"):
 				delete(flat, k) // IDs differ by nature; the names are compared
@@ -726,7 +739,6 @@ func observeStack(ctx context.Context, dc *client.Client, name string, isAgent b
 	rekey(o.secrets)
 	rekey(o.configs)
 	rekey(o.networks)
-	_ = isAgent
 	return o, nil
 }
 
@@ -1022,6 +1034,8 @@ func dotenvInEnvironment(t *testing.T, c parityCase, in *dockerInput) {
 }
 
 var (
+	noChange            = regexp.MustCompile(`(?m)^0 created, 0 configured, \d+ unchanged, 0 deleted$`)
+	networkTarget       = regexp.MustCompile(`^TaskTemplate\.Networks\.\d+\.Target$`)
 	agentDropped        = regexp.MustCompile(`(?m)^warning: \S+: (\S+) is ignored by Swarm`)
 	dockerUnsupported   = regexp.MustCompile(`(?m)^Ignoring unsupported options: (.*)$`)
 	dockerDeprecatedKey = regexp.MustCompile(`(?m)^(\w+): `)
