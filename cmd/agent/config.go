@@ -129,6 +129,7 @@ func loadConfig(v *viper.Viper, cmd *cobra.Command) (*Config, error) {
 	}
 	path, _ := cmd.Flags().GetString("config")
 	where := "settings"
+	var fileVars map[string]string
 	if path != "" {
 		where = "config " + path
 		b, err := os.ReadFile(path)
@@ -136,6 +137,9 @@ func loadConfig(v *viper.Viper, cmd *cobra.Command) (*Config, error) {
 			return nil, usageError{fmt.Errorf("config %s: %w", path, err)}
 		}
 		if err := unknownKeys(b, reflect.TypeFor[Config]()); err != nil {
+			return nil, usageError{fmt.Errorf("config %s: %w", path, err)}
+		}
+		if fileVars, err = variablesOf(b); err != nil {
 			return nil, usageError{fmt.Errorf("config %s: %w", path, err)}
 		}
 		v.SetConfigFile(path)
@@ -152,10 +156,23 @@ func loadConfig(v *viper.Viper, cmd *cobra.Command) (*Config, error) {
 		msg := strings.TrimPrefix(err.Error(), "decoding failed due to the following error(s):\n\n")
 		return nil, usageError{fmt.Errorf("%s: %s", where, strings.ReplaceAll(msg, "\n", "; "))}
 	}
+	// Viper folds keys to lower case; variable names keep theirs.
+	c.Variables = fileVars
 	if err := c.validate(); err != nil {
 		return nil, usageError{fmt.Errorf("%s: %w", where, err)}
 	}
 	return &c, nil
+}
+
+// variablesOf reads the `variables:` mapping of the config file with its names as written.
+func variablesOf(b []byte) (map[string]string, error) {
+	var doc struct {
+		Variables map[string]string `yaml:"variables"`
+	}
+	if err := yaml.Unmarshal(b, &doc); err != nil {
+		return nil, fmt.Errorf("variables: %w", err)
+	}
+	return doc.Variables, nil
 }
 
 // validate refuses values the agent cannot run with, naming the key.

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"bytes"
 	"encoding/json"
 	"path"
 	"slices"
@@ -285,11 +286,14 @@ func NewInput(st *stack.Stack, o InputOptions) *Input {
 
 // JSON returns the document as indented JSON with a trailing newline.
 func (in *Input) JSON() ([]byte, error) {
-	b, err := json.MarshalIndent(in, "", "  ")
-	if err != nil {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false) // `&&` in a healthcheck and <redacted> read as written
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(in); err != nil {
 		return nil, err
 	}
-	return append(b, '\n'), nil
+	return b.Bytes(), nil
 }
 
 func service(s stack.Service, o InputOptions) Service {
@@ -467,4 +471,24 @@ func grantsOf(stack string, gs []Grant) []Grant {
 		return strings.Compare(a.Service, b.Service)
 	})
 	return slices.Compact(out)
+}
+
+// RedactEnv passes every environment variable's value (in the normalized facts and in the spec) through
+// clean: agent render shows what variables put there as <redacted>.
+func (in *Input) RedactEnv(clean func(string) string) {
+	for i := range in.Services {
+		svc := &in.Services[i]
+		for j := range svc.Env {
+			svc.Env[j].Value = clean(svc.Env[j].Value)
+		}
+		if cs := svc.Spec.TaskTemplate.ContainerSpec; cs != nil {
+			env := make([]string, len(cs.Env))
+			for j, e := range cs.Env {
+				env[j] = clean(e)
+			}
+			c := *cs
+			c.Env = env
+			svc.Spec.TaskTemplate.ContainerSpec = &c
+		}
+	}
 }
