@@ -60,7 +60,9 @@ func TestRunConfigSources(t *testing.T) {
 		t.Fatalf("config %+v", cfg)
 	}
 	// What a release may read: the variables with their names as written, and the passed-through names.
-	env := cfg.releaseEnv(func(name string) (string, bool) { return map[string]string{"DB_PASSWORD": "pw", "HOME": "/root"}[name], name != "HOME" })
+	env := cfg.releaseEnv(func(name string) (string, bool) {
+		return map[string]string{"DB_PASSWORD": "pw", "HOME": "/root"}[name], name != "HOME"
+	})
 	if strings.Join(env, " ") != "DB_PASSWORD=pw DOMAIN=sawmill.test Mixed_Case=x" {
 		t.Fatalf("release environment %v", env)
 	}
