@@ -19,15 +19,20 @@ import (
 const platformRegistry = "registry.gitlab.com/sabeiro/sawmill"
 
 var platformServices = []string{
-	"airflow_scheduler", "airflow_webserver", "edge", "go_ingest", "kafka", "live_py", "metabase", "postgres",
+	"airflow_scheduler", "airflow_webserver", "batch_etl", "edge", "go_ingest", "kafka", "kafka_ui", "live_py",
+	"metabase", "postgres", "prometheus", "trino",
 }
+
+// platformRepoImages are the repository's images in the stack, which `pipegen release` pins.
+var platformRepoImages = []string{"batch_etl", "go_ingest", "live_py"}
 
 // platformSecretEnv are the environment variables the stack's secrets are read from (dummy values here; each is
 // unique so that a test can tell it was never printed).
 var platformSecretEnv = []string{
 	"TLS_CERT", "TLS_KEY", "POSTGRES_PASSWORD", "INGEST_DB_PASSWORD", "INGEST_TOKEN", "LIVE_DB_PASSWORD",
 	"METABASE_DB_PASSWORD", "METABASE_ENCRYPTION_KEY", "AIRFLOW_DB_PASSWORD", "AIRFLOW_DB_CONN",
-	"AIRFLOW_FERNET_KEY", "AIRFLOW_WEBSERVER_KEY", "AIRFLOW_ADMIN_PASSWORD",
+	"AIRFLOW_FERNET_KEY", "AIRFLOW_WEBSERVER_KEY", "AIRFLOW_ADMIN_PASSWORD", "ETL_DB_PASSWORD", "TRINO_DB_PASSWORD",
+	"BATCH_ETL_TOKEN", "EDGE_HTPASSWD",
 }
 
 func platformSecretValue(name string) string { return "dummy-test-value-" + strings.ToLower(name) }
@@ -44,13 +49,13 @@ func platformEnv(t *testing.T) {
 }
 
 // platformRelease writes the stack's compose files as `pipegen release` does (docs/release.md): the repository
-// images go_ingest and live_py pinned to a digest with release.Pin, everything else as in the repository.
+// images (platformRepoImages) pinned to a digest with release.Pin, everything else as in the repository.
 // It returns the directory; the files keep their names.
 func platformRelease(t *testing.T) string {
 	t.Helper()
 	src := filepath.Join("..", "..", "stacks", "platform")
 	images := map[string]sawrelease.Image{}
-	for _, name := range []string{"go_ingest", "live_py"} {
+	for _, name := range platformRepoImages {
 		repo := platformRegistry + "/" + name
 		digest := "sha256:" + sha(name)
 		images[name] = sawrelease.Image{Repository: repo, Tag: "test", Digest: digest, Ref: repo + ":test@" + digest}
@@ -99,7 +104,7 @@ func TestPlatformCheck(t *testing.T) {
 		{"staging", []string{"-c", base, "-c", filepath.Join(dir, "compose.staging.yaml"), "--env", "staging"}},
 		{"production files, outside production", []string{"-c", base, "-c", filepath.Join(dir, "compose.production.yaml")}},
 		{"staging, registry allowed", []string{"-c", base, "-c", filepath.Join(dir, "compose.staging.yaml"), "--env", "staging",
-			"--allowed-registry", platformRegistry, "--allowed-registry", "docker.io"}},
+			"--allowed-registry", platformRegistry, "--allowed-registry", "docker.io", "--allowed-registry", "ghcr.io/kafbat"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			code, decisions, out := platformCheck(t, append(c.args, "platform")...)
@@ -154,7 +159,11 @@ func TestPlatformCheck(t *testing.T) {
 			}
 		}
 		slices.Sort(denied)
-		if want := []string{"image_digest:go_ingest", "image_digest:live_py"}; !slices.Equal(denied, want) {
+		var want []string
+		for _, name := range platformRepoImages {
+			want = append(want, "image_digest:"+name)
+		}
+		if !slices.Equal(denied, want) {
 			t.Fatalf("denies %v, want %v", denied, want)
 		}
 	})
@@ -252,13 +261,29 @@ func TestPlatformRender(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	dag, err := os.ReadFile(filepath.Join("..", "..", "images", "batch_etl", "dags", "sawmill_batch_etl.py"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	want := map[string][]string{
-		"edge_nginx_conf": {"server_name ~^metabase\\.;", "set $upstream http://metabase:3000;", "return 301 https://$host$request_uri;"},
-		"postgres_init":   {"psql -v ON_ERROR_STOP=1 --username \"$POSTGRES_USER\"", "PASSWORD :'ingest_pw'"},
-		"secrets_env":     {"path=\"${!name}\"", "export \"${name%_FILE}=$value\"", "exec \"$@\""},
+		"edge_nginx_conf": {"server_name ~^metabase\\.;", "set $upstream http://metabase:3000;", "return 301 https://$host$request_uri;",
+			"nginx_connections_active $connections_active"},
+		"postgres_init": {"psql -v ON_ERROR_STOP=1 --username \"$POSTGRES_USER\"", "PASSWORD :'ingest_pw'", "PASSWORD :'etl_pw'",
+			"CREATE SCHEMA etl AUTHORIZATION etl;", "GRANT SELECT ON public.events TO trino;"},
+		"secrets_env":               {"path=\"${!name}\"", "export \"${name%_FILE}=$value\"", "exec \"$@\""},
+		"trino_config":              {"coordinator=true", "http-server.process-forwarded=true"},
+		"trino_catalog_kafka":       {"connector.name=kafka", "kafka.nodes=kafka:9092", "kafka.table-description-dir=/etc/trino/kafka"},
+		"trino_catalog_postgresql":  {"connector.name=postgresql", "connection-user=trino", "connection-password=${ENV:TRINO_DB_PASSWORD}"},
+		"trino_kafka_ingest_events": {`"topicName": "ingest.events"`},
+		"prometheus_config":         {"names: [tasks.go_ingest]", "names: [tasks.edge]", "172.18.0.1:9090"},
+		"batch_etl_jobs":            {`"inbox_events"`},
+		"airflow_dag_batch_etl":     {string(dag)},
 	}
 	for _, c := range st.Configs {
 		key := strings.TrimPrefix(c.Name[:strings.LastIndex(c.Name, "-")], "platform_")
+		if key == "airflow_dag_batch_etl" && string(c.Data) != string(dag) {
+			t.Errorf("config airflow_dag_batch_etl is not images/batch_etl/dags/sawmill_batch_etl.py as it is")
+		}
 		for _, s := range want[key] {
 			if !strings.Contains(string(c.Data), s) {
 				t.Errorf("config %s does not contain %q", key, s)
@@ -308,7 +333,8 @@ func TestPlatformPlan(t *testing.T) {
 				t.Errorf("%s: %q is not created", c.override, line)
 			}
 		}
-		if !strings.Contains(r.stdout, "26 created, 0 configured, 0 unchanged, 0 deleted") {
+		// 12 services, 3 networks, 17 secrets, 10 configs.
+		if !strings.Contains(r.stdout, "42 created, 0 configured, 0 unchanged, 0 deleted") {
 			t.Errorf("%s: unexpected summary:\n%s", c.override, r.stdout)
 		}
 		for _, n := range platformSecretEnv {
