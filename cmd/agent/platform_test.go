@@ -347,3 +347,78 @@ func TestPlatformPlan(t *testing.T) {
 		t.Fatal("plan changed the swarm")
 	}
 }
+
+// TestPlatformRoutes: every UI of the platform has its host name on the edge, routed to its service; the UIs
+// without a login of their own ask for the edge's basic authentication and do not get its credentials; and
+// the stack's README names every host in its routes table.
+func TestPlatformRoutes(t *testing.T) {
+	platformEnv(t)
+	dir := platformRelease(t)
+	st, err := compose.Load(context.Background(), compose.Options{
+		Files: []string{filepath.Join(dir, "compose.yaml"), filepath.Join(dir, "compose.staging.yaml")},
+		Stack: "platform",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var nginx string
+	for _, c := range st.Configs {
+		if strings.HasPrefix(c.Name, "platform_edge_nginx_conf-") {
+			nginx = string(c.Data)
+		}
+	}
+	if nginx == "" {
+		t.Fatal("no edge_nginx_conf config")
+	}
+	readme, err := os.ReadFile(filepath.Join("..", "..", "stacks", "platform", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []struct {
+		host, upstream string
+		basicAuth      bool
+	}{
+		{"metabase", "http://metabase:3000", false},
+		{"airflow", "http://airflow_webserver:8080", false},
+		{"live", "http://live_py:8080", false},
+		{"ingest", "http://go_ingest:8080", false},
+		{"trino", "http://trino:8080", true},
+		{"kafka", "http://kafka_ui:8080", true},
+		{"prometheus", "http://prometheus:9090", true},
+	} {
+		// The server block of the host: from its server_name to the next "server {".
+		i := strings.Index(nginx, "server_name ~^"+r.host+"\\.;")
+		if i < 0 {
+			t.Errorf("%s: no server for %s.<domain> on the edge", r.host, r.host)
+			continue
+		}
+		block := nginx[i:]
+		if j := strings.Index(block, "server {"); j >= 0 {
+			block = block[:j]
+		}
+		if !strings.Contains(block, "set $upstream "+r.upstream+";") {
+			t.Errorf("%s: not routed to %s:\n%s", r.host, r.upstream, block)
+		}
+		if got := strings.Contains(block, "auth_basic_user_file /run/secrets/htpasswd;"); got != r.basicAuth {
+			t.Errorf("%s: basic authentication %v, want %v", r.host, got, r.basicAuth)
+		}
+		if !strings.Contains(string(readme), "| `"+r.host+".DOMAIN` |") {
+			t.Errorf("stacks/platform/README.md: the routes table does not name %s.DOMAIN", r.host)
+		}
+	}
+	if !strings.Contains(nginx, `~^(trino|kafka|prometheus)\. "";`) {
+		t.Error("the edge passes its basic-authentication header on to the UIs behind it")
+	}
+	// Prometheus reaches what it scrapes: go_ingest and the edge share its internal network.
+	nets := map[string][]string{}
+	for _, s := range st.Services {
+		for _, n := range s.Spec.TaskTemplate.Networks {
+			nets[s.Spec.Name] = append(nets[s.Spec.Name], n.Target)
+		}
+	}
+	for _, svc := range []string{"go_ingest", "edge", "trino", "kafka_ui", "batch_etl"} {
+		if !slices.Contains(nets["platform_"+svc], "platform_backend") || !slices.Contains(nets["platform_prometheus"], "platform_backend") {
+			t.Errorf("%s and prometheus do not share platform_backend: %v", svc, nets)
+		}
+	}
+}
