@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"go.yaml.in/yaml/v3"
+
 	"github.com/sabeiro/sawmill/internal/compose"
 	sawrelease "github.com/sabeiro/sawmill/internal/release"
 	"github.com/sabeiro/sawmill/internal/testenv"
@@ -420,5 +422,68 @@ func TestPlatformRoutes(t *testing.T) {
 		if !slices.Contains(nets["platform_"+svc], "platform_backend") || !slices.Contains(nets["platform_prometheus"], "platform_backend") {
 			t.Errorf("%s and prometheus do not share platform_backend: %v", svc, nets)
 		}
+	}
+}
+
+// TestPlatformWiring: the inline configs that other programs parse are well formed and agree with each other:
+// Trino's Kafka table reads the topic go_ingest publishes the table events to, Prometheus's configuration is
+// YAML with its scrape jobs, batch_etl's jobs file is JSON naming the job the DAG runs.
+func TestPlatformWiring(t *testing.T) {
+	platformEnv(t)
+	dir := platformRelease(t)
+	st, err := compose.Load(context.Background(), compose.Options{
+		Files: []string{filepath.Join(dir, "compose.yaml"), filepath.Join(dir, "compose.production.yaml")},
+		Stack: "platform",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := map[string][]byte{}
+	for _, c := range st.Configs {
+		cfg[strings.TrimPrefix(c.Name[:strings.LastIndex(c.Name, "-")], "platform_")] = c.Data
+	}
+	env := map[string]string{}
+	for _, s := range st.Services {
+		if s.Spec.Name == "platform_go_ingest" {
+			for _, kv := range s.Spec.TaskTemplate.ContainerSpec.Env {
+				k, v, _ := strings.Cut(kv, "=")
+				env[k] = v
+			}
+		}
+	}
+	if env["INGEST_KAFKA_BROKERS"] != "kafka:9092" {
+		t.Errorf("go_ingest does not publish to kafka:9092: INGEST_KAFKA_BROKERS=%q", env["INGEST_KAFKA_BROKERS"])
+	}
+	var table struct{ TableName, SchemaName, TopicName string }
+	if err := json.Unmarshal(cfg["trino_kafka_ingest_events"], &table); err != nil {
+		t.Fatalf("trino_kafka_ingest_events: %v", err)
+	}
+	if want := strings.ReplaceAll(env["INGEST_KAFKA_TOPIC"], "{table}", "events"); table.TopicName != want || want == "" {
+		t.Errorf("Trino reads topic %q, go_ingest publishes events to %q", table.TopicName, want)
+	}
+	if !strings.Contains(string(cfg["trino_catalog_kafka"]), "kafka.table-names="+table.SchemaName+"."+table.TableName+"\n") {
+		t.Errorf("the kafka catalog does not list %s.%s", table.SchemaName, table.TableName)
+	}
+	var prom struct {
+		ScrapeConfigs []struct {
+			JobName string `yaml:"job_name"`
+		} `yaml:"scrape_configs"`
+	}
+	if err := yaml.Unmarshal(cfg["prometheus_config"], &prom); err != nil {
+		t.Fatalf("prometheus_config: %v", err)
+	}
+	var jobs []string
+	for _, j := range prom.ScrapeConfigs {
+		jobs = append(jobs, j.JobName)
+	}
+	if want := []string{"prometheus", "go_ingest", "edge", "agent"}; !slices.Equal(jobs, want) {
+		t.Errorf("Prometheus scrapes %v, want %v", jobs, want)
+	}
+	var etl struct{ Jobs map[string]json.RawMessage }
+	if err := json.Unmarshal(cfg["batch_etl_jobs"], &etl); err != nil {
+		t.Fatalf("batch_etl_jobs: %v", err)
+	}
+	if _, ok := etl.Jobs["inbox_events"]; !ok || !strings.Contains(string(cfg["airflow_dag_batch_etl"]), `"SAWMILL_BATCH_ETL_JOBS", "inbox_events"`) {
+		t.Errorf("the DAG's default job inbox_events is not in batch_etl_jobs (%v)", etl.Jobs)
 	}
 }
