@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"path"
 	"path/filepath"
@@ -75,13 +76,17 @@ func Encode(r *Release) ([]byte, error) {
 	return append(b, '\n'), nil
 }
 
-// Parse reads and checks release.json: a version this agent knows, digests in canonical form, refs that
-// pin them, at least one stack, no empty file list, and file paths that stay inside stacks/.
+// Parse reads and checks release.json: one JSON object and nothing after it, a version this agent knows,
+// digests in canonical form, refs that pin them, at least one stack, no empty file list (for the stack or
+// any of its environments), and file paths that stay inside stacks/.
 func Parse(b []byte) (*Release, error) {
 	var m Release
 	dec := json.NewDecoder(bytes.NewReader(b))
 	if err := dec.Decode(&m); err != nil {
 		return nil, fault.InvalidErr(fmt.Errorf("%s: %w", FileName, err))
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return nil, fault.InvalidErr(fmt.Errorf("%s: data after the JSON object", FileName))
 	}
 	if m.SchemaVersion != SchemaVersion {
 		return nil, fault.InvalidErr(fmt.Errorf("%s: schema_version %d: this agent reads version %d", FileName, m.SchemaVersion, SchemaVersion))
@@ -103,6 +108,17 @@ func Parse(b []byte) (*Release, error) {
 		st := m.Stacks[name]
 		if len(st.Files) == 0 {
 			errs = append(errs, fmt.Errorf("stacks.%s.files is empty", name))
+		}
+		for _, env := range slices.Sorted(maps.Keys(st.Environments)) {
+			if len(st.Environments[env]) == 0 {
+				errs = append(errs, fmt.Errorf("stacks.%s.environments.%s is empty", name, env))
+			}
+		}
+		if len(st.Environments) == 0 && st.Environments != nil {
+			// `"environments": {}` means what an omitted key means (no environment configured), as Encode
+			// writes it.
+			st.Environments = nil
+			m.Stacks[name] = st
 		}
 		for _, f := range st.AllFiles() {
 			if err := checkPath(f); err != nil {
