@@ -41,9 +41,10 @@ fuzz:
 		$(GO) test -run '^$$' -fuzz "^$${t%%:*}$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 2s "$${t#*:}"; \
 	done
 
-# live_py's tests run with Debian's Python (python3-psycopg2); PyPI is not needed.
+# live_py's and batch_etl's tests run with Debian's Python (python3-psycopg2); PyPI is not needed.
 test-py:
 	images/live_py/test.sh
+	images/batch_etl/test.sh
 
 bench:
 	SAWMILL_TEST_DOCKER_HOST=$${SAWMILL_TEST_DOCKER_HOST:-$$(hack/dockerd.sh start)} bench/run.sh

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"reflect"
 	"slices"
@@ -37,6 +38,17 @@ type Config struct {
 	Lease       LeaseConfig   `mapstructure:"lease"`
 	LogLevel    string        `mapstructure:"log_level"`
 	LogFormat   string        `mapstructure:"log_format"`
+	// What a release may read besides the environment's CI/CD variables: Variables by value, and PassEnv by
+	// name from the agent's environment (never SAWMILL_* nor the tokens). Nothing else of the agent's
+	// environment reaches a release.
+	Variables map[string]string `mapstructure:"variables"`
+	PassEnv   []string          `mapstructure:"pass_env"`
+	// Tier is the environment's tier (GitLab's deployment tiers): production turns on the production rules.
+	Tier string `mapstructure:"tier"`
+	// Grants are the exceptions (and the edge role) the platform grants; a release's labels only request them.
+	Grants []GrantConfig `mapstructure:"grants"`
+	// AllowedHostPaths are the host paths bind mounts may expose (none by default).
+	AllowedHostPaths []string `mapstructure:"allowed_host_paths"`
 	// The signature and policy gates.
 	PolicyMode        string              `mapstructure:"policy_mode"`
 	Policies          []string            `mapstructure:"policies"`
@@ -68,10 +80,21 @@ type WebhookConfig struct {
 	TokenEnv string `mapstructure:"token_env"`
 }
 
+// GrantConfig grants one rule's exception (or the role edge) to a service of a stack, in some environments.
+type GrantConfig struct {
+	Rule    string `mapstructure:"rule"`
+	Stack   string `mapstructure:"stack"`
+	Service string `mapstructure:"service"`
+	// Environments limits the grant; empty: every environment this configuration serves.
+	Environments []string `mapstructure:"environments"`
+}
+
 // LeaseConfig is the swarm lease that elects the one acting agent.
 type LeaseConfig struct {
 	TTL      time.Duration `mapstructure:"ttl"`
 	Disabled bool          `mapstructure:"disabled"`
+	// Name is the Swarm config holding the lease: the agents that share one elect one actor.
+	Name string `mapstructure:"name"`
 }
 
 // defaultConfig is every key's default; it also makes every key known to viper, so that SAWMILL_* variables
@@ -87,10 +110,11 @@ func defaultConfig() Config {
 		Listen:     "127.0.0.1:9090",
 		Webhook:    WebhookConfig{TokenEnv: "SAWMILL_WEBHOOK_TOKEN"},
 		StateDir:   "/var/lib/sawmill-agent",
-		Lease:      LeaseConfig{TTL: 30 * time.Second},
+		Lease:      LeaseConfig{TTL: 30 * time.Second, Name: "sawmill-agent-lease"},
 		LogLevel:   "info",
 		LogFormat:  "text",
 		PolicyMode: string(policy.ModeEnforce),
+		Tier:       "production",
 	}
 }
 
@@ -105,6 +129,7 @@ func loadConfig(v *viper.Viper, cmd *cobra.Command) (*Config, error) {
 	}
 	path, _ := cmd.Flags().GetString("config")
 	where := "settings"
+	var fileVars map[string]string
 	if path != "" {
 		where = "config " + path
 		b, err := os.ReadFile(path)
@@ -112,6 +137,9 @@ func loadConfig(v *viper.Viper, cmd *cobra.Command) (*Config, error) {
 			return nil, usageError{fmt.Errorf("config %s: %w", path, err)}
 		}
 		if err := unknownKeys(b, reflect.TypeFor[Config]()); err != nil {
+			return nil, usageError{fmt.Errorf("config %s: %w", path, err)}
+		}
+		if fileVars, err = variablesOf(b); err != nil {
 			return nil, usageError{fmt.Errorf("config %s: %w", path, err)}
 		}
 		v.SetConfigFile(path)
@@ -128,10 +156,23 @@ func loadConfig(v *viper.Viper, cmd *cobra.Command) (*Config, error) {
 		msg := strings.TrimPrefix(err.Error(), "decoding failed due to the following error(s):\n\n")
 		return nil, usageError{fmt.Errorf("%s: %s", where, strings.ReplaceAll(msg, "\n", "; "))}
 	}
+	// Viper folds keys to lower case; variable names keep theirs.
+	c.Variables = fileVars
 	if err := c.validate(); err != nil {
 		return nil, usageError{fmt.Errorf("%s: %w", where, err)}
 	}
 	return &c, nil
+}
+
+// variablesOf reads the `variables:` mapping of the config file with its names as written.
+func variablesOf(b []byte) (map[string]string, error) {
+	var doc struct {
+		Variables map[string]string `yaml:"variables"`
+	}
+	if err := yaml.Unmarshal(b, &doc); err != nil {
+		return nil, fmt.Errorf("variables: %w", err)
+	}
+	return doc.Variables, nil
 }
 
 // validate refuses values the agent cannot run with, naming the key.
@@ -160,6 +201,19 @@ func (c *Config) validate() error {
 	}
 	if _, err := policy.ParseMode(c.PolicyMode); err != nil {
 		bad("policy_mode", "%w", err)
+	}
+	if !slices.Contains([]string{"production", "staging", "testing", "development", "other"}, c.Tier) {
+		bad("tier", "%q: use production, staging, testing, development or other", c.Tier)
+	}
+	for _, name := range c.PassEnv {
+		if strings.HasPrefix(name, "SAWMILL_") || name == c.GitLab.TokenEnv || name == c.Webhook.TokenEnv {
+			bad("pass_env", "%s: the agent's own settings and tokens never reach a release", name)
+		}
+	}
+	for i, g := range c.Grants {
+		if g.Rule == "" || g.Stack == "" || g.Service == "" {
+			bad(fmt.Sprintf("grants[%d]", i), "needs rule, stack and service (service * for every service of the stack)")
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -233,3 +287,33 @@ func flatten(c Config) map[string]any {
 
 // flagKey maps a flag name to its config key (state-dir -> state_dir).
 func flagKey(flag string) string { return strings.ReplaceAll(flag, "-", "_") }
+
+// releaseEnv is what a release may read besides the CI/CD variables: the configured values, and the
+// passed-through names from the agent's environment (getenv), as KEY=VALUE, sorted.
+func (c *Config) releaseEnv(getenv func(string) (string, bool)) []string {
+	vars := maps.Clone(c.Variables)
+	if vars == nil {
+		vars = map[string]string{}
+	}
+	for _, name := range c.PassEnv {
+		if v, ok := getenv(name); ok {
+			vars[name] = v
+		}
+	}
+	out := make([]string, 0, len(vars))
+	for _, k := range slices.Sorted(maps.Keys(vars)) {
+		out = append(out, k+"="+vars[k])
+	}
+	return out
+}
+
+// grants are the configured grants for environment, as the policies take them.
+func (c *Config) grants() []policy.Grant {
+	var out []policy.Grant
+	for _, g := range c.Grants {
+		if len(g.Environments) == 0 || slices.Contains(g.Environments, c.Environment) {
+			out = append(out, policy.Grant{Rule: g.Rule, Stack: g.Stack, Service: g.Service})
+		}
+	}
+	return out
+}

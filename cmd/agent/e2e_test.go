@@ -331,7 +331,7 @@ func TestApplyEndToEnd(t *testing.T) {
 		t.Fatalf("network %+v", obs.Networks[0])
 	}
 	for _, s := range obs.Services {
-		if !stack.OwnedBy(s.Spec.Labels, name) {
+		if !stack.OwnedBy(s.Spec.Labels, name, "") {
 			t.Fatalf("service %s lacks the owner labels: %v", s.Name, s.Spec.Labels)
 		}
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/sabeiro/sawmill/internal/policy"
 	"github.com/sabeiro/sawmill/internal/reconcile"
+	"github.com/sabeiro/sawmill/internal/redact"
 	"github.com/sabeiro/sawmill/internal/report"
 	"github.com/sabeiro/sawmill/internal/source"
 	"github.com/sabeiro/sawmill/internal/status"
@@ -35,7 +36,7 @@ func runCmd(v *viper.Viper, d deps) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			log, err := newLogger(d.stderr, cfg.LogLevel, cfg.LogFormat)
+			log, err := newLogger(d, cfg.LogLevel, cfg.LogFormat)
 			if err != nil {
 				return err
 			}
@@ -53,12 +54,20 @@ func runCmd(v *viper.Viper, d deps) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			// Values passed through from the agent's environment are secrets (the configured variables are not:
+			// they are written in the configuration).
+			for _, name := range cfg.PassEnv {
+				v, _ := os.LookupEnv(name)
+				d.redact.Add(v)
+			}
 			metrics := status.NewMetrics()
 			loop := &reconcile.Loop{
 				Environment: cfg.Environment,
 				Stacks:      cfg.Stacks,
 				Flow:        flow,
-				Env:         os.Environ(),
+				Env:         cfg.releaseEnv(os.LookupEnv),
+				Redact:      d.redact,
+				NameKey:     func(ctx context.Context) ([]byte, error) { return swarm.NameKey(ctx, c, true) },
 				StateFile:   filepath.Join(cfg.StateDir, "state.json"),
 				Interval:    cfg.Interval,
 				Jitter:      cfg.Jitter,
@@ -74,9 +83,9 @@ func runCmd(v *viper.Viper, d deps) *cobra.Command {
 				host, _ := os.Hostname()
 				nonce := make([]byte, 4)
 				_, _ = rand.Read(nonce)
-				loop.Lease = &swarm.Lease{Client: c, Holder: fmt.Sprintf("%s/%d/%x", host, os.Getpid(), nonce), TTL: cfg.Lease.TTL}
+				loop.Lease = &swarm.Lease{Client: c, Holder: fmt.Sprintf("%s/%d/%x", host, os.Getpid(), nonce), TTL: cfg.Lease.TTL, Name: cfg.Lease.Name}
 			}
-			if err := setSource(loop, cfg); err != nil {
+			if err := setSource(loop, cfg, d.redact); err != nil {
 				return err
 			}
 			if err := loop.Init(); err != nil {
@@ -89,7 +98,9 @@ func runCmd(v *viper.Viper, d deps) *cobra.Command {
 				if err != nil {
 					return fmt.Errorf("listen %s: %w", cfg.Listen, err)
 				}
-				srv := &http.Server{Handler: status.Handler(loop, metrics, os.Getenv(cfg.Webhook.TokenEnv)), ReadHeaderTimeout: 10 * time.Second}
+				hook := os.Getenv(cfg.Webhook.TokenEnv)
+				d.redact.Add(hook)
+				srv := &http.Server{Handler: status.Handler(loop, metrics, hook), ReadHeaderTimeout: 10 * time.Second}
 				go srv.Serve(l)
 				defer func() {
 					sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -136,10 +147,11 @@ func newFlow(cfg *Config, c swarm.Client, log *slog.Logger) (*reconcile.Flow, er
 		Load:       composeLoader,
 		Policy:     policy.New(policy.Options{Dirs: cfg.Policies, NoDefault: cfg.NoDefaultPolicies}),
 		PolicyMode: mode,
-		Input:      policy.InputOptions{Environment: cfg.Environment, AllowedRegistries: cfg.AllowedRegistries},
-		Observe:    swarm.Observer{Client: c},
-		Apply:      &swarm.Applier{Client: c, Log: log, Timeout: cfg.Timeout},
-		Log:        log,
+		Input: policy.InputOptions{Environment: cfg.Environment, AllowedRegistries: cfg.AllowedRegistries,
+			Tier: cfg.Tier, Grants: cfg.grants(), AllowedHostPaths: cfg.AllowedHostPaths},
+		Observe: swarm.Observer{Client: c},
+		Apply:   &swarm.Applier{Client: c, Log: log, Timeout: cfg.Timeout},
+		Log:     log,
 	}
 	if cfg.SkipVerify {
 		log.Warn("signature verification is off (skip_verify)")
@@ -153,7 +165,7 @@ func newFlow(cfg *Config, c swarm.Client, log *slog.Logger) (*reconcile.Flow, er
 }
 
 // setSource sets the loop's source of releases (and, for GitLab, its reporter and variables).
-func setSource(loop *reconcile.Loop, cfg *Config) error {
+func setSource(loop *reconcile.Loop, cfg *Config, r *redact.Redactor) error {
 	switch cfg.Source {
 	case "dir":
 		if cfg.Dir == "" {
@@ -175,6 +187,7 @@ func setSource(loop *reconcile.Loop, cfg *Config) error {
 			}
 			token = strings.TrimSpace(string(b))
 		}
+		r.Add(token)
 		if token == "" || g.URL == "" || g.Project == "" {
 			return usageError{fmt.Errorf("source gitlab needs gitlab.url, gitlab.project and a token in $%s or gitlab.token_file", g.TokenEnv)}
 		}

@@ -21,12 +21,18 @@ var fuzzEnv = []string{
 	"INGEST_TOKEN=fuzz-token", "LIVE_DB_PASSWORD=fuzz-live", "METABASE_DB_PASSWORD=fuzz-mb",
 	"METABASE_ENCRYPTION_KEY=fuzz-mbkey", "AIRFLOW_DB_PASSWORD=fuzz-af", "AIRFLOW_DB_CONN=postgresql+psycopg2://airflow:x@postgres:5432/airflow",
 	"AIRFLOW_FERNET_KEY=fuzz-fernet", "AIRFLOW_WEBSERVER_KEY=fuzz-web", "AIRFLOW_ADMIN_PASSWORD=fuzz-admin",
+	"BATCH_ETL_TOKEN=fuzz-etl", "EDGE_HTPASSWD=fuzz:htpasswd", "ETL_DB_PASSWORD=fuzz-etldb", "TRINO_DB_PASSWORD=fuzz-trino",
+	"DOTENV_VALUE=fuzz-dotenv",
 }
 
+// fuzzNameKey stands for the swarm's name key (swarm.NameKey).
+var fuzzNameKey = []byte("fuzz-name-key-0123456789abcdef")
+
 // FuzzLoad loads a compose file (and a secret file, ./secret.txt or ./db_password.txt, whose bytes are
-// also the variable SECRET_VALUE) as the agent does for a release's stack "shop". No panic and no hang; every error is
-// invalid input (exit 2); a stack that loads has only `shop_` services, and every secret and config
-// carries the content hash of its value in its name and labels.
+// also the variable SECRET_VALUE) as the agent loads a release's stack "shop" (internal/reconcile/loop.go:
+// confined to the release directory, strict interpolation, the name key, the environment label). No panic
+// and no hang; every error is invalid input (exit 2); a stack that loads has only `shop_` services, and
+// every secret and config carries the keyed content hash of its value in its name and labels.
 func FuzzLoad(f *testing.F) {
 	for _, p := range []string{"../../examples/demo/compose.yaml", "../../stacks/platform/compose.yaml", "../../stacks/platform/compose.production.yaml"} {
 		b, err := os.ReadFile(p)
@@ -52,7 +58,10 @@ func FuzzLoad(f *testing.F) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		start := time.Now()
-		st, err := Load(ctx, Options{Files: []string{file}, Stack: "shop", Env: append(fuzzEnv[:len(fuzzEnv):len(fuzzEnv)], "SECRET_VALUE="+string(secret))})
+		st, err := Load(ctx, Options{
+			Files: []string{file}, Stack: "shop", Env: append(fuzzEnv[:len(fuzzEnv):len(fuzzEnv)], "SECRET_VALUE="+string(secret)),
+			WorkDir: dir, Root: dir, Strict: true, NameKey: fuzzNameKey, Environment: "staging",
+		})
 		if d := time.Since(start); d > 30*time.Second {
 			t.Fatalf("Load took %s", d)
 		}
@@ -81,7 +90,7 @@ func FuzzLoad(f *testing.F) {
 				if o.External {
 					continue
 				}
-				if want := stack.ContentHash("shop", o.Key, o.Data); o.Hash != want || !strings.HasSuffix(o.Name, "-"+want) ||
+				if want := stack.ContentHash(fuzzNameKey, "shop", o.Key, o.Data); o.Hash != want || !strings.HasSuffix(o.Name, "-"+want) ||
 					o.Labels[stack.LabelContentHash] != want || o.Labels[stack.LabelKey] != o.Key {
 					t.Fatalf("object %s (key %s): hash %s, labels %v, want hash %s", o.Name, o.Key, o.Hash, o.Labels, want)
 				}

@@ -172,8 +172,7 @@ func (f *Flow) verify(ctx context.Context, c *Cycle) error {
 			continue
 		}
 		if p, ok := pinned[cs.Image]; ok && p != cs.Image {
-			cs.Image = p
-			spec.Labels[stack.LabelImage] = p
+			cs.Image = p // the com.docker.stack.image label keeps the image as written, as docker's does
 			stack.SetSpecHash(spec)
 		}
 	}

@@ -3,8 +3,10 @@ package reconcile
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"time"
@@ -12,6 +14,7 @@ import (
 	"github.com/sabeiro/sawmill/internal/compose"
 	"github.com/sabeiro/sawmill/internal/outcome"
 	"github.com/sabeiro/sawmill/internal/plan"
+	"github.com/sabeiro/sawmill/internal/redact"
 	"github.com/sabeiro/sawmill/internal/report"
 	"github.com/sabeiro/sawmill/internal/source"
 )
@@ -36,9 +39,9 @@ type Reporter interface {
 }
 
 // Variables gives the values a release's compose files are interpolated with (the environment's GitLab
-// CI/CD variables), as KEY=VALUE.
+// CI/CD variables that the release's ref may read), as KEY=VALUE.
 type Variables interface {
-	Variables(ctx context.Context) ([]string, error)
+	Variables(ctx context.Context, rel *source.Release) ([]string, error)
 }
 
 // Recorder counts what the loop does (the Prometheus metrics of internal/status).
@@ -63,9 +66,16 @@ type Loop struct {
 	Stacks []string
 	// Flow runs one stack; its Apply must be set.
 	Flow *Flow
-	// Env is the environment compose files are interpolated with, as KEY=VALUE; Vars adds to it.
+	// Env is what the platform grants a release to read besides Vars (the configuration's variables), as
+	// KEY=VALUE; never the agent's own environment. Vars adds the CI/CD variables. A release referencing any
+	// other variable is refused, and its files are confined to its directory.
 	Env  []string
 	Vars Variables
+	// NameKey gives the swarm's key for secret and config names (swarm.NameKey); asked once, then kept.
+	NameKey func(ctx context.Context) ([]byte, error)
+	// Redact learns every CI/CD variable's value, and cleans every reason before it is recorded or reported.
+	// (The caller teaches it the secret values of Env.)
+	Redact *redact.Redactor
 	// Lease elects the one agent that acts; nil means this agent always acts.
 	Lease    Leaser
 	Reporter Reporter
@@ -83,6 +93,7 @@ type Loop struct {
 	Rand func() float64
 
 	trigger chan struct{}
+	nameKey []byte
 	mu      sync.Mutex
 	last    Record
 	ready   bool
@@ -118,6 +129,9 @@ func (l *Loop) Init() error {
 	}
 	if l.Rand == nil {
 		l.Rand = randFloat
+	}
+	if l.Redact == nil {
+		l.Redact = redact.New()
 	}
 	l.trigger = make(chan struct{}, 1)
 	if l.StateFile != "" {
@@ -202,7 +216,8 @@ func (l *Loop) jittered() time.Duration {
 // outcome, report it when it changed, and write the state file.
 func (l *Loop) Cycle(ctx context.Context) Record {
 	start := l.Now()
-	rec := l.cycle(ctx)
+	rec := l.safeCycle(ctx)
+	rec.Reason = l.Redact.String(rec.Reason)
 	rec.Time = l.Now().UTC()
 	elapsed := l.Now().Sub(start)
 	l.Metrics.Cycle(rec, elapsed)
@@ -235,6 +250,18 @@ func (l *Loop) Cycle(ctx context.Context) Record {
 	return rec
 }
 
+// safeCycle runs a cycle; a panic (a bug; never input: the input is checked) is an error outcome, so that
+// the loop, and the standbys, stay up.
+func (l *Loop) safeCycle(ctx context.Context) (rec Record) {
+	defer func() {
+		if p := recover(); p != nil {
+			l.Log.Error("cycle panicked", "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+			rec = Record{Outcome: outcome.Error, Reason: fmt.Sprintf("internal error: %v", p)}
+		}
+	}()
+	return l.cycle(ctx)
+}
+
 func (l *Loop) cycle(ctx context.Context) Record {
 	if l.Lease != nil {
 		held, holder, err := l.Lease.Acquire(ctx)
@@ -257,18 +284,33 @@ func (l *Loop) cycle(ctx context.Context) Record {
 			return Record{Outcome: outcome.Standby, Reason: err.Error()}
 		}
 		if o := outcome.Of(err); o == outcome.Invalid {
-			return Record{Outcome: o, Release: key, Reason: err.Error()}
+			rec := Record{Outcome: o, Release: key, Reason: err.Error()}
+			if re := (*source.ReleaseError)(nil); errors.As(err, &re) {
+				rec.Commit = re.Commit
+			}
+			return rec
 		}
 		return Record{Outcome: outcome.Error, Reason: "source: " + err.Error()}
 	}
 	rec := Record{Release: key, Commit: rel.Manifest.Commit}
 	env := l.Env
 	if l.Vars != nil {
-		vars, err := l.Vars.Variables(ctx)
+		vars, err := l.Vars.Variables(ctx, rel)
 		if err != nil {
 			return Record{Outcome: outcome.Error, Release: key, Commit: rec.Commit, Reason: "variables: " + err.Error()}
 		}
+		for _, kv := range vars {
+			_, v, _ := strings.Cut(kv, "=")
+			l.Redact.Add(v)
+		}
 		env = append(append([]string(nil), env...), vars...)
+	}
+	if l.nameKey == nil && l.NameKey != nil {
+		k, err := l.NameKey(ctx)
+		if err != nil {
+			return Record{Outcome: outcome.Error, Release: key, Commit: rec.Commit, Reason: err.Error()}
+		}
+		l.nameKey = k
 	}
 	stacks := l.Stacks
 	if len(stacks) == 0 {
@@ -279,7 +321,7 @@ func (l *Loop) cycle(ctx context.Context) Record {
 	for _, name := range stacks {
 		files, err := rel.Files(name, l.Environment)
 		if err == nil {
-			c := l.Flow.Run(ctx, compose.Options{Files: files, Stack: name, Env: env, WorkDir: filepath.Dir(files[0])})
+			c := l.Flow.Run(ctx, compose.Options{Files: files, Stack: name, Env: env, WorkDir: filepath.Dir(files[0]), Root: rel.Dir, Strict: true, NameKey: l.nameKey, Environment: l.Environment})
 			if c.Result != nil && c.Result.Plan != nil {
 				l.Metrics.Applied(c.Result.Plan)
 			}

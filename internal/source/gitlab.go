@@ -30,6 +30,7 @@ type GitLab struct {
 type Deployment struct {
 	ID, JobID, PipelineID int64
 	SHA, Ref              string
+	Tag                   bool
 }
 
 // ErrNoDeployment means the environment has no successful deployment yet: nothing to do.
@@ -54,7 +55,7 @@ func (g *GitLab) Latest(ctx context.Context) (*Deployment, error) {
 	if d.Deployable.ID == 0 {
 		return nil, fmt.Errorf("gitlab: deployment %d of %s has no job", d.ID, g.Environment)
 	}
-	return &Deployment{ID: d.ID, JobID: d.Deployable.ID, PipelineID: d.Deployable.Pipeline.ID, SHA: d.SHA, Ref: d.Ref}, nil
+	return &Deployment{ID: d.ID, JobID: d.Deployable.ID, PipelineID: d.Deployable.Pipeline.ID, SHA: d.SHA, Ref: d.Ref, Tag: d.Deployable.Tag}, nil
 }
 
 // Fetch downloads the release of deployment d into dir (which must exist and be empty): release.json and
@@ -89,7 +90,7 @@ func (g *GitLab) Fetch(ctx context.Context, d *Deployment, dir string) (*Release
 			}
 		}
 	}
-	return &Release{Manifest: *m, Dir: dir, DeploymentID: d.ID, JobID: d.JobID}, nil
+	return &Release{Manifest: *m, Dir: dir, DeploymentID: d.ID, JobID: d.JobID, Ref: d.Ref, Tag: d.Tag}, nil
 }
 
 // file reads one file of a job's artifacts archive.
