@@ -29,6 +29,10 @@ const SchemaVersion = 1
 // FileName is the name of the manifest inside a release directory.
 const FileName = "release.json"
 
+// MaxSize is the largest release.json Parse reads (a release of a thousand images is far below it); readers
+// stop reading one byte after it.
+const MaxSize = 4 << 20
+
 // Release is release.json.
 type Release struct {
 	SchemaVersion int              `json:"schema_version"`
@@ -76,10 +80,13 @@ func Encode(r *Release) ([]byte, error) {
 	return append(b, '\n'), nil
 }
 
-// Parse reads and checks release.json: one JSON object and nothing after it, a version this agent knows,
-// digests in canonical form, refs that pin them, at least one stack, no empty file list (for the stack or
-// any of its environments), and file paths that stay inside stacks/.
+// Parse reads and checks release.json: at most MaxSize bytes, one JSON object and nothing after it, a
+// version this agent knows, digests in canonical form, refs that pin them, at least one stack, no empty
+// file list (for the stack or any of its environments), and file paths that stay inside stacks/.
 func Parse(b []byte) (*Release, error) {
+	if len(b) > MaxSize {
+		return nil, fault.InvalidErr(fmt.Errorf("%s: more than %d bytes", FileName, MaxSize))
+	}
 	var m Release
 	dec := json.NewDecoder(bytes.NewReader(b))
 	if err := dec.Decode(&m); err != nil {

@@ -73,6 +73,9 @@ func FuzzParse(f *testing.F) {
 			}
 			return
 		}
+		if len(b) > manifest.MaxSize {
+			t.Fatalf("accepted %d bytes", len(b))
+		}
 		if r.SchemaVersion != manifest.SchemaVersion {
 			t.Fatalf("accepted schema_version %d", r.SchemaVersion)
 		}

@@ -52,6 +52,18 @@ func TestEmptyEnvironmentsIsOmitted(t *testing.T) {
 	}
 }
 
+// A release.json over MaxSize is refused before it is decoded; white space counts.
+func TestParseRefusesOversized(t *testing.T) {
+	b := []byte(sampleRelease + strings.Repeat(" ", manifest.MaxSize-len(sampleRelease)))
+	if _, err := manifest.Parse(b); err != nil {
+		t.Fatalf("MaxSize bytes: %v", err)
+	}
+	_, err := manifest.Parse(append(b, ' '))
+	if err == nil || fault.KindOf(err) != fault.Invalid || !strings.Contains(err.Error(), "more than 4194304 bytes") {
+		t.Fatalf("MaxSize+1 bytes: %v", err)
+	}
+}
+
 // A trailing newline (Encode writes one) and surrounding white space are fine.
 func TestParseAcceptsWhiteSpace(t *testing.T) {
 	if _, err := manifest.Parse([]byte(" \n" + sampleRelease + "\n\t\r\n")); err != nil {
