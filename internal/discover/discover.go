@@ -257,9 +257,12 @@ func readSpec(root string, im *Image) error {
 	if err := dec.Decode(&spec); err != nil && !errors.Is(err, io.EOF) {
 		return fmt.Errorf("%s: %w", file, err)
 	}
+	if err := dec.Decode(new(yaml.Node)); !errors.Is(err, io.EOF) {
+		return fmt.Errorf("%s: more than one YAML document", file)
+	}
 	for _, w := range spec.Watch {
 		w = strings.TrimSuffix(path.Clean(strings.TrimPrefix(w, "./")), "/")
-		if w == "." || w == "" || strings.HasPrefix(w, "../") || path.IsAbs(w) {
+		if w == "." || w == "" || w == ".." || strings.HasPrefix(w, "../") || path.IsAbs(w) {
 			return fmt.Errorf("%s: watch: %q must be a path inside the repository", file, w)
 		}
 		if _, err := path.Match(w, ""); err != nil {

@@ -1,5 +1,6 @@
 // Package status is the agent's HTTP surface and metrics while it runs as a daemon: /healthz, /readyz,
-// /status (the last cycle's record), Prometheus /metrics and the GitLab webhook that triggers a cycle.
+// /status (the last cycle's record), Prometheus /metrics and the GitLab webhook that triggers a cycle
+// (ParseEvent reads its body).
 //
 // In: the reconcile loop (through the small Loop interface declared here) and the webhook token. Out: an
 // http.Handler, and Metrics that the loop records into. It imports internal/reconcile (for its Record),
@@ -7,8 +8,11 @@
 package status
 
 import (
+	"bytes"
 	"crypto/subtle"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -100,6 +104,71 @@ type Loop interface {
 	Trigger()
 }
 
+// MaxWebhookBody is the largest webhook body the handler reads; a larger one is refused (413).
+const MaxWebhookBody = 1 << 20
+
+// Event is what the agent reads of a GitLab webhook body (GitLab's "Webhook events" page): the kind
+// (object_kind), and for a deployment its status and environment, for a pipeline its status and ref.
+type Event struct {
+	Kind        string // "deployment", "pipeline", or another object_kind ("" when the body has none)
+	Status      string // deployment: status; pipeline: object_attributes.status
+	Environment string // deployment: environment
+	Ref         string // pipeline: object_attributes.ref
+}
+
+// Event kinds that trigger a cycle, and the X-Gitlab-Event header GitLab sends with each.
+const (
+	KindDeployment = "deployment"
+	KindPipeline   = "pipeline"
+)
+
+var hookKinds = map[string]string{"Deployment Hook": KindDeployment, "Pipeline Hook": KindPipeline}
+
+// Triggers reports whether the event starts a cycle: deployment and pipeline events do. A cycle asks GitLab
+// for the environment's newest successful deployment itself, so the event is only a hint to look now.
+func (e Event) Triggers() bool { return e.Kind == KindDeployment || e.Kind == KindPipeline }
+
+// ParseEvent reads a webhook body: one JSON object of at most MaxWebhookBody bytes. The fields read must
+// have the documented types (strings); every other field is ignored.
+func ParseEvent(body []byte) (Event, error) {
+	if len(body) > MaxWebhookBody {
+		return Event{}, fmt.Errorf("webhook body: %d bytes, more than %d", len(body), MaxWebhookBody)
+	}
+	if b := bytes.TrimLeft(body, " \t\r\n"); len(b) == 0 || b[0] != '{' {
+		return Event{}, errors.New("webhook body: not a JSON object")
+	}
+	var head struct {
+		ObjectKind string `json:"object_kind"`
+	}
+	if err := json.Unmarshal(body, &head); err != nil {
+		return Event{}, fmt.Errorf("webhook body: %w", err)
+	}
+	ev := Event{Kind: head.ObjectKind}
+	switch ev.Kind {
+	case KindDeployment:
+		var d struct {
+			Status      string `json:"status"`
+			Environment string `json:"environment"`
+		}
+		if err := json.Unmarshal(body, &d); err != nil {
+			return Event{}, fmt.Errorf("webhook body: deployment: %w", err)
+		}
+		ev.Status, ev.Environment = d.Status, d.Environment
+	case KindPipeline:
+		var p struct {
+			ObjectAttributes struct {
+				Status string `json:"status"`
+				Ref    string `json:"ref"`
+			} `json:"object_attributes"`
+		}
+		if err := json.Unmarshal(body, &p); err != nil {
+			return Event{}, fmt.Errorf("webhook body: pipeline: %w", err)
+		}
+		ev.Status, ev.Ref = p.ObjectAttributes.Status, p.ObjectAttributes.Ref
+	}
+	return ev, nil
+}
+
 // Options say what a handler serves. Webhook and Status select the endpoints (/healthz and /readyz are
 // always served); StatusToken, when set, must come as `Authorization: Bearer <token>` for /status and
 // /metrics; WebhookToken must come as X-Gitlab-Token (an empty one disables the webhook).
@@ -109,11 +178,13 @@ type Options struct {
 }
 
 // MaxBody bounds every request body.
-const MaxBody = 1 << 20
+const MaxBody = MaxWebhookBody
 
 // Handler serves /healthz, /readyz, and as o says /status, /metrics and the GitLab webhook at /hooks/gitlab.
 // The webhook accepts a request only with X-Gitlab-Token equal to the token (compared in constant time);
-// deployment and pipeline events trigger a cycle.
+// deployment and pipeline events trigger a cycle (202), other events are ignored (204). A body that is not a
+// JSON object (ParseEvent), or whose object_kind contradicts the X-Gitlab-Event header, is 400; a body over
+// MaxWebhookBody is 413.
 func Handler(d Loop, m *Metrics, o Options) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
@@ -147,9 +218,25 @@ func Handler(d Loop, m *Metrics, o Options) http.Handler {
 				http.Error(w, "invalid token", http.StatusUnauthorized)
 				return
 			}
-			_, _ = io.Copy(io.Discard, http.MaxBytesReader(w, r.Body, MaxBody))
-			switch r.Header.Get("X-Gitlab-Event") {
-			case "Deployment Hook", "Pipeline Hook":
+			body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxWebhookBody))
+			if err != nil {
+				if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+					http.Error(w, fmt.Sprintf("webhook body: more than %d bytes", MaxWebhookBody), http.StatusRequestEntityTooLarge)
+					return
+				}
+				http.Error(w, "webhook body: cannot read it", http.StatusBadRequest)
+				return
+			}
+			ev, err := ParseEvent(body)
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+			kind, known := hookKinds[r.Header.Get("X-Gitlab-Event")]
+			switch {
+			case known && ev.Kind != kind:
+				http.Error(w, "webhook: the body's object_kind is not the X-Gitlab-Event's ("+kind+")", http.StatusBadRequest)
+			case known && ev.Triggers():
 				d.Trigger()
 				w.WriteHeader(http.StatusAccepted)
 			default:
