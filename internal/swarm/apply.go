@@ -49,7 +49,7 @@ type Failure struct {
 
 // RolloutError is returned when services did not converge; it says which run their previous version again.
 type RolloutError struct {
-	Failures                            []Failure
+	Failures                           []Failure
 	RolledBack, Removed, NotRolledBack []string
 }
 
