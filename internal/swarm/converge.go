@@ -133,6 +133,10 @@ func (a *Applier) check(t target, svc swarm.Service, tasks []swarm.Task) (done b
 		}
 	}
 	want := taskJSON(svc.Spec.TaskTemplate)
+	// A task counts as running once it has stayed up for the stability window: without a healthcheck the
+	// engine reports a task running before it notices the process exited at once (Swarm itself judges an
+	// update only after its monitor period). With a healthcheck, running already means healthy.
+	stable := a.Now().Add(-stability(svc.Spec))
 	failed, running, desired := 0, 0, 0
 	var lastErr string
 	for _, task := range tasks {
@@ -150,12 +154,12 @@ func (a *Applier) check(t target, svc swarm.Service, tasks []swarm.Task) (done b
 		}
 		if task.DesiredState == swarm.TaskStateRunning {
 			desired++
-			if task.Status.State == swarm.TaskStateRunning {
+			if task.Status.State == swarm.TaskStateRunning && !task.Status.Timestamp.After(stable) {
 				running++
 			}
 		}
 	}
-	if failed >= a.MaxTaskFailures || (failed > 0 && noRestart(svc.Spec)) {
+	if failed >= failureLimit(svc.Spec, a.MaxTaskFailures) {
 		return false, fmt.Sprintf("%d task(s) of the new version failed: %s", failed, lastErr)
 	}
 	if us := svc.UpdateStatus; t.updated && us != nil && us.State == swarm.UpdateStateUpdating {
@@ -169,6 +173,18 @@ func (a *Applier) check(t target, svc swarm.Service, tasks []swarm.Task) (done b
 	default: // global: one task per eligible node
 		return running > 0 && desired == running, ""
 	}
+}
+
+// stability is how long a task must have been running to count: the update monitor (Swarm's default 5s)
+// for a service without a healthcheck, nothing for one with a healthcheck.
+func stability(spec swarm.ServiceSpec) time.Duration {
+	if cs := spec.TaskTemplate.ContainerSpec; cs != nil && cs.Healthcheck != nil && len(cs.Healthcheck.Test) > 0 && cs.Healthcheck.Test[0] != "NONE" {
+		return 0
+	}
+	if u := spec.UpdateConfig; u != nil && u.Monitor > 0 {
+		return u.Monitor
+	}
+	return 5 * time.Second
 }
 
 // describe summarizes a service's tasks (newest first) for a timeout message.
@@ -356,9 +372,20 @@ func taskReason(t swarm.Task) string {
 	return s
 }
 
-func noRestart(spec swarm.ServiceSpec) bool {
+// failureLimit is how many failed tasks of the new version fail a rollout: max, or fewer when the restart
+// policy gives up sooner (condition none: the first failure; max_attempts n: n+1 failures), since then Swarm
+// starts no more tasks and waiting would only run into the timeout.
+func failureLimit(spec swarm.ServiceSpec, max int) int {
 	rp := spec.TaskTemplate.RestartPolicy
-	return rp != nil && rp.Condition == swarm.RestartPolicyConditionNone
+	switch {
+	case rp == nil:
+		return max
+	case rp.Condition == swarm.RestartPolicyConditionNone:
+		return 1
+	case rp.MaxAttempts != nil && *rp.MaxAttempts > 0 && int(*rp.MaxAttempts)+1 < max:
+		return int(*rp.MaxAttempts) + 1
+	}
+	return max
 }
 
 // replicas is the wanted number of running tasks, or -1 when it depends on the nodes (global).
