@@ -16,6 +16,7 @@ import (
 
 	"github.com/sabeiro/sawmill/internal/discover"
 	"github.com/sabeiro/sawmill/internal/pipeline"
+	"github.com/sabeiro/sawmill/internal/release"
 )
 
 type app struct {
@@ -131,28 +132,31 @@ type planned struct {
 	repo      *discover.Repo
 	diff      discover.Diff
 	decisions []discover.Decision
+	pick      basePick
+	ref       refInfo
 }
 
-// plan runs discovery and change detection for generate and plan.
-func (a *app) plan(ctx context.Context, rf *repoFlags, fs *pflag.FlagSet, base string) (*planned, error) {
+// options are the pipeline.Options of a plan.
+func (p *planned) options() pipeline.Options {
+	o := pipeline.Options{MergeRequest: p.ref.mergeRequest}
+	if !p.pick.legacy {
+		o.Reuse = p.pick.reuse
+		o.Reuse.Known = true
+	}
+	return o
+}
+
+// plan runs discovery and change detection for generate and plan. The base is --base or
+// PIPEGEN_BASE when given (no registry is read; the release job resolves reused images from
+// the channel tags), else the commit of the last release on the ref's channel, else on the
+// fallback branch's, else none (see pickBase).
+func (a *app) plan(ctx context.Context, rf *repoFlags, fs *pflag.FlagSet, base, ref string) (*planned, error) {
 	cfg, root, err := a.loadConfig(rf, fs)
 	if err != nil {
 		return nil, err
 	}
 	git := discover.Git{Dir: root}
-	why := ""
-	switch {
-	case base != "":
-		why = "--base"
-	case a.getenv("PIPEGEN_BASE") != "":
-		base, why = a.getenv("PIPEGEN_BASE"), "PIPEGEN_BASE"
-	default:
-		base, why = discover.BaseFromEnv(a.getenv)
-	}
-	if strings.Trim(base, "0") == "" && base != "" {
-		base, why = "", "base "+base+" is all zeros"
-	}
-	// git and the layout scan run side by side; a git error is reported first.
+	// The layout scan runs beside git and the registry; a git error is reported first.
 	var repo *discover.Repo
 	var scanErr error
 	done := make(chan struct{})
@@ -160,7 +164,37 @@ func (a *app) plan(ctx context.Context, rf *repoFlags, fs *pflag.FlagSet, base s
 		defer close(done)
 		repo, scanErr = discover.Scan(root, discover.Options{Registries: []string{cfg.Registry}})
 	}()
-	diff, err := git.Diff(ctx, base, "rebuild all: "+why)
+	var pick basePick
+	ri := a.refInfo(ctx, git, cfg, ref)
+	var err2 error
+	switch {
+	case base != "" || a.getenv("PIPEGEN_BASE") != "":
+		why := "--base"
+		if base == "" {
+			base, why = a.getenv("PIPEGEN_BASE"), "PIPEGEN_BASE"
+		}
+		pick = basePick{base: base, why: why, legacy: true}
+		if strings.Trim(base, "0") == "" {
+			pick.base, pick.why = "", "rebuild all: "+why+" is all zeros"
+		}
+	default:
+		// The repository's own errors (git, layout) come before the registry's.
+		if err := git.Check(ctx); err != nil {
+			<-done
+			return nil, err
+		}
+		if <-done; scanErr != nil {
+			return nil, scanErr
+		}
+		if err := pipeline.Check(repo, cfg); err != nil {
+			return nil, err
+		}
+		pick, err2 = pickBase(ctx, git, release.OCI{Keychain: a.keychain()}, cfg, ri)
+		if err2 != nil {
+			return nil, err2
+		}
+	}
+	diff, err := git.Diff(ctx, pick.base, pick.why)
 	<-done
 	if err != nil {
 		return nil, err
@@ -168,12 +202,14 @@ func (a *app) plan(ctx context.Context, rf *repoFlags, fs *pflag.FlagSet, base s
 	if scanErr != nil {
 		return nil, scanErr
 	}
+	forceMissing(&pick, repo)
+	diff.Force = pick.force
 	if diff.All {
-		a.log.Info("change detection", "base", "none", "reason", why)
+		a.log.Info("change detection", "base", "none", "reason", pick.why)
 	} else {
-		a.log.Info("change detection", "base", diff.Base, "from", why, "changed_paths", len(diff.Paths))
+		a.log.Info("change detection", "base", diff.Base, "from", pick.why, "changed_paths", len(diff.Paths))
 	}
-	return &planned{root: root, cfg: cfg, repo: repo, diff: diff, decisions: discover.Plan(repo, diff)}, nil
+	return &planned{root: root, cfg: cfg, repo: repo, diff: diff, decisions: discover.Plan(repo, diff), pick: pick, ref: ri}, nil
 }
 
 // writeFileAtomic writes data to path through a temporary file in the same directory.

@@ -91,19 +91,13 @@ func TestGenerateChangeDetection(t *testing.T) {
 		t.Error("solo did not change but is rebuilt")
 	}
 
-	// The same from GitLab's variables, and stdout equals the file byte for byte.
-	res = pipegen(t, map[string]string{"CI_COMMIT_BEFORE_SHA": first}, "generate", "--repo", r.Dir)
+	// stdout equals the file byte for byte.
+	res = pipegen(t, nil, "generate", "--repo", r.Dir, "--base", first)
 	if res.code != 0 || res.stdout != string(data) {
-		t.Errorf("CI_COMMIT_BEFORE_SHA: exit %d, same output %v\n%s", res.code, res.stdout == string(data), res.stderr)
+		t.Errorf("stdout: exit %d, same output %v\n%s", res.code, res.stdout == string(data), res.stderr)
 	}
-	// The merge request base wins over the commit before.
-	head := r.Git("rev-parse", "HEAD")
-	res = pipegen(t, map[string]string{"CI_MERGE_REQUEST_DIFF_BASE_SHA": head, "CI_COMMIT_BEFORE_SHA": first}, "plan", "--repo", r.Dir)
-	if res.code != 0 || strings.Contains(res.stdout, "rebuilt") {
-		t.Errorf("MR base: exit %d\n%s%s", res.code, res.stdout, res.stderr)
-	}
-	// A first push (all zeros) rebuilds everything.
-	res = pipegen(t, map[string]string{"CI_COMMIT_BEFORE_SHA": "0000000000000000000000000000000000000000"}, "generate", "--repo", r.Dir)
+	// A base of all zeros rebuilds everything.
+	res = pipegen(t, map[string]string{"PIPEGEN_BASE": "0000000000000000000000000000000000000000"}, "generate", "--repo", r.Dir)
 	if doc := jobs(t, []byte(res.stdout)); doc["build:solo"] == nil {
 		t.Errorf("zero base: solo not rebuilt\n%s", res.stderr)
 	}
@@ -115,7 +109,8 @@ func TestPlanTable(t *testing.T) {
 	r.Write(map[string]string{"images/base/x.txt": "1"})
 	r.Commit("x")
 	res := pipegen(t, nil, "plan", "--repo", r.Dir, "--base", first)
-	want := "IMAGE  ACTION   WHY\n" +
+	want := "base: " + first + " (--base)\n" +
+		"IMAGE  ACTION   WHY\n" +
 		"base   rebuilt  changed images/base/x.txt\n" +
 		"app    rebuilt  depends on base\n" +
 		"solo   reused   unchanged\n"
@@ -126,7 +121,9 @@ func TestPlanTable(t *testing.T) {
 
 func TestConfigLayers(t *testing.T) {
 	r := newGitRepo(t, testLayout)
-	res := pipegen(t, map[string]string{"PIPEGEN_BUILDER": "buildkit", "PIPEGEN_SIGNING_MODE": "key"}, "generate", "--repo", r.Dir)
+	// An empty registry: no channel record, everything is rebuilt.
+	reg := testenv.Registry(t) + "/p"
+	res := pipegen(t, map[string]string{"PIPEGEN_BUILDER": "buildkit", "PIPEGEN_SIGNING_MODE": "key", "PIPEGEN_REGISTRY": reg}, "generate", "--repo", r.Dir)
 	if res.code != 0 {
 		t.Fatal(res.stderr)
 	}
@@ -134,7 +131,7 @@ func TestConfigLayers(t *testing.T) {
 	if vars["SAWMILL_BUILDER"] != "buildkit" || vars["SAWMILL_SIGN_MODE"] != "key" || vars["SAWMILL_SIGN_KEY_VARIABLE"] != "COSIGN_PRIVATE_KEY" {
 		t.Errorf("environment not applied: %v", vars)
 	}
-	res = pipegen(t, map[string]string{"PIPEGEN_BUILDER": "buildkit"}, "generate", "--repo", r.Dir, "--builder", "buildah")
+	res = pipegen(t, map[string]string{"PIPEGEN_BUILDER": "buildkit", "PIPEGEN_REGISTRY": reg}, "generate", "--repo", r.Dir, "--builder", "buildah")
 	if vars := jobs(t, []byte(res.stdout))["variables"].(map[string]any); vars["SAWMILL_BUILDER"] != "buildah" {
 		t.Errorf("flag does not win over the environment: %v", vars)
 	}
@@ -234,7 +231,7 @@ func TestInit(t *testing.T) {
 	r.Write(map[string]string{"images/a/Dockerfile": "FROM scratch\n"})
 	r.Commit("init")
 	out := filepath.Join(dir, "child.yml")
-	if res := pipegen(t, nil, "generate", "--repo", dir, "-o", out); res.code != 0 {
+	if res := pipegen(t, nil, "generate", "--repo", dir, "--registry", testenv.Registry(t)+"/g/p", "-o", out); res.code != 0 {
 		t.Fatal(res.stderr)
 	}
 	for _, f := range []string{out, filepath.Join(dir, ".gitlab-ci.yml")} {

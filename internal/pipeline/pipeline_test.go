@@ -3,6 +3,7 @@ package pipeline
 import (
 	"bytes"
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -101,6 +102,14 @@ type goldenCase struct {
 	All     bool           `yaml:"all"`
 	Changed []string       `yaml:"changed"`
 	Config  map[string]any `yaml:"config"`
+	// Reuse: the channel record generate read (absent: --base, no record).
+	Reuse *struct {
+		Commit  string            `yaml:"commit"`
+		Channel string            `yaml:"channel"`
+		Expect  string            `yaml:"expect"`
+		Digests map[string]string `yaml:"digests"`
+	} `yaml:"reuse"`
+	MergeRequest bool `yaml:"merge_request"`
 }
 
 func loadCase(t *testing.T, file string) (goldenCase, Config) {
@@ -133,7 +142,11 @@ func generate(t *testing.T, gc goldenCase, cfg Config) []byte {
 		t.Fatal(err)
 	}
 	d := discover.Diff{All: gc.All, Why: "rebuild all: no base revision", Paths: gc.Changed}
-	p, err := Build(repo, discover.Plan(repo, d), cfg)
+	opt := Options{MergeRequest: gc.MergeRequest}
+	if r := gc.Reuse; r != nil {
+		opt.Reuse = Reuse{Known: true, Commit: r.Commit, Channel: r.Channel, Expect: r.Expect, Digests: r.Digests}
+	}
+	p, err := BuildWith(repo, discover.Plan(repo, d), cfg, opt)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -394,5 +407,92 @@ func TestPlainScalars(t *testing.T) {
 		if got, want := plainValue(s), valRE.MatchString(s) && !reserved[strings.ToLower(s)]; got != want {
 			t.Errorf("plainValue(%q) = %v, want %v", s, got, want)
 		}
+	}
+}
+
+// scaleRepo writes a repository with n images (no dependencies) and m stacks.
+func scaleRepo(t *testing.T, n, m int) *discover.Repo {
+	t.Helper()
+	dir := t.TempDir()
+	for i := range n {
+		p := filepath.Join(dir, "images", fmt.Sprintf("img%02d", i))
+		os.MkdirAll(p, 0o755)
+		os.WriteFile(filepath.Join(p, "Dockerfile"), []byte("FROM scratch\n"), 0o644)
+	}
+	for i := range m {
+		p := filepath.Join(dir, "stacks", fmt.Sprintf("stack%02d", i))
+		os.MkdirAll(p, 0o755)
+		os.WriteFile(filepath.Join(p, "compose.yaml"), []byte("services:\n  a:\n    image: busybox\n"), 0o644)
+	}
+	repo, err := discover.Scan(dir, discover.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return repo
+}
+
+// The release never runs without a policy gate: with sign jobs plus policy jobs above the
+// needs limit it waits for the stages (every policy job is in an earlier stage); at or below
+// the limit it needs every one of them.
+func TestReleaseKeepsEveryPolicyGate(t *testing.T) {
+	schema := ciSchema(t)
+	cfg := Defaults()
+	cfg.Registry = "registry.gitlab.com/g/p"
+	cfg.Environments = []Environment{{Name: "staging", Tier: "staging", When: "automatic"}}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ images, stacks int }{{60, 10}, {45, 10}, {40, 10}, {3, 60}} {
+		t.Run(fmt.Sprintf("%d_images_%d_stacks", tc.images, tc.stacks), func(t *testing.T) {
+			repo := scaleRepo(t, tc.images, tc.stacks)
+			p, err := Build(repo, discover.Plan(repo, discover.Diff{All: true}), cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			yml := p.Bytes()
+			if err := validate(t, schema, yml); err != nil {
+				t.Fatal(err)
+			}
+			var raw map[string]any
+			if err := yaml.Unmarshal(yml, &raw); err != nil {
+				t.Fatal(err)
+			}
+			doc := map[string]map[string]any{}
+			for k, v := range raw {
+				if m, ok := v.(map[string]any); ok {
+					doc[k] = m
+				}
+			}
+			rel := doc["release"]
+			needs, hasNeeds := rel["needs"].([]any)
+			if n := len(needs); n > cfg.MaxNeeds {
+				t.Fatalf("release needs %d jobs, above GitLab's limit %d", n, cfg.MaxNeeds)
+			}
+			stageIndex := map[string]int{}
+			for i, s := range Stages {
+				stageIndex[s] = i
+			}
+			for i := range tc.stacks {
+				job := fmt.Sprintf("policy:stack%02d", i)
+				pj, ok := doc[job]
+				if !ok {
+					t.Fatalf("no job %s", job)
+				}
+				if hasNeeds {
+					found := false
+					for _, n := range needs {
+						found = found || n.(map[string]any)["job"] == job
+					}
+					if !found {
+						t.Errorf("release does not need %s (needs %d jobs)", job, len(needs))
+					}
+				} else if stageIndex[pj["stage"].(string)] >= stageIndex[rel["stage"].(string)] {
+					t.Errorf("release has no needs but %s is in stage %s, not before %s", job, pj["stage"], rel["stage"])
+				}
+			}
+			if hasNeeds && len(needs) != tc.images+tc.stacks {
+				t.Errorf("release needs %d jobs, want every sign and policy job (%d)", len(needs), tc.images+tc.stacks)
+			}
+		})
 	}
 }

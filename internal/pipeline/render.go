@@ -89,6 +89,9 @@ func (j Job) tree() mapping {
 	if j.AllowFailure != nil {
 		m = append(m, kv{"allow_failure", *j.AllowFailure})
 	}
+	if j.Interruptible != nil {
+		m = append(m, kv{"interruptible", *j.Interruptible})
+	}
 	if j.Dotenv != "" || len(j.Paths) > 0 {
 		var a mapping
 		if len(j.Paths) > 0 {

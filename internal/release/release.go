@@ -45,6 +45,15 @@ type Release struct {
 	Channel       string           `json:"channel"`
 	Images        map[string]Image `json:"images"`
 	Stacks        map[string]Stack `json:"stacks"`
+	// Base is the release this one was built on (its unchanged images are reused from it);
+	// omitted when unknown. Optional, added after schema_version 1 was published.
+	Base *Base `json:"base,omitempty"`
+}
+
+// Base names the earlier release a release reuses images from.
+type Base struct {
+	Commit  string `json:"commit"`  // the commit of that release: the base of this pipeline's diff
+	Channel string `json:"channel"` // the channel it was read from (release-<ref slug>)
 }
 
 // Pipeline identifies the GitLab pipeline that made the release.
@@ -78,6 +87,10 @@ type Registry interface {
 	Digest(ctx context.Context, ref string) (string, error)
 	// Tag points repository:tag at repository@digest.
 	Tag(ctx context.Context, repository, digest, tag string) error
+	// ReadRecord reads a channel record (RecordRef); errors.Is(err, ErrNotFound) when absent.
+	ReadRecord(ctx context.Context, ref string) (Record, error)
+	// WriteRecord pushes a channel record and returns its digest.
+	WriteRecord(ctx context.Context, ref string, releaseJSON []byte, commit string) (string, error)
 }
 
 // ErrNotFound is returned by Registry.Digest for a missing tag.
@@ -96,7 +109,9 @@ type Input struct {
 	PipelineURL   string
 	Rebuilt       []string          // images built in this pipeline
 	Reused        []string          // images taken from an earlier release
-	Digests       map[string]string // digest of every rebuilt image
+	Digests       map[string]string // digest of every rebuilt image, and of reused images resolved by generate
+	BaseCommit    string            // the commit of the release reused images come from ("" unknown)
+	BaseChannel   string            // the channel that release was read from; the tag of reused images
 	Stacks        []discover.Stack
 	Environments  []string // configured environments (for Stack.Environments)
 }
@@ -138,6 +153,9 @@ func Make(ctx context.Context, in Input, reg Registry) (*Release, map[string][]b
 		Images:        map[string]Image{},
 		Stacks:        map[string]Stack{},
 	}
+	if in.BaseCommit != "" {
+		rel.Base = &Base{Commit: in.BaseCommit, Channel: in.BaseChannel}
+	}
 	seen := map[string]bool{}
 	for _, name := range in.Rebuilt {
 		if seen[name] {
@@ -161,6 +179,18 @@ func Make(ctx context.Context, in Input, reg Registry) (*Release, map[string][]b
 		}
 		seen[name] = true
 		repo := in.Registry + "/" + name
+		if d, ok := in.Digests[name]; ok && d != "" {
+			// Resolved once, by generate, from the record of the base release.
+			if !digestRE.MatchString(d) {
+				return nil, nil, fmt.Errorf("image %s is reused but its digest %q is not sha256:<64 hex>", name, d)
+			}
+			tag := in.BaseChannel
+			if tag == "" {
+				tag = channels[0]
+			}
+			rel.Images[name] = Image{Repository: repo, Tag: tag, Digest: d, Ref: repo + ":" + tag + "@" + d}
+			continue
+		}
 		img, err := resolve(ctx, reg, repo, channels)
 		if err != nil {
 			return nil, nil, fmt.Errorf("image %s is reused: %w", name, err)
@@ -231,21 +261,97 @@ func resolve(ctx context.Context, reg Registry, repo string, channels []string) 
 	return Image{}, fmt.Errorf("no earlier release: none of %s exists (rebuild everything with --base %s)", strings.Join(tried, ", "), discover.ZeroSHA)
 }
 
-// Publish moves the release's channel tag of every image to the image's digest, so the
-// next pipeline on this ref can reuse what this one released.
-func Publish(ctx context.Context, rel *Release, reg Registry) error {
+// ErrChannelMoved is returned by Publish when the channel no longer points where this
+// pipeline found it: another pipeline on the same ref published in between.
+var ErrChannelMoved = errors.New("channel moved")
+
+// Publish moves the channel: every image's channel tag to the image's digest, then the
+// channel record (RecordRef) to releaseJSON, so the next pipeline on this ref diffs against
+// this release and reuses its digests.
+//
+// It is a compare-and-swap: expect is the digest of the channel record this pipeline started
+// from ("" when the ref had none). When the record is elsewhere now, or (with a record) an
+// image's channel tag names neither that record's digest nor this release's, nothing is moved
+// and the error wraps ErrChannelMoved. The registry API has no conditional write, so the check
+// and the moves are separate requests; the release job's resource_group serialises the
+// pipelines of one ref, and the check catches a pipeline that published while this one ran.
+func Publish(ctx context.Context, rel *Release, releaseJSON []byte, reg Registry, expect string) error {
+	recRef := RecordRef(rel.Registry, rel.Channel)
+	cur, err := currentRecord(ctx, reg, recRef)
+	if err != nil {
+		return err
+	}
+	if cur.Digest != expect {
+		return movedError(recRef, expect, cur)
+	}
 	names := make([]string, 0, len(rel.Images))
 	for n := range rel.Images {
 		names = append(names, n)
 	}
 	sort.Strings(names)
+	if cur.Release != nil {
+		for _, n := range names {
+			img := rel.Images[n]
+			ref := img.Repository + ":" + rel.Channel
+			d, err := reg.Digest(ctx, ref)
+			if errors.Is(err, ErrNotFound) {
+				d, err = "", nil
+			}
+			if err != nil {
+				return fmt.Errorf("resolve %s: %w", ref, err)
+			}
+			if want := cur.Release.Images[n].Digest; d != want && d != img.Digest {
+				return fmt.Errorf("%s points at %s, but the channel's record (commit %s) says %s: %w; this pipeline's release is not published (rerun the pipeline)",
+					ref, orNone(d), cur.Release.Commit, orNone(want), ErrChannelMoved)
+			}
+		}
+	}
 	for _, n := range names {
 		img := rel.Images[n]
 		if err := reg.Tag(ctx, img.Repository, img.Digest, rel.Channel); err != nil {
 			return fmt.Errorf("tag %s:%s -> %s: %w", img.Repository, rel.Channel, img.Digest, err)
 		}
 	}
+	// The record is the commit point: check once more right before moving it.
+	again, err := currentRecord(ctx, reg, recRef)
+	if err != nil {
+		return err
+	}
+	if again.Digest != expect {
+		return movedError(recRef, expect, again)
+	}
+	if _, err := reg.WriteRecord(ctx, recRef, releaseJSON, rel.Commit); err != nil {
+		return fmt.Errorf("move %s: %w", recRef, err)
+	}
 	return nil
+}
+
+// currentRecord reads a channel record; an absent one is Record{} without error.
+func currentRecord(ctx context.Context, reg Registry, ref string) (Record, error) {
+	rec, err := reg.ReadRecord(ctx, ref)
+	if errors.Is(err, ErrNotFound) {
+		return Record{}, nil
+	}
+	if err != nil {
+		return Record{}, fmt.Errorf("channel record: %w", err)
+	}
+	return rec, nil
+}
+
+func movedError(ref, expect string, cur Record) error {
+	now := "absent"
+	if cur.Release != nil {
+		now = fmt.Sprintf("%s (commit %s, pipeline %d)", cur.Digest, cur.Release.Commit, cur.Release.Pipeline.ID)
+	}
+	return fmt.Errorf("%s is now %s, but this pipeline started from %s: %w: another pipeline on this ref published in between; "+
+		"this pipeline's release is not published (rerun the pipeline to release on top of the newer one)", ref, now, orNone(expect), ErrChannelMoved)
+}
+
+func orNone(d string) string {
+	if d == "" {
+		return "nothing"
+	}
+	return d
 }
 
 // Write writes files (relative slash paths) into dir, replacing dir only when everything
