@@ -87,6 +87,7 @@ func (a *app) loadConfig(rf *repoFlags, fs *pflag.FlagSet) (pipeline.Config, str
 		"scanners": d.Scanners, "templates": d.Templates, "max_needs": d.MaxNeeds,
 		"signing.mode": d.Signing.Mode, "signing.key_variable": d.Signing.KeyVariable,
 		"signing.issuer": d.Signing.Issuer, "signing.format": d.Signing.Format,
+		"signing.signing_config": "", "signing.trusted_root": "", "signing.fulcio_url": "", "signing.rekor_url": "",
 		"tool.image": d.Tool.Image, "tool.command": d.Tool.Command, "tool.agent": d.Tool.Agent,
 	} {
 		v.SetDefault(k, val)
@@ -95,6 +96,7 @@ func (a *app) loadConfig(rf *repoFlags, fs *pflag.FlagSet) (pipeline.Config, str
 	// environment is an input like any other.
 	for _, k := range []string{"registry", "default_branch", "builder", "templates", "max_needs",
 		"signing.mode", "signing.key_variable", "signing.issuer", "signing.format",
+		"signing.signing_config", "signing.trusted_root", "signing.fulcio_url", "signing.rekor_url",
 		"tool.image", "tool.command", "tool.agent"} {
 		env := "PIPEGEN_" + strings.ToUpper(strings.ReplaceAll(k, ".", "_"))
 		if val := a.getenv(env); val != "" {

@@ -211,8 +211,27 @@ func TestInit(t *testing.T) {
 		}
 	}
 	cfg, _ := os.ReadFile(filepath.Join(dir, "pipegen.yaml"))
-	if !strings.Contains(string(cfg), "registry: registry.gitlab.com/g/p\n") {
+	if !strings.Contains(string(cfg), "registry: registry.gitlab.com/g/p\n") || !strings.Contains(string(cfg), "  mode: keyless\n") ||
+		!strings.Contains(string(cfg), "  image: "+ToolImageRepository+":") {
 		t.Errorf("pipegen.yaml:\n%s", cfg)
+	}
+	// The parent pipeline runs generate in the tools image (pipegen, agent, git), and has
+	// workflow rules: merge request pipelines, or branch pipelines when no MR is open, and tags.
+	parent := jobs(t, mustRead(t, filepath.Join(dir, ".gitlab-ci.yml")))
+	if img, _ := parent["generate"].(map[string]any)["image"].(string); !strings.HasPrefix(img, ToolImageRepository+":") {
+		t.Errorf("generate image %q", img)
+	}
+	rules := parent["workflow"].(map[string]any)["rules"].([]any)
+	if len(rules) != 4 || rules[1].(map[string]any)["when"] != "never" || !strings.Contains(rules[1].(map[string]any)["if"].(string), "$CI_OPEN_MERGE_REQUESTS") {
+		t.Errorf("workflow rules %v", rules)
+	}
+	// A self-managed instance gets key signing.
+	dir2 := t.TempDir()
+	if res := pipegen(t, map[string]string{"CI_SERVER_URL": "https://gitlab.example.com"}, "init", "--repo", dir2); res.code != 0 {
+		t.Fatal(res.stderr)
+	}
+	if b := mustRead(t, filepath.Join(dir2, "pipegen.yaml")); !strings.Contains(string(b), "  mode: key\n") {
+		t.Errorf("self-managed pipegen.yaml:\n%s", b)
 	}
 	// Existing files are kept unless --force.
 	custom := filepath.Join(dir, "pipelines", "build.yml")
@@ -399,4 +418,13 @@ func TestReleaseCommand(t *testing.T) {
 	if res := pipegen(t, env, "release", "--repo", r.Dir, "--rebuilt", "ghost"); res.code != 1 || !strings.Contains(res.stderr, `image "ghost"`) {
 		t.Errorf("%+v", res)
 	}
+}
+
+func mustRead(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

@@ -54,6 +54,13 @@ type Signing struct {
 	KeyVariable string `mapstructure:"key_variable" yaml:"key_variable"` // CI/CD variable holding the private key (mode key)
 	Issuer      string `mapstructure:"issuer" yaml:"issuer"`             // OIDC issuer the verifier expects (mode keyless)
 	Format      string `mapstructure:"format" yaml:"format"`             // bundle | legacy
+	// A self-hosted Sigstore (mode keyless): cosign's signing config and trusted root (file
+	// paths in the job, e.g. "$SIGSTORE_SIGNING_CONFIG" for a file-type variable), or the
+	// Fulcio and Rekor URLs. Empty: the public Sigstore (GitLab.com only).
+	SigningConfig string `mapstructure:"signing_config" yaml:"signing_config"`
+	TrustedRoot   string `mapstructure:"trusted_root" yaml:"trusted_root"`
+	FulcioURL     string `mapstructure:"fulcio_url" yaml:"fulcio_url"`
+	RekorURL      string `mapstructure:"rekor_url" yaml:"rekor_url"`
 }
 
 // Tool says how a job runs pipegen.
@@ -146,6 +153,11 @@ func (c *Config) Validate() error {
 	}
 	if c.Signing.Mode == "keyless" && !strings.HasPrefix(c.Signing.Issuer, "https://") {
 		errs = append(errs, fmt.Errorf("signing.issuer: %q must be an https URL (e.g. https://gitlab.com)", c.Signing.Issuer))
+	}
+	for f, u := range map[string]string{"signing.fulcio_url": c.Signing.FulcioURL, "signing.rekor_url": c.Signing.RekorURL} {
+		if u != "" && !strings.HasPrefix(u, "https://") && !strings.HasPrefix(u, "http://") {
+			errs = append(errs, fmt.Errorf("%s: %q is not a URL", f, u))
+		}
 	}
 	if err := oneOf("builder", c.Builder, Builders); err != nil {
 		errs = append(errs, err)

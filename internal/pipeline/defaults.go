@@ -17,6 +17,7 @@ type InitOptions struct {
 	Image         string // image of the generate/release jobs
 	Command       string // how to run pipegen
 	Agent         string // how to run the policy check
+	Signing       string // key | keyless
 }
 
 // File is one file `pipegen init` writes.

@@ -161,6 +161,12 @@ func BuildWith(repo *discover.Repo, decisions []discover.Decision, cfg Config, o
 	if cfg.Signing.Mode == "key" {
 		p.Variables = append(p.Variables, Var{"SAWMILL_SIGN_KEY_VARIABLE", cfg.Signing.KeyVariable})
 	}
+	for _, v := range []Var{{"SAWMILL_SIGNING_CONFIG", cfg.Signing.SigningConfig}, {"SAWMILL_TRUSTED_ROOT", cfg.Signing.TrustedRoot},
+		{"SAWMILL_FULCIO_URL", cfg.Signing.FulcioURL}, {"SAWMILL_REKOR_URL", cfg.Signing.RekorURL}} {
+		if v.Value != "" && cfg.Signing.Mode == "keyless" {
+			p.Variables = append(p.Variables, v)
+		}
+	}
 	if opt.Reuse.Known {
 		expect := opt.Reuse.Expect
 		if expect == "" {

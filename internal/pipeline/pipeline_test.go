@@ -345,7 +345,7 @@ func TestRenderQuoting(t *testing.T) {
 }
 
 func TestInitFiles(t *testing.T) {
-	files, err := InitFiles("pipelines", InitOptions{Registry: "registry.gitlab.com/g/p", DefaultBranch: "main", Image: "golang:1.26", Command: "pipegen", Agent: "agent"})
+	files, err := InitFiles("pipelines", InitOptions{Registry: "registry.gitlab.com/g/p", DefaultBranch: "main", Image: "golang:1.26", Command: "pipegen", Agent: "agent", Signing: "keyless"})
 	if err != nil {
 		t.Fatal(err)
 	}
