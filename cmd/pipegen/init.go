@@ -2,11 +2,11 @@ package main
 
 import (
 	"errors"
-	"runtime/debug"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 
 	"github.com/spf13/cobra"
 
