@@ -67,18 +67,17 @@ echo '<testsuites/>'
 	os.MkdirAll(r.Dir, 0o755)
 	r.Git("init", "-q", "-b", "main")
 	r.Git("remote", "add", "origin", "https://gitlab.example.com/sawmill/platform.git")
-	if res := pipegen(t, nil, "init", "--repo", r.Dir, "--registry", reg, "--agent", "fake-agent"); res.code != 0 {
+	if res := pipegen(t, nil, "init", "--repo", r.Dir, "--registry", reg, "--agent", "fake-agent", "--security-templates=false"); res.code != 0 {
 		t.Fatal(res.stderr)
 	}
 	cfg, _ := os.ReadFile(filepath.Join(r.Dir, "pipegen.yaml"))
-	cfgText := strings.Replace(string(cfg), "scanners: [container_scanning, sbom, sast]", "scanners: [container_scanning, sbom]", 1)
-	cfgText = strings.Replace(cfgText, "  mode: keyless", "  mode: key", 1)
+	cfgText := strings.Replace(string(cfg), "  mode: keyless", "  mode: key", 1)
 	cfgText = strings.Replace(cfgText, "  format: bundle", "  format: legacy", 1)
 	r.Write(map[string]string{
 		"pipegen.yaml":                            cfgText,
 		"images/base/Dockerfile":                  "FROM alpine:3.22\n",
 		"images/app/Dockerfile":                   "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\n",
-		"images/app/image.yaml":                   "build_args: {VERSION: \"v-$CI_COMMIT_SHORT_SHA\"}\ntarget: runtime\n",
+		"images/app/image.yaml":                   "build_args: {VERSION: \"v-$CI_COMMIT_SHORT_SHA\"}\ntarget: runtime\ntest: ['echo \"image test $SAWMILL_IMAGE\" >> " + calls + "']\n",
 		"images/multi/Dockerfile":                 "FROM scratch\n",
 		"images/multi/image.yaml":                 "platforms: [linux/arm64, linux/amd64]\n",
 		"stacks/platform/compose.yaml":            "services:\n  app:\n    image: ${REGISTRY}/app:latest\n",
@@ -133,7 +132,10 @@ echo '<testsuites/>'
 		"buildah build -f images/multi/Dockerfile --manifest " + reg + "/multi:" + sha + " --build-arg REGISTRY=" + reg + " --platform linux/amd64,linux/arm64 images/multi",
 		"buildah manifest push --all --digestfile MULTI_DIGEST.txt " + reg + "/multi:" + sha + " docker://" + reg + "/multi:" + sha,
 		"cosign sign --yes --recursive --new-bundle-format=false --use-signing-config=false --key " + keyFile + " " + reg + "/multi@" + rel.Images["multi"].Digest,
-		"trivy image --exit-code 0 --format template --template @/contrib/gitlab.tpl --output gl-container-scanning-report.json " + reg + "/app@" + app.Digest,
+		"trivy image --format template --template @/contrib/gitlab.tpl --output gl-container-scanning-report.json " + reg + "/app@" + app.Digest,
+		"trivy image --skip-db-update --exit-code 1 --severity HIGH,CRITICAL " + reg + "/app@" + app.Digest,
+		"cosign attest --yes --recursive --new-bundle-format=false --use-signing-config=false --key " + keyFile + " --type cyclonedx --predicate gl-sbom.cdx.json " + reg + "/app@" + app.Digest,
+		"image test app",
 		"trivy image --format cyclonedx --output gl-sbom.cdx.json " + reg + "/base@" + base.Digest,
 		"cosign sign --yes --recursive --new-bundle-format=false --use-signing-config=false --key " + keyFile + " " + reg + "/app@" + app.Digest,
 		"cosign sign --yes --recursive --new-bundle-format=false --use-signing-config=false --key " + keyFile + " " + reg + "/base@" + base.Digest,
@@ -143,6 +145,10 @@ echo '<testsuites/>'
 		if !strings.Contains(log, want+"\n") {
 			t.Errorf("no call %q in\n%s", want, log)
 		}
+	}
+	// The image's tests ran before it was signed.
+	if i, j := strings.Index(log, "image test app\n"), strings.Index(log, "cosign sign --yes --recursive --new-bundle-format=false --use-signing-config=false --key KEYFILE "+reg+"/app@"); i < 0 || j < i {
+		t.Errorf("image test at %d, signing at %d:\n%s", i, j, log)
 	}
 	if !strings.HasPrefix(base.Digest, "sha256:") || !base.Rebuilt || !app.Rebuilt {
 		t.Errorf("release: %+v", rel)

@@ -71,9 +71,10 @@ func fixtureTemplates(log, out string) map[string]string {
     - echo "sign:$SAWMILL_IMAGE digest=$digest format=$SAWMILL_SIGN_FORMAT token=${SIGSTORE_ID_TOKEN:+set}" >> ` + log + `
     - echo "${SAWMILL_DIGEST_VAR}=${digest}" > "$SAWMILL_DOTENV"
 `,
-		"pipelines/test.yml": `.sawmill-sast:
+		"pipelines/test.yml": `.sawmill-image-test:
   script:
-    - echo "sast" >> ` + log + `
+    - echo "test:$SAWMILL_IMAGE" >> ` + log + `
+    - sh -ec "$SAWMILL_TEST_SCRIPT"
 .sawmill-policy:
   script:
     - echo "policy:$SAWMILL_STACK envs=$SAWMILL_ENVIRONMENTS" >> ` + log + `
@@ -130,7 +131,7 @@ func TestEndToEndGitLabCILocal(t *testing.T) {
 	os.MkdirAll(r.Dir, 0o755)
 	r.Git("init", "-q", "-b", "main")
 	r.Git("remote", "add", "origin", "https://gitlab.example.com/sawmill/platform.git")
-	if res := pipegen(t, nil, "init", "--repo", r.Dir, "--registry", reg); res.code != 0 {
+	if res := pipegen(t, nil, "init", "--repo", r.Dir, "--registry", reg, "--security-templates=false"); res.code != 0 {
 		t.Fatal(res.stderr)
 	}
 	r.Write(fixtureTemplates(logFile, outDir))
@@ -162,7 +163,7 @@ func TestEndToEndGitLabCILocal(t *testing.T) {
 		ran = append(ran, l.job)
 		at[l.job] = i
 	}
-	want := []string{"build:base", "build:app", "build:solo", "scan:base", "scan:app", "scan:solo", "sign:base", "sign:app", "sign:solo", "sast", "policy:platform", "release", "deploy:staging"}
+	want := []string{"build:base", "build:app", "build:solo", "scan:base", "scan:app", "scan:solo", "sign:base", "sign:app", "sign:solo", "policy:platform", "release", "deploy:staging"}
 	got := slices.Sorted(slices.Values(ran))
 	if !slices.Equal(got, slices.Sorted(slices.Values(want))) {
 		t.Fatalf("jobs that ran: %v\nwant %v\n%s", ran, want, output)
@@ -247,7 +248,7 @@ func TestEndToEndGitLabCILocal(t *testing.T) {
 	third := r.Commit("fix app, change solo")
 	output = gitlabCI()
 	lines = readLog(t, logFile)
-	want = []string{"build:app", "build:solo", "deploy:staging", "policy:platform", "release", "sast", "scan:app", "scan:solo", "sign:app", "sign:solo"}
+	want = []string{"build:app", "build:solo", "deploy:staging", "policy:platform", "release", "scan:app", "scan:solo", "sign:app", "sign:solo"}
 	if got := jobsRan(); !slices.Equal(got, want) {
 		t.Fatalf("run 3 jobs: %v\nwant %v\n%s", got, want, output)
 	}
@@ -275,7 +276,7 @@ func TestEndToEndGitLabCILocal(t *testing.T) {
 	r.Write(map[string]string{"images/solo/feature.txt": "f\n"})
 	r.Commit("feature: solo")
 	output = gitlabCI()
-	if got, want := jobsRan(), []string{"build:solo", "policy:platform", "release", "sast", "scan:solo", "sign:solo"}; !slices.Equal(got, want) {
+	if got, want := jobsRan(), []string{"build:solo", "policy:platform", "release", "scan:solo", "sign:solo"}; !slices.Equal(got, want) {
 		t.Fatalf("new branch jobs: %v\nwant %v\n%s", got, want, output)
 	}
 	rel = readRelease(t, outDir)
@@ -295,7 +296,7 @@ func TestEndToEndGitLabCILocal(t *testing.T) {
 		t.Fatal("setup")
 	}
 	output = gitlabCI()
-	if got, want := jobsRan(), []string{"build:app", "policy:platform", "release", "sast", "scan:app", "sign:app"}; !slices.Equal(got, want) {
+	if got, want := jobsRan(), []string{"build:app", "policy:platform", "release", "scan:app", "sign:app"}; !slices.Equal(got, want) {
 		t.Fatalf("force push jobs: %v\nwant %v\n%s", got, want, output)
 	}
 	if !strings.Contains(output, "is not in the clone (force push?)") || !strings.Contains(output, featureCommit[:12]) {

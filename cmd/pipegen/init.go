@@ -82,6 +82,7 @@ func (a *app) initCmd() *cobra.Command {
 	cmd.Flags().StringVar(&o.Registry, "registry", "", "registry path of the images (default $CI_REGISTRY_IMAGE)")
 	cmd.Flags().StringVar(&o.DefaultBranch, "default-branch", "main", "default branch")
 	cmd.Flags().StringVar(&o.Image, "image", "", "image of the generate, policy and release jobs, with pipegen, the agent, git and sh (default "+defaultToolImage()+")")
+	cmd.Flags().BoolVar(&o.SecurityTemplates, "security-templates", true, "include GitLab's SAST, Secret Detection and Dependency Scanning templates in .gitlab-ci.yml (they are fetched from the GitLab instance)")
 	cmd.Flags().StringVar(&o.Signing, "signing", "", "key or keyless (default: keyless on GitLab.com, i.e. CI_SERVER_URL unset or https://gitlab.com; key elsewhere)")
 	cmd.Flags().StringVar(&o.Command, "command", "pipegen", "how jobs run pipegen")
 	cmd.Flags().StringVar(&o.Agent, "agent", "agent", "how jobs run the policy check")

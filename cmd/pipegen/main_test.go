@@ -82,7 +82,7 @@ func TestGenerateChangeDetection(t *testing.T) {
 		t.Fatal(err)
 	}
 	doc := jobs(t, data)
-	for _, j := range []string{"build:base", "build:app", "sign:base", "sign:app", "release", "deploy:staging", "deploy:production", "policy:platform", "sast"} {
+	for _, j := range []string{"build:base", "build:app", "sign:base", "sign:app", "release", "deploy:staging", "deploy:production", "policy:platform"} {
 		if _, ok := doc[j]; !ok {
 			t.Errorf("missing job %s", j)
 		}

@@ -52,6 +52,8 @@ type Image struct {
 	// Context is the build context, relative to the repository root: image.yaml's `context` (e.g. "." for
 	// an image that builds from the module root), else Dir.
 	Context string
+	// Test are shell commands run inside the built image (image.yaml `test`); they gate signing.
+	Test []string
 }
 
 // BuildArg is one --build-arg of an image.
@@ -110,6 +112,7 @@ type imageSpec struct {
 	Platforms []string          `yaml:"platforms"`
 	DependsOn []string          `yaml:"depends_on"`
 	Context   string            `yaml:"context"`
+	Test      []string          `yaml:"test"`
 }
 
 // Scan reads the repository at root.
@@ -278,6 +281,12 @@ func readSpec(root string, im *Image) error {
 		}
 		im.Context = c
 	}
+	for i, c := range spec.Test {
+		if strings.TrimSpace(c) == "" {
+			return fmt.Errorf("%s: test[%d]: empty command", file, i)
+		}
+	}
+	im.Test = spec.Test
 	im.Target = spec.Target
 	im.Platforms = slices.Compact(slices.Sorted(slices.Values(spec.Platforms)))
 	for _, d := range spec.DependsOn {

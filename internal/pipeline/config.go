@@ -28,8 +28,12 @@ type Config struct {
 	Signing       Signing       `mapstructure:"signing" yaml:"signing"`
 	// Builder is buildah or buildkit (both rootless, no docker-in-docker).
 	Builder string `mapstructure:"builder" yaml:"builder"`
-	// Scanners enabled: container_scanning, sbom, sast.
+	// Scanners enabled per image: container_scanning, sbom. (SAST, Secret Detection and
+	// Dependency Scanning run in the parent pipeline from GitLab's templates.)
 	Scanners []string `mapstructure:"scanners" yaml:"scanners"`
+	// SeverityThreshold: container scanning fails (and the image is not signed) on a
+	// vulnerability of this severity or higher; none only reports.
+	SeverityThreshold string `mapstructure:"severity_threshold" yaml:"severity_threshold"`
 	// Templates is the directory of the job templates, relative to the repository root.
 	Templates string `mapstructure:"templates" yaml:"templates"`
 	// Tool is how jobs run pipegen itself (the release job).
@@ -72,24 +76,26 @@ type Tool struct {
 
 // Allowed values.
 var (
-	Tiers    = []string{"production", "staging", "testing", "development", "other"}
-	Whens    = []string{"automatic", "manual"}
-	Modes    = []string{"keyless", "key"}
-	Formats  = []string{"bundle", "legacy"}
-	Builders = []string{"buildah", "buildkit"}
-	Scanners = []string{"container_scanning", "sbom", "sast"}
+	Tiers      = []string{"production", "staging", "testing", "development", "other"}
+	Whens      = []string{"automatic", "manual"}
+	Modes      = []string{"keyless", "key"}
+	Formats    = []string{"bundle", "legacy"}
+	Builders   = []string{"buildah", "buildkit"}
+	Scanners   = []string{"container_scanning", "sbom"}
+	Severities = []string{"none", "low", "medium", "high", "critical"}
 )
 
 // Defaults returns the configuration used for keys pipegen.yaml does not set.
 func Defaults() Config {
 	return Config{
-		DefaultBranch: "main",
-		Signing:       Signing{Mode: "keyless", KeyVariable: "COSIGN_PRIVATE_KEY", Issuer: "https://gitlab.com", Format: "bundle"},
-		Builder:       "buildah",
-		Scanners:      slices.Clone(Scanners),
-		Templates:     "pipelines",
-		Tool:          Tool{Image: "golang:1.26", Command: "pipegen", Agent: "agent"},
-		MaxNeeds:      50,
+		DefaultBranch:     "main",
+		Signing:           Signing{Mode: "keyless", KeyVariable: "COSIGN_PRIVATE_KEY", Issuer: "https://gitlab.com", Format: "bundle"},
+		Builder:           "buildah",
+		Scanners:          slices.Clone(Scanners),
+		SeverityThreshold: "high",
+		Templates:         "pipelines",
+		Tool:              Tool{Image: "golang:1.26", Command: "pipegen", Agent: "agent"},
+		MaxNeeds:          50,
 	}
 }
 
@@ -163,9 +169,16 @@ func (c *Config) Validate() error {
 		errs = append(errs, err)
 	}
 	for i, s := range c.Scanners {
+		if s == "sast" {
+			errs = append(errs, fmt.Errorf("scanners[%d]: sast runs in the parent pipeline now, from GitLab's SAST template (include: template: Security/SAST.gitlab-ci.yml, as pipegen init writes it): remove it here", i))
+			continue
+		}
 		if err := oneOf(fmt.Sprintf("scanners[%d]", i), s, Scanners); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if err := oneOf("severity_threshold", c.SeverityThreshold, Severities); err != nil {
+		errs = append(errs, err)
 	}
 	if c.Templates == "" || strings.HasPrefix(c.Templates, "/") || strings.Contains(c.Templates, "..") {
 		errs = append(errs, fmt.Errorf("templates: %q must be a directory inside the repository", c.Templates))

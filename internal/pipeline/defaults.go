@@ -18,6 +18,9 @@ type InitOptions struct {
 	Command       string // how to run pipegen
 	Agent         string // how to run the policy check
 	Signing       string // key | keyless
+	// SecurityTemplates includes GitLab's SAST, Secret Detection and Dependency Scanning
+	// templates in the parent pipeline.
+	SecurityTemplates bool
 }
 
 // File is one file `pipegen init` writes.

@@ -241,19 +241,28 @@ func BuildWith(repo *discover.Repo, decisions []discover.Decision, cfg Config, o
 				Extends:       ".sawmill-scan",
 				Stage:         "scan",
 				Needs:         []Need{{Job: build.Name, Artifacts: true}},
-				Variables:     append(cloneVars(common), Var{"SAWMILL_SCANNERS", scanners(cfg)}),
+				Variables:     append(cloneVars(common), Var{"SAWMILL_SCANNERS", scanners(cfg)}, Var{"SAWMILL_SEVERITY", severities(cfg.SeverityThreshold)}),
 				Interruptible: &yes,
 			})
-			sign.Needs = append(sign.Needs, Need{Job: "scan:" + im.Name})
+			sign.Needs = append(sign.Needs, Need{Job: "scan:" + im.Name, Artifacts: true}) // the SBOM to attest
+		}
+		// The image's own tests (image.yaml test:), in the built image; they gate signing too.
+		if len(im.Test) > 0 {
+			p.Jobs = append(p.Jobs, Job{
+				Name:          "test:" + im.Name,
+				Extends:       ".sawmill-image-test",
+				Stage:         "scan",
+				Needs:         []Need{{Job: build.Name, Artifacts: true}},
+				Variables:     append(cloneVars(common), Var{"SAWMILL_TEST_SCRIPT", strings.Join(im.Test, "\n")}),
+				Interruptible: &yes,
+			})
+			sign.Needs = append(sign.Needs, Need{Job: "test:" + im.Name})
 		}
 		if cfg.Signing.Mode == "keyless" {
 			sign.IDTokens = []Var{{"SIGSTORE_ID_TOKEN", "sigstore"}}
 		}
 		p.Jobs = append(p.Jobs, sign)
 		signJobs = append(signJobs, sign.Name)
-	}
-	if cfg.scanner("sast") {
-		p.Jobs = append(p.Jobs, Job{Name: "sast", Extends: ".sawmill-sast", Stage: "test", Needs: []Need{}, Interruptible: &yes})
 	}
 	for _, st := range repo.Stacks {
 		p.Jobs = append(p.Jobs, Job{
@@ -353,6 +362,17 @@ func tierRank(t string) int {
 		}
 	}
 	return len(Tiers)
+}
+
+// severities is trivy's --severity list for a threshold ("" for none: report only).
+func severities(threshold string) string {
+	all := []string{"LOW", "MEDIUM", "HIGH", "CRITICAL"}
+	for i, s := range all {
+		if strings.EqualFold(s, threshold) {
+			return strings.Join(all[i:], ",")
+		}
+	}
+	return ""
 }
 
 func scanners(cfg Config) string {

@@ -302,7 +302,9 @@ func TestConfigValidate(t *testing.T) {
 		{func(c *Config) { c.Signing.Format = "v2" }, `signing.format: "v2" is not one of bundle, legacy`},
 		{func(c *Config) { c.Signing.Mode = "key"; c.Signing.KeyVariable = "a-b" }, `signing.key_variable: "a-b" is not a CI/CD variable name`},
 		{func(c *Config) { c.Builder = "kaniko" }, `builder: "kaniko" is not one of buildah, buildkit`},
-		{func(c *Config) { c.Scanners = []string{"sast", "dast"} }, `scanners[1]: "dast" is not one of container_scanning, sbom, sast`},
+		{func(c *Config) { c.Scanners = []string{"sbom", "dast"} }, `scanners[1]: "dast" is not one of container_scanning, sbom`},
+		{func(c *Config) { c.Scanners = []string{"sast"} }, `scanners[0]: sast runs in the parent pipeline now, from GitLab's SAST template`},
+		{func(c *Config) { c.SeverityThreshold = "severe" }, `severity_threshold: "severe" is not one of none, low, medium, high, critical`},
 		{func(c *Config) { c.MaxNeeds = 0 }, "max_needs: 0 must be at least 1"},
 		{func(c *Config) { c.Templates = "../x" }, `templates: "../x" must be a directory inside the repository`},
 	} {
@@ -345,7 +347,7 @@ func TestRenderQuoting(t *testing.T) {
 }
 
 func TestInitFiles(t *testing.T) {
-	files, err := InitFiles("pipelines", InitOptions{Registry: "registry.gitlab.com/g/p", DefaultBranch: "main", Image: "golang:1.26", Command: "pipegen", Agent: "agent", Signing: "keyless"})
+	files, err := InitFiles("pipelines", InitOptions{Registry: "registry.gitlab.com/g/p", DefaultBranch: "main", Image: "golang:1.26", Command: "pipegen", Agent: "agent", Signing: "keyless", SecurityTemplates: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -363,6 +365,15 @@ func TestInitFiles(t *testing.T) {
 			}
 			if err := cfg.Validate(); err != nil {
 				t.Fatalf("pipegen.yaml: %v", err)
+			}
+		case f.Path == ".gitlab-ci.yml":
+			if err := validate(t, schema, f.Data); err != nil {
+				t.Errorf("%s: %v", f.Path, err)
+			}
+			for _, tpl := range []string{"Security/SAST.gitlab-ci.yml", "Security/Secret-Detection.gitlab-ci.yml", "Security/Dependency-Scanning.gitlab-ci.yml"} {
+				if !bytes.Contains(f.Data, []byte("  - template: "+tpl+"\n")) {
+					t.Errorf(".gitlab-ci.yml does not include %s", tpl)
+				}
 			}
 		default:
 			// Templates alone are valid CI files too (hidden jobs only).
