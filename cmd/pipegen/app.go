@@ -84,7 +84,7 @@ func (a *app) loadConfig(rf *repoFlags, fs *pflag.FlagSet) (pipeline.Config, str
 	d := pipeline.Defaults()
 	for k, val := range map[string]any{
 		"registry": d.Registry, "default_branch": d.DefaultBranch, "builder": d.Builder,
-		"scanners": d.Scanners, "severity_threshold": d.SeverityThreshold, "templates": d.Templates, "max_needs": d.MaxNeeds,
+		"scanners": d.Scanners, "severity_threshold": d.SeverityThreshold, "templates": d.Templates, "component": "", "max_needs": d.MaxNeeds,
 		"signing.mode": d.Signing.Mode, "signing.key_variable": d.Signing.KeyVariable,
 		"signing.issuer": d.Signing.Issuer, "signing.format": d.Signing.Format,
 		"signing.signing_config": "", "signing.trusted_root": "", "signing.fulcio_url": "", "signing.rekor_url": "",
@@ -94,7 +94,7 @@ func (a *app) loadConfig(rf *repoFlags, fs *pflag.FlagSet) (pipeline.Config, str
 	}
 	// viper's AutomaticEnv reads os.Getenv; bind explicitly through getenv instead so the
 	// environment is an input like any other.
-	for _, k := range []string{"registry", "default_branch", "builder", "templates", "max_needs", "severity_threshold",
+	for _, k := range []string{"registry", "default_branch", "builder", "templates", "component", "max_needs", "severity_threshold",
 		"signing.mode", "signing.key_variable", "signing.issuer", "signing.format",
 		"signing.signing_config", "signing.trusted_root", "signing.fulcio_url", "signing.rekor_url",
 		"tool.image", "tool.command", "tool.agent"} {

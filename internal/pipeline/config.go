@@ -36,6 +36,9 @@ type Config struct {
 	SeverityThreshold string `mapstructure:"severity_threshold" yaml:"severity_threshold"`
 	// Templates is the directory of the job templates, relative to the repository root.
 	Templates string `mapstructure:"templates" yaml:"templates"`
+	// Component, when set, is the CI/CD component the child pipeline includes instead of the
+	// templates directory, e.g. gitlab.com/sabeiro/sawmill/sawmill-jobs@1.2.0.
+	Component string `mapstructure:"component" yaml:"component"`
 	// Tool is how jobs run pipegen itself (the release job).
 	Tool Tool `mapstructure:"tool" yaml:"tool"`
 	// MaxNeeds is the most entries a job's needs may have (GitLab's limit, 50 by default);
@@ -100,9 +103,10 @@ func Defaults() Config {
 }
 
 var (
-	envNameRE  = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]*$`)
-	registryRE = regexp.MustCompile(`^[a-z0-9.-]+(:[0-9]+)?(/[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*)*$`)
-	varNameRE  = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+	envNameRE   = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]*$`)
+	registryRE  = regexp.MustCompile(`^[a-z0-9.-]+(:[0-9]+)?(/[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*)*$`)
+	varNameRE   = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+	componentRE = regexp.MustCompile(`^(\$CI_SERVER_FQDN|[a-zA-Z0-9.-]+(:[0-9]+)?)(/[a-zA-Z0-9_.-]+){2,}@[a-zA-Z0-9_.~^-]+$`)
 )
 
 func oneOf(field, v string, allowed []string) error {
@@ -182,6 +186,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Templates == "" || strings.HasPrefix(c.Templates, "/") || strings.Contains(c.Templates, "..") {
 		errs = append(errs, fmt.Errorf("templates: %q must be a directory inside the repository", c.Templates))
+	}
+	if c.Component != "" && !componentRE.MatchString(c.Component) {
+		errs = append(errs, fmt.Errorf("component: %q is not <host>/<project path>/<component>@<version>", c.Component))
 	}
 	if c.Tool.Command == "" {
 		errs = append(errs, errors.New("tool.command: required"))

@@ -11,6 +11,7 @@ import (
 // Pipeline is the child pipeline.
 type Pipeline struct {
 	Includes  []string // local template files
+	Component string   // a CI/CD component included instead of Includes
 	Stages    []string
 	Variables []Var
 	Jobs      []Job // in rendering order
@@ -143,8 +144,12 @@ func BuildWith(repo *discover.Repo, decisions []discover.Decision, cfg Config, o
 	}
 
 	p := &Pipeline{Stages: Stages}
-	for _, f := range TemplateFiles {
-		p.Includes = append(p.Includes, cfg.Templates+"/"+f)
+	if cfg.Component != "" {
+		p.Component = cfg.Component
+	} else {
+		for _, f := range TemplateFiles {
+			p.Includes = append(p.Includes, cfg.Templates+"/"+f)
+		}
 	}
 	p.Variables = []Var{
 		{"SAWMILL_REGISTRY", cfg.Registry},

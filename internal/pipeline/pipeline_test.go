@@ -304,6 +304,7 @@ func TestConfigValidate(t *testing.T) {
 		{func(c *Config) { c.Builder = "kaniko" }, `builder: "kaniko" is not one of buildah, buildkit`},
 		{func(c *Config) { c.Scanners = []string{"sbom", "dast"} }, `scanners[1]: "dast" is not one of container_scanning, sbom`},
 		{func(c *Config) { c.Scanners = []string{"sast"} }, `scanners[0]: sast runs in the parent pipeline now, from GitLab's SAST template`},
+		{func(c *Config) { c.Component = "sawmill-jobs" }, `component: "sawmill-jobs" is not <host>/<project path>/<component>@<version>`},
 		{func(c *Config) { c.SeverityThreshold = "severe" }, `severity_threshold: "severe" is not one of none, low, medium, high, critical`},
 		{func(c *Config) { c.MaxNeeds = 0 }, "max_needs: 0 must be at least 1"},
 		{func(c *Config) { c.Templates = "../x" }, `templates: "../x" must be a directory inside the repository`},
@@ -505,5 +506,64 @@ func TestReleaseKeepsEveryPolicyGate(t *testing.T) {
 				t.Errorf("release needs %d jobs, want every sign and policy job (%d)", len(needs), tc.images+tc.stacks)
 			}
 		})
+	}
+}
+
+// This repository ships the templates as a CI/CD component too: templates/sawmill-jobs.yml is
+// Component() (go test -update rewrites it). Its header and body are valid CI files, and every
+// input is typed, has a default and is used.
+func TestComponentFile(t *testing.T) {
+	want, err := Component()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(moduleRoot(t), filepath.FromSlash(ComponentPath))
+	if *update {
+		if err := os.WriteFile(path, want, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (go test -update writes it)", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("%s differs from the templates (go test ./internal/pipeline/ -update rewrites it)", ComponentPath)
+	}
+	header, body, ok := bytes.Cut(got, []byte("\n---\n"))
+	if !ok {
+		t.Fatal("no --- between the spec header and the templates")
+	}
+	schema := ciSchema(t)
+	for name, doc := range map[string][]byte{"header": header, "body": body} {
+		if err := validate(t, schema, doc); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	var spec struct {
+		Spec struct {
+			Inputs map[string]struct {
+				Type, Default, Description string
+			}
+		}
+	}
+	if err := yaml.Unmarshal(header, &spec); err != nil {
+		t.Fatal(err)
+	}
+	if len(spec.Spec.Inputs) == 0 {
+		t.Fatal("no inputs")
+	}
+	for name, in := range spec.Spec.Inputs {
+		if in.Type != "string" || in.Default == "" || in.Description == "" {
+			t.Errorf("input %s: %+v", name, in)
+		}
+		if !bytes.Contains(body, []byte("$[[ inputs."+name+" ]]")) {
+			t.Errorf("input %s is not used", name)
+		}
+	}
+	for _, job := range []string{".sawmill-build:", ".sawmill-scan:", ".sawmill-sign:", ".sawmill-image-test:", ".sawmill-policy:", ".sawmill-release:", ".sawmill-deploy:"} {
+		if !bytes.Contains(body, []byte("\n"+job+"\n")) && !bytes.HasPrefix(body, []byte(job+"\n")) {
+			t.Errorf("the component has no %s", job)
+		}
 	}
 }

@@ -21,7 +21,9 @@ type seq []any
 // Tree converts the pipeline to an ordered tree of mapping / seq / string / bool.
 func (p *Pipeline) tree() mapping {
 	var top mapping
-	if len(p.Includes) > 0 {
+	if p.Component != "" {
+		top = append(top, kv{"include", seq{mapping{{"component", p.Component}}}})
+	} else if len(p.Includes) > 0 {
 		var inc seq
 		for _, f := range p.Includes {
 			inc = append(inc, mapping{{"local", f}})
