@@ -2,8 +2,10 @@
 //
 // In: a repository directory (images/<name>/Dockerfile with an optional image.yaml,
 // stacks/<name>/compose.yaml with compose.<env>.yaml overrides, policies/) and, for change
-// detection, a git base revision. Out: a [Repo] (images in dependency order, stacks, the
-// dependency graph) and a [Decision] per image (rebuilt or reused, and why).
+// detection, a git base revision (chosen by the caller: cmd/pipegen takes the commit of the
+// last release) and images to rebuild regardless. Out: a [Repo] (images in dependency order,
+// stacks, the dependency graph, each image's tests) and a [Decision] per image (rebuilt or
+// reused, and why).
 //
 // It reads files and runs the git binary; it imports only the standard library and
 // go.yaml.in/yaml/v3, and nothing else of this module (data flows one way: discover ->

@@ -1,10 +1,11 @@
 // Package pipeline turns a discovered repository into a GitLab CI child pipeline.
 //
-// In: a [discover.Repo], the per-image [discover.Decision]s and a validated [Config] (the
-// contents of pipegen.yaml). Out: a [Pipeline] model and its deterministic YAML rendering
-// (same input, same bytes: no maps iterated unsorted, no timestamps). It also embeds the
-// default job templates (pipelines/*.yml), the default pipegen.yaml and the parent
-// .gitlab-ci.yml that `pipegen init` writes.
+// In: a [discover.Repo], the per-image [discover.Decision]s, a validated [Config] (the
+// contents of pipegen.yaml) and [Options] (where reused images come from, merge request or
+// not). Out: a [Pipeline] model and its deterministic YAML rendering (same input, same bytes:
+// no maps iterated unsorted, no timestamps). It also embeds the default job templates
+// (pipelines/*.yml), the default pipegen.yaml and the parent .gitlab-ci.yml that `pipegen init`
+// writes, and makes the CI/CD component of the templates ([Component]).
 //
 // It imports the standard library and internal/discover only; it reads no files and no
 // environment (configuration is read by cmd/pipegen).

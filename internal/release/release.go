@@ -3,12 +3,14 @@
 // pinned to repo:tag@sha256:digest (format: docs/release.md).
 //
 // In: the images rebuilt in this pipeline with their digests (from the sign jobs' dotenv
-// reports), the images reused from an earlier release, the stacks found by internal/discover,
-// and a [Registry] to resolve reused images' release tags to digests and to move those tags.
-// Out: a [Release] and its files, written atomically to a directory.
+// reports), the images reused from an earlier release (with the digests `pipegen generate`
+// read from it, or resolved here from the channel tags), the stacks found by internal/discover,
+// and a [Registry]. Out: a [Release] and its files, written atomically to a directory; and
+// [Publish], which moves the ref's channel (the channel tags, then the channel record that
+// later pipelines diff against) by compare-and-swap. [OCI.ReadRecord] reads a channel record.
 //
 // It imports the standard library, internal/discover, go.yaml.in/yaml/v3 and
-// go-containerregistry; it is used only by cmd/pipegen (`pipegen release`).
+// go-containerregistry; it is used only by cmd/pipegen (`pipegen release`, `generate`, `plan`).
 package release
 
 import (
