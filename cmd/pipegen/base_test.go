@@ -121,8 +121,13 @@ func TestChangeBaseFromReleaseRecords(t *testing.T) {
 			action(out, "base") != "reused unchanged" {
 			t.Errorf("%s:\n%s", ref, out)
 		}
-		if vars := generate(e)["variables"].(map[string]any); vars["SAWMILL_CHANNEL_RECORD"] != "none" {
-			t.Errorf("%s: expects record %v, want none", ref, vars["SAWMILL_CHANNEL_RECORD"])
+		doc := generate(e)
+		if vars := doc["variables"].(map[string]any); vars["SAWMILL_CHANNEL_RECORD"] != "none" || vars["BASE_DIGEST"] != digestOf("1") {
+			t.Errorf("%s: variables %v, want no record of its own and main's base digest", ref, vars)
+		}
+		// The build falls back to main's channel too: FROM the digest main released.
+		if args := doc["build:app"].(map[string]any)["variables"].(map[string]any)["SAWMILL_BUILD_ARGS"]; !strings.Contains(args.(string), "BASE_IMAGE="+regPath+"/base@${BASE_DIGEST}") {
+			t.Errorf("%s: build:app args %q", ref, args)
 		}
 	}
 

@@ -428,3 +428,23 @@ func mustRead(t *testing.T, path string) []byte {
 	}
 	return b
 }
+
+// This repository's own pipeline is valid and runs its tests.
+func TestRepositoryPipeline(t *testing.T) {
+	root, err := filepath.Abs(filepath.Join("..", ".."))
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(root, ".gitlab-ci.yml")
+	if res := pipegen(t, nil, "lint", file); res.code != 0 {
+		t.Fatalf("lint: %+v", res)
+	}
+	doc := jobs(t, mustRead(t, file))
+	test, _ := doc["test"].(map[string]any)
+	if script, _ := test["script"].([]any); len(script) == 0 || script[0] != "bash .ci/run" {
+		t.Errorf("the pipeline does not run the tests: %v", test)
+	}
+	if _, err := os.Stat(filepath.Join(root, ".ci", "run")); err != nil {
+		t.Error(err)
+	}
+}

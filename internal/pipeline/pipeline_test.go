@@ -265,6 +265,16 @@ func TestGoldenDAG(t *testing.T) {
 	if prod["rules"].([]any)[0].(map[string]any)["when"] != "manual" || prod["resource_group"] != "deploy-production" {
 		t.Errorf("deploy:production %v", prod)
 	}
+	// Production is promoted only after staging (same branch) deployed; dev deploys another branch.
+	if got := strings.Join(needs("deploy:production"), ","); got != "release,deploy:staging" {
+		t.Errorf("deploy:production needs %s", got)
+	}
+	if got := strings.Join(needs("deploy:staging"), ","); got != "release" {
+		t.Errorf("deploy:staging needs %s", got)
+	}
+	if rel := doc["release"].(map[string]any); rel["resource_group"] != "sawmill-release-$CI_COMMIT_REF_SLUG" || rel["interruptible"] != false {
+		t.Errorf("release is not serialised per ref: %v", rel)
+	}
 	dev := doc["deploy:dev"].(map[string]any)
 	if dev["rules"].([]any)[0].(map[string]any)["if"] != `$CI_COMMIT_BRANCH == "develop"` {
 		t.Errorf("deploy:dev %v", dev)
