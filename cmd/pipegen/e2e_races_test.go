@@ -119,21 +119,30 @@ func TestEndToEndInterleavedPipelines(t *testing.T) {
 	}
 }
 
-// 60 images and 10 stacks: more sign and policy jobs than GitLab's needs limit. The release
-// runs after every policy job and gets every image's digest.
+// More sign and policy jobs than GitLab's needs limit: 60 images and 10 stacks (more sign jobs
+// than the limit alone), and 45 and 10 (sign jobs under the limit, sign plus policy jobs over
+// it: the case where policy gates used to be dropped). The last policy job ends only after
+// every image is signed, so a release that did not wait for it would run before it. The release runs after every policy
+// job and every sign job and pins every image's digest.
 func TestEndToEndManyImages(t *testing.T) {
 	gcl := gitlabCILocal(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	bin := buildTools(ctx, t)
+	for _, n := range []int{60, 45} {
+		t.Run(fmt.Sprintf("%d_images_10_stacks", n), func(t *testing.T) { manyImages(ctx, t, gcl, bin, n, 10) })
+	}
+}
+
+func manyImages(ctx context.Context, t *testing.T, gcl, bin string, images, stacks int) {
 	reg := testenv.Registry(t) + "/sawmill/platform"
 	work := t.TempDir()
 	logFile, outDir := filepath.Join(work, "jobs.log"), filepath.Join(work, "release")
 	files := map[string]string{}
-	for i := range 60 {
+	for i := range images {
 		files[fmt.Sprintf("images/img%02d/Dockerfile", i)] = "FROM scratch\n"
 	}
-	for i := range 10 {
+	for i := range stacks {
 		files[fmt.Sprintf("stacks/s%02d/compose.yaml", i)] = fmt.Sprintf("services:\n  a:\n    image: ${REGISTRY}/img%02d:latest\n", i)
 	}
 	r := fixtureRepo(t, filepath.Join(work, "repo"), reg, logFile, outDir, files)
@@ -143,6 +152,32 @@ func TestEndToEndManyImages(t *testing.T) {
 	out, ok := runCI(ctx, t, gcl, r.Dir, bin, logFile)
 	if !ok {
 		t.Fatalf("pipeline:\n%s", out)
+	}
+	// The release job of the child pipeline the generate job wrote.
+	child := findFile(t, filepath.Join(r.Dir, ".gitlab-ci-local"), "child.yml")
+	doc := jobs(t, mustRead(t, child))
+	rel := doc["release"].(map[string]any)
+	relStage := rel["stage"].(string)
+	needs, hasNeeds := rel["needs"].([]any)
+	needed := map[string]bool{}
+	for _, n := range needs {
+		needed[n.(map[string]any)["job"].(string)] = true
+	}
+	stageOf := map[string]int{}
+	for i, st := range doc["stages"].([]any) {
+		stageOf[st.(string)] = i
+	}
+	for name, j := range doc {
+		if !strings.HasPrefix(name, "policy:") && !strings.HasPrefix(name, "sign:") {
+			continue
+		}
+		st := j.(map[string]any)["stage"].(string)
+		if hasNeeds && !needed[name] || !hasNeeds && stageOf[st] >= stageOf[relStage] {
+			t.Errorf("the release does not wait for %s (needs %d jobs)", name, len(needs))
+		}
+	}
+	if len(needs) > 50 {
+		t.Errorf("the release needs %d jobs, above GitLab's limit", len(needs))
 	}
 	lines := readLog(t, logFile)
 	releaseAt, policies, signs := -1, 0, 0
@@ -162,16 +197,32 @@ func TestEndToEndManyImages(t *testing.T) {
 			}
 		}
 	}
-	if releaseAt < 0 || policies != 10 || signs != 60 {
+	if releaseAt < 0 || policies != stacks || signs != images {
 		t.Fatalf("release at %d, %d policy jobs, %d sign jobs\n%s", releaseAt, policies, signs, out)
 	}
-	rel := readRelease(t, outDir)
-	if len(rel.Images) != 60 {
-		t.Fatalf("release has %d images", len(rel.Images))
+	released := readRelease(t, outDir)
+	if len(released.Images) != images {
+		t.Fatalf("release has %d images", len(released.Images))
 	}
-	for n, img := range rel.Images {
+	for n, img := range released.Images {
 		if !img.Rebuilt || !strings.HasPrefix(img.Digest, "sha256:") {
 			t.Errorf("%s: %+v", n, img)
 		}
 	}
+}
+
+// findFile returns the first file called name below dir.
+func findFile(t *testing.T, dir, name string) string {
+	t.Helper()
+	var found string
+	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && d.Name() == name && found == "" {
+			found = p
+		}
+		return nil
+	})
+	if found == "" {
+		t.Fatalf("no %s under %s", name, dir)
+	}
+	return found
 }
