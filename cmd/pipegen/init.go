@@ -93,9 +93,16 @@ func (a *app) initCmd() *cobra.Command {
 // and the agent (images/sawmill-tools).
 const ToolImageRepository = "registry.gitlab.com/sabeiro/sawmill/sawmill-tools"
 
-// defaultToolImage is the tools image of the commit this pipegen was built from (the
-// pipeline tags every image with its commit), else the main branch's channel.
+// toolCommit is the commit this pipegen was built from when the build says so
+// (-ldflags "-X main.toolCommit=<sha>", as images/sawmill-tools does: its build has no .git).
+var toolCommit string
+
+// defaultToolImage is the tools image of the commit this pipegen was built from (every image
+// of a published release is tagged with the release's commit), else the main branch's channel.
 func defaultToolImage() string {
+	if len(toolCommit) == 40 {
+		return ToolImageRepository + ":" + toolCommit
+	}
 	if bi, ok := debug.ReadBuildInfo(); ok {
 		for _, s := range bi.Settings {
 			if s.Key == "vcs.revision" && len(s.Value) == 40 {

@@ -448,3 +448,16 @@ func TestRepositoryPipeline(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// The tools image named by init is the one of the commit pipegen was built from.
+func TestDefaultToolImage(t *testing.T) {
+	defer func(c string) { toolCommit = c }(toolCommit)
+	toolCommit = strings.Repeat("ab", 20)
+	if got := defaultToolImage(); got != ToolImageRepository+":"+toolCommit {
+		t.Errorf("defaultToolImage() = %s", got)
+	}
+	toolCommit = ""
+	if got := defaultToolImage(); !strings.HasPrefix(got, ToolImageRepository+":") {
+		t.Errorf("defaultToolImage() = %s", got)
+	}
+}

@@ -118,7 +118,10 @@ type Input struct {
 	Environments  []string // configured environments (for Stack.Environments)
 }
 
-var digestRE = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
+var (
+	digestRE = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
+	tagRE    = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
+)
 
 // Slug is GitLab's CI_COMMIT_REF_SLUG of a ref: lower case, every character other than
 // a-z and 0-9 replaced by '-', at most 63 bytes, no leading or trailing '-'.
@@ -267,9 +270,10 @@ func resolve(ctx context.Context, reg Registry, repo string, channels []string) 
 // pipeline found it: another pipeline on the same ref published in between.
 var ErrChannelMoved = errors.New("channel moved")
 
-// Publish moves the channel: every image's channel tag to the image's digest, then the
-// channel record (RecordRef) to releaseJSON, so the next pipeline on this ref diffs against
-// this release and reuses its digests.
+// Publish moves the channel: every image's channel tag to the image's digest (and tags every
+// reused image with the release's commit, as the rebuilt ones already are), then the channel
+// record (RecordRef) to releaseJSON, so the next pipeline on this ref diffs against this
+// release and reuses its digests.
 //
 // It is a compare-and-swap: expect is the digest of the channel record this pipeline started
 // from ("" when the ref had none). When the record is elsewhere now, or (with a record) an
@@ -312,6 +316,13 @@ func Publish(ctx context.Context, rel *Release, releaseJSON []byte, reg Registry
 		img := rel.Images[n]
 		if err := reg.Tag(ctx, img.Repository, img.Digest, rel.Channel); err != nil {
 			return fmt.Errorf("tag %s:%s -> %s: %w", img.Repository, rel.Channel, img.Digest, err)
+		}
+		// Every image of the release answers to the release's commit, reused ones included
+		// (rebuilt ones were pushed under it), e.g. the tools image `pipegen init` names.
+		if !img.Rebuilt && tagRE.MatchString(rel.Commit) {
+			if err := reg.Tag(ctx, img.Repository, img.Digest, rel.Commit); err != nil {
+				return fmt.Errorf("tag %s:%s -> %s: %w", img.Repository, rel.Commit, img.Digest, err)
+			}
 		}
 	}
 	// The record is the commit point: check once more right before moving it.

@@ -152,6 +152,12 @@ func TestMakeWritePublish(t *testing.T) {
 			t.Errorf("%s:release-feature-x = %s, %v; want %s", n, got, err, img.Digest)
 		}
 	}
+	// Reused images are tagged with the release's commit too (rebuilt ones were pushed so).
+	for _, n := range []string{"base", "tool"} {
+		if got, err := reg.Digest(ctx, registryPath+"/"+n+":abc123"); err != nil || got != want[n].Digest {
+			t.Errorf("%s:abc123 = %s, %v; want %s", n, got, err, want[n].Digest)
+		}
+	}
 	// The next pipeline on the branch reuses what this one released.
 	in.Rebuilt, in.Reused, in.Digests = nil, []string{"app", "mid", "base", "tool"}, nil
 	next, _, err := Make(ctx, in, reg)
