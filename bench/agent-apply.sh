@@ -123,7 +123,7 @@ remove_stack "$AGENT_STACK" 90 || die "could not remove leftover stack $AGENT_ST
 log "building agent and the workload image"
 mkdir -p "$work/img"
 go build -o "$work/agent" ./cmd/agent
-CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o "$work/img/testsvc" ./internal/testenv/testsvc
+CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o "$work/img/testsvc" ./internal/testing/testenv/testsvc
 printf 'FROM scratch\nCOPY testsvc /testsvc\nENTRYPOINT ["/testsvc"]\n' >"$work/img/Dockerfile"
 DOCKER_BUILDKIT=0 docker build -q -t "$IMAGE" "$work/img" >/dev/null 2>"$work/build.log" ||
   die "docker build failed: $(cat "$work/build.log")"

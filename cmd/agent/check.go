@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"io"
-	"log/slog"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/viper"
@@ -38,42 +37,40 @@ func gateFlags(cmd *cobra.Command) {
 	cmd.Flags().String("policy-mode", string(policy.ModeEnforce), "off, warn (report denies, refuse nothing) or enforce (a deny refuses: exit 3)")
 }
 
-// setting reads a flag, or the SAWMILL_* environment variable when the flag is not given.
-func setting(v *viper.Viper, cmd *cobra.Command, name string) {
-	_ = v.BindPFlag(name, cmd.Flags().Lookup(name))
+// gateSettings are the policy settings of plan, apply, check and render: each a flag, or the SAWMILL_*
+// variable of the same name (SAWMILL_POLICY_MODE, SAWMILL_POLICIES, SAWMILL_ENV, ...) when the flag is not given.
+type gateSettings struct {
+	mode      policy.Mode
+	dirs      []string
+	noDefault bool
+	input     policy.InputOptions
 }
 
-func inputOptions(v *viper.Viper, cmd *cobra.Command) policy.InputOptions {
-	setting(v, cmd, "env")
-	setting(v, cmd, "allowed-registry")
-	regs := v.GetStringSlice("allowed-registry")
-	return policy.InputOptions{Environment: v.GetString("env"), AllowedRegistries: regs}
-}
-
-func policyEngine(v *viper.Viper, cmd *cobra.Command) *policy.Engine {
-	setting(v, cmd, "policies")
-	setting(v, cmd, "no-default-policies")
-	return policy.New(policy.Options{Dirs: v.GetStringSlice("policies"), NoDefault: v.GetBool("no-default-policies")})
-}
-
-// policyGate builds the policy check of plan and apply. Decisions are printed to out with text output, and
-// logged otherwise.
-func policyGate(v *viper.Viper, cmd *cobra.Command, log *slog.Logger, out io.Writer) (*policy.Gate, error) {
-	setting(v, cmd, "policy-mode")
-	mode, err := policy.ParseMode(v.GetString("policy-mode"))
-	if err != nil {
-		return nil, usageError{err}
+func readGate(v *viper.Viper, cmd *cobra.Command) (*gateSettings, error) {
+	for _, name := range []string{"policy-mode", "policies", "no-default-policies", "env", "allowed-registry"} {
+		if f := cmd.Flags().Lookup(name); f != nil {
+			_ = v.BindPFlag(name, f)
+		}
 	}
-	if format, _ := cmd.Flags().GetString("output"); format != "text" {
-		out = nil
+	g := &gateSettings{
+		mode:      policy.ModeEnforce,
+		dirs:      v.GetStringSlice("policies"),
+		noDefault: v.GetBool("no-default-policies"),
+		input:     policy.InputOptions{Environment: v.GetString("env"), AllowedRegistries: v.GetStringSlice("allowed-registry")},
 	}
-	g := &policy.Gate{Engine: policyEngine(v, cmd), Mode: mode, Input: inputOptions(v, cmd), Log: log, Out: out}
-	if mode != policy.ModeOff {
-		// Compile the policies while the compose files load; the gate's evaluation reuses the result (or
-		// reports its error).
-		go func() { _, _ = g.Engine.Prepare(cmd.Context()) }()
+	if cmd.Flags().Lookup("policy-mode") != nil {
+		mode, err := policy.ParseMode(v.GetString("policy-mode"))
+		if err != nil {
+			return nil, usageError{err}
+		}
+		g.mode = mode
 	}
 	return g, nil
+}
+
+// engine is the policy engine of these settings.
+func (g *gateSettings) engine() *policy.Engine {
+	return policy.New(policy.Options{Dirs: g.dirs, NoDefault: g.noDefault})
 }
 
 // loadInput loads the compose files and builds the policy input document.
@@ -87,7 +84,11 @@ func loadInput(v *viper.Viper, cmd *cobra.Command, args []string) (*policy.Input
 	if err != nil {
 		return nil, err
 	}
-	opts := inputOptions(v, cmd)
+	g, err := readGate(v, cmd)
+	if err != nil {
+		return nil, err
+	}
+	opts := g.input
 	opts.PreRelease, _ = cmd.Flags().GetString("pre-release")
 	if opts.Signatures, err = checkSignatures(cmd, st); err != nil {
 		return nil, err
@@ -114,7 +115,11 @@ func checkCmd(v *viper.Viper, d deps) *cobra.Command {
 				return usageError{fmt.Errorf("-o %q: use text, json or junit", format)}
 			}
 			// The policies compile while the compose files load; Evaluate reuses what Prepare made.
-			engine := policyEngine(v, cmd)
+			g, err := readGate(v, cmd)
+			if err != nil {
+				return err
+			}
+			engine := g.engine()
 			go func() { _, _ = engine.Prepare(cmd.Context()) }()
 			in, err := loadInput(v, cmd, args)
 			if err != nil {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"strings"
 	"time"
 
@@ -16,12 +17,18 @@ import (
 	"github.com/sabeiro/sawmill/internal/swarm"
 )
 
-func newRoot(d deps) *cobra.Command {
-	stdout, stderr := d.stdout, d.stderr
+// newRootViper is the settings' reader: flags bound per command, SAWMILL_* variables (gitlab.url:
+// SAWMILL_GITLAB_URL), and for `agent run` a config file.
+func newRootViper() *viper.Viper {
 	v := viper.New()
 	v.SetEnvPrefix("SAWMILL")
 	v.SetEnvKeyReplacer(strings.NewReplacer("-", "_", ".", "_"))
 	v.AutomaticEnv()
+	return v
+}
+
+func newRoot(d deps) *cobra.Command {
+	v := newRootViper()
 
 	root := &cobra.Command{
 		Use:           "agent",
@@ -29,16 +36,21 @@ func newRoot(d deps) *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.SetOut(stdout)
-	root.SetErr(stderr)
+	root.SetOut(d.stdout)
+	root.SetErr(d.stderr)
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.PersistentFlags().String("log-level", "info", "log level: debug, info, warn, error")
-	root.PersistentFlags().String("log-format", "text", "log format: text or json")
-	_ = v.BindPFlags(root.PersistentFlags())
+	pf := root.PersistentFlags()
+	pf.String("log-level", "info", "log level: debug, info, warn, error")
+	pf.String("log-format", "text", "log format: text or json")
+	_ = v.BindPFlag("log_level", pf.Lookup("log-level"))
+	_ = v.BindPFlag("log_format", pf.Lookup("log-format"))
 
 	root.AddCommand(planCmd(v, d), applyCmd(v, d), checkCmd(v, d), renderCmd(v, d), runCmd(v, d))
 	return root
 }
+
+// composeLoader is the flow's load step: compose-go, converted as `docker stack deploy` converts.
+var composeLoader = reconcile.LoadFunc(compose.Load)
 
 // composeFlags adds the flags that say which compose files make the stack.
 func composeFlags(cmd *cobra.Command) {
@@ -48,6 +60,8 @@ func composeFlags(cmd *cobra.Command) {
 	f.String("project-directory", "", "directory for relative paths and .env (default: the first file's)")
 }
 
+// composeOptions are the compose files of the command line, interpolated with the process environment
+// (plan, apply, check and render run from a terminal or a CI job).
 func composeOptions(cmd *cobra.Command, args []string) (compose.Options, error) {
 	f := cmd.Flags()
 	files, _ := f.GetStringArray("file")
@@ -56,7 +70,7 @@ func composeOptions(cmd *cobra.Command, args []string) (compose.Options, error) 
 	if len(files) == 0 {
 		return compose.Options{}, usageError{fmt.Errorf("give at least one compose file with -c")}
 	}
-	o := compose.Options{Files: files, Profiles: profiles, WorkDir: dir}
+	o := compose.Options{Files: files, Profiles: profiles, WorkDir: dir, Env: os.Environ()}
 	if len(args) == 1 {
 		o.Stack = args[0]
 	}
@@ -64,7 +78,6 @@ func composeOptions(cmd *cobra.Command, args []string) (compose.Options, error) 
 }
 
 func planCmd(v *viper.Viper, d deps) *cobra.Command {
-	stdout := d.stdout
 	cmd := &cobra.Command{
 		Use:   "plan -c compose.yaml [-c override.yaml ...] [STACK]",
 		Short: "Show what apply would change on the swarm; makes no write call",
@@ -75,11 +88,12 @@ func planCmd(v *viper.Viper, d deps) *cobra.Command {
 				return err
 			}
 			defer r.client.Close()
-			p, err := reconcile.Plan(cmd.Context(), r.client, r.compose, r.log, r.checks...)
-			if err != nil {
-				return err
+			c := r.flow.Run(cmd.Context(), r.compose)
+			r.show(c)
+			if c.Err != nil {
+				return c.Err
 			}
-			return output(stdout, cmd, p)
+			return r.output(c.Plan)
 		},
 	}
 	composeFlags(cmd)
@@ -89,12 +103,15 @@ func planCmd(v *viper.Viper, d deps) *cobra.Command {
 	return cmd
 }
 
-// runSetup is what plan and apply share: the compose options, the logger, the engine and the checks.
+// runSetup is what plan and apply share: the compose options, the engine, the flow (without its apply
+// step) and how the result is shown.
 type runSetup struct {
 	compose compose.Options
 	log     *slog.Logger
 	client  swarm.Client
-	checks  []reconcile.Check
+	flow    *reconcile.Flow
+	stdout  io.Writer
+	format  string
 }
 
 func prepare(v *viper.Viper, d deps, cmd *cobra.Command, args []string) (*runSetup, error) {
@@ -102,34 +119,64 @@ func prepare(v *viper.Viper, d deps, cmd *cobra.Command, args []string) (*runSet
 	if err != nil {
 		return nil, err
 	}
-	log, err := newLogger(d.stderr, v.GetString("log-level"), v.GetString("log-format"))
+	log, err := newLogger(d.stderr, v.GetString("log_level"), v.GetString("log_format"))
 	if err != nil {
 		return nil, err
 	}
-	gates, err := checks(v, cmd, log, d.stdout)
+	format, _ := cmd.Flags().GetString("output")
+	if format != "text" && format != "json" {
+		return nil, usageError{fmt.Errorf("-o %q: use text or json", format)}
+	}
+	gate, err := readGate(v, cmd)
 	if err != nil {
 		return nil, err
+	}
+	flow := &reconcile.Flow{Load: composeLoader, PolicyMode: gate.mode, Input: gate.input, Log: log}
+	if gate.mode != "off" {
+		engine := gate.engine()
+		// Compile the policies while the compose files load; Evaluate reuses the result (or reports its error).
+		go func() { _, _ = engine.Prepare(cmd.Context()) }()
+		flow.Policy = engine
+	}
+	if skip, _ := cmd.Flags().GetBool("skip-verify"); skip {
+		log.Warn("signature verification is off (--skip-verify)")
+	} else {
+		p, err := readTrust(cmd)
+		if err != nil {
+			return nil, err
+		}
+		if p == nil {
+			return nil, usageError{errNoTrust}
+		}
+		if flow.Verify, err = newVerifier(*p, log); err != nil {
+			return nil, err
+		}
 	}
 	c, err := d.connect()
 	if err != nil {
 		return nil, err
 	}
-	return &runSetup{compose: o, log: log, client: c, checks: gates}, nil
+	flow.Observe = swarm.Observer{Client: c}
+	return &runSetup{compose: o, log: log, client: c, flow: flow, stdout: d.stdout, format: format}, nil
 }
 
-func output(w io.Writer, cmd *cobra.Command, p *plan.Plan) error {
-	format, _ := cmd.Flags().GetString("output")
-	switch format {
-	case "text":
-		return plan.Render(w, p)
-	case "json":
-		return plan.RenderJSON(w, p)
+// show prints the gates' findings with text output, and logs the policy decisions otherwise.
+func (r *runSetup) show(c *reconcile.Cycle) {
+	if r.format == "text" {
+		printChecks(r.stdout, c, r.flow.PolicyMode)
+	} else {
+		logDecisions(r.log, c)
 	}
-	return usageError{fmt.Errorf("-o %q: use text or json", format)}
+}
+
+func (r *runSetup) output(p *plan.Plan) error {
+	if r.format == "json" {
+		return plan.RenderJSON(r.stdout, p)
+	}
+	return plan.Render(r.stdout, p)
 }
 
 func applyCmd(v *viper.Viper, d deps) *cobra.Command {
-	stdout := d.stdout
 	cmd := &cobra.Command{
 		Use:   "apply -c compose.yaml [-c override.yaml ...] [STACK]",
 		Short: "Apply the plan and wait until the stack converged; roll back a failed update",
@@ -144,20 +191,22 @@ func applyCmd(v *viper.Viper, d deps) *cobra.Command {
 				return err
 			}
 			defer r.client.Close()
-			a := &swarm.Applier{Client: r.client, Log: r.log, Timeout: timeout}
-			res, err := reconcile.Apply(cmd.Context(), a, r.compose, r.log, r.checks...)
-			if res != nil && res.Plan != nil {
-				if rerr := output(stdout, cmd, res.Plan); rerr != nil && err == nil {
+			r.flow.Apply = &swarm.Applier{Client: r.client, Log: r.log, Timeout: timeout}
+			c := r.flow.Run(cmd.Context(), r.compose)
+			r.show(c)
+			err = c.Err
+			if res := c.Result; res != nil && res.Plan != nil {
+				if rerr := r.output(res.Plan); rerr != nil && err == nil {
 					err = rerr
 				}
 				for _, s := range res.RolledBack {
-					fmt.Fprintf(stdout, "rolled back: %s (the previous version keeps running)\n", s)
+					fmt.Fprintf(r.stdout, "rolled back: %s (the previous version keeps running)\n", s)
 				}
 			}
 			if err != nil {
 				return err
 			}
-			fmt.Fprintln(stdout, "converged")
+			fmt.Fprintln(r.stdout, "converged")
 			return nil
 		},
 	}

@@ -22,7 +22,7 @@ import (
 
 	"github.com/sabeiro/sawmill/internal/stack"
 	"github.com/sabeiro/sawmill/internal/swarm"
-	"github.com/sabeiro/sawmill/internal/testenv"
+	"github.com/sabeiro/sawmill/internal/testing/testenv"
 )
 
 // counting wraps the real client and counts write calls.

@@ -1,5 +1,6 @@
 // Command agent deploys compose stacks to a Docker Swarm: it plans, applies and waits for convergence, and
-// keeps the previous version running when a rollout fails.
+// keeps the previous version running when a rollout fails. This package is flags, configuration, output and
+// exit codes only: the flow itself is internal/reconcile.
 //
 // Exit codes, the same for every command: 0 done; 1 the rollout failed (the previous version keeps
 // running) or another runtime error; 2 invalid input or usage (nothing touched); 3 refused by signature or
@@ -17,7 +18,7 @@ import (
 	"runtime/debug"
 	"syscall"
 
-	"github.com/sabeiro/sawmill/internal/fault"
+	"github.com/sabeiro/sawmill/internal/outcome"
 	"github.com/sabeiro/sawmill/internal/swarm"
 )
 
@@ -60,20 +61,27 @@ func run(ctx context.Context, args []string, d deps) int {
 	return exitCode(err)
 }
 
+// exitError is an error that carries its exit code (the outcome of `run --once`).
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e exitError) Error() string { return e.err.Error() }
+func (e exitError) Unwrap() error { return e.err }
+
+// exitCode is the one place an error becomes an exit code: usage errors are 2, the rest as the outcome
+// table says (internal/outcome).
 func exitCode(err error) int {
 	var u usageError
 	if errors.As(err, &u) {
 		return 2
 	}
-	switch fault.KindOf(err) {
-	case fault.Invalid:
-		return 2
-	case fault.Refused:
-		return 3
-	case fault.Rollout:
-		return 1
+	var e exitError
+	if errors.As(err, &e) {
+		return e.code
 	}
-	return 1
+	return outcome.Of(err).Row().Exit
 }
 
 func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {

@@ -11,7 +11,7 @@ import (
 
 	"github.com/sabeiro/sawmill/internal/compose"
 	sawrelease "github.com/sabeiro/sawmill/internal/release"
-	"github.com/sabeiro/sawmill/internal/testenv"
+	"github.com/sabeiro/sawmill/internal/testing/testenv"
 )
 
 // The tests of stacks/platform, the compose stack of the whole analytical cluster.
@@ -248,6 +248,7 @@ func TestPlatformRender(t *testing.T) {
 	st, err := compose.Load(context.Background(), compose.Options{
 		Files: []string{filepath.Join(dir, "compose.yaml"), filepath.Join(dir, "compose.production.yaml")},
 		Stack: "platform",
+		Env:   os.Environ(),
 	})
 	if err != nil {
 		t.Fatal(err)

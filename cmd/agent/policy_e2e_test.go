@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/sabeiro/sawmill/internal/testenv"
+	"github.com/sabeiro/sawmill/internal/testing/testenv"
 )
 
 // policyOff turns the policy gate off for the end-to-end tests of plan and apply, whose stacks are not meant

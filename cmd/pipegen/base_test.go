@@ -3,19 +3,20 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"github.com/sabeiro/sawmill/internal/manifest"
 	"strings"
 	"testing"
 
 	"github.com/sabeiro/sawmill/internal/pipeline"
 	"github.com/sabeiro/sawmill/internal/release"
-	"github.com/sabeiro/sawmill/internal/testenv"
+	"github.com/sabeiro/sawmill/internal/testing/testenv"
 )
 
 // publishRecord publishes a channel record for commit with the given image digests, as a
 // release job would, and returns the record's digest.
 func publishRecord(t *testing.T, regPath, ref, commit string, digests map[string]string) string {
 	t.Helper()
-	rel := release.Release{SchemaVersion: release.SchemaVersion, Commit: commit, Ref: ref, Registry: regPath,
+	rel := release.Release{SchemaVersion: manifest.SchemaVersion, Commit: commit, Ref: ref, Registry: regPath,
 		Channel: release.ChannelTag(ref), Images: map[string]release.Image{}, Pipeline: release.Pipeline{ID: 7}}
 	for n, d := range digests {
 		rel.Images[n] = release.Image{Repository: regPath + "/" + n, Tag: commit, Digest: d, Rebuilt: true}

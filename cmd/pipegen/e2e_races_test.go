@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/sabeiro/sawmill/internal/release"
-	"github.com/sabeiro/sawmill/internal/testenv"
+	"github.com/sabeiro/sawmill/internal/testing/testenv"
 )
 
 // fixtureRepo makes a repository initialised by `pipegen init` with the fixture templates and

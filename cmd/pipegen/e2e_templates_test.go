@@ -2,7 +2,7 @@ package main
 
 import (
 	"context"
-	"github.com/sabeiro/sawmill/internal/testenv"
+	"github.com/sabeiro/sawmill/internal/testing/testenv"
 	"os"
 	"os/exec"
 	"path/filepath"

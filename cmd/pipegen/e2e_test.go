@@ -4,7 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"github.com/sabeiro/sawmill/internal/release"
-	"github.com/sabeiro/sawmill/internal/testenv"
+	"github.com/sabeiro/sawmill/internal/testing/testenv"
 	"os"
 	"os/exec"
 	"path/filepath"

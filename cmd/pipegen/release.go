@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sabeiro/sawmill/internal/discover"
+	"github.com/sabeiro/sawmill/internal/manifest"
 	"github.com/sabeiro/sawmill/internal/pipeline"
 	"github.com/sabeiro/sawmill/internal/release"
 )
@@ -123,7 +124,7 @@ Docker config.`,
 			}
 			a.log.Info("release written", "dir", out, "images", len(rel.Images), "stacks", len(rel.Stacks))
 			if publish {
-				if err := release.Publish(cmd.Context(), rel, files[release.FileName], reg, expect); err != nil {
+				if err := release.Publish(cmd.Context(), rel, files[manifest.FileName], reg, expect); err != nil {
 					return err
 				}
 				a.log.Info("channel moved", "channel", rel.Channel, "record", release.RecordRef(rel.Registry, rel.Channel))

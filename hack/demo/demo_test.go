@@ -16,9 +16,9 @@ import (
 
 	"github.com/moby/moby/client"
 
-	"github.com/sabeiro/sawmill/internal/imagebuild"
+	"github.com/sabeiro/sawmill/internal/testing/imagebuild"
 	"github.com/sabeiro/sawmill/internal/stack"
-	"github.com/sabeiro/sawmill/internal/testenv"
+	"github.com/sabeiro/sawmill/internal/testing/testenv"
 )
 
 // TestDemo runs README's first command end to end on the test swarm, with the third-party image assembled

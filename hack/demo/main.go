@@ -48,8 +48,8 @@ import (
 	"github.com/moby/moby/client"
 	"go.yaml.in/yaml/v3"
 
-	"github.com/sabeiro/sawmill/internal/cosignkey"
-	"github.com/sabeiro/sawmill/internal/imagebuild"
+	"github.com/sabeiro/sawmill/internal/testing/cosignkey"
+	"github.com/sabeiro/sawmill/internal/testing/imagebuild"
 	"github.com/sabeiro/sawmill/internal/stack"
 )
 

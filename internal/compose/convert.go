@@ -2,8 +2,10 @@ package compose
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -50,7 +52,7 @@ func (c *converter) convert() (*stack.Stack, error) {
 	if err := c.objects("configs", configObjects(p.Configs), &c.st.Configs, c.configNames); err != nil {
 		return nil, err
 	}
-	for _, name := range sortedKeys(p.Services) {
+	for _, name := range slices.Sorted(maps.Keys(p.Services)) {
 		svc, err := c.service(p.Services[name])
 		if err != nil {
 			return nil, err
@@ -65,15 +67,6 @@ func (c *converter) convert() (*stack.Stack, error) {
 	return c.st, nil
 }
 
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
-}
-
 func (c *converter) networks() error {
 	nets := c.project.Networks
 	if _, ok := nets["default"]; !ok {
@@ -83,7 +76,7 @@ func (c *converter) networks() error {
 		}
 		nets["default"] = types.NetworkConfig{Name: stack.Scope(c.project.Name, "default")}
 	}
-	for _, key := range sortedKeys(nets) {
+	for _, key := range slices.Sorted(maps.Keys(nets)) {
 		n := nets[key]
 		name := n.Name
 		if name == "" {
@@ -169,7 +162,7 @@ func configObjects(in types.Configs) map[string]fileObject {
 
 // objects converts secrets or configs.
 func (c *converter) objects(kind string, in map[string]fileObject, out *[]stack.Object, names map[string]string) error {
-	for _, key := range sortedKeys(in) {
+	for _, key := range slices.Sorted(maps.Keys(in)) {
 		o := in[key]
 		if o.External {
 			name := o.Name
@@ -192,7 +185,7 @@ func (c *converter) objects(kind string, in map[string]fileObject, out *[]stack.
 				break
 			}
 			if err != nil {
-				return c.errf([]string{kind, key, "file"}, "cannot read %s: %v", o.File, errNoValue(err))
+				return c.errf([]string{kind, key, "file"}, "cannot read %s: %v", o.File, err)
 			}
 			data = b
 		case o.Environment != "":
@@ -230,10 +223,6 @@ func (c *converter) objects(kind string, in map[string]fileObject, out *[]stack.
 	return nil
 }
 
-// errNoValue keeps a path error's operation and path but never file content (there is none in it; this
-// documents the intent).
-func errNoValue(err error) error { return err }
-
 // droppedKeys are compose keys `docker stack deploy` silently ignores. The agent reports them, and the
 // policies judge them.
 func (c *converter) dropped(s types.ServiceConfig) {
@@ -269,7 +258,7 @@ func (c *converter) dropped(s types.ServiceConfig) {
 		add("cgroup_parent", s.CgroupParent)
 	}
 	if len(s.DependsOn) > 0 {
-		add("depends_on", strings.Join(sortedKeys(s.DependsOn), ","))
+		add("depends_on", strings.Join(slices.Sorted(maps.Keys(s.DependsOn)), ","))
 	}
 	if len(s.Links) > 0 {
 		add("links", strings.Join(s.Links, ","))
@@ -366,7 +355,7 @@ func (c *converter) service(s types.ServiceConfig) (stack.Service, error) {
 			cs.DNSConfig.Nameservers = append(cs.DNSConfig.Nameservers, a)
 		}
 	}
-	for _, name := range sortedKeys(s.Ulimits) {
+	for _, name := range slices.Sorted(maps.Keys(s.Ulimits)) {
 		u := s.Ulimits[name]
 		soft, hard := int64(u.Soft), int64(u.Hard)
 		if u.Single != 0 {
@@ -478,7 +467,7 @@ func ipamConfig(pool *types.IPAMPool) (network.IPAMConfig, error) {
 			return out, fmt.Errorf("gateway: %w", err)
 		}
 	}
-	for _, k := range sortedKeys(pool.AuxiliaryAddresses) {
+	for _, k := range slices.Sorted(maps.Keys(pool.AuxiliaryAddresses)) {
 		a, err := netip.ParseAddr(pool.AuxiliaryAddresses[k])
 		if err != nil {
 			return out, fmt.Errorf("aux_addresses.%s: %w", k, err)
@@ -493,7 +482,7 @@ func ipamConfig(pool *types.IPAMPool) (network.IPAMConfig, error) {
 
 func env(m types.MappingWithEquals) []string {
 	var out []string
-	for _, k := range sortedKeys(m) {
+	for _, k := range slices.Sorted(maps.Keys(m)) {
 		if v := m[k]; v != nil {
 			out = append(out, k+"="+*v)
 		}
@@ -503,7 +492,7 @@ func env(m types.MappingWithEquals) []string {
 
 func hosts(h types.HostsList) []string {
 	var out []string
-	for _, name := range sortedKeys(h) {
+	for _, name := range slices.Sorted(maps.Keys(h)) {
 		for _, ip := range h[name] {
 			out = append(out, ip+" "+name)
 		}

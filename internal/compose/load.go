@@ -29,8 +29,9 @@ type Options struct {
 	Files []string
 	// Stack is the stack name. Empty means the `name:` of the compose files.
 	Stack string
-	// Env is the environment for interpolation, as KEY=VALUE. Nil means the process environment.
-	// A `.env` file in the directory of the first file is read too, as `docker compose` does.
+	// Env is the environment for interpolation, as KEY=VALUE; the caller decides what it holds (this package
+	// never reads the process environment). A `.env` file in the directory of the first file is read too, as
+	// `docker compose` does.
 	Env []string
 	// Profiles to enable; services with no profile are always on.
 	Profiles []string
@@ -56,7 +57,7 @@ func Load(ctx context.Context, o Options) (*stack.Stack, error) {
 	}
 	env := o.Env
 	if env == nil {
-		env = os.Environ()
+		env = []string{}
 	}
 	var opts []cli.ProjectOptionsFn
 	if o.WorkDir != "" {

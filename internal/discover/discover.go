@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
 	"path"
 	"path/filepath"
@@ -213,7 +214,7 @@ func scanImages(root string, opts Options) (map[string]*Image, error) {
 		}
 		im.DependsOn = nil
 		if len(deps) > 0 {
-			im.DependsOn = sortedKeys(deps)
+			im.DependsOn = slices.Sorted(maps.Keys(deps))
 		}
 	}
 	return images, nil
@@ -273,7 +274,7 @@ func readSpec(root string, im *Image) error {
 	}
 	sort.Strings(im.Watch)
 	im.Watch = slices.Compact(im.Watch)
-	for _, k := range sortedKeys(spec.BuildArgs) {
+	for _, k := range slices.Sorted(maps.Keys(spec.BuildArgs)) {
 		im.BuildArgs = append(im.BuildArgs, BuildArg{Name: k, Value: spec.BuildArgs[k]})
 	}
 	if spec.Context != "" {
@@ -298,15 +299,6 @@ func readSpec(root string, im *Image) error {
 	}
 	im.DependsOn = spec.DependsOn
 	return nil
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
 
 // FromImages returns the image references of a Dockerfile's FROM instructions, in order,
@@ -420,7 +412,7 @@ func matchImage(ref string, prefixes []string, isImage func(string) bool) (strin
 // order sorts images topologically (dependencies first, ties by name) and rejects cycles,
 // naming the cycle.
 func order(images map[string]*Image) ([]Image, error) {
-	names := sortedKeys(images)
+	names := slices.Sorted(maps.Keys(images))
 	const (
 		unvisited = iota
 		visiting

@@ -3,7 +3,7 @@ package discover
 import (
 	"context"
 	"errors"
-	"github.com/sabeiro/sawmill/internal/testenv"
+	"github.com/sabeiro/sawmill/internal/testing/testenv"
 	"os"
 	"path/filepath"
 	"reflect"

@@ -1,6 +1,6 @@
-// Package fault classifies errors into the few outcomes the agent's users see, so that every command maps
-// them to the same exit codes. A stage wraps its error with one of the constructors; callers inspect it
-// with KindOf. Only cmd/* turns a Kind into an exit code.
+// Package fault classifies errors into the few kinds the agent's users see. A stage wraps its error with one
+// of the constructors (InvalidErr, RefusedErr, RolloutErr); callers inspect it with KindOf, and
+// internal/outcome turns it into the outcome that the exit code, the metrics and GitLab show.
 //
 // It imports only the standard library.
 package fault

@@ -9,6 +9,8 @@ package plan
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"strings"
 
@@ -39,6 +41,8 @@ type Change struct {
 	Fields []string `json:"fields,omitempty"`
 	// Detail is a short human note: the image change, drift, or why a superseded object is kept.
 	Detail string `json:"detail,omitempty"`
+	// Drift: the object was changed outside the agent (its spec no longer matches what the agent wrote).
+	Drift bool `json:"drift,omitempty"`
 }
 
 // Plan is the change set for one stack.
@@ -136,11 +140,11 @@ func Compute(wanted, observed *stack.Stack) (*Plan, error) {
 		if drift {
 			detail = strings.TrimPrefix(detail+"; changed outside the agent (drift)", "; ")
 		}
-		svcChanges = append(svcChanges, Change{Kind: stack.KindService, Name: s.Name, Action: Configured, Fields: fields, Detail: detail})
+		svcChanges = append(svcChanges, Change{Kind: stack.KindService, Name: s.Name, Action: Configured, Fields: fields, Detail: detail, Drift: drift})
 		// After the update the current spec becomes PreviousSpec: what it references must stay.
 		refs(o.Spec, s.Name, keep)
 	}
-	for _, name := range sortedNames(obsSvc) {
+	for _, name := range slices.Sorted(maps.Keys(obsSvc)) {
 		if o := obsSvc[name]; stack.OwnedBy(o.Spec.Labels, wanted.Name) {
 			svcChanges = append(svcChanges, Change{Kind: stack.KindService, Name: name, Action: Deleted})
 		}
@@ -150,7 +154,7 @@ func Compute(wanted, observed *stack.Stack) (*Plan, error) {
 	p.objects(stack.KindConfig, wanted.Configs, observed.Configs, keep)
 	p.Changes = append(p.Changes, svcChanges...)
 
-	for _, name := range sortedNames(obsNet) {
+	for _, name := range slices.Sorted(maps.Keys(obsNet)) {
 		if o := obsNet[name]; stack.OwnedBy(o.Labels, wanted.Name) {
 			p.add(stack.KindNetwork, name, Deleted, nil, "")
 		}
@@ -179,7 +183,7 @@ func (p *Plan) objects(kind stack.Kind, wanted, observed []stack.Object, keep ma
 		}
 		p.add(kind, w.Name, Created, nil, "")
 	}
-	for _, name := range sortedNames(obs) {
+	for _, name := range slices.Sorted(maps.Keys(obs)) {
 		o := obs[name]
 		if !stack.OwnedBy(o.Labels, p.Stack) {
 			continue
@@ -215,15 +219,6 @@ func image(spec swarm.ServiceSpec) string {
 		return ""
 	}
 	return spec.TaskTemplate.ContainerSpec.Image
-}
-
-func sortedNames[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }
 
 // Normalize rewrites an observed spec into the form the converter produces: object references by name (the

@@ -103,7 +103,7 @@ func TestImageChangeIsConfiguredWithFields(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := p.Of(stack.KindService, Configured)
-	if len(c) != 1 || c[0].Detail != "image web:1 -> web:2" || strings.Join(c[0].Fields, ",") != "TaskTemplate.ContainerSpec.Image" {
+	if len(c) != 1 || c[0].Detail != "image web:1 -> web:2" || c[0].Drift || strings.Join(c[0].Fields, ",") != "TaskTemplate.ContainerSpec.Image" {
 		t.Fatalf("changes %+v", p.Changes)
 	}
 }
@@ -118,7 +118,7 @@ func TestDriftIsDetected(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := p.Of(stack.KindService, Configured)
-	if len(c) != 1 || !strings.Contains(c[0].Detail, "drift") {
+	if len(c) != 1 || !c[0].Drift || !strings.Contains(c[0].Detail, "drift") {
 		t.Fatalf("drift not reported: %+v", p.Changes)
 	}
 }

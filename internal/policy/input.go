@@ -2,7 +2,6 @@ package policy
 
 import (
 	"encoding/json"
-	"regexp"
 	"sort"
 	"strings"
 
@@ -205,8 +204,6 @@ type Object struct {
 // swarmDefaultMonitor is what Swarm uses when update_config.monitor is 0.
 const swarmDefaultMonitor = 5.0
 
-var digestRE = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
-
 // NewInput builds the input document of st. It is deterministic: the same stack and options give the same
 // bytes when marshalled.
 func NewInput(st *stack.Stack, o InputOptions) *Input {
@@ -392,7 +389,7 @@ func image(ref string, sigs map[string]Signature) Image {
 	if d, ok := named.(reference.Digested); ok {
 		img.Digest = d.Digest().String()
 	}
-	img.Pinned = digestRE.MatchString(img.Digest)
+	img.Pinned = stack.IsDigest(img.Digest)
 	return img
 }
 

@@ -18,6 +18,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/sabeiro/sawmill/internal/manifest"
+	"github.com/sabeiro/sawmill/internal/stack"
 )
 
 // RecordRepository is the repository, under the registry path, that holds the channel
@@ -63,7 +66,7 @@ func (o OCI) ReadRecord(ctx context.Context, ref string) (Record, error) {
 		return Record{}, fmt.Errorf("read %s: %w", ref, err)
 	}
 	defer rc.Close()
-	data, err := fileFromTar(rc, FileName)
+	data, err := fileFromTar(rc, manifest.FileName)
 	if err != nil {
 		return Record{}, fmt.Errorf("read %s: %w", ref, err)
 	}
@@ -79,17 +82,17 @@ func (o OCI) ReadRecord(ctx context.Context, ref string) (Record, error) {
 func ParseRecord(data []byte) (*Release, error) {
 	var rel Release
 	if err := json.Unmarshal(data, &rel); err != nil {
-		return nil, fmt.Errorf("%s: %w", FileName, err)
+		return nil, fmt.Errorf("%s: %w", manifest.FileName, err)
 	}
-	if rel.SchemaVersion != SchemaVersion {
-		return nil, fmt.Errorf("%s: schema_version %d, want %d", FileName, rel.SchemaVersion, SchemaVersion)
+	if rel.SchemaVersion != manifest.SchemaVersion {
+		return nil, fmt.Errorf("%s: schema_version %d, want %d", manifest.FileName, rel.SchemaVersion, manifest.SchemaVersion)
 	}
 	if rel.Commit == "" {
-		return nil, fmt.Errorf("%s: no commit", FileName)
+		return nil, fmt.Errorf("%s: no commit", manifest.FileName)
 	}
 	for n, img := range rel.Images {
-		if !digestRE.MatchString(img.Digest) {
-			return nil, fmt.Errorf("%s: image %s: digest %q is not sha256:<64 hex>", FileName, n, img.Digest)
+		if !stack.IsDigest(img.Digest) {
+			return nil, fmt.Errorf("%s: image %s: digest %q is not sha256:<64 hex>", manifest.FileName, n, img.Digest)
 		}
 	}
 	return &rel, nil
@@ -105,7 +108,7 @@ func (o OCI) WriteRecord(ctx context.Context, ref string, releaseJSON []byte, co
 	}
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
-	if err := tw.WriteHeader(&tar.Header{Name: FileName, Mode: 0o644, Size: int64(len(releaseJSON)), Typeflag: tar.TypeReg}); err != nil {
+	if err := tw.WriteHeader(&tar.Header{Name: manifest.FileName, Mode: 0o644, Size: int64(len(releaseJSON)), Typeflag: tar.TypeReg}); err != nil {
 		return "", fmt.Errorf("record %s: %w", ref, err)
 	}
 	if _, err := tw.Write(releaseJSON); err != nil {

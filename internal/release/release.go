@@ -9,78 +9,44 @@
 // [Publish], which moves the ref's channel (the channel tags, then the channel record that
 // later pipelines diff against) by compare-and-swap. [OCI.ReadRecord] reads a channel record.
 //
-// It imports the standard library, internal/discover, go.yaml.in/yaml/v3 and
-// go-containerregistry; it is used only by cmd/pipegen (`pipegen release`, `generate`, `plan`).
+// It imports the standard library, internal/discover, internal/manifest (the release.json
+// schema it writes, which the agent reads), internal/stack (the digest pattern),
+// go.yaml.in/yaml/v3 and go-containerregistry; it is used only by cmd/pipegen (`pipegen release`,
+// `generate`, `plan`).
 package release
 
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
-	"sort"
+	"slices"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
 
 	"github.com/sabeiro/sawmill/internal/discover"
+	"github.com/sabeiro/sawmill/internal/manifest"
+	"github.com/sabeiro/sawmill/internal/stack"
 )
 
-// SchemaVersion is the version of release.json this package writes.
-const SchemaVersion = 1
-
-// FileName is the name of the release manifest inside the release directory.
-const FileName = "release.json"
-
-// Release is release.json.
-type Release struct {
-	SchemaVersion int              `json:"schema_version"`
-	Project       string           `json:"project"`
-	Commit        string           `json:"commit"`
-	Ref           string           `json:"ref"`
-	Pipeline      Pipeline         `json:"pipeline"`
-	Registry      string           `json:"registry"`
-	Channel       string           `json:"channel"`
-	Images        map[string]Image `json:"images"`
-	Stacks        map[string]Stack `json:"stacks"`
-	// Base is the release this one was built on (its unchanged images are reused from it);
-	// omitted when unknown. Optional, added after schema_version 1 was published.
-	Base *Base `json:"base,omitempty"`
-}
-
-// Base names the earlier release a release reuses images from.
-type Base struct {
-	Commit  string `json:"commit"`  // the commit of that release: the base of this pipeline's diff
-	Channel string `json:"channel"` // the channel it was read from (release-<ref slug>)
-}
-
-// Pipeline identifies the GitLab pipeline that made the release.
-type Pipeline struct {
-	ID  int64  `json:"id"`
-	URL string `json:"url"`
-}
-
-// Image is one image of the release.
-type Image struct {
-	Repository string `json:"repository"` // <registry>/<name>
-	Tag        string `json:"tag"`        // the tag pushed (rebuilt) or resolved (reused)
-	Digest     string `json:"digest"`     // sha256:<64 hex>
-	Rebuilt    bool   `json:"rebuilt"`    // built and signed in this pipeline
-	Ref        string `json:"ref"`        // repository:tag@digest, as pinned in the compose files
-}
-
-// Stack is one stack of the release.
-type Stack struct {
-	// Files are the compose files, relative to the release directory, base file first and
-	// then the environment overrides sorted by environment.
-	Files []string `json:"files"`
-	// Environments maps an environment to the files to load for it (base + its override).
-	Environments map[string][]string `json:"environments,omitempty"`
-}
+// The release.json schema is internal/manifest's; these names keep the writer's code short.
+type (
+	// Release is release.json.
+	Release = manifest.Release
+	// Pipeline identifies the GitLab pipeline that made the release.
+	Pipeline = manifest.Pipeline
+	// Image is one image of the release.
+	Image = manifest.Image
+	// Stack is one stack of the release.
+	Stack = manifest.Stack
+	// Base names the release a release reuses images from.
+	Base = manifest.Base
+)
 
 // Registry resolves tags and moves them. See NewRegistry for the real one.
 type Registry interface {
@@ -118,10 +84,7 @@ type Input struct {
 	Environments  []string // configured environments (for Stack.Environments)
 }
 
-var (
-	digestRE = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
-	tagRE    = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
-)
+var tagRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
 
 // Slug is GitLab's CI_COMMIT_REF_SLUG of a ref: lower case, every character other than
 // a-z and 0-9 replaced by '-', at most 63 bytes, no leading or trailing '-'.
@@ -148,7 +111,7 @@ func Make(ctx context.Context, in Input, reg Registry) (*Release, map[string][]b
 		return nil, nil, errors.New("commit and ref are required (CI_COMMIT_SHA, CI_COMMIT_REF_NAME)")
 	}
 	rel := &Release{
-		SchemaVersion: SchemaVersion,
+		SchemaVersion: manifest.SchemaVersion,
 		Project:       in.Project,
 		Commit:        in.Commit,
 		Ref:           in.Ref,
@@ -168,7 +131,7 @@ func Make(ctx context.Context, in Input, reg Registry) (*Release, map[string][]b
 		}
 		seen[name] = true
 		d := in.Digests[name]
-		if !digestRE.MatchString(d) {
+		if !stack.IsDigest(d) {
 			return nil, nil, fmt.Errorf("image %s was rebuilt but its digest %q is not sha256:<64 hex> (dotenv variable missing?)", name, d)
 		}
 		repo := in.Registry + "/" + name
@@ -186,7 +149,7 @@ func Make(ctx context.Context, in Input, reg Registry) (*Release, map[string][]b
 		repo := in.Registry + "/" + name
 		if d, ok := in.Digests[name]; ok && d != "" {
 			// Resolved once, by generate, from the record of the base release.
-			if !digestRE.MatchString(d) {
+			if !stack.IsDigest(d) {
 				return nil, nil, fmt.Errorf("image %s is reused but its digest %q is not sha256:<64 hex>", name, d)
 			}
 			tag := in.BaseChannel
@@ -235,11 +198,11 @@ func Make(ctx context.Context, in Input, reg Registry) (*Release, map[string][]b
 		}
 		rel.Stacks[st.Name] = s
 	}
-	b, err := json.MarshalIndent(rel, "", "  ")
+	b, err := manifest.Encode(rel)
 	if err != nil {
-		return nil, nil, fmt.Errorf("encode %s: %w", FileName, err)
+		return nil, nil, err
 	}
-	files[FileName] = append(b, '\n')
+	files[manifest.FileName] = b
 	return rel, files, nil
 }
 
@@ -258,7 +221,7 @@ func resolve(ctx context.Context, reg Registry, repo string, channels []string) 
 		if err != nil {
 			return Image{}, fmt.Errorf("resolve %s: %w", ref, err)
 		}
-		if !digestRE.MatchString(d) {
+		if !stack.IsDigest(d) {
 			return Image{}, fmt.Errorf("resolve %s: unexpected digest %q", ref, d)
 		}
 		return Image{Repository: repo, Tag: tag, Digest: d, Ref: ref + "@" + d}, nil
@@ -290,11 +253,7 @@ func Publish(ctx context.Context, rel *Release, releaseJSON []byte, reg Registry
 	if cur.Digest != expect {
 		return movedError(recRef, expect, cur)
 	}
-	names := make([]string, 0, len(rel.Images))
-	for n := range rel.Images {
-		names = append(names, n)
-	}
-	sort.Strings(names)
+	names := slices.Sorted(maps.Keys(rel.Images))
 	if cur.Release != nil {
 		for _, n := range names {
 			img := rel.Images[n]
@@ -379,12 +338,7 @@ func Write(dir string, files map[string][]byte) error {
 		return fmt.Errorf("create temporary directory: %w", err)
 	}
 	defer os.RemoveAll(tmp)
-	paths := make([]string, 0, len(files))
-	for p := range files {
-		paths = append(paths, p)
-	}
-	sort.Strings(paths)
-	for _, p := range paths {
+	for _, p := range slices.Sorted(maps.Keys(files)) {
 		dst := filepath.Join(tmp, filepath.FromSlash(p))
 		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 			return fmt.Errorf("create %s: %w", filepath.Dir(dst), err)

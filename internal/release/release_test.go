@@ -2,9 +2,7 @@ package release
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
-	"github.com/sabeiro/sawmill/internal/testenv"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -12,6 +10,9 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/sabeiro/sawmill/internal/manifest"
+	"github.com/sabeiro/sawmill/internal/testing/testenv"
 
 	"github.com/google/go-containerregistry/pkg/registry"
 
@@ -110,14 +111,19 @@ func TestMakeWritePublish(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(out, "stale.txt")); !errors.Is(err, os.ErrNotExist) {
 		t.Error("the release directory was not replaced")
 	}
-	raw, err := os.ReadFile(filepath.Join(out, FileName))
+	raw, err := os.ReadFile(filepath.Join(out, manifest.FileName))
 	if err != nil {
 		t.Fatal(err)
 	}
-	var back Release
-	if err := json.Unmarshal(raw, &back); err != nil {
-		t.Fatal(err)
+	// The round trip: what the writer wrote, the agent's reader (internal/manifest) reads back whole.
+	parsed, err := manifest.Parse(raw)
+	if err != nil {
+		t.Fatalf("the agent's reader refuses the written release.json: %v", err)
 	}
+	if !reflect.DeepEqual(parsed, rel) {
+		t.Errorf("release.json read back = %+v\nwritten %+v", parsed, rel)
+	}
+	back := *parsed
 	if back.SchemaVersion != 1 || back.Commit != "abc123" || back.Pipeline.ID != 42 || back.Project != "team/sawmill" || back.Ref != "feature/X" {
 		t.Errorf("release.json = %+v", back)
 	}
@@ -134,12 +140,12 @@ func TestMakeWritePublish(t *testing.T) {
 	}
 	// Same input, same bytes.
 	_, again, err := Make(ctx, in, reg)
-	if err != nil || string(again[FileName]) != string(files[FileName]) {
+	if err != nil || string(again[manifest.FileName]) != string(files[manifest.FileName]) {
 		t.Errorf("release.json is not deterministic: %v", err)
 	}
 
 	// Publish moves release-feature-x of every image to the released digest, and the record.
-	if err := Publish(ctx, rel, files[FileName], reg, ""); err != nil {
+	if err := Publish(ctx, rel, files[manifest.FileName], reg, ""); err != nil {
 		t.Fatal(err)
 	}
 	rec, err := reg.ReadRecord(ctx, RecordRef(registryPath, "release-feature-x"))
@@ -260,7 +266,7 @@ func TestPublishCompareAndSwap(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return rel, files[FileName]
+		return rel, files[manifest.FileName]
 	}
 	// The channel starts at c0.
 	rel0, json0 := mk("c0", dOld)
@@ -323,7 +329,7 @@ func FuzzParseRecord(f *testing.F) {
 	f.Add([]byte(`[]`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		rel, err := ParseRecord(data)
-		if err == nil && (rel.Commit == "" || rel.SchemaVersion != SchemaVersion) {
+		if err == nil && (rel.Commit == "" || rel.SchemaVersion != manifest.SchemaVersion) {
 			t.Errorf("accepted %q", data)
 		}
 	})

@@ -16,6 +16,8 @@ type Git struct {
 	URL, Ref, Path string
 	// Dir holds the clone.
 	Dir string
+	// Env is the environment of the git command (PATH, HOME, proxies; the caller decides).
+	Env []string
 }
 
 // Latest fetches and returns the release at the ref's newest commit.
@@ -47,7 +49,7 @@ func (g *Git) Latest(ctx context.Context) (*Release, string, error) {
 
 func (g *Git) git(ctx context.Context, args ...string) (string, error) {
 	cmd := exec.CommandContext(ctx, "git", append([]string{"-C", g.Dir}, args...)...)
-	cmd.Env = append(os.Environ(), "GIT_TERMINAL_PROMPT=0")
+	cmd.Env = append(append([]string(nil), g.Env...), "GIT_TERMINAL_PROMPT=0")
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return "", fmt.Errorf("git %s: %w: %s", args[0], err, strings.TrimSpace(string(out)))

@@ -2,21 +2,22 @@ package source
 
 import (
 	"context"
-	"github.com/sabeiro/sawmill/internal/testenv"
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/sabeiro/sawmill/internal/testing/testenv"
 )
 
 func TestGitFollowsTheRef(t *testing.T) {
 	files := func(commit string) map[string]string {
 		return map[string]string{
-			"deploy/release.json":                 manifest(commit, "stacks/platform/compose.yaml"),
+			"deploy/release.json":                 releaseJSON(commit, "stacks/platform/compose.yaml"),
 			"deploy/stacks/platform/compose.yaml": "services:\n  a:\n    image: x:" + commit[:4] + "\n",
 		}
 	}
 	repo := testenv.NewGitRepo(t, files(sha1))
-	g := &Git{URL: "file://" + repo.Dir, Ref: "main", Path: "deploy", Dir: t.TempDir()}
+	g := &Git{URL: "file://" + repo.Dir, Ref: "main", Path: "deploy", Dir: t.TempDir(), Env: os.Environ()}
 	rel, key1, err := g.Latest(context.Background())
 	if err != nil {
 		t.Fatal(err)

@@ -12,6 +12,7 @@ import (
 	gitlab "gitlab.com/gitlab-org/api/client-go"
 
 	"github.com/sabeiro/sawmill/internal/fault"
+	"github.com/sabeiro/sawmill/internal/manifest"
 )
 
 // MaxFileSize bounds every file read from GitLab (release.json and compose files).
@@ -63,7 +64,7 @@ func (g *GitLab) Fetch(ctx context.Context, d *Deployment, dir string) (*Release
 	if err != nil {
 		return nil, err
 	}
-	m, err := ParseManifest(b)
+	m, err := manifest.Parse(b)
 	if err != nil {
 		return nil, fmt.Errorf("deployment %d (job %d): %w", d.ID, d.JobID, err)
 	}
@@ -74,7 +75,7 @@ func (g *GitLab) Fetch(ctx context.Context, d *Deployment, dir string) (*Release
 		return nil, err
 	}
 	for _, name := range m.StackNames() {
-		for _, f := range allFiles(m.Stacks[name]) {
+		for _, f := range m.Stacks[name].AllFiles() {
 			content, err := g.file(ctx, d.JobID, "release/"+f)
 			if err != nil {
 				return nil, err

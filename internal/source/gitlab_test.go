@@ -14,13 +14,13 @@ import (
 	gitlab "gitlab.com/gitlab-org/api/client-go"
 
 	"github.com/sabeiro/sawmill/internal/fault"
-	"github.com/sabeiro/sawmill/internal/testenv"
+	"github.com/sabeiro/sawmill/internal/testing/testenv"
 )
 
 const sha1 = "1111111111111111111111111111111111111111"
 const sha2 = "2222222222222222222222222222222222222222"
 
-func manifest(commit string, files ...string) string {
+func releaseJSON(commit string, files ...string) string {
 	m := map[string]any{
 		"schema_version": 1, "project": "sawmill/platform", "commit": commit, "ref": "main",
 		"pipeline": map[string]any{"id": 7, "url": "https://gitlab.example/p/7"},
@@ -45,7 +45,7 @@ func newFake(t *testing.T) (*testenv.GitLab, *GitLab) {
 	f := testenv.NewGitLab("glpat-test", "sawmill/platform")
 	f.AddDeployment(testenv.Deployment{ID: 1, Job: 101, Pipeline: 7, Environment: "production", Status: "success", SHA: sha1, Finished: now}, nil)
 	f.AddDeployment(testenv.Deployment{ID: 2, Job: 102, Pipeline: 8, Environment: "production", Status: "success", SHA: sha2, Finished: now.Add(time.Hour)}, map[string]string{
-		"release/release.json":                            manifest(sha2, "stacks/platform/compose.yaml", "stacks/platform/compose.production.yaml"),
+		"release/release.json":                            releaseJSON(sha2, "stacks/platform/compose.yaml", "stacks/platform/compose.production.yaml"),
 		"release/stacks/platform/compose.yaml":            "services:\n  a:\n    image: x\n",
 		"release/stacks/platform/compose.production.yaml": "services:\n  a:\n    deploy: {replicas: 3}\n",
 	})
@@ -63,7 +63,7 @@ func newFake(t *testing.T) (*testenv.GitLab, *GitLab) {
 // setArtifact replaces one artifact file of job 102.
 func setArtifact(f *testenv.GitLab, path, content string) {
 	files := map[string]string{
-		"release/release.json":                            manifest(sha2, "stacks/platform/compose.yaml", "stacks/platform/compose.production.yaml"),
+		"release/release.json":                            releaseJSON(sha2, "stacks/platform/compose.yaml", "stacks/platform/compose.production.yaml"),
 		"release/stacks/platform/compose.yaml":            "services:\n  a:\n    image: x\n",
 		"release/stacks/platform/compose.production.yaml": "services:\n  a:\n    deploy: {replicas: 3}\n",
 	}
@@ -137,11 +137,11 @@ func TestOutageAndAuthAreErrorsNotReleases(t *testing.T) {
 
 func TestBadReleasesAreRefused(t *testing.T) {
 	cases := map[string]string{
-		"path escapes":    manifest(sha2, "../../etc/passwd"),
-		"absolute path":   manifest(sha2, "/etc/passwd"),
-		"unknown version": strings.Replace(manifest(sha2, "stacks/platform/compose.yaml"), `"schema_version":1`, `"schema_version":2`, 1),
-		"unpinned ref":    strings.Replace(manifest(sha2, "stacks/platform/compose.yaml"), "@sha256:", ":sha256-", 1),
-		"other commit":    manifest(sha1, "stacks/platform/compose.yaml"),
+		"path escapes":    releaseJSON(sha2, "../../etc/passwd"),
+		"absolute path":   releaseJSON(sha2, "/etc/passwd"),
+		"unknown version": strings.Replace(releaseJSON(sha2, "stacks/platform/compose.yaml"), `"schema_version":1`, `"schema_version":2`, 1),
+		"unpinned ref":    strings.Replace(releaseJSON(sha2, "stacks/platform/compose.yaml"), "@sha256:", ":sha256-", 1),
+		"other commit":    releaseJSON(sha1, "stacks/platform/compose.yaml"),
 		"not json":        "{",
 	}
 	for name, m := range cases {

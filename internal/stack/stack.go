@@ -169,3 +169,18 @@ func SetSpecHash(spec *swarm.ServiceSpec) {
 	delete(spec.Labels, LabelSpecHash)
 	spec.Labels[LabelSpecHash] = Hash(*spec)
 }
+
+// IsDigest reports whether s is an image digest in canonical form: `sha256:` and 64 lower-case hex digits.
+// It is the one digest pattern of the project (release.json, the policy input, pipegen release).
+func IsDigest(s string) bool {
+	const prefix = "sha256:"
+	if len(s) != len(prefix)+64 || s[:len(prefix)] != prefix {
+		return false
+	}
+	for _, c := range s[len(prefix):] {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}

@@ -1,6 +1,6 @@
 // Package swarm is the agent's boundary to the Docker Engine: the narrow interfaces of the calls it makes,
-// reading a stack's observed state, applying a plan, and waiting for the rollout to converge (rolling it
-// back when it does not).
+// reading a stack's observed state (Observer), applying a plan, waiting for the rollout to converge (rolling
+// it back when it does not), and the lease that elects the one agent that acts on a swarm.
 //
 // In: a Docker API client (github.com/moby/moby/client satisfies Client), a *plan.Plan. Out: *stack.Stack
 // (observed) and a Result. Imports internal/stack, internal/plan, internal/fault and the Docker client and

@@ -113,3 +113,9 @@ func (l *Lease) Release(ctx context.Context) error {
 	}
 	return nil
 }
+
+// RenewEvery is how often the holder renews the lease while it acts: a third of the TTL.
+func (l *Lease) RenewEvery() time.Duration {
+	l.defaults()
+	return l.TTL / 3
+}

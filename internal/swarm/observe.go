@@ -8,6 +8,7 @@ import (
 	"github.com/moby/moby/client"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/sabeiro/sawmill/internal/fault"
 	"github.com/sabeiro/sawmill/internal/stack"
 )
 
@@ -83,5 +84,21 @@ func Observe(ctx context.Context, r Reader, name string) (*stack.Stack, error) {
 		}
 	}
 	st.Sort()
+	return st, nil
+}
+
+// Observer reads stacks through Client for internal/reconcile, after checking that the engine is a manager
+// of an active swarm (an engine that is not one is a fault.Invalid error).
+type Observer struct{ Client Reader }
+
+// Observe checks the engine and reads the stack.
+func (o Observer) Observe(ctx context.Context, name string) (*stack.Stack, error) {
+	if err := CheckManager(ctx, o.Client); err != nil {
+		return nil, fault.InvalidErr(err)
+	}
+	st, err := Observe(ctx, o.Client, name)
+	if err != nil {
+		return nil, fmt.Errorf("observe stack %s: %w", name, err)
+	}
 	return st, nil
 }

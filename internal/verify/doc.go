@@ -18,7 +18,7 @@
 // retry later; they still refuse.
 //
 // Verified results are cached by (policy revision, repository, digest) with a TTL; VerifyAll runs the images
-// concurrently with a bound. Drift compares what the engine reports as running with the last verified digests.
+// concurrently with a bound.
 //
 // It imports internal/fault, go-containerregistry, cosign v3 and sigstore-go; no other internal package and
 // no configuration reader (the Policy struct carries yaml/mapstructure tags so cmd/* can load it).

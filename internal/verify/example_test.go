@@ -37,7 +37,7 @@ func TestPolicyLoadsWithViper(t *testing.T) {
 	if err := v.ReadConfig(strings.NewReader(trustYAML)); err != nil {
 		t.Fatal(err)
 	}
-	var p verify.Policy
+	var p verify.TrustPolicy
 	if err := v.UnmarshalKey("trust", &p); err != nil {
 		t.Fatal(err)
 	}
@@ -51,7 +51,7 @@ func TestPolicyLoadsWithViper(t *testing.T) {
 // How the agent uses the package in plan/apply/check: verify every service image, refuse the stack on any
 // rejection (exit 3 via fault.Refused), and deploy the pinned references.
 func Example() {
-	var p verify.Policy // loaded from the agent's configuration
+	var p verify.TrustPolicy // loaded from the agent's configuration
 	trust, err := p.Compile()
 	if err != nil {
 		fmt.Println(err) // fault.Invalid

@@ -121,7 +121,7 @@ func keyPolicy(t *testing.T, host string, mode Mode, keys ...testKey) *Trust {
 	for _, k := range keys {
 		auths = append(auths, Authority{Key: k.pem})
 	}
-	tr, err := Policy{Rules: []Rule{{Pattern: host + "/**", Mode: mode, Authorities: auths}}}.Compile()
+	tr, err := TrustPolicy{Rules: []Rule{{Pattern: host + "/**", Mode: mode, Authorities: auths}}}.Compile()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -69,7 +69,7 @@ func TestInteropCosignCLI(t *testing.T) {
 	reg := newRegistry(t, true)
 	dir := t.TempDir()
 	pub := cosignKeyPair(t, bin, dir)
-	tr, err := Policy{Rules: []Rule{{Pattern: reg.host + "/**", Authorities: []Authority{{Key: pub}}}}}.Compile()
+	tr, err := TrustPolicy{Rules: []Rule{{Pattern: reg.host + "/**", Authorities: []Authority{{Key: pub}}}}}.Compile()
 	if err != nil {
 		t.Fatal(err)
 	}

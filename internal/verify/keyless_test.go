@@ -244,7 +244,7 @@ func TestKeyless(t *testing.T) {
 		if k.Evidence == "" {
 			k.Evidence = EvidenceTimestamp
 		}
-		tr, err := Policy{Rules: []Rule{{Pattern: reg.host + "/group/*", Authorities: []Authority{{Keyless: &k}}}}}.Compile()
+		tr, err := TrustPolicy{Rules: []Rule{{Pattern: reg.host + "/group/*", Authorities: []Authority{{Keyless: &k}}}}}.Compile()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -314,7 +314,7 @@ func TestKeyless(t *testing.T) {
 	t.Run("another sigstore's root", func(t *testing.T) {
 		_, otherRoot := virtualSigstore(t)
 		k := Keyless{Issuer: issuer, Subject: subject, TrustedRoot: otherRoot, IgnoreSCT: true, Evidence: EvidenceTimestamp}
-		tr, err := Policy{Rules: []Rule{{Pattern: reg.host + "/group/*", Authorities: []Authority{{Keyless: &k}}}}}.Compile()
+		tr, err := TrustPolicy{Rules: []Rule{{Pattern: reg.host + "/group/*", Authorities: []Authority{{Keyless: &k}}}}}.Compile()
 		if err != nil {
 			t.Fatal(err)
 		}

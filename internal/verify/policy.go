@@ -36,9 +36,9 @@ const (
 	EvidenceTimestamp = "timestamp"
 )
 
-// Policy is the trust policy: which signers an image must be signed by. It is plain configuration
+// TrustPolicy is the trust policy: which signers an image must be signed by. It is plain configuration
 // (viper can unmarshal it); Compile checks it and loads keys and trusted roots.
-type Policy struct {
+type TrustPolicy struct {
 	// Rules are tried in order; the first whose pattern matches the image repository decides.
 	Rules []Rule `yaml:"rules" json:"rules" mapstructure:"rules"`
 	// AllowUnmatched lets an image that matches no rule through unverified (still pinned). Default false:
@@ -83,7 +83,7 @@ type Keyless struct {
 	IgnoreSCT bool `yaml:"ignore_sct" json:"ignore_sct,omitempty" mapstructure:"ignore_sct"`
 }
 
-// Trust is a compiled Policy: keys parsed, trusted roots loaded, patterns and regexps compiled.
+// Trust is a compiled TrustPolicy: keys parsed, trusted roots loaded, patterns and regexps compiled.
 type Trust struct {
 	rules          []compiledRule
 	allowUnmatched bool
@@ -116,7 +116,7 @@ type compiledKeyless struct {
 func (t *Trust) Revision() string { return t.revision }
 
 // Compile checks the policy and loads its keys and trusted roots. Errors are fault.Invalid.
-func (p Policy) Compile() (*Trust, error) {
+func (p TrustPolicy) Compile() (*Trust, error) {
 	t, err := p.compile()
 	if err != nil {
 		return nil, fault.InvalidErr(fmt.Errorf("trust policy: %w", err))
@@ -138,7 +138,7 @@ type revAut struct {
 	Root    string   `json:"r,omitempty"`
 }
 
-func (p Policy) compile() (*Trust, error) {
+func (p TrustPolicy) compile() (*Trust, error) {
 	t := &Trust{allowUnmatched: p.AllowUnmatched}
 	var rev struct {
 		Rules          []revRule `json:"rules"`

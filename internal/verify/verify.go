@@ -152,18 +152,6 @@ func New(trust *Trust, opts Options) *Verifier {
 	return v
 }
 
-// SetTrust replaces the trust policy. Cached results of other policy revisions are dropped.
-func (v *Verifier) SetTrust(t *Trust) {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	v.trust = t
-	for k := range v.cache {
-		if k.revision != t.revision {
-			delete(v.cache, k)
-		}
-	}
-}
-
 // Trust returns the current trust policy.
 func (v *Verifier) Trust() *Trust {
 	v.mu.Lock()

@@ -372,13 +372,12 @@ func TestCacheByPolicyRevisionAndTTL(t *testing.T) {
 		t.Error("expired entry served")
 	}
 
-	// A new policy that trusts only k2: the cached verification must not carry over.
+	// A policy that trusts only k2 has another revision (the cache key), and verifying under it fails.
 	p2 := keyPolicy(t, reg.host, Enforce, k2)
 	if p1.Revision() == p2.Revision() {
 		t.Fatal("revisions equal")
 	}
-	v.SetTrust(p2)
-	r, err = v.Verify(ctx(t), ref)
+	r, err = newVerifier(p2, nil).Verify(ctx(t), ref)
 	mustRejected(t, r, err, "no signature verified")
 	// and back: the same content gives the same revision
 	p1again := keyPolicy(t, reg.host, Enforce, k1)
@@ -399,7 +398,7 @@ func TestPolicyModes(t *testing.T) {
 		}
 	})
 	t.Run("unmatched is rejected by default", func(t *testing.T) {
-		tr, err := Policy{Rules: []Rule{{Pattern: "registry.example/*", Authorities: []Authority{{Key: k.pem}}}}}.Compile()
+		tr, err := TrustPolicy{Rules: []Rule{{Pattern: "registry.example/*", Authorities: []Authority{{Key: k.pem}}}}}.Compile()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -407,7 +406,7 @@ func TestPolicyModes(t *testing.T) {
 		mustRejected(t, r, err, "no trust rule")
 	})
 	t.Run("allow_unmatched", func(t *testing.T) {
-		tr, err := Policy{AllowUnmatched: true}.Compile()
+		tr, err := TrustPolicy{AllowUnmatched: true}.Compile()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -439,7 +438,7 @@ func TestGlob(t *testing.T) {
 		{"127.0.0.1:5000/app", "127.0.0.1:5000/app", true},
 		{"127.0.0.1:5000/ap?", "127.0.0.1:5000/app", true},
 	} {
-		tr, err := Policy{Rules: []Rule{{Pattern: tc.pattern, Authorities: []Authority{{Key: newKey(t).pem}}}}}.Compile()
+		tr, err := TrustPolicy{Rules: []Rule{{Pattern: tc.pattern, Authorities: []Authority{{Key: newKey(t).pem}}}}}.Compile()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -451,7 +450,7 @@ func TestGlob(t *testing.T) {
 
 func TestPolicyCompileErrors(t *testing.T) {
 	k := newKey(t)
-	for name, p := range map[string]Policy{
+	for name, p := range map[string]TrustPolicy{
 		"no rules":         {},
 		"bad mode":         {Rules: []Rule{{Pattern: "a/*", Mode: "audit", Authorities: []Authority{{Key: k.pem}}}}},
 		"no authority":     {Rules: []Rule{{Pattern: "a/*"}}},
@@ -479,11 +478,11 @@ func TestKeyFromFileAndRevision(t *testing.T) {
 	k := newKey(t)
 	path := t.TempDir() + "/cosign.pub"
 	writeFile(t, path, k.pem)
-	a, err := Policy{Rules: []Rule{{Pattern: "a/*", Authorities: []Authority{{Key: path}}}}}.Compile()
+	a, err := TrustPolicy{Rules: []Rule{{Pattern: "a/*", Authorities: []Authority{{Key: path}}}}}.Compile()
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := Policy{Rules: []Rule{{Pattern: "a/*", Authorities: []Authority{{Key: k.pem}}}}}.Compile()
+	b, err := TrustPolicy{Rules: []Rule{{Pattern: "a/*", Authorities: []Authority{{Key: k.pem}}}}}.Compile()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -491,7 +490,7 @@ func TestKeyFromFileAndRevision(t *testing.T) {
 		t.Error("same key inline and from a file should give the same revision")
 	}
 	writeFile(t, path, newKey(t).pem)
-	c, err := Policy{Rules: []Rule{{Pattern: "a/*", Authorities: []Authority{{Key: path}}}}}.Compile()
+	c, err := TrustPolicy{Rules: []Rule{{Pattern: "a/*", Authorities: []Authority{{Key: path}}}}}.Compile()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,10 @@
-package daemon
+// Package status is the agent's HTTP surface and metrics while it runs as a daemon: /healthz, /readyz,
+// /status (the last cycle's record), Prometheus /metrics and the GitLab webhook that triggers a cycle.
+//
+// In: the reconcile loop (through the small Loop interface declared here) and the webhook token. Out: an
+// http.Handler, and Metrics that the loop records into. It imports internal/reconcile (for its Record),
+// internal/plan and internal/outcome.
+package status
 
 import (
 	"crypto/subtle"
@@ -10,11 +16,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/sabeiro/sawmill/internal/fault"
+	"github.com/sabeiro/sawmill/internal/outcome"
 	"github.com/sabeiro/sawmill/internal/plan"
+	"github.com/sabeiro/sawmill/internal/reconcile"
 )
 
-// Metrics are the daemon's Prometheus metrics, on a registry of their own.
+// Metrics are the daemon's Prometheus metrics, on a registry of their own. They implement reconcile.Recorder.
 type Metrics struct {
 	Registry     *prometheus.Registry
 	syncDuration prometheus.Histogram
@@ -41,33 +48,35 @@ func NewMetrics() *Metrics {
 	return m
 }
 
-func (m *Metrics) observe(rec Record, d time.Duration) {
+// Cycle records a cycle's duration, and the time of the last success.
+func (m *Metrics) Cycle(rec reconcile.Record, d time.Duration) {
 	m.syncDuration.Observe(d.Seconds())
-	if rec.Outcome == "success" {
+	if rec.Outcome == outcome.Success {
 		m.lastSuccess.SetToCurrentTime()
 	}
 }
 
-func (m *Metrics) applied(p *plan.Plan) {
+// Applied counts the plan's changes, and the services it found changed outside the agent.
+func (m *Metrics) Applied(p *plan.Plan) {
 	for _, c := range p.Changes {
 		if c.Action != plan.Unchanged {
 			m.changes.WithLabelValues(string(c.Action)).Inc()
 		}
-	}
-	if n := drift(p); n > 0 {
-		m.drift.Add(float64(n))
+		if c.Drift {
+			m.drift.Inc()
+		}
 	}
 }
 
-func (m *Metrics) rejected(k fault.Kind) {
-	reason := map[fault.Kind]string{fault.Refused: "refused", fault.Invalid: "invalid", fault.Rollout: "rollout"}[k]
-	if reason == "" {
-		reason = "error"
+// Rejected counts a stack that was not rolled out, by the outcome's metric label.
+func (m *Metrics) Rejected(o outcome.Outcome) {
+	if label := o.Row().Metric; label != "" {
+		m.rejections.WithLabelValues(label).Inc()
 	}
-	m.rejections.WithLabelValues(reason).Inc()
 }
 
-func (m *Metrics) leader(held bool) {
+// Leader sets the leader gauge.
+func (m *Metrics) Leader(held bool) {
 	if held {
 		m.isLeader.Set(1)
 	} else {
@@ -75,10 +84,17 @@ func (m *Metrics) leader(held bool) {
 	}
 }
 
+// Loop is what the handler needs of the reconcile loop.
+type Loop interface {
+	Last() reconcile.Record
+	Ready() bool
+	Trigger()
+}
+
 // Handler serves /healthz, /readyz, /metrics, /status and the GitLab webhook at /hooks/gitlab. The webhook
 // accepts a request only with X-Gitlab-Token equal to token (compared in constant time); deployment and
 // pipeline events trigger a cycle. An empty token disables the webhook.
-func (d *Daemon) Handler(token string) http.Handler {
+func Handler(d Loop, m *Metrics, token string) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
@@ -92,7 +108,7 @@ func (d *Daemon) Handler(token string) http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(d.Last())
 	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(d.Metrics.Registry, promhttp.HandlerOpts{}))
+	mux.Handle("GET /metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("POST /hooks/gitlab", func(w http.ResponseWriter, r *http.Request) {
 		got := r.Header.Get("X-Gitlab-Token")
 		if token == "" || subtle.ConstantTimeCompare([]byte(got), []byte(token)) != 1 {

@@ -16,8 +16,8 @@ import (
 	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/api/types/swarm"
 
-	"github.com/sabeiro/sawmill/internal/imagebuild"
-	"github.com/sabeiro/sawmill/internal/testenv"
+	"github.com/sabeiro/sawmill/internal/testing/imagebuild"
+	"github.com/sabeiro/sawmill/internal/testing/testenv"
 )
 
 func needPostgres(t *testing.T) {

@@ -27,7 +27,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/moby/moby/client"
 
-	"github.com/sabeiro/sawmill/internal/imagebuild"
+	"github.com/sabeiro/sawmill/internal/testing/imagebuild"
 )
 
 // DockerHostEnv names the engine the tests may use.

@@ -3,7 +3,7 @@ package testenv
 import (
 	"testing"
 
-	"github.com/sabeiro/sawmill/internal/cosignkey"
+	"github.com/sabeiro/sawmill/internal/testing/cosignkey"
 )
 
 // Key is a signing key generated for one test.

@@ -21,8 +21,8 @@ import (
 	"github.com/moby/moby/api/types/swarm"
 	"github.com/moby/moby/client"
 
-	"github.com/sabeiro/sawmill/internal/imagebuild"
-	"github.com/sabeiro/sawmill/internal/testenv"
+	"github.com/sabeiro/sawmill/internal/testing/imagebuild"
+	"github.com/sabeiro/sawmill/internal/testing/testenv"
 )
 
 // liveAppDir is images/live_py, the app the image carries.

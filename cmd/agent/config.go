@@ -1,0 +1,235 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"reflect"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/go-viper/mapstructure/v2"
+	"github.com/spf13/cobra"
+	"github.com/spf13/viper"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/sabeiro/sawmill/internal/policy"
+	"github.com/sabeiro/sawmill/internal/verify"
+)
+
+// Config is agent.yaml, the settings of `agent run`. Every key can also be SAWMILL_<KEY> (gitlab.url:
+// SAWMILL_GITLAB_URL) or a flag, in rising precedence. An unknown key or an invalid value is a usage error
+// (exit 2) naming the key and the file.
+type Config struct {
+	Environment string        `mapstructure:"environment"`
+	Source      string        `mapstructure:"source"`
+	GitLab      GitLabConfig  `mapstructure:"gitlab"`
+	Git         GitConfig     `mapstructure:"git"`
+	Dir         string        `mapstructure:"dir"`
+	Stacks      []string      `mapstructure:"stacks"`
+	Interval    time.Duration `mapstructure:"interval"`
+	Jitter      float64       `mapstructure:"jitter"`
+	Timeout     time.Duration `mapstructure:"timeout"`
+	Listen      string        `mapstructure:"listen"`
+	Webhook     WebhookConfig `mapstructure:"webhook"`
+	StateDir    string        `mapstructure:"state_dir"`
+	Lease       LeaseConfig   `mapstructure:"lease"`
+	LogLevel    string        `mapstructure:"log_level"`
+	LogFormat   string        `mapstructure:"log_format"`
+	// The signature and policy gates.
+	PolicyMode        string              `mapstructure:"policy_mode"`
+	Policies          []string            `mapstructure:"policies"`
+	NoDefaultPolicies bool                `mapstructure:"no_default_policies"`
+	AllowedRegistries []string            `mapstructure:"allowed_registries"`
+	SkipVerify        bool                `mapstructure:"skip_verify"`
+	Trust             *verify.TrustPolicy `mapstructure:"trust"`
+}
+
+// GitLabConfig says where the releases and variables come from (source gitlab). The token itself only comes
+// from the environment variable TokenEnv or the file TokenFile.
+type GitLabConfig struct {
+	URL       string `mapstructure:"url"`
+	Project   string `mapstructure:"project"`
+	TokenEnv  string `mapstructure:"token_env"`
+	TokenFile string `mapstructure:"token_file"`
+	Variables bool   `mapstructure:"variables"`
+}
+
+// GitConfig is source git: a repository, a branch or tag, and the release directory inside it.
+type GitConfig struct {
+	URL  string `mapstructure:"url"`
+	Ref  string `mapstructure:"ref"`
+	Path string `mapstructure:"path"`
+}
+
+// WebhookConfig names the environment variable holding the webhook's token.
+type WebhookConfig struct {
+	TokenEnv string `mapstructure:"token_env"`
+}
+
+// LeaseConfig is the swarm lease that elects the one acting agent.
+type LeaseConfig struct {
+	TTL      time.Duration `mapstructure:"ttl"`
+	Disabled bool          `mapstructure:"disabled"`
+}
+
+// defaultConfig is every key's default; it also makes every key known to viper, so that SAWMILL_* variables
+// reach nested keys.
+func defaultConfig() Config {
+	return Config{
+		Source:     "gitlab",
+		GitLab:     GitLabConfig{TokenEnv: "SAWMILL_GITLAB_TOKEN"},
+		Git:        GitConfig{Ref: "main", Path: "release"},
+		Interval:   time.Minute,
+		Jitter:     0.1,
+		Timeout:    5 * time.Minute,
+		Listen:     "127.0.0.1:9090",
+		Webhook:    WebhookConfig{TokenEnv: "SAWMILL_WEBHOOK_TOKEN"},
+		StateDir:   "/var/lib/sawmill-agent",
+		Lease:      LeaseConfig{TTL: 30 * time.Second},
+		LogLevel:   "info",
+		LogFormat:  "text",
+		PolicyMode: string(policy.ModeEnforce),
+	}
+}
+
+// runFlags are the flags of `agent run` that set a config key (the flag's name with '-' for '_').
+var runFlags = []string{"environment", "source", "dir", "listen", "state-dir", "interval", "timeout", "policy-mode", "skip-verify"}
+
+// loadConfig reads the config file (--config), the SAWMILL_* variables and the flags into a Config, and
+// validates it.
+func loadConfig(v *viper.Viper, cmd *cobra.Command) (*Config, error) {
+	for key, val := range flatten(defaultConfig()) {
+		v.SetDefault(key, val)
+	}
+	path, _ := cmd.Flags().GetString("config")
+	where := "settings"
+	if path != "" {
+		where = "config " + path
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return nil, usageError{fmt.Errorf("config %s: %w", path, err)}
+		}
+		if err := unknownKeys(b, reflect.TypeFor[Config]()); err != nil {
+			return nil, usageError{fmt.Errorf("config %s: %w", path, err)}
+		}
+		v.SetConfigFile(path)
+		if err := v.ReadInConfig(); err != nil {
+			return nil, usageError{fmt.Errorf("config %s: %w", path, err)}
+		}
+	}
+	for _, name := range runFlags {
+		_ = v.BindPFlag(flagKey(name), cmd.Flags().Lookup(name))
+	}
+	var c Config
+	hook := viper.DecodeHook(mapstructure.ComposeDecodeHookFunc(mapstructure.StringToTimeDurationHookFunc(), mapstructure.StringToSliceHookFunc(",")))
+	if err := v.UnmarshalExact(&c, hook); err != nil {
+		msg := strings.TrimPrefix(err.Error(), "decoding failed due to the following error(s):\n\n")
+		return nil, usageError{fmt.Errorf("%s: %s", where, strings.ReplaceAll(msg, "\n", "; "))}
+	}
+	if err := c.validate(); err != nil {
+		return nil, usageError{fmt.Errorf("%s: %w", where, err)}
+	}
+	return &c, nil
+}
+
+// validate refuses values the agent cannot run with, naming the key.
+func (c *Config) validate() error {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: "+format, append([]any{key}, args...)...))
+	}
+	if c.Environment == "" {
+		bad("environment", "set it in the config file, SAWMILL_ENVIRONMENT or --environment")
+	}
+	if !slices.Contains([]string{"gitlab", "git", "dir"}, c.Source) {
+		bad("source", "%q: use gitlab, git or dir", c.Source)
+	}
+	if c.Interval <= 0 {
+		bad("interval", "%s: must be positive", c.Interval)
+	}
+	if c.Jitter < 0 || c.Jitter >= 1 {
+		bad("jitter", "%g: must be at least 0 and below 1", c.Jitter)
+	}
+	if c.Timeout <= 0 {
+		bad("timeout", "%s: must be positive", c.Timeout)
+	}
+	if !c.Lease.Disabled && c.Lease.TTL < 3*time.Second {
+		bad("lease.ttl", "%s: must be at least 3s", c.Lease.TTL)
+	}
+	if _, err := policy.ParseMode(c.PolicyMode); err != nil {
+		bad("policy_mode", "%w", err)
+	}
+	return errors.Join(errs...)
+}
+
+// unknownKeys returns an error naming the line and key of the first key of the YAML document b that t (a
+// struct with mapstructure tags) does not have, looking into nested structs, slices and pointers.
+func unknownKeys(b []byte, t reflect.Type) error {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(b, &doc); err != nil {
+		return err
+	}
+	if len(doc.Content) == 0 {
+		return nil
+	}
+	return walkKeys(doc.Content[0], t, "")
+}
+
+func walkKeys(n *yaml.Node, t reflect.Type, prefix string) error {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	switch {
+	case t.Kind() == reflect.Struct && n.Kind == yaml.MappingNode:
+		fields := map[string]reflect.Type{}
+		for f := range t.Fields() {
+			if tag, _, _ := strings.Cut(f.Tag.Get("mapstructure"), ","); tag != "" && tag != "-" {
+				fields[tag] = f.Type
+			}
+		}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k := n.Content[i]
+			ft, ok := fields[k.Value]
+			if !ok {
+				return fmt.Errorf("line %d: unknown key %q", k.Line, prefix+k.Value)
+			}
+			if err := walkKeys(n.Content[i+1], ft, prefix+k.Value+"."); err != nil {
+				return err
+			}
+		}
+	case t.Kind() == reflect.Slice && n.Kind == yaml.SequenceNode:
+		for i, item := range n.Content {
+			if err := walkKeys(item, t.Elem(), fmt.Sprintf("%s[%d].", strings.TrimSuffix(prefix, "."), i)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// flatten lists the leaf keys of c (dotted, as viper names them) with their values; the trust policy is
+// left out (it has no default).
+func flatten(c Config) map[string]any {
+	out := map[string]any{}
+	var walk func(v reflect.Value, prefix string)
+	walk = func(v reflect.Value, prefix string) {
+		for i, f := range slices.Collect(v.Type().Fields()) {
+			tag, _, _ := strings.Cut(f.Tag.Get("mapstructure"), ",")
+			fv := v.Field(i)
+			switch {
+			case f.Type.Kind() == reflect.Pointer:
+			case f.Type.Kind() == reflect.Struct:
+				walk(fv, prefix+tag+".")
+			default:
+				out[prefix+tag] = fv.Interface()
+			}
+		}
+	}
+	walk(reflect.ValueOf(c), "")
+	return out
+}
+
+// flagKey maps a flag name to its config key (state-dir -> state_dir).
+func flagKey(flag string) string { return strings.ReplaceAll(flag, "-", "_") }

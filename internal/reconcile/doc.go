@@ -1,0 +1,22 @@
+// Package reconcile owns the agent's flow. One stack goes through ordered steps over one value, the Cycle:
+//
+//	load -> verify -> evaluate -> observe -> plan -> apply (and converge)
+//
+// load reads the compose files into the wanted stack (internal/compose); verify resolves every image to a
+// digest, checks its signatures (internal/verify) and pins the image to the verified digest; evaluate runs
+// the policies (internal/policy) on the pinned stack with the signature results; observe reads the stack
+// from the swarm; plan diffs wanted and observed (internal/plan); apply writes the plan and waits for
+// convergence, rolling back a failed update (internal/swarm). A step that fails stops the cycle: a refusal by
+// signatures or policies stops before anything is observed or written. Each stage is reached through a small
+// interface declared here, so the flow is tested without Docker.
+//
+// The Loop (agent run) runs the flow for every stack of a release, repeatedly: take the swarm's lease, get
+// the newest release from the source, run the stacks, record the outcome in the state file, and report it to
+// GitLab. Its HTTP surface is internal/status.
+//
+// Nothing here prints: the Cycle and the Record carry what happened, and cmd/agent renders them. Errors are
+// classified by internal/fault; internal/outcome maps them to outcomes, exit codes and commit states.
+//
+// It is the only package that imports every stage: internal/compose, verify, policy, plan, swarm, source,
+// report, stack, fault, outcome.
+package reconcile

@@ -1,0 +1,250 @@
+package reconcile
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/sabeiro/sawmill/internal/compose"
+	"github.com/sabeiro/sawmill/internal/plan"
+	"github.com/sabeiro/sawmill/internal/policy"
+	"github.com/sabeiro/sawmill/internal/stack"
+	"github.com/sabeiro/sawmill/internal/swarm"
+	"github.com/sabeiro/sawmill/internal/verify"
+)
+
+// Loader reads compose files into the wanted stack (compose.Load, through LoadFunc).
+type Loader interface {
+	Load(ctx context.Context, o compose.Options) (*stack.Stack, error)
+}
+
+// LoadFunc makes a function a Loader.
+type LoadFunc func(ctx context.Context, o compose.Options) (*stack.Stack, error)
+
+// Load calls f.
+func (f LoadFunc) Load(ctx context.Context, o compose.Options) (*stack.Stack, error) {
+	return f(ctx, o)
+}
+
+// Verifier checks the signatures of image references (*verify.Verifier).
+type Verifier interface {
+	VerifyAll(ctx context.Context, refs []string) ([]verify.Result, error)
+}
+
+// Evaluator runs the policies on an input document (*policy.Engine).
+type Evaluator interface {
+	Evaluate(ctx context.Context, in *policy.Input) (*policy.Report, error)
+}
+
+// Observer reads a stack from the swarm (swarm.Observer).
+type Observer interface {
+	Observe(ctx context.Context, stackName string) (*stack.Stack, error)
+}
+
+// Applier writes a plan and waits for convergence (*swarm.Applier).
+type Applier interface {
+	Apply(ctx context.Context, p *plan.Plan) (*swarm.Result, error)
+}
+
+// Flow is the steps of one stack. Fill the fields; Load and Observe are required.
+type Flow struct {
+	Load Loader
+	// Verify checks signatures; nil skips the step (development only: the policies then see every signature
+	// as unknown).
+	Verify Verifier
+	// Policy evaluates the policies; nil or PolicyMode off skips the step. In warn mode the decisions are
+	// recorded and nothing is refused.
+	Policy     Evaluator
+	PolicyMode policy.Mode
+	// Input is what the policies see besides the stack (environment, registries).
+	Input   policy.InputOptions
+	Observe Observer
+	// Apply writes the plan; nil stops after the plan (agent plan).
+	Apply Applier
+	Log   *slog.Logger
+}
+
+// Cycle is one stack's pass through the flow: what each step found, in order. A step that did not run
+// leaves its field nil.
+type Cycle struct {
+	Options compose.Options
+	// Wanted is the stack the compose files describe, its images pinned once verified.
+	Wanted *stack.Stack
+	// Signatures are the verification results, one per distinct image, sorted by reference.
+	Signatures []verify.Result
+	// Decisions are the policies' report (nil when the policies did not run).
+	Decisions *policy.Report
+	Observed  *stack.Stack
+	Plan      *plan.Plan
+	// Result is what apply did (nil when apply did not run).
+	Result *swarm.Result
+	// Step names the step that failed; Err is its error (classified by internal/fault).
+	Step string
+	Err  error
+}
+
+// The steps, in order.
+const (
+	StepLoad     = "load"
+	StepVerify   = "verify"
+	StepEvaluate = "evaluate"
+	StepObserve  = "observe"
+	StepPlan     = "plan"
+	StepApply    = "apply"
+)
+
+type step struct {
+	name string
+	run  func(ctx context.Context, c *Cycle) error
+}
+
+func (f *Flow) steps() []step {
+	return []step{
+		{StepLoad, f.load},
+		{StepVerify, f.verify},
+		{StepEvaluate, f.evaluate},
+		{StepObserve, f.observe},
+		{StepPlan, f.plan},
+		{StepApply, f.apply},
+	}
+}
+
+// Run takes one stack through the steps and returns what happened; c.Err is the first error.
+func (f *Flow) Run(ctx context.Context, o compose.Options) *Cycle {
+	log := f.log()
+	c := &Cycle{Options: o}
+	for _, s := range f.steps() {
+		t0 := time.Now()
+		err := s.run(ctx, c)
+		log.Debug("step", "step", s.name, "stack", o.Stack, "elapsed", time.Since(t0))
+		if err != nil {
+			c.Step, c.Err = s.name, err
+			return c
+		}
+	}
+	return c
+}
+
+func (f *Flow) log() *slog.Logger {
+	if f.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return f.Log
+}
+
+func (f *Flow) load(ctx context.Context, c *Cycle) error {
+	st, err := f.Load.Load(ctx, c.Options)
+	c.Wanted = st
+	return err
+}
+
+// verify resolves every service image to a digest and verifies its signatures; a rejection refuses the whole
+// stack (fault.Refused) before anything is observed or written. Otherwise every image is rewritten to
+// `repo:tag@sha256:...`, so the digest verified is the digest deployed.
+func (f *Flow) verify(ctx context.Context, c *Cycle) error {
+	if f.Verify == nil {
+		return nil
+	}
+	w := c.Wanted
+	var refs []string
+	for _, svc := range w.Services {
+		if cs := svc.Spec.TaskTemplate.ContainerSpec; cs != nil && !slices.Contains(refs, cs.Image) {
+			refs = append(refs, cs.Image)
+		}
+	}
+	slices.Sort(refs)
+	results, err := f.Verify.VerifyAll(ctx, refs)
+	c.Signatures = results
+	for _, r := range results {
+		f.log().Info("signature", "stack", w.Name, "image", r.Ref, "digest", r.Digest, "status", string(r.Status), "signers", strings.Join(r.Signers, ", "), "cached", r.Cached)
+	}
+	if err != nil {
+		return fmt.Errorf("stack %s: %w", w.Name, err)
+	}
+	pinned := verify.PinnedRefs(results)
+	for i := range w.Services {
+		spec := &w.Services[i].Spec
+		cs := spec.TaskTemplate.ContainerSpec
+		if cs == nil {
+			continue
+		}
+		if p, ok := pinned[cs.Image]; ok && p != cs.Image {
+			cs.Image = p
+			spec.Labels[stack.LabelImage] = p
+			stack.SetSpecHash(spec)
+		}
+	}
+	return nil
+}
+
+// evaluate runs the policies on the wanted stack with this cycle's signature results. In enforce mode a deny
+// is a fault.Refused error.
+func (f *Flow) evaluate(ctx context.Context, c *Cycle) error {
+	if f.Policy == nil || f.PolicyMode == policy.ModeOff || f.PolicyMode == "" {
+		return nil
+	}
+	in := f.Input
+	if f.Verify != nil {
+		in.Signatures = PolicySignatures(c.Signatures)
+	}
+	rep, err := f.Policy.Evaluate(ctx, policy.NewInput(c.Wanted, in))
+	if err != nil {
+		return err
+	}
+	c.Decisions = rep
+	f.log().Info("policy", "stack", rep.Stack, "mode", string(f.PolicyMode), "revision", rep.Revision, "denies", len(rep.Denies()), "warnings", len(rep.Warns()), "elapsed", rep.Elapsed)
+	if f.PolicyMode == policy.ModeEnforce {
+		return rep.Err()
+	}
+	return nil
+}
+
+func (f *Flow) observe(ctx context.Context, c *Cycle) error {
+	st, err := f.Observe.Observe(ctx, c.Wanted.Name)
+	c.Observed = st
+	return err
+}
+
+func (f *Flow) plan(_ context.Context, c *Cycle) error {
+	p, err := plan.Compute(c.Wanted, c.Observed)
+	c.Plan = p
+	return err
+}
+
+func (f *Flow) apply(ctx context.Context, c *Cycle) error {
+	if f.Apply == nil {
+		return nil
+	}
+	f.log().Info("plan", "stack", c.Plan.Stack, "writes", c.Plan.Writes())
+	res, err := f.Apply.Apply(ctx, c.Plan)
+	c.Result = res
+	return err
+}
+
+// PolicySignatures maps verification results to the policies' input, by image reference as written and as
+// pinned: verified; unverified (the verification failed); or unknown (it could not be checked: the registry
+// was unreachable, or the trust policy's warn mode let an unverified image through).
+func PolicySignatures(results []verify.Result) map[string]policy.Signature {
+	out := make(map[string]policy.Signature, 2*len(results))
+	for _, r := range results {
+		sig := policy.Signature{Signer: strings.Join(r.Signers, ", "), Reason: r.Reason}
+		switch {
+		case r.Status == verify.Verified:
+			sig.Status = policy.SignatureVerified
+		case verify.IsTransient(r.Err):
+			sig.Status, sig.Reason = policy.SignatureUnknown, "registry unreachable: "+r.Reason
+		case r.Status == verify.Warned:
+			sig.Status = policy.SignatureUnknown
+		default:
+			sig.Status = policy.SignatureUnverified
+		}
+		out[r.Ref] = sig
+		if r.Pinned != "" {
+			out[r.Pinned] = sig
+		}
+	}
+	return out
+}

@@ -1,0 +1,281 @@
+package reconcile
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"testing"
+
+	"github.com/moby/moby/api/types/swarm"
+
+	"github.com/sabeiro/sawmill/internal/compose"
+	"github.com/sabeiro/sawmill/internal/fault"
+	"github.com/sabeiro/sawmill/internal/outcome"
+	"github.com/sabeiro/sawmill/internal/plan"
+	"github.com/sabeiro/sawmill/internal/policy"
+	"github.com/sabeiro/sawmill/internal/stack"
+	sw "github.com/sabeiro/sawmill/internal/swarm"
+	"github.com/sabeiro/sawmill/internal/verify"
+)
+
+const digest = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+
+// calls records the order in which the fakes were called.
+type calls []string
+
+func (c *calls) add(s string) { *c = append(*c, s) }
+
+// wantedStack is one service `shop_web` running image, owned by the agent.
+func wantedStack(image string) *stack.Stack {
+	spec := swarm.ServiceSpec{
+		Annotations: swarm.Annotations{Name: "shop_web", Labels: map[string]string{
+			stack.LabelNamespace: "shop", stack.LabelOwner: stack.OwnerValue, stack.LabelImage: image,
+		}},
+		TaskTemplate: swarm.TaskSpec{ContainerSpec: &swarm.ContainerSpec{Image: image}},
+	}
+	stack.SetSpecHash(&spec)
+	return &stack.Stack{Name: "shop", Services: []stack.Service{{Name: "shop_web", Key: "web", Spec: spec}}}
+}
+
+type fakeLoader struct {
+	calls *calls
+	image string
+	err   error
+}
+
+func (f fakeLoader) Load(context.Context, compose.Options) (*stack.Stack, error) {
+	f.calls.add(StepLoad)
+	if f.err != nil {
+		return nil, f.err
+	}
+	return wantedStack(f.image), nil
+}
+
+type fakeVerifier struct {
+	calls  *calls
+	reject bool
+}
+
+func (f fakeVerifier) VerifyAll(_ context.Context, refs []string) ([]verify.Result, error) {
+	f.calls.add(StepVerify)
+	var out []verify.Result
+	for _, r := range refs {
+		if f.reject {
+			out = append(out, verify.Result{Ref: r, Status: verify.Rejected, Reason: "no signature"})
+			continue
+		}
+		out = append(out, verify.Result{Ref: r, Status: verify.Verified, Digest: digest, Pinned: r + "@" + digest, Signers: []string{"release-key"}})
+	}
+	if f.reject {
+		return out, fault.RefusedErr(errors.New("image rejected: no signature"))
+	}
+	return out, nil
+}
+
+type fakeEvaluator struct {
+	calls *calls
+	deny  bool
+	input *policy.Input
+}
+
+func (f *fakeEvaluator) Evaluate(_ context.Context, in *policy.Input) (*policy.Report, error) {
+	f.calls.add(StepEvaluate)
+	f.input = in
+	rep := &policy.Report{Stack: in.Stack}
+	if f.deny {
+		rep.Decisions = []policy.Decision{{Kind: policy.Deny, Rule: "no_socket", Service: "web", Message: "web mounts the socket"}}
+	}
+	return rep, nil
+}
+
+type fakeObserver struct {
+	calls    *calls
+	observed *stack.Stack
+}
+
+func (f fakeObserver) Observe(_ context.Context, name string) (*stack.Stack, error) {
+	f.calls.add(StepObserve)
+	if f.observed != nil {
+		return f.observed, nil
+	}
+	return &stack.Stack{Name: name}, nil
+}
+
+type fakeApplier struct {
+	calls  *calls
+	writes *int
+}
+
+func (f fakeApplier) Apply(_ context.Context, p *plan.Plan) (*sw.Result, error) {
+	f.calls.add(StepApply)
+	if p.Writes() {
+		*f.writes++
+	}
+	return &sw.Result{Plan: p}, nil
+}
+
+type fixture struct {
+	calls  calls
+	writes int
+	eval   *fakeEvaluator
+	flow   *Flow
+}
+
+func newFixture(image string, mode policy.Mode) *fixture {
+	fx := &fixture{}
+	fx.eval = &fakeEvaluator{calls: &fx.calls}
+	fx.flow = &Flow{
+		Load:       fakeLoader{calls: &fx.calls, image: image},
+		Verify:     fakeVerifier{calls: &fx.calls},
+		Policy:     fx.eval,
+		PolicyMode: mode,
+		Observe:    fakeObserver{calls: &fx.calls},
+		Apply:      fakeApplier{calls: &fx.calls, writes: &fx.writes},
+	}
+	return fx
+}
+
+func TestFlowRunsTheStepsInOrder(t *testing.T) {
+	fx := newFixture("registry.example/web:1", policy.ModeEnforce)
+	c := fx.flow.Run(context.Background(), compose.Options{Stack: "shop"})
+	if c.Err != nil {
+		t.Fatal(c.Err)
+	}
+	if want := []string{StepLoad, StepVerify, StepEvaluate, StepObserve, StepApply}; !slices.Equal(fx.calls, want) {
+		t.Fatalf("steps %v, want %v", fx.calls, want)
+	}
+	if c.Plan == nil || c.Result == nil || fx.writes != 1 {
+		t.Fatalf("plan %v, result %v, writes %d", c.Plan, c.Result, fx.writes)
+	}
+	// The verified digest is the one deployed.
+	if got := c.Wanted.Services[0].Spec.TaskTemplate.ContainerSpec.Image; got != "registry.example/web:1@"+digest {
+		t.Fatalf("image %s, want it pinned to the verified digest", got)
+	}
+}
+
+func TestSignaturesReachThePolicies(t *testing.T) {
+	fx := newFixture("registry.example/web:1", policy.ModeEnforce)
+	if c := fx.flow.Run(context.Background(), compose.Options{}); c.Err != nil {
+		t.Fatal(c.Err)
+	}
+	in := fx.eval.input
+	if in == nil || len(in.Services) != 1 {
+		t.Fatalf("the policies saw %+v", in)
+	}
+	if sig := in.Services[0].Image.Signature; sig.Status != policy.SignatureVerified || sig.Signer != "release-key" {
+		t.Fatalf("the policies saw signature %+v, want verified by release-key", sig)
+	}
+
+	// Without the verify step (--skip-verify) the policies see unknown.
+	fx = newFixture("registry.example/web:1", policy.ModeEnforce)
+	fx.flow.Verify = nil
+	if c := fx.flow.Run(context.Background(), compose.Options{}); c.Err != nil {
+		t.Fatal(c.Err)
+	}
+	if sig := fx.eval.input.Services[0].Image.Signature; sig.Status != policy.SignatureUnknown {
+		t.Fatalf("without verification the policies saw %+v, want unknown", sig)
+	}
+}
+
+func TestRefusalStopsBeforeObserve(t *testing.T) {
+	for name, tc := range map[string]struct {
+		set      func(*fixture)
+		step     string
+		outcome  outcome.Outcome
+		wantRuns []string
+	}{
+		"unsigned image": {
+			set:  func(fx *fixture) { fx.flow.Verify = fakeVerifier{calls: &fx.calls, reject: true} },
+			step: StepVerify, outcome: outcome.Refused, wantRuns: []string{StepLoad, StepVerify},
+		},
+		"policy deny": {
+			set:  func(fx *fixture) { fx.eval.deny = true },
+			step: StepEvaluate, outcome: outcome.Refused, wantRuns: []string{StepLoad, StepVerify, StepEvaluate},
+		},
+		"invalid compose": {
+			set: func(fx *fixture) {
+				fx.flow.Load = fakeLoader{calls: &fx.calls, err: fault.InvalidErr(errors.New("compose.yaml:3: services.web.image: must be a string"))}
+			},
+			step: StepLoad, outcome: outcome.Invalid, wantRuns: []string{StepLoad},
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			fx := newFixture("registry.example/web:1", policy.ModeEnforce)
+			tc.set(fx)
+			c := fx.flow.Run(context.Background(), compose.Options{})
+			if c.Step != tc.step || outcome.Of(c.Err) != tc.outcome {
+				t.Fatalf("failed at %q with %v (%s), want %q %s", c.Step, c.Err, outcome.Of(c.Err), tc.step, tc.outcome)
+			}
+			if !slices.Equal(fx.calls, tc.wantRuns) {
+				t.Fatalf("steps %v, want %v", fx.calls, tc.wantRuns)
+			}
+			if fx.writes != 0 || c.Observed != nil || c.Result != nil {
+				t.Fatalf("a refused stack was observed or written: writes %d", fx.writes)
+			}
+		})
+	}
+}
+
+func TestWarnModeRecordsDenyAndGoesOn(t *testing.T) {
+	fx := newFixture("registry.example/web:1", policy.ModeWarn)
+	fx.eval.deny = true
+	c := fx.flow.Run(context.Background(), compose.Options{})
+	if c.Err != nil {
+		t.Fatalf("warn mode refused: %v", c.Err)
+	}
+	if c.Decisions == nil || len(c.Decisions.Denies()) != 1 || fx.writes != 1 {
+		t.Fatalf("decisions %+v, writes %d", c.Decisions, fx.writes)
+	}
+
+	fx = newFixture("registry.example/web:1", policy.ModeOff)
+	if c := fx.flow.Run(context.Background(), compose.Options{}); c.Err != nil || c.Decisions != nil || slices.Contains(fx.calls, StepEvaluate) {
+		t.Fatalf("policy mode off evaluated: %v %v", fx.calls, c.Err)
+	}
+}
+
+func TestDriftIsAField(t *testing.T) {
+	fx := newFixture("registry.example/web:1", policy.ModeEnforce)
+	// What runs is what the agent wrote last time, then changed behind its back (`docker service update
+	// --image`): the spec hash label still matches, the image does not.
+	observed := wantedStack("registry.example/web:1@" + digest)
+	observed.Services[0].Spec.TaskTemplate.ContainerSpec.Image = "evil.example/miner:1"
+	fx.flow.Observe = fakeObserver{calls: &fx.calls, observed: observed}
+	c := fx.flow.Run(context.Background(), compose.Options{})
+	if c.Err != nil {
+		t.Fatal(c.Err)
+	}
+	changes := c.Plan.Of(stack.KindService, plan.Configured)
+	if len(changes) != 1 || !changes[0].Drift {
+		t.Fatalf("changes %+v, want shop_web configured with Drift set", c.Plan.Changes)
+	}
+
+	// And the same stack unchanged: no drift, no write.
+	fx = newFixture("registry.example/web:1", policy.ModeEnforce)
+	fx.flow.Observe = fakeObserver{calls: &fx.calls, observed: wantedStack("registry.example/web:1@" + digest)}
+	c = fx.flow.Run(context.Background(), compose.Options{})
+	if c.Err != nil || c.Plan.Writes() || fx.writes != 0 {
+		t.Fatalf("an unchanged stack: err %v, plan %+v", c.Err, c.Plan.Changes)
+	}
+}
+
+func TestPlanOnlyWithoutApplier(t *testing.T) {
+	fx := newFixture("registry.example/web:1", policy.ModeEnforce)
+	fx.flow.Apply = nil
+	c := fx.flow.Run(context.Background(), compose.Options{})
+	if c.Err != nil || c.Plan == nil || c.Result != nil || slices.Contains(fx.calls, StepApply) {
+		t.Fatalf("plan only: err %v, steps %v", c.Err, fx.calls)
+	}
+}
+
+func ExampleFlow() {
+	var log calls
+	f := &Flow{
+		Load:    fakeLoader{calls: &log, image: "registry.example/web:1"},
+		Verify:  fakeVerifier{calls: &log},
+		Observe: fakeObserver{calls: &log},
+	}
+	c := f.Run(context.Background(), compose.Options{Stack: "shop"})
+	fmt.Println(log, c.Plan.Changes[0].Name, c.Plan.Changes[0].Action)
+	// Output: [load verify observe] shop_web created
+}
