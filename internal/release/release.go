@@ -238,12 +238,14 @@ var ErrChannelMoved = errors.New("channel moved")
 // record (RecordRef) to releaseJSON, so the next pipeline on this ref diffs against this
 // release and reuses its digests.
 //
-// It is a compare-and-swap: expect is the digest of the channel record this pipeline started
-// from ("" when the ref had none). When the record is elsewhere now, or (with a record) an
-// image's channel tag names neither that record's digest nor this release's, nothing is moved
-// and the error wraps ErrChannelMoved. The registry API has no conditional write, so the check
-// and the moves are separate requests; the release job's resource_group serialises the
-// pipelines of one ref, and the check catches a pipeline that published while this one ran.
+// It is a compare-and-swap on the record, the channel's state: expect is the digest of the
+// channel record this pipeline started from ("" when the ref had none). When the record is
+// elsewhere now, nothing is moved and the error wraps ErrChannelMoved; the record is checked
+// again right before it is replaced. The channel tags follow the record and are not compared:
+// a publish that failed after moving them (before the record) would otherwise block the ref
+// for good. The registry API has no conditional write, so the check and the writes are
+// separate requests; the release job's resource_group serialises the pipelines of one ref,
+// and the check catches a pipeline that published while this one ran.
 func Publish(ctx context.Context, rel *Release, releaseJSON []byte, reg Registry, expect string) error {
 	recRef := RecordRef(rel.Registry, rel.Channel)
 	cur, err := currentRecord(ctx, reg, recRef)
@@ -253,25 +255,7 @@ func Publish(ctx context.Context, rel *Release, releaseJSON []byte, reg Registry
 	if cur.Digest != expect {
 		return movedError(recRef, expect, cur)
 	}
-	names := slices.Sorted(maps.Keys(rel.Images))
-	if cur.Release != nil {
-		for _, n := range names {
-			img := rel.Images[n]
-			ref := img.Repository + ":" + rel.Channel
-			d, err := reg.Digest(ctx, ref)
-			if errors.Is(err, ErrNotFound) {
-				d, err = "", nil
-			}
-			if err != nil {
-				return fmt.Errorf("resolve %s: %w", ref, err)
-			}
-			if want := cur.Release.Images[n].Digest; d != want && d != img.Digest {
-				return fmt.Errorf("%s points at %s, but the channel's record (commit %s) says %s: %w; this pipeline's release is not published (rerun the pipeline)",
-					ref, orNone(d), cur.Release.Commit, orNone(want), ErrChannelMoved)
-			}
-		}
-	}
-	for _, n := range names {
+	for _, n := range slices.Sorted(maps.Keys(rel.Images)) {
 		img := rel.Images[n]
 		if err := reg.Tag(ctx, img.Repository, img.Digest, rel.Channel); err != nil {
 			return fmt.Errorf("tag %s:%s -> %s: %w", img.Repository, rel.Channel, img.Digest, err)
