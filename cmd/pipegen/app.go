@@ -158,7 +158,8 @@ func (a *app) plan(ctx context.Context, rf *repoFlags, fs *pflag.FlagSet, base, 
 		return nil, err
 	}
 	git := discover.Git{Dir: root}
-	// The layout scan runs beside git and the registry; a git error is reported first.
+	// The layout scan runs beside git; a git error is reported first, and the registry is read
+	// only once the repository checked out (git, layout, configuration).
 	var repo *discover.Repo
 	var scanErr error
 	done := make(chan struct{})
@@ -168,7 +169,6 @@ func (a *app) plan(ctx context.Context, rf *repoFlags, fs *pflag.FlagSet, base, 
 	}()
 	var pick basePick
 	ri := a.refInfo(ctx, git, cfg, ref)
-	var err2 error
 	switch {
 	case base != "" || a.getenv("PIPEGEN_BASE") != "":
 		why := "--base"
@@ -191,9 +191,8 @@ func (a *app) plan(ctx context.Context, rf *repoFlags, fs *pflag.FlagSet, base, 
 		if err := pipeline.Check(repo, cfg); err != nil {
 			return nil, err
 		}
-		pick, err2 = pickBase(ctx, git, release.OCI{Keychain: a.keychain()}, cfg, ri)
-		if err2 != nil {
-			return nil, err2
+		if pick, err = pickBase(ctx, git, release.OCI{Keychain: a.keychain()}, cfg, ri); err != nil {
+			return nil, err
 		}
 	}
 	diff, err := git.Diff(ctx, pick.base, pick.why)
