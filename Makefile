@@ -28,9 +28,10 @@ test-go:
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 40m ./...
 
-# live_py's tests run with Debian's Python (python3-psycopg2); PyPI is not needed.
+# live_py's and batch_etl's tests run with Debian's Python (python3-psycopg2); PyPI is not needed.
 test-py:
 	images/live_py/test.sh
+	images/batch_etl/test.sh
 
 bench:
 	SAWMILL_TEST_DOCKER_HOST=$${SAWMILL_TEST_DOCKER_HOST:-$$(hack/dockerd.sh start)} bench/run.sh

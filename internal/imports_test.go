@@ -31,9 +31,10 @@ var allowed = map[string][]string{
 	"internal/policy":   {"internal/fault", "internal/stack", "policies"},
 	"internal/source":   {"internal/fault", "internal/manifest"},
 	"internal/report":   {},
+	"internal/redact":   {},
 	"internal/reconcile": {
 		"internal/compose", "internal/fault", "internal/manifest", "internal/outcome", "internal/plan", "internal/policy",
-		"internal/report", "internal/source", "internal/stack", "internal/swarm", "internal/verify",
+		"internal/redact", "internal/report", "internal/source", "internal/stack", "internal/swarm", "internal/verify",
 	},
 	"internal/status": {"internal/outcome", "internal/plan", "internal/reconcile"},
 	// pipegen
@@ -117,5 +118,33 @@ func TestImportRules(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(root, pkg)); err != nil {
 			t.Errorf("the import rules name %s, which does not exist", pkg)
 		}
+	}
+}
+
+// The environment reaches internal/ only as a value from cmd/: no product package reads the process's.
+func TestNoProcessEnvironmentInInternal(t *testing.T) {
+	err := filepath.WalkDir(".", func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && (path == "testing" || d.Name() == "testdata") {
+			return filepath.SkipDir
+		}
+		if d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
+			return nil
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		for _, call := range []string{"os.Environ(", "os.Getenv(", "os.LookupEnv("} {
+			if strings.Contains(string(b), call) {
+				t.Errorf("internal/%s calls %s: take the environment as a value from cmd/", path, call)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }

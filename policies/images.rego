@@ -17,8 +17,8 @@ deny_image_digest contains d if {
 # METADATA
 # title: image_signature
 # description: >-
-#   An image whose signature failed verification never runs; in production an image whose signature could
-#   not be checked does not run either. No exemption.
+#   An image whose signature failed verification never runs; in production (the tier the platform
+#   configured, input.config.tier) an image whose signature could not be checked does not run either. No exemption.
 deny_image_signature contains d if {
 	some svc in input.services
 	svc.image.signature.status == "unverified"
@@ -26,7 +26,7 @@ deny_image_signature contains d if {
 }
 
 deny_image_signature contains d if {
-	input.environment == "production"
+	production
 	not pre_release
 	some svc in input.services
 	svc.image.signature.status == "unknown"
@@ -40,7 +40,7 @@ deny_image_signature contains d if {
 #   are signed: the repository's images are pinned by the release, and every signature is verified by the
 #   agent when it deploys. A reminder, not a waiver: the agent refuses an unverified image in production.
 warn_signature_at_deploy contains d if {
-	input.environment == "production"
+	production
 	pre_release
 	some svc in input.services
 	svc.image.signature.status == "unknown"
@@ -63,7 +63,7 @@ pinned_by_release(svc) if {
 #   Outside production, an image whose signature was not checked (no registry reached, say) is a warning.
 #   Exempt: deploy label io.sawmill.exception.signature_unknown=<reason>.
 warn_signature_unknown contains d if {
-	input.environment != "production"
+	not production
 	some svc in input.services
 	svc.image.signature.status == "unknown"
 	not exempt(svc, "signature_unknown")

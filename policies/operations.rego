@@ -120,9 +120,41 @@ health_value(v, fallback) := fallback if v <= 0
 warn_exception contains d if {
 	some svc in input.services
 	some rule, reason in svc.exceptions
-	trim_space(reason) != ""
-	not rule in never_exempt
+	exempt(svc, rule)
 	d := decision(svc, "exception", sprintf("exception for rule %s: %s", [rule, reason]))
+}
+
+# METADATA
+# title: exception_not_granted
+# description: >-
+#   A release may ask for an exception (io.sawmill.exception.<rule>) or the edge role (io.sawmill.role: edge);
+#   only the platform grants them (the agent's configuration, grants:). A request the platform did not grant
+#   is refused, naming the grant needed. In the pipeline's check (pre-release) it is a warning instead: the
+#   agent's grants are not known there, and the agent refuses it when it deploys.
+deny_exception_not_granted contains d if {
+	not pre_release
+	some d in ungranted
+}
+
+warn_exception_grant_needed contains d if {
+	pre_release
+	some u in ungranted
+	d := object.union(u, {"rule": "exception_grant_needed"})
+}
+
+ungranted contains d if {
+	some svc in input.services
+	some rule, _ in svc.exceptions
+	requested(svc, rule)
+	not granted(svc, rule)
+	d := decision(svc, "exception_not_granted", sprintf("asks for an exception from rule %s, which the platform does not grant it (an operator grants it in the agent's configuration: grants: [{rule: %s, stack: %s, service: %s}])", [rule, rule, input.stack, svc.key]))
+}
+
+ungranted contains d if {
+	some svc in input.services
+	claims_edge(svc)
+	not granted(svc, "edge")
+	d := decision(svc, "exception_not_granted", sprintf("calls itself the edge proxy (io.sawmill.role: edge), a role the platform does not grant it (an operator grants it in the agent's configuration: grants: [{rule: edge, stack: %s, service: %s}])", [input.stack, svc.key]))
 }
 
 warn_exception contains d if {

@@ -51,7 +51,7 @@ doc(services) := {
 	"kind": "sawmill.io/stack/v1",
 	"stack": "shop",
 	"environment": "staging",
-	"config": {"allowed_registries": ["registry.example"]},
+	"config": {"allowed_registries": ["registry.example"], "tier": "staging", "grants": [{"rule": "edge", "service": "nginx"}], "allowed_host_paths": []},
 	"services": services,
 	"networks": [],
 	"secrets": [],
@@ -60,6 +60,11 @@ doc(services) := {
 }
 
 with_patch(patch) := doc([object.union(good, patch)])
+
+# with_config changes the platform's side of the document (tier, grants, allowed host paths).
+with_config(inp, cfg) := object.union(inp, {"config": object.union(inp.config, cfg)})
+
+grant(rule) := {"grants": [{"rule": rule, "service": "api"}]}
 
 denies contains d if {
 	some name, set in main
@@ -93,9 +98,44 @@ test_edge_only_80_443 if {
 }
 
 test_published_port_exempted if {
-	inp := with_patch(object.union(exempt("published_ports"), {"ports": [{"published": 8080, "target": 8080, "protocol": "tcp", "mode": "host"}]}))
+	inp := with_config(with_patch(object.union(exempt("published_ports"), {"ports": [{"published": 8080, "target": 8080, "protocol": "tcp", "mode": "host"}]})), grant("published_ports"))
 	count(denies) == 0 with input as inp
 	warn_rules == {"exception"} with input as inp
+}
+
+# A release only asks for an exception; the platform grants it. Asked and not granted: the rule still denies,
+# and the request is refused naming the grant needed.
+test_exception_needs_a_grant if {
+	asked := with_patch(object.union(exempt("published_ports"), {"ports": [{"published": 8080, "target": 8080, "protocol": "tcp", "mode": "host"}]}))
+	deny_rules == {"published_ports", "exception_not_granted"} with input as asked
+	some d in denies with input as asked
+	d.rule == "exception_not_granted"
+	contains(d.msg, "grants: [{rule: published_ports, stack: shop, service: api}]")
+
+	# a grant for another service or another rule does not count
+	other := with_config(asked, {"grants": [{"rule": "published_ports", "service": "web"}, {"rule": "privileged", "service": "api"}]})
+	deny_rules == {"published_ports", "exception_not_granted"} with input as other
+
+	# a grant for every service of the stack does
+	count(denies) == 0 with input as with_config(asked, {"grants": [{"rule": "published_ports", "service": "*"}]})
+
+	# the pipeline's check cannot know the agent's grants: a warning naming the grant
+	pre := with_config(asked, {"pre_release": "registry.example/shop"})
+	count(denies) == 0 with input as pre
+	warn_rules == {"exception", "exception_grant_needed"} with input as pre
+}
+
+# Any service can put io.sawmill.role: edge on itself; only a granted one is the edge.
+test_edge_role_needs_a_grant if {
+	claimed := with_patch({"labels": {"io.sawmill.role": "edge"}, "ports": [{"published": 443, "target": 8443, "protocol": "tcp", "mode": "host"}]})
+	deny_rules == {"published_ports", "exception_not_granted"} with input as claimed
+	count(denies) == 0 with input as with_config(claimed, grant("edge"))
+}
+
+# The policies' own grant cannot be exempted by a label.
+test_grant_rule_cannot_be_exempted if {
+	inp := with_patch(object.union(exempt("exception_not_granted"), {"labels": {"io.sawmill.role": "edge"}}))
+	"exception_not_granted" in deny_rules with input as inp
 }
 
 test_privileged if {
@@ -123,15 +163,35 @@ test_capabilities if {
 
 test_docker_socket_and_exception if {
 	sock := {"mounts": [{"type": "bind", "source": "/var/run/docker.sock", "target": "/var/run/docker.sock", "read_only": true}]}
-	deny_rules == {"docker_socket"} with input as with_patch(sock)
-	count(denies) == 0 with input as with_patch(object.union(sock, exempt("docker_socket")))
+	allowed := {"allowed_host_paths": ["/var/run/docker.sock"]}
+	deny_rules == {"docker_socket", "host_path"} with input as with_patch(sock)
+	deny_rules == {"docker_socket"} with input as with_config(with_patch(sock), allowed)
+	count(denies) == 0 with input as with_config(with_patch(object.union(sock, exempt("docker_socket"))), object.union(allowed, grant("docker_socket")))
 }
 
 test_host_root if {
-	deny_rules == {"host_root"} with input as with_patch({"mounts": [{"type": "bind", "source": "/", "target": "/host", "read_only": true}]})
-	deny_rules == {"host_root"} with input as with_patch({"mounts": [{"type": "bind", "source": "/etc/", "target": "/host", "read_only": true}]})
-	deny_rules == {"host_root"} with input as with_patch({"mounts": [{"type": "bind", "source": "/proc/1", "target": "/p", "read_only": true}]})
-	count(denies) == 0 with input as with_patch({"mounts": [{"type": "bind", "source": "/srv/data", "target": "/data", "read_only": false}]})
+	everywhere := {"allowed_host_paths": ["/"]}
+	deny_rules == {"host_root"} with input as with_config(with_patch({"mounts": [{"type": "bind", "source": "/", "target": "/host", "read_only": true}]}), everywhere)
+	deny_rules == {"host_root"} with input as with_config(with_patch({"mounts": [{"type": "bind", "source": "/etc/", "target": "/host", "read_only": true}]}), everywhere)
+	deny_rules == {"host_root"} with input as with_config(with_patch({"mounts": [{"type": "bind", "source": "/proc/1", "target": "/p", "read_only": true}]}), everywhere)
+	deny_rules == {"host_root"} with input as with_config(with_patch({"mounts": [{"type": "bind", "source": "/etc/cron.d", "target": "/c", "read_only": false}]}), everywhere)
+	deny_rules == {"host_root"} with input as with_config(with_patch({"mounts": [{"type": "bind", "source": "/root/.ssh", "target": "/k", "read_only": true}]}), everywhere)
+	count(denies) == 0 with input as with_config(with_patch({"mounts": [{"type": "bind", "source": "/srv/data", "target": "/data", "read_only": false}]}), everywhere)
+}
+
+# Bind mounts by allow-list: none by default, so no spelling and no unknown socket gets through.
+bind(src) := with_patch({"mounts": [{"type": "bind", "source": src, "target": "/x", "read_only": true}]})
+
+test_host_path_allow_list if {
+	deny_rules == {"host_path"} with input as bind("/srv/data")
+	deny_rules == {"host_path"} with input as bind("/run/containerd/containerd.sock")
+	allowed := {"allowed_host_paths": ["/srv/data"]}
+	count(denies) == 0 with input as with_config(bind("/srv/data"), allowed)
+	count(denies) == 0 with input as with_config(bind("/srv/data/sub"), allowed)
+	deny_rules == {"host_path"} with input as with_config(bind("/srv/database"), allowed)
+	deny_rules == {"host_path"} with input as with_config(bind("/srv"), allowed)
+	# named volumes and tmpfs are not host paths
+	count(denies) == 0 with input as with_patch({"mounts": [{"type": "volume", "source": "data", "target": "/d"}, {"type": "tmpfs", "source": "", "target": "/t"}]})
 }
 
 test_digest if {
@@ -143,14 +203,17 @@ test_signature if {
 	inp := with_patch({"image": {"signature": {"status": "unknown"}}})
 	count(denies) == 0 with input as inp
 	warn_rules == {"signature_unknown"} with input as inp
-	deny_rules == {"image_signature"} with input as object.union(inp, {"environment": "production"})
+	deny_rules == {"image_signature"} with input as with_config(inp, {"tier": "production"})
+	# the tier decides, never the environment's name
+	count(denies) == 0 with input as object.union(inp, {"environment": "production"})
+	deny_rules == {"image_signature"} with input as with_config(object.union(inp, {"environment": "prod"}), {"tier": "production"})
 }
 
 # The pipeline's check of the repository's files (--pre-release REGISTRY): the repository's images are
 # pinned by the release, signatures are verified when the agent deploys; nothing else is waived.
 test_pre_release if {
 	unpinned := with_patch({"image": {"ref": "registry.example/shop/api:1", "pinned": false, "digest": "", "signature": {"status": "unknown"}}})
-	pre := object.union(unpinned, {"environment": "production", "config": {"allowed_registries": ["registry.example"], "pre_release": "registry.example/shop"}})
+	pre := with_config(unpinned, {"tier": "production", "pre_release": "registry.example/shop"})
 	count(denies) == 0 with input as pre
 	warn_rules == {"signature_at_deploy"} with input as pre
 	# an image from elsewhere is still judged
@@ -160,7 +223,7 @@ test_pre_release if {
 	failed := object.union(pre, {"services": [object.union(pre.services[0], {"image": object.union(pre.services[0].image, {"signature": {"status": "unverified"}})})]})
 	deny_rules == {"image_signature"} with input as failed
 	# without --pre-release nothing changes
-	deny_rules == {"image_digest", "image_signature"} with input as object.union(unpinned, {"environment": "production"})
+	deny_rules == {"image_digest", "image_signature"} with input as with_config(unpinned, {"tier": "production"})
 }
 
 test_signature_cannot_be_exempted if {

@@ -97,9 +97,35 @@ host_root_path(p) if {
 }
 
 host_root_path(p) if {
-	some root in {"/proc/", "/sys/", "/dev/", "/boot/", "/var/lib/docker/"}
-	startswith(p, root)
+	some root in host_root_paths
+	root != "/"
+	startswith(p, concat("", [root, "/"]))
 }
+
+# METADATA
+# title: host_path
+# description: >-
+#   Bind mounts only of host paths the platform allows: the agent's allowed_host_paths (none by default), so
+#   no other spelling of a path and no socket the lists above do not know gets through. The policies see
+#   every bind source cleaned and absolute. Named volumes and tmpfs are unaffected.
+#   Exempt: granted deploy label io.sawmill.exception.host_path=<reason>.
+deny_host_path contains d if {
+	some svc in input.services
+	some m in svc.mounts
+	m.type == "bind"
+	not host_path_allowed(m.source)
+	not exempt(svc, "host_path")
+	d := decision(svc, "host_path", sprintf("bind-mounts the host path %s, which the platform does not allow (the agent's allowed_host_paths: %v)", [m.source, object.get(input.config, "allowed_host_paths", [])]))
+}
+
+host_path_allowed(p) if {
+	some allowed in input.config.allowed_host_paths
+	path_under(p, allowed)
+}
+
+path_under(p, dir) if p == dir
+
+path_under(p, dir) if startswith(p, concat("", [trim_suffix(dir, "/"), "/"]))
 
 # METADATA
 # title: dropped_key

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/viper"
@@ -16,6 +17,9 @@ func inputFlags(cmd *cobra.Command) {
 	f := cmd.Flags()
 	f.String("env", "", "environment name (staging, production, ...) the policies see as input.environment")
 	f.StringArray("allowed-registry", nil, "registry host or host/path prefix images may come from (repeatable; none: not checked)")
+	f.String("tier", "", "the environment's tier: production turns the production rules on (default: production when --env is production)")
+	f.StringArray("grant", nil, "RULE:SERVICE: the platform grants the stack's SERVICE (* for all) an exception from RULE, or the role edge (repeatable)")
+	f.StringArray("allowed-host-path", nil, "host path bind mounts may expose (repeatable; none by default)")
 }
 
 // policyFlags add the flags that say which policies run.
@@ -47,7 +51,7 @@ type gateSettings struct {
 }
 
 func readGate(v *viper.Viper, cmd *cobra.Command) (*gateSettings, error) {
-	for _, name := range []string{"policy-mode", "policies", "no-default-policies", "env", "allowed-registry"} {
+	for _, name := range []string{"policy-mode", "policies", "no-default-policies", "env", "allowed-registry", "tier", "grant", "allowed-host-path"} {
 		if f := cmd.Flags().Lookup(name); f != nil {
 			_ = v.BindPFlag(name, f)
 		}
@@ -56,7 +60,18 @@ func readGate(v *viper.Viper, cmd *cobra.Command) (*gateSettings, error) {
 		mode:      policy.ModeEnforce,
 		dirs:      v.GetStringSlice("policies"),
 		noDefault: v.GetBool("no-default-policies"),
-		input:     policy.InputOptions{Environment: v.GetString("env"), AllowedRegistries: v.GetStringSlice("allowed-registry")},
+		input: policy.InputOptions{Environment: v.GetString("env"), AllowedRegistries: v.GetStringSlice("allowed-registry"),
+			Tier: v.GetString("tier"), AllowedHostPaths: v.GetStringSlice("allowed-host-path")},
+	}
+	if g.input.Tier == "" && g.input.Environment == policy.TierProduction {
+		g.input.Tier = policy.TierProduction
+	}
+	for _, s := range v.GetStringSlice("grant") {
+		rule, service, ok := strings.Cut(s, ":")
+		if !ok || rule == "" || service == "" {
+			return nil, usageError{fmt.Errorf("--grant %q: use RULE:SERVICE", s)}
+		}
+		g.input.Grants = append(g.input.Grants, policy.Grant{Rule: rule, Service: service})
 	}
 	if cmd.Flags().Lookup("policy-mode") != nil {
 		mode, err := policy.ParseMode(v.GetString("policy-mode"))
@@ -74,11 +89,12 @@ func (g *gateSettings) engine() *policy.Engine {
 }
 
 // loadInput loads the compose files and builds the policy input document.
-func loadInput(v *viper.Viper, cmd *cobra.Command, args []string) (*policy.Input, error) {
+func loadInput(v *viper.Viper, cmd *cobra.Command, args []string, seen func(string)) (*policy.Input, error) {
 	o, err := composeOptions(cmd, args)
 	if err != nil {
 		return nil, err
 	}
+	o.Interpolated = seen
 	o.WithoutValues = true // the policies judge specs, never values
 	st, err := compose.Load(cmd.Context(), o)
 	if err != nil {
@@ -121,7 +137,7 @@ func checkCmd(v *viper.Viper, d deps) *cobra.Command {
 			}
 			engine := g.engine()
 			go func() { _, _ = engine.Prepare(cmd.Context()) }()
-			in, err := loadInput(v, cmd, args)
+			in, err := loadInput(v, cmd, args, nil)
 			if err != nil {
 				return err
 			}

@@ -91,7 +91,14 @@ func TestCheckExitCodesAndOutputs(t *testing.T) {
 	dir := writeFiles(t, map[string]string{"clean.yaml": cleanCompose, "denied.yaml": deniedCompose, "pw.txt": "pw-value", "broken.yaml": "services:\n  web: [\n"})
 	clean, denied, broken := filepath.Join(dir, "clean.yaml"), filepath.Join(dir, "denied.yaml"), filepath.Join(dir, "broken.yaml")
 
+	// The compose file calls nginx the edge; only the platform's grant makes it so.
 	r := runOffline(t, "check", "-c", clean)
+	if r.code != 3 || !strings.Contains(r.stdout, "grants: [{rule: edge, stack: shop, service: nginx}]") {
+		t.Fatalf("an edge role nobody granted: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	t.Setenv("SAWMILL_GRANT", "edge:nginx") // as the operator's --grant edge:nginx
+
+	r = runOffline(t, "check", "-c", clean)
 	if r.code != 0 {
 		t.Fatalf("clean: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
@@ -186,6 +193,7 @@ func TestCheckTeamPoliciesAndSettings(t *testing.T) {
 		"empty/README.txt": "no policies here",
 	})
 	clean := filepath.Join(dir, "clean.yaml")
+	t.Setenv("SAWMILL_GRANT", "edge:nginx") // the platform grants nginx the edge role
 	r := runOffline(t, "check", "-c", clean, "--policies", filepath.Join(dir, "team"))
 	if r.code != 3 || strings.Count(r.stdout, "DENY owner:") != 2 {
 		t.Fatalf("team policy: exit %d\n%s", r.code, r.stdout)
@@ -243,6 +251,15 @@ func TestRender(t *testing.T) {
 	if doc.Stack != "shop" || doc.Environment != "staging" || len(doc.Services) != 2 || !doc.Services[0].Image.Pinned || doc.Services[0].Image.Signature.Status != "unknown" {
 		t.Fatalf("render: %+v", doc)
 	}
+
+	// A value a variable put into the compose file is shown as <redacted>; a literal is shown.
+	t.Setenv("API_HOST", "db.internal.example")
+	withVar := strings.Replace(cleanCompose, "      DB_PASSWORD_FILE: /run/secrets/db_password\n", "      DB_PASSWORD_FILE: /run/secrets/db_password\n      API_URL: https://${API_HOST}/v1\n", 1)
+	dir = writeFiles(t, map[string]string{"clean.yaml": withVar, "pw.txt": "x"})
+	r = runOffline(t, "render", "-c", filepath.Join(dir, "clean.yaml"))
+	if r.code != 0 || strings.Contains(r.stdout, "db.internal.example") || !strings.Contains(r.stdout, `https://<redacted>/v1`) || !strings.Contains(r.stdout, "/run/secrets/db_password") {
+		t.Fatalf("render of an interpolated value: exit %d\n%s", r.code, r.stdout)
+	}
 }
 
 // conftestBinary finds conftest (go install github.com/open-policy-agent/conftest@v0.71.1).
@@ -269,6 +286,7 @@ func conftestBinary(t *testing.T) string {
 // warn counts, and messages, with `agent check`.
 func TestConftestParity(t *testing.T) {
 	conftest := conftestBinary(t)
+	t.Setenv("SAWMILL_GRANT", "edge:nginx") // the platform grants nginx the edge role
 	_, self, _, _ := runtime.Caller(0)
 	policies := filepath.Join(filepath.Dir(self), "..", "..", "policies")
 	dir := writeFiles(t, map[string]string{

@@ -1,6 +1,9 @@
 package main
 
 import (
+	"context"
+	"crypto/rand"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -12,6 +15,7 @@ import (
 	"github.com/spf13/viper"
 
 	"github.com/sabeiro/sawmill/internal/compose"
+	"github.com/sabeiro/sawmill/internal/fault"
 	"github.com/sabeiro/sawmill/internal/plan"
 	"github.com/sabeiro/sawmill/internal/reconcile"
 	"github.com/sabeiro/sawmill/internal/swarm"
@@ -45,7 +49,7 @@ func newRoot(d deps) *cobra.Command {
 	_ = v.BindPFlag("log_level", pf.Lookup("log-level"))
 	_ = v.BindPFlag("log_format", pf.Lookup("log-format"))
 
-	root.AddCommand(planCmd(v, d), applyCmd(v, d), checkCmd(v, d), renderCmd(v, d), runCmd(v, d))
+	root.AddCommand(planCmd(v, d), applyCmd(v, d), checkCmd(v, d), renderCmd(v, d), runCmd(v, d), retryCmd(d))
 	return root
 }
 
@@ -88,6 +92,9 @@ func planCmd(v *viper.Viper, d deps) *cobra.Command {
 				return err
 			}
 			defer r.client.Close()
+			if err := r.nameKey(cmd.Context(), false); err != nil {
+				return err
+			}
 			c := r.flow.Run(cmd.Context(), r.compose)
 			r.show(c)
 			if c.Err != nil {
@@ -119,7 +126,7 @@ func prepare(v *viper.Viper, d deps, cmd *cobra.Command, args []string) (*runSet
 	if err != nil {
 		return nil, err
 	}
-	log, err := newLogger(d.stderr, v.GetString("log_level"), v.GetString("log_format"))
+	log, err := newLogger(d, v.GetString("log_level"), v.GetString("log_format"))
 	if err != nil {
 		return nil, err
 	}
@@ -131,6 +138,7 @@ func prepare(v *viper.Viper, d deps, cmd *cobra.Command, args []string) (*runSet
 	if err != nil {
 		return nil, err
 	}
+	o.Environment = gate.input.Environment
 	flow := &reconcile.Flow{Load: composeLoader, PolicyMode: gate.mode, Input: gate.input, Log: log}
 	if gate.mode != "off" {
 		engine := gate.engine()
@@ -158,6 +166,24 @@ func prepare(v *viper.Viper, d deps, cmd *cobra.Command, args []string) (*runSet
 	}
 	flow.Observe = swarm.Observer{Client: c}
 	return &runSetup{compose: o, log: log, client: c, flow: flow, stdout: d.stdout, format: format}, nil
+}
+
+// nameKey reads the swarm's key for secret and config names; apply makes it when the swarm has none. Plan
+// writes nothing: before the first apply it names secrets with a key of its own (apply will name them anew).
+func (r *runSetup) nameKey(ctx context.Context, create bool) error {
+	if err := swarm.CheckManager(ctx, r.client); err != nil {
+		return fault.InvalidErr(err)
+	}
+	key, err := swarm.NameKey(ctx, r.client, create)
+	if errors.Is(err, swarm.ErrNoNameKey) {
+		key = make([]byte, 32)
+		_, err = rand.Read(key)
+	}
+	if err != nil {
+		return err
+	}
+	r.compose.NameKey = key
+	return nil
 }
 
 // show prints the gates' findings with text output, and logs the policy decisions otherwise.
@@ -192,6 +218,9 @@ func applyCmd(v *viper.Viper, d deps) *cobra.Command {
 			}
 			defer r.client.Close()
 			r.flow.Apply = &swarm.Applier{Client: r.client, Log: r.log, Timeout: timeout}
+			if err := r.nameKey(cmd.Context(), true); err != nil {
+				return err
+			}
 			c := r.flow.Run(cmd.Context(), r.compose)
 			r.show(c)
 			err = c.Err
@@ -200,7 +229,13 @@ func applyCmd(v *viper.Viper, d deps) *cobra.Command {
 					err = rerr
 				}
 				for _, s := range res.RolledBack {
-					fmt.Fprintf(r.stdout, "rolled back: %s (the previous version keeps running)\n", s)
+					fmt.Fprintf(r.stdout, "rolled back: %s (the previous version runs again)\n", s)
+				}
+				for _, s := range res.Removed {
+					fmt.Fprintf(r.stdout, "removed: %s (new, it never converged)\n", s)
+				}
+				for _, s := range res.NotRolledBack {
+					fmt.Fprintf(r.stdout, "NOT rolled back: %s\n", s)
 				}
 			}
 			if err != nil {

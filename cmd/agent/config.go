@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"reflect"
 	"slices"
@@ -31,12 +32,29 @@ type Config struct {
 	Interval    time.Duration `mapstructure:"interval"`
 	Jitter      float64       `mapstructure:"jitter"`
 	Timeout     time.Duration `mapstructure:"timeout"`
-	Listen      string        `mapstructure:"listen"`
-	Webhook     WebhookConfig `mapstructure:"webhook"`
-	StateDir    string        `mapstructure:"state_dir"`
-	Lease       LeaseConfig   `mapstructure:"lease"`
-	LogLevel    string        `mapstructure:"log_level"`
-	LogFormat   string        `mapstructure:"log_format"`
+	// CycleTimeout bounds one whole cycle (every stack of a release, with rollbacks).
+	CycleTimeout time.Duration `mapstructure:"cycle_timeout"`
+	Listen       string        `mapstructure:"listen"`
+	// TLS serves the listen address over HTTPS (cert_file, key_file).
+	TLS     TLSConfig     `mapstructure:"tls"`
+	Webhook WebhookConfig `mapstructure:"webhook"`
+	// Status: /status and /metrics on another address, or behind a token.
+	Status    StatusConfig `mapstructure:"status"`
+	StateDir  string       `mapstructure:"state_dir"`
+	Lease     LeaseConfig  `mapstructure:"lease"`
+	LogLevel  string       `mapstructure:"log_level"`
+	LogFormat string       `mapstructure:"log_format"`
+	// What a release may read besides the environment's CI/CD variables: Variables by value, and PassEnv by
+	// name from the agent's environment (never SAWMILL_* nor the tokens). Nothing else of the agent's
+	// environment reaches a release.
+	Variables map[string]string `mapstructure:"variables"`
+	PassEnv   []string          `mapstructure:"pass_env"`
+	// Tier is the environment's tier (GitLab's deployment tiers): production turns on the production rules.
+	Tier string `mapstructure:"tier"`
+	// Grants are the exceptions (and the edge role) the platform grants; a release's labels only request them.
+	Grants []GrantConfig `mapstructure:"grants"`
+	// AllowedHostPaths are the host paths bind mounts may expose (none by default).
+	AllowedHostPaths []string `mapstructure:"allowed_host_paths"`
 	// The signature and policy gates.
 	PolicyMode        string              `mapstructure:"policy_mode"`
 	Policies          []string            `mapstructure:"policies"`
@@ -63,34 +81,61 @@ type GitConfig struct {
 	Path string `mapstructure:"path"`
 }
 
+// TLSConfig is a certificate and key for the HTTP listener.
+type TLSConfig struct {
+	CertFile string `mapstructure:"cert_file"`
+	KeyFile  string `mapstructure:"key_file"`
+}
+
+// StatusConfig says where /status and /metrics are served: Listen (another address, e.g. a manager-local
+// one; empty: with the webhook on listen) and TokenEnv (the environment variable whose value a request must
+// carry as `Authorization: Bearer <token>`; empty: no token).
+type StatusConfig struct {
+	Listen   string `mapstructure:"listen"`
+	TokenEnv string `mapstructure:"token_env"`
+}
+
 // WebhookConfig names the environment variable holding the webhook's token.
 type WebhookConfig struct {
 	TokenEnv string `mapstructure:"token_env"`
+}
+
+// GrantConfig grants one rule's exception (or the role edge) to a service of a stack, in some environments.
+type GrantConfig struct {
+	Rule    string `mapstructure:"rule"`
+	Stack   string `mapstructure:"stack"`
+	Service string `mapstructure:"service"`
+	// Environments limits the grant; empty: every environment this configuration serves.
+	Environments []string `mapstructure:"environments"`
 }
 
 // LeaseConfig is the swarm lease that elects the one acting agent.
 type LeaseConfig struct {
 	TTL      time.Duration `mapstructure:"ttl"`
 	Disabled bool          `mapstructure:"disabled"`
+	// Name is the Swarm config holding the lease: the agents that share one elect one actor.
+	Name string `mapstructure:"name"`
 }
 
 // defaultConfig is every key's default; it also makes every key known to viper, so that SAWMILL_* variables
 // reach nested keys.
 func defaultConfig() Config {
 	return Config{
-		Source:     "gitlab",
-		GitLab:     GitLabConfig{TokenEnv: "SAWMILL_GITLAB_TOKEN"},
-		Git:        GitConfig{Ref: "main", Path: "release"},
-		Interval:   time.Minute,
-		Jitter:     0.1,
-		Timeout:    5 * time.Minute,
-		Listen:     "127.0.0.1:9090",
-		Webhook:    WebhookConfig{TokenEnv: "SAWMILL_WEBHOOK_TOKEN"},
-		StateDir:   "/var/lib/sawmill-agent",
-		Lease:      LeaseConfig{TTL: 30 * time.Second},
-		LogLevel:   "info",
-		LogFormat:  "text",
-		PolicyMode: string(policy.ModeEnforce),
+		Source:       "gitlab",
+		GitLab:       GitLabConfig{TokenEnv: "SAWMILL_GITLAB_TOKEN"},
+		Git:          GitConfig{Ref: "main", Path: "release"},
+		Interval:     time.Minute,
+		Jitter:       0.1,
+		Timeout:      5 * time.Minute,
+		CycleTimeout: 15 * time.Minute,
+		Listen:       "127.0.0.1:9090",
+		Webhook:      WebhookConfig{TokenEnv: "SAWMILL_WEBHOOK_TOKEN"},
+		StateDir:     "/var/lib/sawmill-agent",
+		Lease:        LeaseConfig{TTL: 30 * time.Second, Name: "sawmill-agent-lease"},
+		LogLevel:     "info",
+		LogFormat:    "text",
+		PolicyMode:   string(policy.ModeEnforce),
+		Tier:         "production",
 	}
 }
 
@@ -105,6 +150,7 @@ func loadConfig(v *viper.Viper, cmd *cobra.Command) (*Config, error) {
 	}
 	path, _ := cmd.Flags().GetString("config")
 	where := "settings"
+	var fileVars map[string]string
 	if path != "" {
 		where = "config " + path
 		b, err := os.ReadFile(path)
@@ -112,6 +158,9 @@ func loadConfig(v *viper.Viper, cmd *cobra.Command) (*Config, error) {
 			return nil, usageError{fmt.Errorf("config %s: %w", path, err)}
 		}
 		if err := unknownKeys(b, reflect.TypeFor[Config]()); err != nil {
+			return nil, usageError{fmt.Errorf("config %s: %w", path, err)}
+		}
+		if fileVars, err = variablesOf(b); err != nil {
 			return nil, usageError{fmt.Errorf("config %s: %w", path, err)}
 		}
 		v.SetConfigFile(path)
@@ -128,10 +177,23 @@ func loadConfig(v *viper.Viper, cmd *cobra.Command) (*Config, error) {
 		msg := strings.TrimPrefix(err.Error(), "decoding failed due to the following error(s):\n\n")
 		return nil, usageError{fmt.Errorf("%s: %s", where, strings.ReplaceAll(msg, "\n", "; "))}
 	}
+	// Viper folds keys to lower case; variable names keep theirs.
+	c.Variables = fileVars
 	if err := c.validate(); err != nil {
 		return nil, usageError{fmt.Errorf("%s: %w", where, err)}
 	}
 	return &c, nil
+}
+
+// variablesOf reads the `variables:` mapping of the config file with its names as written.
+func variablesOf(b []byte) (map[string]string, error) {
+	var doc struct {
+		Variables map[string]string `yaml:"variables"`
+	}
+	if err := yaml.Unmarshal(b, &doc); err != nil {
+		return nil, fmt.Errorf("variables: %w", err)
+	}
+	return doc.Variables, nil
 }
 
 // validate refuses values the agent cannot run with, naming the key.
@@ -155,11 +217,31 @@ func (c *Config) validate() error {
 	if c.Timeout <= 0 {
 		bad("timeout", "%s: must be positive", c.Timeout)
 	}
+	if c.CycleTimeout < c.Timeout {
+		bad("cycle_timeout", "%s: must be at least timeout (%s): a cycle includes a rollout", c.CycleTimeout, c.Timeout)
+	}
+	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
+		bad("tls", "needs both cert_file and key_file")
+	}
 	if !c.Lease.Disabled && c.Lease.TTL < 3*time.Second {
 		bad("lease.ttl", "%s: must be at least 3s", c.Lease.TTL)
 	}
+
 	if _, err := policy.ParseMode(c.PolicyMode); err != nil {
 		bad("policy_mode", "%w", err)
+	}
+	if !slices.Contains([]string{"production", "staging", "testing", "development", "other"}, c.Tier) {
+		bad("tier", "%q: use production, staging, testing, development or other", c.Tier)
+	}
+	for _, name := range c.PassEnv {
+		if strings.HasPrefix(name, "SAWMILL_") || name == c.GitLab.TokenEnv || name == c.Webhook.TokenEnv {
+			bad("pass_env", "%s: the agent's own settings and tokens never reach a release", name)
+		}
+	}
+	for i, g := range c.Grants {
+		if g.Rule == "" || g.Stack == "" || g.Service == "" {
+			bad(fmt.Sprintf("grants[%d]", i), "needs rule, stack and service (service * for every service of the stack)")
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -233,3 +315,33 @@ func flatten(c Config) map[string]any {
 
 // flagKey maps a flag name to its config key (state-dir -> state_dir).
 func flagKey(flag string) string { return strings.ReplaceAll(flag, "-", "_") }
+
+// releaseEnv is what a release may read besides the CI/CD variables: the configured values, and the
+// passed-through names from the agent's environment (getenv), as KEY=VALUE, sorted.
+func (c *Config) releaseEnv(getenv func(string) (string, bool)) []string {
+	vars := maps.Clone(c.Variables)
+	if vars == nil {
+		vars = map[string]string{}
+	}
+	for _, name := range c.PassEnv {
+		if v, ok := getenv(name); ok {
+			vars[name] = v
+		}
+	}
+	out := make([]string, 0, len(vars))
+	for _, k := range slices.Sorted(maps.Keys(vars)) {
+		out = append(out, k+"="+vars[k])
+	}
+	return out
+}
+
+// grants are the configured grants for environment, as the policies take them.
+func (c *Config) grants() []policy.Grant {
+	var out []policy.Grant
+	for _, g := range c.Grants {
+		if len(g.Environments) == 0 || slices.Contains(g.Environments, c.Environment) {
+			out = append(out, policy.Grant{Rule: g.Rule, Stack: g.Stack, Service: g.Service})
+		}
+	}
+	return out
+}

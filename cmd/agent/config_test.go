@@ -44,7 +44,7 @@ func TestRunConfigIsChecked(t *testing.T) {
 // Every key can come from the file, a SAWMILL_* variable (nested keys too) or a flag, in rising precedence.
 func TestRunConfigSources(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "agent.yaml")
-	writeFile(t, path, "environment: staging\nsource: gitlab\ninterval: 2m\ngitlab: {project: sawmill/platform}\nlease: {ttl: 9s}\n")
+	writeFile(t, path, "environment: staging\nsource: gitlab\ninterval: 2m\ngitlab: {project: sawmill/platform}\nlease: {ttl: 9s}\nvariables: {DOMAIN: sawmill.test, Mixed_Case: x}\npass_env: [DB_PASSWORD]\n")
 	t.Setenv("SAWMILL_GITLAB_URL", "https://gitlab.example")
 	t.Setenv("SAWMILL_INTERVAL", "3m")
 	cmd := runCmd(newRootViper(), deps{})
@@ -58,5 +58,12 @@ func TestRunConfigSources(t *testing.T) {
 	if cfg.GitLab.URL != "https://gitlab.example" || cfg.GitLab.Project != "sawmill/platform" || cfg.Interval != 4*time.Minute ||
 		cfg.Lease.TTL != 9*time.Second || cfg.Jitter != 0.1 || cfg.GitLab.TokenEnv != "SAWMILL_GITLAB_TOKEN" {
 		t.Fatalf("config %+v", cfg)
+	}
+	// What a release may read: the variables with their names as written, and the passed-through names.
+	env := cfg.releaseEnv(func(name string) (string, bool) {
+		return map[string]string{"DB_PASSWORD": "pw", "HOME": "/root"}[name], name != "HOME"
+	})
+	if strings.Join(env, " ") != "DB_PASSWORD=pw DOMAIN=sawmill.test Mixed_Case=x" {
+		t.Fatalf("release environment %v", env)
 	}
 }

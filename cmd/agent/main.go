@@ -19,6 +19,7 @@ import (
 	"syscall"
 
 	"github.com/sabeiro/sawmill/internal/outcome"
+	"github.com/sabeiro/sawmill/internal/redact"
 	"github.com/sabeiro/sawmill/internal/swarm"
 )
 
@@ -44,12 +45,17 @@ type deps struct {
 	stdout, stderr io.Writer
 	// connect returns the Docker client (the usual Docker environment names the engine).
 	connect func() (swarm.Client, error)
+	// redact cleans everything written to stdout, stderr and the log; run sets it.
+	redact *redact.Redactor
 }
 
 func connectDocker() (swarm.Client, error) { return swarm.Connect() }
 
 // run executes the agent with args and returns the exit code.
 func run(ctx context.Context, args []string, d deps) int {
+	// Every string the agent writes passes one redactor: the commands teach it the values in play.
+	d.redact = redact.New()
+	d.stdout, d.stderr = d.redact.Writer(d.stdout), d.redact.Writer(d.stderr)
 	stderr := d.stderr
 	cmd := newRoot(d)
 	cmd.SetArgs(args)
@@ -84,7 +90,9 @@ func exitCode(err error) int {
 	return outcome.Of(err).Row().Exit
 }
 
-func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
+// newLogger writes through the redactor of d.
+func newLogger(d deps, level, format string) (*slog.Logger, error) {
+	w := d.stderr
 	var lv slog.Level
 	if err := lv.UnmarshalText([]byte(level)); err != nil {
 		return nil, usageError{fmt.Errorf("--log-level %q: %w", level, err)}
@@ -92,9 +100,9 @@ func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 	opts := &slog.HandlerOptions{Level: lv}
 	switch format {
 	case "text":
-		return slog.New(slog.NewTextHandler(w, opts)), nil
+		return slog.New(d.redact.Handler(slog.NewTextHandler(w, opts))), nil
 	case "json":
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
+		return slog.New(d.redact.Handler(slog.NewJSONHandler(w, opts))), nil
 	}
 	return nil, usageError{fmt.Errorf("--log-format %q: use text or json", format)}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"github.com/sabeiro/sawmill/internal/redact"
 	"github.com/spf13/cobra"
 	"github.com/spf13/viper"
 )
@@ -17,10 +18,15 @@ are (as in the compose files). conftest reaches the agent's decisions on it:
   conftest test --policy policies/ stack.json`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			in, err := loadInput(v, cmd, args)
+			// What variables put into environment variables is shown as <redacted>: the document is for
+			// policies and people, and a variable may hold a credential. (Images, ports and the rest keep their
+			// values, so that conftest reaches the agent's decisions on the document.)
+			seen := redact.New()
+			in, err := loadInput(v, cmd, args, func(value string) { seen.Add(value) })
 			if err != nil {
 				return err
 			}
+			in.RedactEnv(seen.String)
 			b, err := in.JSON()
 			if err != nil {
 				return err

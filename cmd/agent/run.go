@@ -18,10 +18,12 @@ import (
 
 	"github.com/sabeiro/sawmill/internal/policy"
 	"github.com/sabeiro/sawmill/internal/reconcile"
+	"github.com/sabeiro/sawmill/internal/redact"
 	"github.com/sabeiro/sawmill/internal/report"
 	"github.com/sabeiro/sawmill/internal/source"
 	"github.com/sabeiro/sawmill/internal/status"
 	"github.com/sabeiro/sawmill/internal/swarm"
+	"github.com/sabeiro/sawmill/internal/verify"
 )
 
 // runCmd is `agent run`: the daemon. Its settings are a Config (config.go).
@@ -35,7 +37,7 @@ func runCmd(v *viper.Viper, d deps) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			log, err := newLogger(d.stderr, cfg.LogLevel, cfg.LogFormat)
+			log, err := newLogger(d, cfg.LogLevel, cfg.LogFormat)
 			if err != nil {
 				return err
 			}
@@ -53,18 +55,28 @@ func runCmd(v *viper.Viper, d deps) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			// Values passed through from the agent's environment are secrets (the configured variables are not:
+			// they are written in the configuration).
+			for _, name := range cfg.PassEnv {
+				v, _ := os.LookupEnv(name)
+				d.redact.Add(v)
+			}
 			metrics := status.NewMetrics()
 			loop := &reconcile.Loop{
-				Environment: cfg.Environment,
-				Stacks:      cfg.Stacks,
-				Flow:        flow,
-				Env:         os.Environ(),
-				StateFile:   filepath.Join(cfg.StateDir, "state.json"),
-				Interval:    cfg.Interval,
-				Jitter:      cfg.Jitter,
-				Log:         log,
-				Metrics:     metrics,
-				Show:        func(c *reconcile.Cycle) { logDecisions(log, c) },
+				Environment:  cfg.Environment,
+				Stacks:       cfg.Stacks,
+				Flow:         flow,
+				Env:          cfg.releaseEnv(os.LookupEnv),
+				Redact:       d.redact,
+				NameKey:      func(ctx context.Context) ([]byte, error) { return swarm.NameKey(ctx, c, true) },
+				StateFile:    filepath.Join(cfg.StateDir, "state.json"),
+				RetryFile:    filepath.Join(cfg.StateDir, retryFile),
+				CycleTimeout: cfg.CycleTimeout,
+				Interval:     cfg.Interval,
+				Jitter:       cfg.Jitter,
+				Log:          log,
+				Metrics:      metrics,
+				Show:         func(c *reconcile.Cycle) { logDecisions(log, c) },
 			}
 			if once {
 				// One cycle from a terminal: print what apply prints (signatures, policy decisions, the plan).
@@ -74,9 +86,10 @@ func runCmd(v *viper.Viper, d deps) *cobra.Command {
 				host, _ := os.Hostname()
 				nonce := make([]byte, 4)
 				_, _ = rand.Read(nonce)
-				loop.Lease = &swarm.Lease{Client: c, Holder: fmt.Sprintf("%s/%d/%x", host, os.Getpid(), nonce), TTL: cfg.Lease.TTL}
+				loop.Lease = &swarm.Lease{Client: c, Holder: fmt.Sprintf("%s/%d/%x", host, os.Getpid(), nonce), TTL: cfg.Lease.TTL, Name: cfg.Lease.Name}
 			}
-			if err := setSource(loop, cfg); err != nil {
+			loop.Revision = revision(flow)
+			if err := setSource(loop, cfg, d.redact); err != nil {
 				return err
 			}
 			if err := loop.Init(); err != nil {
@@ -84,20 +97,11 @@ func runCmd(v *viper.Viper, d deps) *cobra.Command {
 			}
 
 			ctx := cmd.Context()
-			if cfg.Listen != "" {
-				l, err := net.Listen("tcp", cfg.Listen)
-				if err != nil {
-					return fmt.Errorf("listen %s: %w", cfg.Listen, err)
-				}
-				srv := &http.Server{Handler: status.Handler(loop, metrics, os.Getenv(cfg.Webhook.TokenEnv)), ReadHeaderTimeout: 10 * time.Second}
-				go srv.Serve(l)
-				defer func() {
-					sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-					defer cancel()
-					_ = srv.Shutdown(sctx)
-				}()
-				log.Info("serving", "addr", l.Addr().String(), "endpoints", "/healthz /readyz /metrics /status /hooks/gitlab")
+			stop, err := serve(cfg, loop, metrics, d, log)
+			if err != nil {
+				return err
 			}
+			defer stop()
 			if once {
 				rec := loop.Cycle(ctx)
 				loop.ReleaseLease()
@@ -136,10 +140,11 @@ func newFlow(cfg *Config, c swarm.Client, log *slog.Logger) (*reconcile.Flow, er
 		Load:       composeLoader,
 		Policy:     policy.New(policy.Options{Dirs: cfg.Policies, NoDefault: cfg.NoDefaultPolicies}),
 		PolicyMode: mode,
-		Input:      policy.InputOptions{Environment: cfg.Environment, AllowedRegistries: cfg.AllowedRegistries},
-		Observe:    swarm.Observer{Client: c},
-		Apply:      &swarm.Applier{Client: c, Log: log, Timeout: cfg.Timeout},
-		Log:        log,
+		Input: policy.InputOptions{Environment: cfg.Environment, AllowedRegistries: cfg.AllowedRegistries,
+			Tier: cfg.Tier, Grants: cfg.grants(), AllowedHostPaths: cfg.AllowedHostPaths},
+		Observe: swarm.Observer{Client: c},
+		Apply:   &swarm.Applier{Client: c, Log: log, Timeout: cfg.Timeout},
+		Log:     log,
 	}
 	if cfg.SkipVerify {
 		log.Warn("signature verification is off (skip_verify)")
@@ -153,7 +158,7 @@ func newFlow(cfg *Config, c swarm.Client, log *slog.Logger) (*reconcile.Flow, er
 }
 
 // setSource sets the loop's source of releases (and, for GitLab, its reporter and variables).
-func setSource(loop *reconcile.Loop, cfg *Config) error {
+func setSource(loop *reconcile.Loop, cfg *Config, r *redact.Redactor) error {
 	switch cfg.Source {
 	case "dir":
 		if cfg.Dir == "" {
@@ -175,10 +180,14 @@ func setSource(loop *reconcile.Loop, cfg *Config) error {
 			}
 			token = strings.TrimSpace(string(b))
 		}
+		r.Add(token)
 		if token == "" || g.URL == "" || g.Project == "" {
 			return usageError{fmt.Errorf("source gitlab needs gitlab.url, gitlab.project and a token in $%s or gitlab.token_file", g.TokenEnv)}
 		}
-		gc, err := gitlab.NewClient(token, gitlab.WithBaseURL(strings.TrimSuffix(g.URL, "/")+"/api/v4"))
+		// Every call has a deadline; the client's own retries (429, 5xx) are few and short, the loop backs off.
+		gc, err := gitlab.NewClient(token, gitlab.WithBaseURL(strings.TrimSuffix(g.URL, "/")+"/api/v4"),
+			gitlab.WithHTTPClient(&http.Client{Timeout: 30 * time.Second}), gitlab.WithCustomRetryMax(2),
+			gitlab.WithCustomRetryWaitMinMax(500*time.Millisecond, 5*time.Second))
 		if err != nil {
 			return usageError{fmt.Errorf("gitlab.url: %w", err)}
 		}
@@ -190,4 +199,93 @@ func setSource(loop *reconcile.Loop, cfg *Config) error {
 		}
 	}
 	return nil
+}
+
+// retryFile, in the state directory, asks the daemon to roll out a release that failed before (agent retry).
+const retryFile = "retry"
+
+// revision is what a rollout's decisions depend on besides the release: the policies' revision (a hash of the
+// policy files) and the trust policy's.
+func revision(flow *reconcile.Flow) func(ctx context.Context) string {
+	return func(ctx context.Context) string {
+		rev := ""
+		if e, ok := flow.Policy.(*policy.Engine); ok && flow.PolicyMode != policy.ModeOff {
+			rev, _ = e.Prepare(ctx)
+		}
+		if v, ok := flow.Verify.(*verify.Verifier); ok {
+			rev += "/" + v.Trust().Revision()
+		}
+		return rev + "/" + string(flow.PolicyMode)
+	}
+}
+
+// serve starts the HTTP listeners: the webhook (and /healthz, /readyz) on listen, /status and /metrics
+// there too or on status.listen, with every timeout set and TLS when configured. stop shuts them down.
+func serve(cfg *Config, loop *reconcile.Loop, m *status.Metrics, d deps, log *slog.Logger) (stop func(), err error) {
+	hook := os.Getenv(cfg.Webhook.TokenEnv)
+	d.redact.Add(hook)
+	statusToken := ""
+	if cfg.Status.TokenEnv != "" {
+		if statusToken = os.Getenv(cfg.Status.TokenEnv); statusToken == "" {
+			return nil, usageError{fmt.Errorf("status.token_env: $%s is empty", cfg.Status.TokenEnv)}
+		}
+		d.redact.Add(statusToken)
+	}
+	type listener struct {
+		addr string
+		opts status.Options
+	}
+	var ls []listener
+	if cfg.Status.Listen == "" {
+		ls = append(ls, listener{cfg.Listen, status.Options{Webhook: true, Status: true, WebhookToken: hook, StatusToken: statusToken}})
+	} else {
+		ls = append(ls, listener{cfg.Listen, status.Options{Webhook: true, WebhookToken: hook}},
+			listener{cfg.Status.Listen, status.Options{Status: true, StatusToken: statusToken}})
+	}
+	var servers []*http.Server
+	stop = func() {
+		for _, srv := range servers {
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			_ = srv.Shutdown(sctx)
+			cancel()
+		}
+	}
+	for _, x := range ls {
+		if x.addr == "" {
+			continue
+		}
+		l, err := net.Listen("tcp", x.addr)
+		if err != nil {
+			stop()
+			return nil, fmt.Errorf("listen %s: %w", x.addr, err)
+		}
+		srv := status.Server(status.Handler(loop, m, x.opts))
+		servers = append(servers, srv)
+		if cfg.TLS.CertFile != "" {
+			go srv.ServeTLS(l, cfg.TLS.CertFile, cfg.TLS.KeyFile)
+		} else {
+			go srv.Serve(l)
+		}
+		log.Info("serving", "addr", l.Addr().String(), "tls", cfg.TLS.CertFile != "", "webhook", x.opts.Webhook, "status", x.opts.Status)
+	}
+	return stop, nil
+}
+
+// retryCmd is `agent retry`: the daemon rolls the release out again although it failed before.
+func retryCmd(d deps) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "retry [--state-dir DIR]",
+		Short: "Ask the daemon to roll out again a release that failed (it is otherwise held until it changes)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			dir, _ := cmd.Flags().GetString("state-dir")
+			if err := os.WriteFile(filepath.Join(dir, retryFile), nil, 0o600); err != nil {
+				return fmt.Errorf("retry: %w", err)
+			}
+			fmt.Fprintf(d.stdout, "the next cycle rolls the release out again (state directory %s)\n", dir)
+			return nil
+		},
+	}
+	cmd.Flags().String("state-dir", defaultConfig().StateDir, "the daemon's state directory")
+	return cmd
 }

@@ -124,8 +124,20 @@ func TestDaemonFollowsGitLab(t *testing.T) {
 	}
 	assertStatus(t, gl, commit, "sawmill/staging", "success")
 
-	// The same release promoted to production: the same digest, production's secret (rotated).
+	// The same release promoted to production. The environments are separate swarms; on this one test swarm
+	// the production agent first meets staging's objects, which it must not take over (the environment is
+	// part of the owner label): a conflict, nothing touched.
 	gl.AddDeployment(testenv.Deployment{ID: 2, Job: 12, Pipeline: 1, Environment: "production", Status: "success", SHA: commit, Finished: base.Add(time.Minute)}, release(name, commit, image, port, ""))
+	stagingSnap := snapshot(t, dc, name)
+	if r := once("production"); r.code != 2 || !strings.Contains(r.stderr, "refusing to modify or adopt") {
+		t.Fatalf("production over staging's objects: exit %d, want 2 (a conflict)", r.code)
+	}
+	if snapshot(t, dc, name) != stagingSnap {
+		t.Fatal("the production agent changed staging's objects")
+	}
+	// Production's own swarm: the same digest, production's secret.
+	removeStack(dc, name)
+	waitFor(t, "staging's objects to go", time.Minute, func() bool { removeStack(dc, name); return snapshot(t, dc, name) == "" })
 	if r := once("production"); r.code != 0 {
 		t.Fatalf("production: exit %d", r.code)
 	}
@@ -134,7 +146,7 @@ func TestDaemonFollowsGitLab(t *testing.T) {
 		t.Fatalf("production runs %s, want the same digest %s", got, image)
 	}
 	if got := get(t, web+"/secret/db_password"); got != sha("pw-production") {
-		t.Fatal("the production-scoped variable did not rotate the secret")
+		t.Fatal("the production-scoped variable did not reach the secret")
 	}
 	assertStatus(t, gl, commit, "sawmill/production", "success")
 	for _, s := range gl.Statuses() {

@@ -16,8 +16,8 @@ import (
 
 	"github.com/moby/moby/client"
 
-	"github.com/sabeiro/sawmill/internal/testing/imagebuild"
 	"github.com/sabeiro/sawmill/internal/stack"
+	"github.com/sabeiro/sawmill/internal/testing/imagebuild"
 	"github.com/sabeiro/sawmill/internal/testing/testenv"
 )
 

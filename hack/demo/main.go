@@ -48,9 +48,9 @@ import (
 	"github.com/moby/moby/client"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/sabeiro/sawmill/internal/stack"
 	"github.com/sabeiro/sawmill/internal/testing/cosignkey"
 	"github.com/sabeiro/sawmill/internal/testing/imagebuild"
-	"github.com/sabeiro/sawmill/internal/stack"
 )
 
 // upstreamPostgres is the stack's default PostgreSQL image (examples/demo/compose.yaml, stacks/platform).
@@ -223,12 +223,12 @@ func run(ctx context.Context, dc *client.Client, o options, out io.Writer) error
 
 	// 6. The agent, once, from the release directory.
 	cfg := filepath.Join(work, "agent.yaml")
-	if err := os.WriteFile(cfg, agentConfig(rel, filepath.Join(work, "state"), reg, o.UpstreamPostgres, key.PublicPEM), 0o600); err != nil {
+	if err := os.WriteFile(cfg, agentConfig(rel, filepath.Join(work, "state"), reg, o.UpstreamPostgres, key.PublicPEM, postgres, o.Port, o.LivePort), 0o600); err != nil {
 		return err
 	}
 	// The password and the token reach the services only as Docker secrets; they are never printed.
 	token := randomHex()
-	env := append(os.Environ(), "POSTGRES_IMAGE="+postgres, "DEMO_PORT="+o.Port, "DEMO_LIVE_PORT="+o.LivePort, "DEMO_DB_PASSWORD="+randomHex(), "DEMO_INGEST_TOKEN="+token)
+	env := append(os.Environ(), "DEMO_DB_PASSWORD="+randomHex(), "DEMO_INGEST_TOKEN="+token)
 	step(out, "agent run --once --config agent.yaml (environment demo, source dir, trust: the generated key for %s/**)", reg)
 	if err := command(ctx, out, env, o.Agent, "run", "--once", "--config", cfg); err != nil {
 		return err
@@ -448,7 +448,7 @@ func copyFile(from, to string) error {
 // environment and stack, and a trust policy that requires the generated key's signature on every image of
 // the local registry. The upstream PostgreSQL image carries no cosign signature: it is let through pinned
 // (warn), and its registry is allowed.
-func agentConfig(release, state, reg, upstream, publicPEM string) []byte {
+func agentConfig(release, state, reg, upstream, publicPEM, postgres, port, livePort string) []byte {
 	pem := strings.ReplaceAll(strings.TrimSpace(publicPEM), "\n", "\n            ")
 	upstreamRepo, upstreamRegistry := "index.docker.io/library/postgres", "docker.io"
 	if ref, err := name.ParseReference(upstream); err == nil {
@@ -463,10 +463,24 @@ dir: %s
 stacks: [demo]
 state_dir: %s
 listen: ""
-log-level: warn
+log_level: warn
 timeout: 3m
+# The demo's own lease (a test may run the demo beside other agents on the test swarm).
+lease: {name: sawmill-demo-lease}
 policy_mode: enforce
+tier: development
 allowed_registries: [%q, %q]
+# What the release may read: these values, and two secrets from this process's environment (nothing else
+# of it reaches the release).
+variables:
+  POSTGRES_IMAGE: %q
+  DEMO_PORT: %q
+  DEMO_LIVE_PORT: %q
+pass_env: [DEMO_DB_PASSWORD, DEMO_INGEST_TOKEN]
+# The demo publishes its services on loopback ports without the edge proxy: the platform grants that.
+grants:
+  - {rule: published_ports, stack: demo, service: go_ingest}
+  - {rule: published_ports, stack: demo, service: live_py}
 trust:
   rules:
     - pattern: %q
@@ -481,7 +495,7 @@ trust:
         - name: demo-key
           key: |
             %s
-`, release, state, reg, upstreamRegistry, reg+"/**", pem, upstreamRepo, pem))
+`, release, state, reg, upstreamRegistry, postgres, port, livePort, reg+"/**", pem, upstreamRepo, pem))
 }
 
 func randomHex() string {

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"go.yaml.in/yaml/v3"
+
 	"github.com/sabeiro/sawmill/internal/testing/testenv"
 )
 
@@ -84,4 +86,69 @@ FROM --platform=$BUILDPLATFORM `+okRef+` AS build
 	if code, out := runDigests(t, "-repo", repo, "-strict"); code != 1 {
 		t.Errorf("-strict: exit code %d, want 1:\n%s", code, out)
 	}
+}
+
+// TestRepositoryPins: `make check-digests` covers every third-party image of the repository's stacks (every
+// service image not built by the repository, ${REGISTRY}/...) and the pinned bases of its Dockerfiles, and each
+// of those is pinned by digest (a tag alone would not be checked).
+func TestRepositoryPins(t *testing.T) {
+	root := filepath.Join("..", "..")
+	refs, err := pinnedRefs(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	have := map[string]bool{}
+	for _, r := range refs {
+		have[r] = true
+	}
+	stacks, err := filepath.Glob(filepath.Join(root, "stacks", "*", "compose*.yaml"))
+	if err != nil || len(stacks) == 0 {
+		t.Fatalf("no compose files under stacks/: %v", err)
+	}
+	images := 0
+	for _, f := range stacks {
+		raw, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var doc struct {
+			Services map[string]struct{ Image string }
+		}
+		if err := yaml.Unmarshal(raw, &doc); err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		for name, s := range doc.Services {
+			if s.Image == "" || strings.HasPrefix(s.Image, "${REGISTRY}/") {
+				continue
+			}
+			images++
+			if !strings.Contains(s.Image, "@sha256:") {
+				t.Errorf("%s: service %s: image %s is not pinned by digest", f, name, s.Image)
+			} else if !have[s.Image] {
+				t.Errorf("%s: service %s: image %s is not among the references check-digests checks", f, name, s.Image)
+			}
+		}
+	}
+	for _, want := range []string{"trinodb/trino:", "kafbat/kafka-ui:", "prom/prometheus:", "nginx:", "postgres:"} {
+		found := false
+		for _, r := range refs {
+			found = found || strings.Contains(r, want)
+		}
+		if !found {
+			t.Errorf("no %s reference among %v", want, refs)
+		}
+	}
+	dockerfiles, _ := filepath.Glob(filepath.Join(root, "images", "*", "Dockerfile"))
+	for _, f := range dockerfiles {
+		raw, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(string(raw), "\n") {
+			if _, ref, ok := strings.Cut(line, "_IMAGE="); ok && strings.HasPrefix(line, "ARG ") && strings.Contains(ref, "@sha256:") && !have[ref] {
+				t.Errorf("%s: %s is not among the references check-digests checks", f, ref)
+			}
+		}
+	}
+	t.Logf("%d third-party service images, %d references checked", images, len(refs))
 }

@@ -1,6 +1,7 @@
 // Command go_ingest is the platform's ingest service: it writes JSON records into allow-listed PostgreSQL
 // tables (POST /v1/ingest/{table}), behind a bearer token read from a Docker secret file.
 //
+// With INGEST_KAFKA_BROKERS set, every committed batch is also published to Kafka (internal/kafkapub).
 // Configuration comes from the environment only (see README.md); `go_ingest -healthcheck` probes the running
 // service's /healthz on 127.0.0.1 and exits 0 or 1, for the image's HEALTHCHECK (the image is FROM scratch,
 // without curl). Exit codes: 0 clean shutdown or healthy, 1 runtime failure or unhealthy, 2 bad configuration.
@@ -27,6 +28,7 @@ import (
 
 	"github.com/sabeiro/sawmill/images/go_ingest/internal/allowlist"
 	"github.com/sabeiro/sawmill/images/go_ingest/internal/ingest"
+	"github.com/sabeiro/sawmill/images/go_ingest/internal/kafkapub"
 	"github.com/sabeiro/sawmill/images/go_ingest/internal/pgstore"
 )
 
@@ -44,6 +46,16 @@ type config struct {
 	maxBody         int64
 	shutdownTimeout time.Duration
 	logLevel        slog.Level
+	kafka           kafkaConfig
+}
+
+// kafkaConfig is the optional Kafka publishing; off when brokers is empty.
+type kafkaConfig struct {
+	brokers     []string
+	topic       string
+	partitions  int32
+	replication int16
+	timeout     time.Duration
 }
 
 func loadConfig(getenv func(string) string) (config, error) {
@@ -70,6 +82,28 @@ func loadConfig(getenv func(string) string) (config, error) {
 	}
 	if err := c.logLevel.UnmarshalText([]byte(env("INGEST_LOG_LEVEL", "info"))); err != nil {
 		return c, fmt.Errorf("INGEST_LOG_LEVEL: %w", err)
+	}
+	for _, b := range strings.Split(getenv("INGEST_KAFKA_BROKERS"), ",") {
+		if b = strings.TrimSpace(b); b != "" {
+			c.kafka.brokers = append(c.kafka.brokers, b)
+		}
+	}
+	c.kafka.topic = env("INGEST_KAFKA_TOPIC", "ingest.{table}")
+	if !strings.Contains(c.kafka.topic, "{table}") {
+		return c, errors.New("INGEST_KAFKA_TOPIC: the template must contain {table}")
+	}
+	p, err := strconv.ParseInt(env("INGEST_KAFKA_PARTITIONS", "3"), 10, 32)
+	if err != nil || p <= 0 {
+		return c, errors.New("INGEST_KAFKA_PARTITIONS: want a positive number")
+	}
+	c.kafka.partitions = int32(p)
+	r, err := strconv.ParseInt(env("INGEST_KAFKA_REPLICATION_FACTOR", "1"), 10, 16)
+	if err != nil || r <= 0 {
+		return c, errors.New("INGEST_KAFKA_REPLICATION_FACTOR: want a positive number")
+	}
+	c.kafka.replication = int16(r)
+	if c.kafka.timeout, err = time.ParseDuration(env("INGEST_KAFKA_TIMEOUT", "5s")); err != nil || c.kafka.timeout <= 0 {
+		return c, errors.New("INGEST_KAFKA_TIMEOUT: want a positive duration such as 5s")
 	}
 	return c, nil
 }
@@ -151,9 +185,22 @@ func run(ctx context.Context, cfg config, logger *slog.Logger) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	handler, err := ingest.New(ingest.Options{
+	opts := ingest.Options{
 		Tables: tables, Store: store, Token: token, MaxBodyBytes: cfg.maxBody, Logger: logger, Registry: reg,
-	})
+	}
+	if len(cfg.kafka.brokers) > 0 {
+		pub, err := kafkapub.New(kafkapub.Options{
+			Brokers: cfg.kafka.brokers, Topic: cfg.kafka.topic,
+			Partitions: cfg.kafka.partitions, ReplicationFactor: cfg.kafka.replication,
+		})
+		if err != nil {
+			return configError{err}
+		}
+		defer pub.Close()
+		opts.Publisher, opts.PublishTimeout = pub, cfg.kafka.timeout
+		logger.Info("publishing to kafka", "brokers", cfg.kafka.brokers, "topic", cfg.kafka.topic)
+	}
+	handler, err := ingest.New(opts)
 	if err != nil {
 		return err
 	}

@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/sabeiro/sawmill/images/go_ingest/internal/pgtest"
 )
@@ -232,12 +234,16 @@ func TestConfigErrors(t *testing.T) {
 		set  map[string]string
 		want string
 	}{
-		"no database":        {map[string]string{"INGEST_DATABASE_URL": ""}, "INGEST_DATABASE_URL"},
-		"empty token":        {map[string]string{"INGEST_TOKEN_FILE": empty}, "is empty"},
-		"missing token file": {map[string]string{"INGEST_TOKEN_FILE": filepath.Join(dir, "nope")}, "INGEST_TOKEN_FILE"},
-		"no tables":          {map[string]string{"INGEST_TABLES": ""}, "no tables"},
-		"bad body limit":     {map[string]string{"INGEST_MAX_BODY_BYTES": "-1"}, "INGEST_MAX_BODY_BYTES"},
-		"bad database URL":   {map[string]string{"INGEST_DATABASE_URL": "postgres://u:hunter2@[::1"}, "does not parse"},
+		"no database":                 {map[string]string{"INGEST_DATABASE_URL": ""}, "INGEST_DATABASE_URL"},
+		"empty token":                 {map[string]string{"INGEST_TOKEN_FILE": empty}, "is empty"},
+		"missing token file":          {map[string]string{"INGEST_TOKEN_FILE": filepath.Join(dir, "nope")}, "INGEST_TOKEN_FILE"},
+		"no tables":                   {map[string]string{"INGEST_TABLES": ""}, "no tables"},
+		"bad body limit":              {map[string]string{"INGEST_MAX_BODY_BYTES": "-1"}, "INGEST_MAX_BODY_BYTES"},
+		"bad database URL":            {map[string]string{"INGEST_DATABASE_URL": "postgres://u:hunter2@[::1"}, "does not parse"},
+		"kafka topic without {table}": {map[string]string{"INGEST_KAFKA_BROKERS": "k:9092", "INGEST_KAFKA_TOPIC": "all"}, "INGEST_KAFKA_TOPIC"},
+		"kafka partitions":            {map[string]string{"INGEST_KAFKA_PARTITIONS": "0"}, "INGEST_KAFKA_PARTITIONS"},
+		"kafka replication":           {map[string]string{"INGEST_KAFKA_REPLICATION_FACTOR": "x"}, "INGEST_KAFKA_REPLICATION_FACTOR"},
+		"kafka timeout":               {map[string]string{"INGEST_KAFKA_TIMEOUT": "soon"}, "INGEST_KAFKA_TIMEOUT"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			env := map[string]string{}
@@ -256,5 +262,62 @@ func TestConfigErrors(t *testing.T) {
 				t.Fatalf("a secret reached the logs: %s", errOut.String())
 			}
 		})
+	}
+}
+
+// TestKafkaProcess: the real process with INGEST_KAFKA_BROKERS (kfake, franz-go's in-process Kafka): a batch is
+// committed to PostgreSQL and its records are on the topic of INGEST_KAFKA_TOPIC, keyed by the batch id the
+// response names.
+func TestKafkaProcess(t *testing.T) {
+	pool := pgtest.Pool(t)
+	table := pgtest.Table(t, pool, "kafka", "id bigserial PRIMARY KEY, source text NOT NULL")
+	c, err := kfake.NewCluster(kfake.NumBrokers(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	env := append(serviceEnv(t, table), "INGEST_KAFKA_BROKERS="+strings.Join(c.ListenAddrs(), ","),
+		"INGEST_KAFKA_TOPIC=sawmill.{table}", "INGEST_KAFKA_PARTITIONS=2")
+	p := start(t, env)
+
+	req, _ := http.NewRequest(http.MethodPost, "http://"+p.addr+"/v1/ingest/events",
+		strings.NewReader(`[{"source":"p1"},{"source":"p2"}]`))
+	req.Header.Set("Authorization", "Bearer "+testToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out struct {
+		Rows         int
+		Batch, Kafka string
+	}
+	err = json.NewDecoder(resp.Body).Decode(&out)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != 200 || out.Rows != 2 || out.Kafka != "published" {
+		t.Fatalf("status %d %+v %v\n%s", resp.StatusCode, out, err, p.logs())
+	}
+
+	cl, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...), kgo.ConsumeTopics("sawmill.events"),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var values []string
+	for len(values) < 2 && ctx.Err() == nil {
+		cl.PollFetches(ctx).EachRecord(func(r *kgo.Record) {
+			if string(r.Key) != out.Batch {
+				t.Errorf("key %q, want the batch %q", r.Key, out.Batch)
+			}
+			values = append(values, string(r.Value))
+		})
+	}
+	if strings.Join(values, " ") != `{"source":"p1"} {"source":"p2"}` {
+		t.Fatalf("records on sawmill.events: %q", values)
+	}
+	if !strings.Contains(p.logs(), `"msg":"publishing to kafka"`) {
+		t.Errorf("the start-up log does not say it publishes:\n%s", p.logs())
 	}
 }

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """live_py: shows the platform's ingest activity live.
 
-A small HTML page (/), a Server-Sent Events stream (/events) of per-table insert activity read from
-PostgreSQL every LIVE_POLL_SECONDS, the latest snapshot as JSON (/api/tables), and /healthz (200 when
+A small HTML page (/) with a live chart of rows per minute per table, a Server-Sent Events stream (/events) of
+per-table insert activity read from PostgreSQL every LIVE_POLL_SECONDS, the latest snapshot as JSON
+(/api/tables), the rows per minute of the last LIVE_CHART_MINUTES (/api/activity), and /healthz (200 when
 PostgreSQL answers, else 503). SIGTERM/SIGINT: the listener closes, open event streams end, the poller stops,
 exit 0.
 
@@ -74,10 +75,14 @@ class Config:
             self.heartbeat = float(env.get("LIVE_HEARTBEAT_SECONDS", "15"))
             self.history = int(env.get("LIVE_HISTORY", "100"))
             self.max_streams = int(env.get("LIVE_MAX_STREAMS", "100"))
+            self.chart_minutes = int(env.get("LIVE_CHART_MINUTES", "30"))
         except ValueError as e:
-            raise ConfigError("LIVE_POLL_SECONDS / LIVE_HEARTBEAT_SECONDS / LIVE_HISTORY / LIVE_MAX_STREAMS: %s" % e)
+            raise ConfigError("LIVE_POLL_SECONDS / LIVE_HEARTBEAT_SECONDS / LIVE_HISTORY / LIVE_MAX_STREAMS / "
+                              "LIVE_CHART_MINUTES: %s" % e)
         if self.poll <= 0 or self.heartbeat <= 0 or self.history <= 0 or self.max_streams <= 0:
             raise ConfigError("LIVE_POLL_SECONDS, LIVE_HEARTBEAT_SECONDS, LIVE_HISTORY and LIVE_MAX_STREAMS must be positive")
+        if not 1 <= self.chart_minutes <= 1440:
+            raise ConfigError("LIVE_CHART_MINUTES: 1 to 1440, got %d" % self.chart_minutes)
         if self.mode not in ("stats", "count"):
             raise ConfigError("LIVE_MODE: stats or count, got %r" % self.mode)
         if self.mode == "count" and not self.tables:
@@ -171,10 +176,53 @@ class Broadcaster:
             self.cond.notify_all()
 
 
+class Activity:
+    """Rows inserted per table per minute (minute = floor(epoch seconds / 60) * 60), the last `minutes`."""
+
+    def __init__(self, minutes):
+        self.minutes = minutes
+        self.lock = threading.Lock()
+        self.buckets = {}  # minute -> {table: rows}
+        self.tables = set()
+        self.through = 0  # the time of the last poll counted: the page adds only later activity events
+
+    def add(self, when, changes):
+        """Counts one poll's changes [{"table", "delta"}] at time `when` (all at once: a reader never sees
+        half a poll)."""
+        minute = int(when // 60) * 60
+        with self.lock:
+            b = self.buckets.setdefault(minute, {})
+            for c in changes:
+                b[c["table"]] = b.get(c["table"], 0) + c["delta"]
+            self.through = when
+            for old in [m for m in self.buckets if m <= minute - 60 * self.minutes]:
+                del self.buckets[old]
+
+    def seen(self, tables):
+        with self.lock:
+            self.tables.update(tables)
+
+    def series(self, now):
+        """{"time", "through", "step", "start", "minutes", "tables": {table: [rows per minute, oldest first]}}:
+        the last `minutes` minutes up to the one holding `now`, every table seen (zeros where nothing happened);
+        `through` is the time of the last poll counted (activity events up to it are in the numbers)."""
+        end = int(now // 60) * 60
+        start = end - 60 * (self.minutes - 1)
+        with self.lock:
+            out = {t: [0] * self.minutes for t in self.tables}
+            for minute, rows in self.buckets.items():
+                if start <= minute <= end:
+                    for t, n in rows.items():
+                        out.setdefault(t, [0] * self.minutes)[(minute - start) // 60] += n
+            through = self.through
+        return {"time": now, "through": through, "step": 60, "start": start, "minutes": self.minutes, "tables": out}
+
+
 class Poller(threading.Thread):
-    def __init__(self, db, broadcaster, interval, stop):
+    def __init__(self, db, broadcaster, interval, stop, activity=None):
         super().__init__(name="poller", daemon=True)
         self.db, self.b, self.interval, self.stop = db, broadcaster, interval, stop
+        self.activity = activity if activity is not None else Activity(30)
         self.prev = None
 
         self.conn = None
@@ -216,6 +264,9 @@ class Poller(threading.Thread):
             tables[name] = {"inserted": n, "delta": delta}
             if delta > 0:
                 changes.append({"table": name, "inserted": n, "delta": delta})
+        self.activity.seen(counts)
+        if changes:
+            self.activity.add(now, changes)
         self.b.set_snapshot({"time": now, "ok": True, "tables": tables})
         if changes:
             self.b.publish("activity", {"time": now, "changes": changes})
@@ -270,6 +321,8 @@ class Handler(BaseHTTPRequestHandler):
             self.send_body(200, "text/css; charset=utf-8", app.static["app.css"])
         elif path == "/api/tables":
             self.send_json(200, app.broadcaster.snapshot)
+        elif path == "/api/activity":
+            self.send_json(200, app.activity.series(time.time()))
         elif path == "/healthz":
             try:
                 app.db.ping()
@@ -349,6 +402,7 @@ class App:
         self.cfg = cfg
         self.db = Database(cfg)
         self.broadcaster = Broadcaster(cfg.history)
+        self.activity = Activity(cfg.chart_minutes)
         self.stopping = threading.Event()
         self.streams = 0
         self._lock = threading.Lock()
@@ -377,7 +431,7 @@ def serve(cfg):
     handler = type("BoundHandler", (Handler,), {"app": app})
     httpd = ThreadingHTTPServer(cfg.listen, handler)
     httpd.daemon_threads = True
-    poller = Poller(app.db, app.broadcaster, cfg.poll, app.stopping)
+    poller = Poller(app.db, app.broadcaster, cfg.poll, app.stopping, app.activity)
     poller.poll()  # the baseline before the first client can connect (retried by the poller when it fails)
     poller.start()
 

@@ -8,4 +8,4 @@ set -euo pipefail
 cd "$(dirname "$0")"
 py=${LIVE_PY_TEST_PYTHON:-/usr/bin/python3}
 "$py" -c 'import psycopg2' 2>/dev/null || { echo "$py cannot import psycopg2: apt-get install -y python3-psycopg2" >&2; exit 1; }
-exec "$py" -B -m unittest -v test_live "$@"
+exec "$py" -B -m unittest -v test_live test_browser "$@"

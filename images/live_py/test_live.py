@@ -330,5 +330,26 @@ class ServiceTest(unittest.TestCase):
             socket.create_connection(("127.0.0.1", s.port), timeout=2).close()
 
 
+
+class ActivityUnit(unittest.TestCase):
+    """live.Activity: rows per minute per table, the window sliding with time (no database)."""
+
+    def test_minutes(self):
+        a = live.Activity(3)
+        a.seen({"public.a": 0, "public.b": 0})
+        t0 = 1_800_000_000 - 1_800_000_000 % 60  # a minute boundary
+        a.add(t0 + 5, [{"table": "public.a", "delta": 2}])
+        a.add(t0 + 50, [{"table": "public.a", "delta": 3}, {"table": "public.b", "delta": 1}])
+        a.add(t0 + 61, [{"table": "public.a", "delta": 4}])
+        s = a.series(t0 + 70)
+        self.assertEqual((s["start"], s["step"], s["minutes"], s["through"]), (t0 - 60, 60, 3, t0 + 61))
+        self.assertEqual(s["tables"], {"public.a": [0, 5, 4], "public.b": [0, 1, 0]})
+        # three minutes later the first two minutes have left the window (and are pruned on the next add)
+        a.add(t0 + 240, [{"table": "public.b", "delta": 9}])
+        s = a.series(t0 + 241)
+        self.assertEqual(s["tables"], {"public.a": [0, 0, 0], "public.b": [0, 0, 9]})
+        self.assertEqual(sorted(a.buckets), [t0 + 240])
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -3,6 +3,8 @@ package compose
 import (
 	"fmt"
 	"maps"
+	"math"
+	"math/big"
 	"net/netip"
 	"os"
 	"slices"
@@ -28,6 +30,12 @@ type converter struct {
 	st      *stack.Stack
 	// noValues lets secrets and configs whose value is not available load without it (Options.WithoutValues).
 	noValues bool
+	// env is the environment the objects are labelled with (Options.Environment).
+	env string
+	// nameKey keys the content hashes of secret and config names (Options.NameKey).
+	nameKey []byte
+	// conf confines file reads to the release (Options.Root); nil: not confined.
+	conf *confinement
 	// secret and config names by compose key, after hashing.
 	secretNames, configNames map[string]string
 }
@@ -96,7 +104,7 @@ func (c *converter) networks() error {
 		nw := stack.Network{
 			Name: name, Key: key, Driver: driver, Attachable: n.Attachable, Internal: n.Internal,
 			Options: map[string]string(n.DriverOpts),
-			Labels:  stack.StackLabels(c.project.Name, n.Labels),
+			Labels:  c.stackLabels(n.Labels),
 		}
 		if n.Ipam.Driver != "" || len(n.Ipam.Config) > 0 {
 			ipam := &network.IPAM{Driver: n.Ipam.Driver, Options: map[string]string(n.Ipam.Options)}
@@ -179,7 +187,7 @@ func (c *converter) objects(kind string, in map[string]fileObject, out *[]stack.
 		var data []byte
 		switch {
 		case o.File != "":
-			b, err := os.ReadFile(o.File)
+			b, err := c.conf.readFile(o.File)
 			if err != nil && c.noValues {
 				c.warn("", kind+"."+key+".file", "", "cannot read "+o.File+": judged without its value")
 				break
@@ -209,12 +217,12 @@ func (c *converter) objects(kind string, in map[string]fileObject, out *[]stack.
 		if base == "" {
 			base = stack.Scope(c.project.Name, key)
 		}
-		hash := stack.ContentHash(c.project.Name, key, data)
+		hash := stack.ContentHash(c.nameKey, c.project.Name, key, data)
 		if len(base) > 50 {
 			base = base[:50]
 		}
 		name := base + "-" + hash
-		labels := stack.StackLabels(c.project.Name, o.Labels)
+		labels := c.stackLabels(o.Labels)
 		labels[stack.LabelKey] = key
 		labels[stack.LabelContentHash] = hash
 		names[key] = name
@@ -251,6 +259,15 @@ func (c *converter) dropped(s types.ServiceConfig) {
 	if s.Build != nil {
 		add("build", s.Build.Context)
 	}
+	if s.DomainName != "" {
+		add("domainname", s.DomainName)
+	}
+	if len(s.Expose) > 0 {
+		add("expose", strings.Join(s.Expose, ","))
+	}
+	if s.PullPolicy != "" {
+		add("pull_policy", s.PullPolicy)
+	}
 	if s.ContainerName != "" {
 		add("container_name", s.ContainerName)
 	}
@@ -262,6 +279,13 @@ func (c *converter) dropped(s types.ServiceConfig) {
 	}
 	if len(s.Links) > 0 {
 		add("links", strings.Join(s.Links, ","))
+	}
+	if len(s.ExternalLinks) > 0 {
+		add("external_links", strings.Join(s.ExternalLinks, ","))
+	}
+	// docker stack deploy ignores the service-level tmpfs (a `type: tmpfs` volume is Swarm's tmpfs mount).
+	for _, t := range s.Tmpfs {
+		add("tmpfs", t)
 	}
 	if s.UserNSMode != "" {
 		add("userns_mode", s.UserNSMode)
@@ -312,8 +336,10 @@ func (c *converter) service(s types.ServiceConfig) (stack.Service, error) {
 	if deploy == nil {
 		deploy = &types.DeployConfig{}
 	}
-	serviceLabels := stack.StackLabels(ns, deploy.Labels)
-	serviceLabels[stack.LabelImage] = image
+	serviceLabels := c.stackLabels(deploy.Labels)
+	// As docker stack deploy: the label keeps the image as written (after interpolation); the container spec
+	// has it as the engine stores it.
+	serviceLabels[stack.LabelImage] = s.Image
 	containerLabels := map[string]string{}
 	for k, v := range s.Labels {
 		containerLabels[k] = v
@@ -321,25 +347,30 @@ func (c *converter) service(s types.ServiceConfig) (stack.Service, error) {
 	containerLabels[stack.LabelNamespace] = ns
 
 	cs := &swarm.ContainerSpec{
-		Image:          image,
-		Labels:         containerLabels,
-		Command:        []string(s.Entrypoint),
-		Args:           []string(s.Command),
-		Hostname:       s.Hostname,
-		Env:            env(s.Environment),
-		Dir:            s.WorkingDir,
-		User:           s.User,
-		Groups:         s.GroupAdd,
-		Init:           s.Init,
-		StopSignal:     s.StopSignal,
-		TTY:            s.Tty,
-		OpenStdin:      s.StdinOpen,
-		ReadOnly:       s.ReadOnly,
-		Sysctls:        map[string]string(s.Sysctls),
-		CapabilityAdd:  s.CapAdd,
-		CapabilityDrop: s.CapDrop,
-		OomScoreAdj:    s.OomScoreAdj,
-		Hosts:          hosts(s.ExtraHosts),
+		Image:       image,
+		Labels:      containerLabels,
+		Command:     []string(s.Entrypoint),
+		Args:        []string(s.Command),
+		Hostname:    s.Hostname,
+		Env:         env(s.Environment),
+		Dir:         s.WorkingDir,
+		User:        s.User,
+		Groups:      s.GroupAdd,
+		Init:        s.Init,
+		StopSignal:  s.StopSignal,
+		TTY:         s.Tty,
+		OpenStdin:   s.StdinOpen,
+		ReadOnly:    s.ReadOnly,
+		Sysctls:     map[string]string(s.Sysctls),
+		OomScoreAdj: s.OomScoreAdj,
+		Hosts:       hosts(s.ExtraHosts),
+	}
+	cs.CapabilityAdd, cs.CapabilityDrop = capabilities(s.CapAdd, s.CapDrop)
+	if cred := s.CredentialSpec; cred != nil {
+		if cred.Config != "" {
+			return stack.Service{}, c.errf(at("credential_spec", "config"), "a credential spec from a config is not supported by the agent; use file or registry")
+		}
+		cs.Privileges = &swarm.Privileges{CredentialSpec: &swarm.CredentialSpec{File: cred.File, Registry: cred.Registry}}
 	}
 	if s.StopGracePeriod != nil {
 		d := time.Duration(*s.StopGracePeriod)
@@ -375,7 +406,9 @@ func (c *converter) service(s types.ServiceConfig) (stack.Service, error) {
 			return stack.Service{}, c.errf(at("secrets", strconv.Itoa(i)), "undefined secret %q", ref.Source)
 		}
 		target := ref.Target
-		if target == "" {
+		if target == "" || target == "/run/secrets/"+ref.Source {
+			// compose-go writes the default target as /run/secrets/<source>; docker stack deploy submits the
+			// bare name (the same file: Swarm puts a relative name under /run/secrets).
 			target = ref.Source
 		}
 		cs.Secrets = append(cs.Secrets, &swarm.SecretReference{
@@ -390,15 +423,16 @@ func (c *converter) service(s types.ServiceConfig) (stack.Service, error) {
 		}
 		target := ref.Target
 		if target == "" {
-			target = "/" + ref.Source
+			target = ref.Source // as docker stack deploy: relative, which Swarm puts under /
 		}
 		cs.Configs = append(cs.Configs, &swarm.ConfigReference{
 			ConfigName: name,
 			File:       &swarm.ConfigReferenceFileTarget{Name: target, UID: orDefault(ref.UID, "0"), GID: orDefault(ref.GID, "0"), Mode: fileMode(ref.Mode)},
 		})
 	}
-	sort.Slice(cs.Secrets, func(i, j int) bool { return cs.Secrets[i].File.Name < cs.Secrets[j].File.Name })
-	sort.Slice(cs.Configs, func(i, j int) bool { return cs.Configs[i].File.Name < cs.Configs[j].File.Name })
+	// By object name, as docker stack deploy sorts them (the content hash after the name keeps the order).
+	sort.SliceStable(cs.Secrets, func(i, j int) bool { return cs.Secrets[i].SecretName < cs.Secrets[j].SecretName })
+	sort.SliceStable(cs.Configs, func(i, j int) bool { return cs.Configs[i].ConfigName < cs.Configs[j].ConfigName })
 
 	task := swarm.TaskSpec{ContainerSpec: cs}
 	if task.RestartPolicy, err = restartPolicy(s, deploy); err != nil {
@@ -480,14 +514,51 @@ func ipamConfig(pool *types.IPAMPool) (network.IPAMConfig, error) {
 	return out, nil
 }
 
+// env writes the environment as docker stack deploy does: KEY=VALUE, a variable without a value (and not
+// found in the environment) as the bare KEY, sorted as strings.
 func env(m types.MappingWithEquals) []string {
 	var out []string
-	for _, k := range slices.Sorted(maps.Keys(m)) {
-		if v := m[k]; v != nil {
+	for k, v := range m {
+		if v == nil {
+			out = append(out, k)
+		} else {
 			out = append(out, k+"="+*v)
 		}
 	}
+	sort.Strings(out)
 	return out
+}
+
+// capabilities normalizes cap_add and cap_drop as docker stack deploy does: upper case with the CAP_ prefix
+// (ALL stays ALL), duplicates removed, ALL in a list replaces the rest of it, a capability both added and
+// dropped is added, and both lists sorted.
+func capabilities(add, drop []string) (outAdd, outDrop []string) {
+	set := func(caps []string) map[string]bool {
+		m := map[string]bool{}
+		for _, c := range caps {
+			c = strings.ToUpper(strings.TrimSpace(c))
+			if c != "ALL" && !strings.HasPrefix(c, "CAP_") {
+				c = "CAP_" + c
+			}
+			m[c] = true
+		}
+		if m["ALL"] {
+			m = map[string]bool{"ALL": true}
+		}
+		return m
+	}
+	a, d := set(add), set(drop)
+	for c := range a {
+		outAdd = append(outAdd, c)
+	}
+	for c := range d {
+		if !a[c] {
+			outDrop = append(outDrop, c)
+		}
+	}
+	sort.Strings(outAdd)
+	sort.Strings(outDrop)
+	return outAdd, outDrop
 }
 
 func hosts(h types.HostsList) []string {
@@ -560,7 +631,7 @@ func (c *converter) mounts(s types.ServiceConfig, at func(...string) []string) (
 					m.Source = stack.Scope(c.project.Name, v.Source)
 				}
 				if !vol.External {
-					opts := &mount.VolumeOptions{Labels: stack.StackLabels(c.project.Name, vol.Labels)}
+					opts := &mount.VolumeOptions{Labels: c.stackLabels(vol.Labels)}
 					delete(opts.Labels, stack.LabelOwner)
 					if vol.Driver != "" {
 						opts.DriverConfig = &mount.Driver{Name: vol.Driver, Options: map[string]string(vol.DriverOpts)}
@@ -581,9 +652,6 @@ func (c *converter) mounts(s types.ServiceConfig, at func(...string) []string) (
 			return nil, c.errf(at("volumes", strconv.Itoa(i)), "volume type %q is not supported by Swarm", v.Type)
 		}
 		out = append(out, m)
-	}
-	for _, t := range s.Tmpfs {
-		out = append(out, mount.Mount{Type: mount.TypeTmpfs, Target: t})
 	}
 	return out, nil
 }
@@ -635,19 +703,35 @@ func resources(r types.Resources) *swarm.ResourceRequirements {
 	}
 	out := &swarm.ResourceRequirements{}
 	if l := r.Limits; l != nil {
-		out.Limits = &swarm.Limit{NanoCPUs: int64(float64(l.NanoCPUs) * 1e9), MemoryBytes: int64(l.MemoryBytes), Pids: l.Pids}
+		out.Limits = &swarm.Limit{NanoCPUs: nanoCPUs(l.NanoCPUs), MemoryBytes: int64(l.MemoryBytes), Pids: l.Pids}
 	}
 	if rs := r.Reservations; rs != nil {
-		out.Reservations = &swarm.Resources{NanoCPUs: int64(float64(rs.NanoCPUs) * 1e9), MemoryBytes: int64(rs.MemoryBytes)}
+		out.Reservations = &swarm.Resources{NanoCPUs: nanoCPUs(rs.NanoCPUs), MemoryBytes: int64(rs.MemoryBytes)}
+		for _, g := range rs.GenericResources {
+			if d := g.DiscreteResourceSpec; d != nil {
+				out.Reservations.GenericResources = append(out.Reservations.GenericResources,
+					swarm.GenericResource{DiscreteResourceSpec: &swarm.DiscreteGenericResource{Kind: d.Kind, Value: d.Value}})
+			}
+		}
 	}
 	return out
 }
 
-func (c *converter) serviceNetworks(s types.ServiceConfig, at func(...string) []string) ([]swarm.NetworkAttachmentConfig, error) {
-	if s.NetworkMode == "host" || s.NetworkMode == "none" {
-		// Reported as dropped; docker stack deploy attaches such a service to no stack network.
-		return nil, nil
+// nanoCPUs converts compose's CPUs (a float32 in compose-go) exactly, as docker parses the decimal: "0.1" is
+// 100000000, where float arithmetic gives 100000001.
+func nanoCPUs(c types.NanoCPUs) int64 {
+	r, ok := new(big.Rat).SetString(strconv.FormatFloat(float64(c), 'f', -1, 32))
+	if !ok {
+		return int64(math.Round(float64(c) * 1e9))
 	}
+	r.Mul(r, big.NewRat(1e9, 1))
+	f, _ := r.Float64()
+	return int64(math.Round(f))
+}
+
+func (c *converter) serviceNetworks(s types.ServiceConfig, at func(...string) []string) ([]swarm.NetworkAttachmentConfig, error) {
+	// network_mode is reported as dropped; like docker stack deploy, the service still joins its networks
+	// (the default one when it names none).
 	keys := s.NetworksByPriority()
 	if len(keys) == 0 {
 		keys = []string{"default"}
@@ -663,10 +747,12 @@ func (c *converter) serviceNetworks(s types.ServiceConfig, at func(...string) []
 		if target == "" {
 			return nil, c.errf(at("networks", key), "undefined network %q", key)
 		}
-		aliases := []string{s.Name}
+		// The aliases as written, then the service's name, as docker stack deploy lists them.
+		var aliases []string
 		if cfg := s.Networks[key]; cfg != nil {
 			aliases = append(aliases, cfg.Aliases...)
 		}
+		aliases = append(aliases, s.Name)
 		out = append(out, swarm.NetworkAttachmentConfig{Target: target, Aliases: aliases})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Target < out[j].Target })
@@ -712,9 +798,7 @@ func updateConfig(u *types.UpdateConfig) *swarm.UpdateConfig {
 }
 
 func endpoint(s types.ServiceConfig, d *types.DeployConfig) (*swarm.EndpointSpec, error) {
-	if d.EndpointMode == "" && len(s.Ports) == 0 {
-		return nil, nil
-	}
+	// Always an endpoint spec with its mode, as docker stack deploy submits it.
 	ep := &swarm.EndpointSpec{Mode: swarm.ResolutionMode(d.EndpointMode)}
 	switch ep.Mode {
 	case "", swarm.ResolutionModeVIP, swarm.ResolutionModeDNSRR:
@@ -743,4 +827,14 @@ func endpoint(s types.ServiceConfig, d *types.DeployConfig) (*swarm.EndpointSpec
 		return a.TargetPort < b.TargetPort
 	})
 	return ep, nil
+}
+
+// stackLabels are the labels of every object the agent creates for the stack: the namespace, the owner, and
+// the environment when known, merged over extra.
+func (c *converter) stackLabels(extra map[string]string) map[string]string {
+	l := stack.StackLabels(c.project.Name, extra)
+	if c.env != "" {
+		l[stack.LabelEnvironment] = c.env
+	}
+	return l
 }

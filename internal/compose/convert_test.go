@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -97,8 +98,20 @@ configs:
 func load(t *testing.T, files map[string]string, o Options) (*stack.Stack, error) {
 	t.Helper()
 	dir := t.TempDir()
-	for name, content := range files {
-		p := write(t, dir, name, content)
+	// compose.yaml first, then the other compose files by name: a fixed merge order (ranging over the map
+	// put the override first now and then, and the test failed one run in ten).
+	names := make([]string, 0, len(files))
+	for name := range files {
+		names = append(names, name)
+	}
+	sort.Slice(names, func(i, j int) bool {
+		if (names[i] == "compose.yaml") != (names[j] == "compose.yaml") {
+			return names[i] == "compose.yaml"
+		}
+		return names[i] < names[j]
+	})
+	for _, name := range names {
+		p := write(t, dir, name, files[name])
 		if strings.HasPrefix(name, "compose") {
 			o.Files = append(o.Files, p)
 		}
@@ -179,14 +192,14 @@ func TestConvertLikeDockerStackDeploy(t *testing.T) {
 	if !strings.HasPrefix(sec.SecretName, "shop_db_password-") || sec.File.Name != "password" || sec.File.UID != "1000" || sec.File.GID != "0" || sec.File.Mode != 0o400 {
 		t.Errorf("secret ref %+v %+v", sec, sec.File)
 	}
-	if len(cs.Configs) != 1 || cs.Configs[0].File.Name != "/app_conf" || cs.Configs[0].File.Mode != 0o444 {
+	if len(cs.Configs) != 1 || cs.Configs[0].File.Name != "app_conf" || cs.Configs[0].File.Mode != 0o444 {
 		t.Errorf("config refs %+v", cs.Configs)
 	}
 	if len(cs.Mounts) != 2 || cs.Mounts[0].Source != "shop_data" || cs.Mounts[0].Type != "volume" || cs.Mounts[1].Type != "bind" || !cs.Mounts[1].ReadOnly {
 		t.Errorf("mounts %+v", cs.Mounts)
 	}
 	nets := api.TaskTemplate.Networks
-	if len(nets) != 1 || nets[0].Target != "shop_backend" || strings.Join(nets[0].Aliases, ",") != "api,api.internal" {
+	if len(nets) != 1 || nets[0].Target != "shop_backend" || strings.Join(nets[0].Aliases, ",") != "api.internal,api" {
 		t.Errorf("networks %+v", nets)
 	}
 
@@ -260,9 +273,10 @@ func TestOverridesProfilesAndStackName(t *testing.T) {
 }
 
 func TestSecretNameFollowsContent(t *testing.T) {
+	key := []byte("0123456789abcdef0123456789abcdef")
 	names := map[string]string{}
 	for _, v := range []string{"one", "two", "one"} {
-		st, err := load(t, map[string]string{"compose.yaml": base, "db_password.txt": v}, Options{Env: []string{"DOTENV_VALUE=x"}})
+		st, err := load(t, map[string]string{"compose.yaml": base, "db_password.txt": v}, Options{Env: []string{"DOTENV_VALUE=x"}, NameKey: key})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -274,9 +288,20 @@ func TestSecretNameFollowsContent(t *testing.T) {
 	if names["one"] == names["two"] {
 		t.Fatalf("a changed value kept the name %s", names["one"])
 	}
-	st, _ := load(t, map[string]string{"compose.yaml": base, "db_password.txt": "one"}, Options{Env: []string{"DOTENV_VALUE=x"}})
+	st, _ := load(t, map[string]string{"compose.yaml": base, "db_password.txt": "one"}, Options{Env: []string{"DOTENV_VALUE=x"}, NameKey: key})
 	if st.Secrets[0].Name != names["one"] {
 		t.Fatal("the same value got another name")
+	}
+	// The name is keyed: without the swarm's key a guessed value does not give the name.
+	other, _ := load(t, map[string]string{"compose.yaml": base, "db_password.txt": "one"}, Options{Env: []string{"DOTENV_VALUE=x"}, NameKey: []byte("another key, another swarm......")})
+	if other.Secrets[0].Name == names["one"] {
+		t.Fatal("the name does not depend on the key")
+	}
+	// Without a key (check, render) the name leaves the value out.
+	a, _ := load(t, map[string]string{"compose.yaml": base, "db_password.txt": "one"}, Options{Env: []string{"DOTENV_VALUE=x"}})
+	b, _ := load(t, map[string]string{"compose.yaml": base, "db_password.txt": "two"}, Options{Env: []string{"DOTENV_VALUE=x"}})
+	if a.Secrets[0].Name != b.Secrets[0].Name {
+		t.Fatal("without a key the name depends on the value")
 	}
 }
 
@@ -358,5 +383,67 @@ func TestWithoutValues(t *testing.T) {
 	}
 	if _, err := load(t, map[string]string{"compose.yaml": c}, Options{Stack: "s"}); err == nil {
 		t.Fatal("without WithoutValues a missing secret value must fail")
+	}
+}
+
+// What the differential test (cmd/agent/parity_test.go) found docker stack deploy does, in unit form.
+func TestConvertNormalizesLikeDockerCLI(t *testing.T) {
+	dir := t.TempDir()
+	f := write(t, dir, "compose.yaml", `name: norm
+services:
+  app:
+    image: example/app
+    cap_add: [net_admin, NET_ADMIN, CAP_SYS_TIME, chown]
+    cap_drop: [ALL, CHOWN]
+    tmpfs: [/tmp]
+    environment:
+      B1: one
+      B: two
+      BARE:
+    deploy:
+      resources:
+        limits: {cpus: "0.1"}
+        reservations:
+          cpus: "0.01"
+          generic_resources:
+            - discrete_resource_spec: {kind: gpu, value: 2}
+`)
+	st, err := Load(context.Background(), Options{Files: []string{f}, Env: []string{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	app := service(t, st, "norm_app")
+	cs := app.TaskTemplate.ContainerSpec
+	if got := strings.Join(cs.CapabilityAdd, ","); got != "CAP_CHOWN,CAP_NET_ADMIN,CAP_SYS_TIME" {
+		t.Errorf("cap_add %s", got)
+	}
+	if got := strings.Join(cs.CapabilityDrop, ","); got != "ALL" {
+		t.Errorf("cap_drop %s", got)
+	}
+	if len(cs.Mounts) != 0 {
+		t.Errorf("service-level tmpfs mounted: %+v", cs.Mounts)
+	}
+	var tmpfsWarned bool
+	for _, w := range st.Warnings {
+		tmpfsWarned = tmpfsWarned || (w.Service == "app" && w.Field == "tmpfs" && w.Value == "/tmp")
+	}
+	if !tmpfsWarned {
+		t.Errorf("tmpfs not reported as dropped: %v", st.Warnings)
+	}
+	if got := strings.Join(cs.Env, " "); got != "B1=one B=two BARE" {
+		t.Errorf("env %s", got)
+	}
+	if app.Labels[stack.LabelImage] != "example/app" || cs.Image != "example/app:latest" {
+		t.Errorf("image label %q, container image %q", app.Labels[stack.LabelImage], cs.Image)
+	}
+	r := app.TaskTemplate.Resources
+	if r.Limits.NanoCPUs != 100_000_000 || r.Reservations.NanoCPUs != 10_000_000 {
+		t.Errorf("nano CPUs %d, %d", r.Limits.NanoCPUs, r.Reservations.NanoCPUs)
+	}
+	if g := r.Reservations.GenericResources; len(g) != 1 || g[0].DiscreteResourceSpec.Kind != "gpu" || g[0].DiscreteResourceSpec.Value != 2 {
+		t.Errorf("generic resources %+v", g)
+	}
+	if app.EndpointSpec == nil || app.EndpointSpec.Mode != swarm.ResolutionModeVIP {
+		t.Errorf("endpoint %+v", app.EndpointSpec)
 	}
 }

@@ -18,6 +18,8 @@ import (
 	"strings"
 
 	"github.com/compose-spec/compose-go/v2/cli"
+	"github.com/compose-spec/compose-go/v2/loader"
+	"github.com/compose-spec/compose-go/v2/template"
 
 	"github.com/sabeiro/sawmill/internal/fault"
 	"github.com/sabeiro/sawmill/internal/stack"
@@ -37,6 +39,24 @@ type Options struct {
 	Profiles []string
 	// WorkDir resolves relative paths; empty means the directory of the first file.
 	WorkDir string
+	// Root confines a load to a directory (a release, which is untrusted input): every file the compose
+	// files name (include, extends, env_file, label_file, secret and config files) must resolve inside it,
+	// links followed, each within MaxFileBytes and all within MaxTotalBytes (defaults: 4 MiB, 32 MiB).
+	// Empty: not confined (the operator's own files, from the command line).
+	Root                        string
+	MaxFileBytes, MaxTotalBytes int64
+	// Environment labels every object (io.sawmill.environment), so that the agents of two environments
+	// sharing a swarm never take each other's objects. Empty: not labelled.
+	Environment string
+	// NameKey keys the content hash in secret and config names (swarm.NameKey: shared by the agents of a
+	// swarm, never printed). Nil: the names leave the value out (check and render).
+	NameKey []byte
+	// Interpolated, when set, is told every value a variable put into the compose files (agent render
+	// redacts them).
+	Interpolated func(value string)
+	// Strict makes a variable referenced without a default (`${NAME}`, `$NAME`) that Env does not hold an
+	// error naming it, instead of an empty value.
+	Strict bool
 	// WithoutValues loads secrets and configs whose file or environment variable is missing with no value
 	// (and a warning) instead of failing: for `agent check` and `agent render`, which judge the specs and
 	// never the values (a CI policy job has no production credentials). Never for apply.
@@ -59,9 +79,33 @@ func Load(ctx context.Context, o Options) (*stack.Stack, error) {
 	if env == nil {
 		env = []string{}
 	}
+	var conf *confinement
+	if o.Root != "" {
+		var err error
+		if conf, err = newConfinement(o); err != nil {
+			return nil, err
+		}
+		workDir := o.WorkDir
+		if workDir == "" {
+			workDir = filepath.Dir(o.Files[0])
+		}
+		if err := conf.files(absAll(o.Files), workDir); err != nil {
+			return nil, err
+		}
+		if _, err := conf.check(".env", ".env", workDir, false); err != nil {
+			return nil, err
+		}
+	}
 	var opts []cli.ProjectOptionsFn
 	if o.WorkDir != "" {
 		opts = append(opts, cli.WithWorkingDirectory(o.WorkDir))
+	}
+	if o.Strict || o.Interpolated != nil {
+		opts = append(opts, cli.WithLoadOptions(func(lo *loader.Options) {
+			if lo.Interpolate != nil {
+				lo.Interpolate.Substitute = substitute(o.Strict, o.Interpolated)
+			}
+		}))
 	}
 	opts = append(opts,
 		cli.WithEnv(env),
@@ -89,11 +133,12 @@ func Load(ctx context.Context, o Options) (*stack.Stack, error) {
 	if project.Name == "" || !stackName.MatchString(project.Name) {
 		return nil, fault.InvalidErr(fmt.Errorf("compose %s: no valid stack name: give STACK or a top-level `name:`", strings.Join(o.Files, ", ")))
 	}
-	c := &converter{project: project, files: absAll(o.Files), noValues: o.WithoutValues}
+	c := &converter{project: project, files: absAll(o.Files), noValues: o.WithoutValues, conf: conf, nameKey: o.NameKey, env: o.Environment}
 	st, err := c.convert()
 	if err != nil {
 		return nil, fault.InvalidErr(err)
 	}
+	st.Environment = o.Environment
 	return st, nil
 }
 
@@ -128,3 +173,57 @@ func explain(err error) error {
 	}
 	return err
 }
+
+// UnknownVariableError is a variable that a strict load references without a default and does not have.
+type UnknownVariableError struct{ Name string }
+
+func (e *UnknownVariableError) Error() string {
+	return fmt.Sprintf("variable %s is not set: a release may read only its environment's CI/CD variables and the variables the agent's configuration grants", e.Name)
+}
+
+// substitute is compose-go's substitution, except that under strict a plain reference to a missing variable
+// is an error (`${NAME:-default}`, `${NAME-default}`, `${NAME:?msg}` and `${NAME:+alt}` keep their meaning),
+// and that seen, when set, is told every value a variable supplies.
+func substitute(strict bool, seen func(string)) func(string, template.Mapping) (string, error) {
+	return func(s string, mapping template.Mapping) (string, error) {
+		if seen != nil {
+			inner := mapping
+			mapping = func(name string) (string, bool) {
+				v, ok := inner(name)
+				if ok {
+					seen(v)
+				}
+				return v, ok
+			}
+		}
+		return template.SubstituteWithOptions(s, mapping, template.WithReplacementFunction(func(sub string, m template.Mapping, cfg *template.Config) (string, error) {
+			if name, plain := plainVariable(sub); strict && plain {
+				if _, ok := m(name); !ok {
+					return "", &UnknownVariableError{Name: name}
+				}
+			}
+			return template.DefaultReplacementFunc(sub, m, cfg)
+		}))
+	}
+}
+
+// plainVariable parses `$NAME` or `${NAME}` (nothing else in the braces).
+func plainVariable(sub string) (string, bool) {
+	if strings.HasPrefix(sub, "$$") {
+		return "", false
+	}
+	name := strings.TrimPrefix(sub, "$")
+	if strings.HasPrefix(name, "{") {
+		end := strings.IndexByte(name, '}')
+		if end < 0 {
+			return "", false
+		}
+		name = name[1:end]
+	}
+	if !varName.MatchString(name) {
+		return "", false
+	}
+	return name, true
+}
+
+var varName = regexp.MustCompile(`^[_a-zA-Z][_a-zA-Z0-9]*$`)

@@ -85,7 +85,8 @@ func Encode(r *Release) ([]byte, error) {
 }
 
 // Parse reads and checks release.json: a version this agent knows, digests in canonical form, refs that
-// pin them, at least one stack, no empty file list, and file paths that stay inside stacks/.
+// pin them, at least one stack, no empty file list (for any environment), and file paths that stay inside
+// stacks/.
 func Parse(b []byte) (*Release, error) {
 	var m Release
 	dec := json.NewDecoder(bytes.NewReader(b))
@@ -112,6 +113,11 @@ func Parse(b []byte) (*Release, error) {
 		st := m.Stacks[name]
 		if len(st.Files) == 0 {
 			errs = append(errs, fmt.Errorf("stacks.%s.files is empty", name))
+		}
+		for _, env := range slices.Sorted(maps.Keys(st.Environments)) {
+			if len(st.Environments[env]) == 0 {
+				errs = append(errs, fmt.Errorf("stacks.%s.environments.%s is empty", name, env))
+			}
 		}
 		for _, f := range st.AllFiles() {
 			if err := checkPath(f); err != nil {

@@ -98,7 +98,7 @@ func Compute(wanted, observed *stack.Stack) (*Plan, error) {
 		switch {
 		case !ok:
 			p.add(stack.KindNetwork, n.Name, Created, nil, "")
-		case !stack.OwnedBy(o.Labels, wanted.Name):
+		case !stack.OwnedBy(o.Labels, wanted.Name, wanted.Environment):
 			return nil, conflict(stack.KindNetwork, n.Name)
 		case o.Labels[stack.LabelSpecHash] != n.Labels[stack.LabelSpecHash]:
 			p.add(stack.KindNetwork, n.Name, Configured, networkFields(n, o), "networks cannot change in place")
@@ -122,7 +122,7 @@ func Compute(wanted, observed *stack.Stack) (*Plan, error) {
 			svcChanges = append(svcChanges, Change{Kind: stack.KindService, Name: s.Name, Action: Created})
 			continue
 		}
-		if !stack.OwnedBy(o.Spec.Labels, wanted.Name) {
+		if !stack.OwnedBy(o.Spec.Labels, wanted.Name, wanted.Environment) {
 			return nil, conflict(stack.KindService, s.Name)
 		}
 		fields, drift := ServiceDiff(s.Spec, Normalize(o.Spec, netNames))
@@ -145,17 +145,21 @@ func Compute(wanted, observed *stack.Stack) (*Plan, error) {
 		refs(o.Spec, s.Name, keep)
 	}
 	for _, name := range slices.Sorted(maps.Keys(obsSvc)) {
-		if o := obsSvc[name]; stack.OwnedBy(o.Spec.Labels, wanted.Name) {
+		if o := obsSvc[name]; stack.OwnedBy(o.Spec.Labels, wanted.Name, wanted.Environment) {
 			svcChanges = append(svcChanges, Change{Kind: stack.KindService, Name: name, Action: Deleted})
 		}
 	}
 
-	p.objects(stack.KindSecret, wanted.Secrets, observed.Secrets, keep)
-	p.objects(stack.KindConfig, wanted.Configs, observed.Configs, keep)
+	if err := p.objects(stack.KindSecret, wanted.Environment, wanted.Secrets, observed.Secrets, keep); err != nil {
+		return nil, err
+	}
+	if err := p.objects(stack.KindConfig, wanted.Environment, wanted.Configs, observed.Configs, keep); err != nil {
+		return nil, err
+	}
 	p.Changes = append(p.Changes, svcChanges...)
 
 	for _, name := range slices.Sorted(maps.Keys(obsNet)) {
-		if o := obsNet[name]; stack.OwnedBy(o.Labels, wanted.Name) {
+		if o := obsNet[name]; stack.OwnedBy(o.Labels, wanted.Name, wanted.Environment) {
 			p.add(stack.KindNetwork, name, Deleted, nil, "")
 		}
 	}
@@ -166,7 +170,7 @@ func (p *Plan) add(kind stack.Kind, name string, a Action, fields []string, deta
 	p.Changes = append(p.Changes, Change{Kind: kind, Name: name, Action: a, Fields: fields, Detail: detail})
 }
 
-func (p *Plan) objects(kind stack.Kind, wanted, observed []stack.Object, keep map[string]string) {
+func (p *Plan) objects(kind stack.Kind, env string, wanted, observed []stack.Object, keep map[string]string) error {
 	obs := map[string]stack.Object{}
 	for _, o := range observed {
 		obs[o.Name] = o
@@ -175,8 +179,11 @@ func (p *Plan) objects(kind stack.Kind, wanted, observed []stack.Object, keep ma
 		if w.External {
 			continue
 		}
-		if _, ok := obs[w.Name]; ok {
-			// The name carries the content hash: same name, same content.
+		if o, ok := obs[w.Name]; ok {
+			// The name carries the content hash: same name, same content; but only an object the agent made.
+			if !stack.OwnedBy(o.Labels, p.Stack, env) {
+				return conflict(kind, w.Name)
+			}
 			p.add(kind, w.Name, Unchanged, nil, "")
 			delete(obs, w.Name)
 			continue
@@ -185,7 +192,7 @@ func (p *Plan) objects(kind stack.Kind, wanted, observed []stack.Object, keep ma
 	}
 	for _, name := range slices.Sorted(maps.Keys(obs)) {
 		o := obs[name]
-		if !stack.OwnedBy(o.Labels, p.Stack) {
+		if !stack.OwnedBy(o.Labels, p.Stack, env) {
 			continue
 		}
 		if svc, ok := keep[name]; ok {
@@ -194,11 +201,12 @@ func (p *Plan) objects(kind stack.Kind, wanted, observed []stack.Object, keep ma
 		}
 		p.add(kind, name, Deleted, nil, "")
 	}
+	return nil
 }
 
 func conflict(kind stack.Kind, name string) error {
-	return fault.InvalidErr(fmt.Errorf("%s %s exists but was not created by the agent (no %s=%s label): refusing to modify it",
-		kind, name, stack.LabelOwner, stack.OwnerValue))
+	return fault.InvalidErr(fmt.Errorf("%s %s exists but was not created by the agent for this stack and environment (labels %s=%s, %s, %s): refusing to modify or adopt it",
+		kind, name, stack.LabelOwner, stack.OwnerValue, stack.LabelNamespace, stack.LabelEnvironment))
 }
 
 func refs(spec swarm.ServiceSpec, svc string, into map[string]string) {
@@ -246,31 +254,39 @@ func Normalize(spec swarm.ServiceSpec, netNames map[string]string) swarm.Service
 	return out
 }
 
-// ServiceDiff returns the paths where observed differs from wanted. A path the wanted spec leaves empty is
-// the engine's default and not a difference, unless the spec hashes differ (then it was removed from the
-// compose file). drift is true when the spec hash label matches but the fields do not: someone changed the
-// service outside the agent.
+// engineDefaults are the fields the engine fills into every service spec it stores (the observed value of
+// a field the agent never writes): they are not differences.
+var engineDefaults = map[string]string{
+	"TaskTemplate.ContainerSpec.Isolation": `"default"`,
+	"TaskTemplate.Runtime":                 `"container"`,
+	// Swarm's enums read back their zero values when a config is given without them.
+	"UpdateConfig.FailureAction":   `"pause"`,
+	"UpdateConfig.Order":           `"stop-first"`,
+	"RollbackConfig.FailureAction": `"pause"`,
+	"RollbackConfig.Order":         `"stop-first"`,
+}
+
+// ServiceDiff returns the paths where observed differs from wanted, both ways: a field that differs, a field
+// the wanted spec sets and the observed lacks, and a field the observed spec has that the wanted does not
+// (an added bind mount, capability or variable), except the engine's own defaults. drift is true when the
+// spec hash label matches (the compose files did not change since the agent wrote the service) but the
+// fields do not: someone changed the service outside the agent.
 func ServiceDiff(wanted, observed swarm.ServiceSpec) (fields []string, drift bool) {
 	w, o := flatten(wanted), flatten(observed)
 	hashKey := "Labels." + stack.LabelSpecHash
 	sameHash := w[hashKey] == o[hashKey]
 	for path, wv := range w {
-		if path == hashKey {
-			continue
+		if path != hashKey && o[path] != wv {
+			fields = append(fields, path)
 		}
-		if o[path] != wv {
+	}
+	for path, ov := range o {
+		if _, ok := w[path]; !ok && path != hashKey && engineDefaults[path] != ov {
 			fields = append(fields, path)
 		}
 	}
 	if !sameHash && len(fields) == 0 {
-		for path := range o {
-			if _, ok := w[path]; !ok {
-				fields = append(fields, path)
-			}
-		}
-		if len(fields) == 0 {
-			fields = append(fields, hashKey)
-		}
+		fields = append(fields, hashKey)
 	}
 	sort.Strings(fields)
 	return fields, sameHash && len(fields) > 0

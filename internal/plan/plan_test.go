@@ -2,9 +2,11 @@ package plan
 
 import (
 	"bytes"
+	"maps"
 	"strings"
 	"testing"
 
+	"github.com/moby/moby/api/types/mount"
 	"github.com/moby/moby/api/types/swarm"
 
 	"github.com/sabeiro/sawmill/internal/fault"
@@ -208,5 +210,78 @@ func TestRenderNeverShowsValues(t *testing.T) {
 		if !strings.Contains(out, "TaskTemplate.ContainerSpec.Env") {
 			t.Fatalf("plan output does not name the changed field:\n%s", out)
 		}
+	}
+}
+
+// A change outside the agent that adds something the compose files do not set is drift too.
+func TestAddedFieldsAreDrift(t *testing.T) {
+	for name, add := range map[string]func(*swarm.ServiceSpec){
+		"bind mount of /": func(s *swarm.ServiceSpec) {
+			s.TaskTemplate.ContainerSpec.Mounts = []mount.Mount{{Type: mount.TypeBind, Source: "/", Target: "/host"}}
+		},
+		"CAP_SYS_ADMIN": func(s *swarm.ServiceSpec) { s.TaskTemplate.ContainerSpec.CapabilityAdd = []string{"CAP_SYS_ADMIN"} },
+		"LD_PRELOAD":    func(s *swarm.ServiceSpec) { s.TaskTemplate.ContainerSpec.Env = []string{"LD_PRELOAD=/tmp/x.so"} },
+		"published port": func(s *swarm.ServiceSpec) {
+			s.EndpointSpec = &swarm.EndpointSpec{Ports: []swarm.PortConfig{{TargetPort: 22, PublishedPort: 2222}}}
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			w := &stack.Stack{Name: "s", Networks: []stack.Network{network("s")}, Services: []stack.Service{svc("s", "web", "web:1", "")}}
+			o := observe(w)
+			add(&o.Services[0].Spec)
+			p, err := Compute(w, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := p.Of(stack.KindService, Configured)
+			if len(c) != 1 || !c[0].Drift || len(c[0].Fields) == 0 {
+				t.Fatalf("an added field is not drift: %+v", p.Changes)
+			}
+		})
+	}
+	// The engine's own defaults are not.
+	w := &stack.Stack{Name: "s", Networks: []stack.Network{network("s")}, Services: []stack.Service{svc("s", "web", "web:1", "")}}
+	o := observe(w)
+	o.Services[0].Spec.TaskTemplate.ContainerSpec.Isolation = "default"
+	o.Services[0].Spec.TaskTemplate.Runtime = "container"
+	if p, err := Compute(w, o); err != nil || p.Writes() {
+		t.Fatalf("engine defaults taken for drift: %+v %v", p.Changes, err)
+	}
+}
+
+// Objects of the stack's names that the agent did not make (or made for another environment) are conflicts,
+// never adopted: services, networks, and secrets and configs too (same name, but not ours).
+func TestObjectsOfOthersAreConflicts(t *testing.T) {
+	secret := stack.Object{Name: "s_pw-abc", Key: "pw", Labels: stack.StackLabels("s", nil), Data: []byte("x"), Hash: "abc"}
+	wanted := func() *stack.Stack {
+		return &stack.Stack{Name: "s", Environment: "staging", Networks: []stack.Network{network("s")},
+			Secrets: []stack.Object{secret}, Services: []stack.Service{svc("s", "web", "web:1", "s_pw-abc")}}
+	}
+	for name, strip := range map[string]func(o *stack.Stack){
+		"secret without owner": func(o *stack.Stack) { delete(o.Secrets[0].Labels, stack.LabelOwner) },
+		"secret of production": func(o *stack.Stack) { o.Secrets[0].Labels[stack.LabelEnvironment] = "production" },
+		"service of production": func(o *stack.Stack) {
+			o.Services[0].Spec.Labels[stack.LabelEnvironment] = "production"
+		},
+		"network without owner": func(o *stack.Stack) { delete(o.Networks[0].Labels, stack.LabelOwner) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			o := observe(wanted())
+			for i := range o.Secrets {
+				o.Secrets[i].Labels = maps.Clone(o.Secrets[i].Labels)
+			}
+			o.Networks[0].Labels = maps.Clone(o.Networks[0].Labels)
+			o.Services[0].Spec.Labels = maps.Clone(o.Services[0].Spec.Labels)
+			strip(o)
+			_, err := Compute(wanted(), o)
+			if err == nil || fault.KindOf(err) != fault.Invalid || !strings.Contains(err.Error(), "refusing to modify or adopt") {
+				t.Fatalf("Compute: %v, want a conflict", err)
+			}
+		})
+	}
+	// Labelled for this environment, or from before environments were labelled: ours.
+	o := observe(wanted())
+	if _, err := Compute(wanted(), o); err != nil {
+		t.Fatal(err)
 	}
 }

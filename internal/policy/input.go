@@ -1,7 +1,10 @@
 package policy
 
 import (
+	"bytes"
 	"encoding/json"
+	"path"
+	"slices"
 	"sort"
 	"strings"
 
@@ -50,7 +53,26 @@ type InputOptions struct {
 	// Signatures are the verification results by image reference as written in the stack. A missing entry
 	// is "unknown".
 	Signatures map[string]Signature
+	// Tier is the environment's tier as the platform configured it: "production" turns the production rules
+	// on (a verified signature for every image). It never comes from the environment's name.
+	Tier string
+	// Grants are the exceptions (and roles) the platform grants this stack's services; a release's labels
+	// only request them. Only the grants for this stack and environment are given.
+	Grants []Grant
+	// AllowedHostPaths are the host directories (and files) a bind mount may expose; none by default.
+	AllowedHostPaths []string
 }
+
+// Grant is one exception (or role: RoleEdge) granted by the platform to a service of a stack (Service "*":
+// every service of it; Stack "" or "*": every stack). The input document carries the grants of its stack.
+type Grant struct {
+	Rule    string `json:"rule"`
+	Stack   string `json:"-"`
+	Service string `json:"service"`
+}
+
+// TierProduction is the tier whose rules need a verified signature for every image.
+const TierProduction = "production"
 
 // Input is the document the policies judge: `input` in rego, and what `agent render` prints.
 type Input struct {
@@ -70,6 +92,12 @@ type Input struct {
 // the same decisions.
 type Config struct {
 	AllowedRegistries []string `json:"allowed_registries"`
+	// Tier is the environment's tier (production, staging, ...), from the platform's configuration.
+	Tier string `json:"tier"`
+	// Grants are the exceptions and roles the platform grants this stack's services.
+	Grants []Grant `json:"grants"`
+	// AllowedHostPaths are the host paths bind mounts may expose (cleaned, absolute).
+	AllowedHostPaths []string `json:"allowed_host_paths"`
 	// PreRelease is the release registry when the check runs on the repository's files before the release
 	// (the pipeline's policy job): images under it are pinned by the release, signatures come later.
 	PreRelease string `json:"pre_release,omitempty"`
@@ -211,12 +239,13 @@ func NewInput(st *stack.Stack, o InputOptions) *Input {
 		Kind:        InputKind,
 		Stack:       st.Name,
 		Environment: o.Environment,
-		Config:      Config{AllowedRegistries: sortedCopy(o.AllowedRegistries), PreRelease: strings.TrimSuffix(o.PreRelease, "/")},
-		Services:    []Service{},
-		Networks:    []Network{},
-		Secrets:     []Object{},
-		Configs:     []Object{},
-		Warnings:    []stack.Warning{},
+		Config: Config{AllowedRegistries: sortedCopy(o.AllowedRegistries), PreRelease: strings.TrimSuffix(o.PreRelease, "/"),
+			Tier: o.Tier, Grants: grantsOf(st.Name, o.Grants), AllowedHostPaths: cleanPaths(o.AllowedHostPaths)},
+		Services: []Service{},
+		Networks: []Network{},
+		Secrets:  []Object{},
+		Configs:  []Object{},
+		Warnings: []stack.Warning{},
 	}
 	dropped := map[string][]Dropped{}
 	for _, w := range st.Warnings {
@@ -257,11 +286,14 @@ func NewInput(st *stack.Stack, o InputOptions) *Input {
 
 // JSON returns the document as indented JSON with a trailing newline.
 func (in *Input) JSON() ([]byte, error) {
-	b, err := json.MarshalIndent(in, "", "  ")
-	if err != nil {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false) // `&&` in a healthcheck and <redacted> read as written
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(in); err != nil {
 		return nil, err
 	}
-	return append(b, '\n'), nil
+	return b.Bytes(), nil
 }
 
 func service(s stack.Service, o InputOptions) Service {
@@ -308,7 +340,11 @@ func service(s stack.Service, o InputOptions) Service {
 		}
 	}
 	for _, m := range cs.Mounts {
-		out.Mounts = append(out.Mounts, Mount{Type: string(m.Type), Source: m.Source, Target: m.Target, ReadOnly: m.ReadOnly})
+		src := m.Source
+		if m.Type == "bind" {
+			src = cleanHostPath(src)
+		}
+		out.Mounts = append(out.Mounts, Mount{Type: string(m.Type), Source: src, Target: m.Target, ReadOnly: m.ReadOnly})
 	}
 	for _, r := range cs.Secrets {
 		f := FileRef{Name: r.SecretName}
@@ -403,4 +439,56 @@ func sortedCopy(s []string) []string {
 	out := nonNil(s)
 	sort.Strings(out)
 	return out
+}
+
+// cleanHostPath is a bind mount's source as the host resolves it: absolute and cleaned, so that
+// `/var/run/./docker.sock` and `//var/run/docker.sock` read `/var/run/docker.sock`. A relative source (which
+// Docker refuses for a bind) is made absolute from /.
+func cleanHostPath(p string) string { return path.Clean("/" + p) }
+
+func cleanPaths(ps []string) []string {
+	out := make([]string, 0, len(ps))
+	for _, p := range ps {
+		out = append(out, cleanHostPath(p))
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// grantsOf returns the grants for stack, without their stack, sorted.
+func grantsOf(stack string, gs []Grant) []Grant {
+	out := []Grant{}
+	for _, g := range gs {
+		if g.Stack == "" || g.Stack == "*" || g.Stack == stack {
+			g.Stack = ""
+			out = append(out, g)
+		}
+	}
+	slices.SortFunc(out, func(a, b Grant) int {
+		if c := strings.Compare(a.Rule, b.Rule); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Service, b.Service)
+	})
+	return slices.Compact(out)
+}
+
+// RedactEnv passes every environment variable's value (in the normalized facts and in the spec) through
+// clean: agent render shows what variables put there as <redacted>.
+func (in *Input) RedactEnv(clean func(string) string) {
+	for i := range in.Services {
+		svc := &in.Services[i]
+		for j := range svc.Env {
+			svc.Env[j].Value = clean(svc.Env[j].Value)
+		}
+		if cs := svc.Spec.TaskTemplate.ContainerSpec; cs != nil {
+			env := make([]string, len(cs.Env))
+			for j, e := range cs.Env {
+				env[j] = clean(e)
+			}
+			c := *cs
+			c.Env = env
+			svc.Spec.TaskTemplate.ContainerSpec = &c
+		}
+	}
 }

@@ -80,6 +80,11 @@ func writePolicy(t *testing.T, dir, name, src string) {
 
 func loadCompose(t *testing.T, content string) *Input {
 	t.Helper()
+	return loadComposeWith(t, content, InputOptions{Environment: "staging", AllowedRegistries: []string{"registry.example"}})
+}
+
+func loadComposeWith(t *testing.T, content string, o InputOptions) *Input {
+	t.Helper()
 	dir := t.TempDir()
 	p := filepath.Join(dir, "compose.yaml")
 	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
@@ -89,7 +94,7 @@ func loadCompose(t *testing.T, content string) *Input {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return NewInput(st, InputOptions{Environment: "staging", AllowedRegistries: []string{"registry.example"}})
+	return NewInput(st, o)
 }
 
 const goodCompose = `services:
@@ -164,12 +169,28 @@ func TestEngineDecisions(t *testing.T) {
 }
 
 func TestEngineExceptionLabel(t *testing.T) {
-	in := loadCompose(t, goodCompose+`      labels:
+	const asked = goodCompose + `      labels:
         io.sawmill.exception.docker_socket: "the swarm UI manages services"
     volumes:
       - /var/run/docker.sock:/var/run/docker.sock:ro
-`)
-	rep, err := New(Options{}).Evaluate(context.Background(), in)
+`
+	// The release asks; the platform has not granted: refused, naming the grant.
+	rep, err := New(Options{}).Evaluate(context.Background(), loadCompose(t, asked))
+	if err != nil {
+		t.Fatal(err)
+	}
+	denied := map[string]bool{}
+	for _, d := range rep.Denies() {
+		denied[d.Rule] = true
+	}
+	if !denied["docker_socket"] || !denied["exception_not_granted"] || !denied["host_path"] {
+		t.Fatalf("an ungranted exception: %+v", rep.Denies())
+	}
+
+	// Granted by the platform (and the socket an allowed host path): the exception holds.
+	in := loadComposeWith(t, asked, InputOptions{Environment: "staging", AllowedRegistries: []string{"registry.example"},
+		Grants: []Grant{{Rule: "docker_socket", Service: "api"}}, AllowedHostPaths: []string{"/var/run/docker.sock"}})
+	rep, err = New(Options{}).Evaluate(context.Background(), in)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -450,5 +471,27 @@ func TestGateSignatures(t *testing.T) {
 	err = g.Check(ctx, st)
 	if fault.KindOf(err) != fault.Refused || !strings.Contains(err.Error(), "[image_signature]") {
 		t.Fatalf("an unverified image: %v", err)
+	}
+}
+
+// A path spelled differently is the same path to the host, and to the policies.
+func TestBindSourcesAreCleaned(t *testing.T) {
+	for _, src := range []string{"/var/run/./docker.sock", "//var/run/docker.sock", "/var/run/../run/docker.sock", "/var/run//docker.sock/"} {
+		in := loadComposeWith(t, goodCompose+`    volumes:
+      - type: bind
+        source: `+src+`
+        target: /var/run/docker.sock
+`, InputOptions{AllowedRegistries: []string{"registry.example"}, AllowedHostPaths: []string{"/srv"}})
+		rep, err := New(Options{}).Evaluate(context.Background(), in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rules := map[string]bool{}
+		for _, d := range rep.Denies() {
+			rules[d.Rule] = true
+		}
+		if !rules["docker_socket"] || !rules["host_path"] {
+			t.Errorf("%s: denies %+v, want docker_socket and host_path", src, rep.Denies())
+		}
 	}
 }

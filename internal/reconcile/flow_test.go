@@ -234,11 +234,22 @@ func TestWarnModeRecordsDenyAndGoesOn(t *testing.T) {
 	}
 }
 
+// written is what the flow wrote for the baseline stack: its wanted stack, as the engine would report it.
+func written(t *testing.T) *stack.Stack {
+	t.Helper()
+	fx := newFixture("registry.example/web:1", policy.ModeEnforce)
+	c := fx.flow.Run(context.Background(), compose.Options{})
+	if c.Err != nil {
+		t.Fatal(c.Err)
+	}
+	return c.Wanted
+}
+
 func TestDriftIsAField(t *testing.T) {
 	fx := newFixture("registry.example/web:1", policy.ModeEnforce)
 	// What runs is what the agent wrote last time, then changed behind its back (`docker service update
 	// --image`): the spec hash label still matches, the image does not.
-	observed := wantedStack("registry.example/web:1@" + digest)
+	observed := written(t)
 	observed.Services[0].Spec.TaskTemplate.ContainerSpec.Image = "evil.example/miner:1"
 	fx.flow.Observe = fakeObserver{calls: &fx.calls, observed: observed}
 	c := fx.flow.Run(context.Background(), compose.Options{})
@@ -252,7 +263,7 @@ func TestDriftIsAField(t *testing.T) {
 
 	// And the same stack unchanged: no drift, no write.
 	fx = newFixture("registry.example/web:1", policy.ModeEnforce)
-	fx.flow.Observe = fakeObserver{calls: &fx.calls, observed: wantedStack("registry.example/web:1@" + digest)}
+	fx.flow.Observe = fakeObserver{calls: &fx.calls, observed: written(t)}
 	c = fx.flow.Run(context.Background(), compose.Options{})
 	if c.Err != nil || c.Plan.Writes() || fx.writes != 0 {
 		t.Fatalf("an unchanged stack: err %v, plan %+v", c.Err, c.Plan.Changes)

@@ -45,7 +45,7 @@ func (f *Follow) Latest(ctx context.Context) (*Release, string, error) {
 	rel, err := f.GitLab.Fetch(ctx, d, dir)
 	if err != nil {
 		os.RemoveAll(dir)
-		return nil, "", err
+		return nil, key, &ReleaseError{Commit: d.SHA, Err: err}
 	}
 	if f.cur != nil && f.cur.Dir != dir {
 		os.RemoveAll(f.cur.Dir)
@@ -53,6 +53,16 @@ func (f *Follow) Latest(ctx context.Context) (*Release, string, error) {
 	f.cur, f.curID = rel, d.ID
 	return rel, key, nil
 }
+
+// ReleaseError is a release that was found but could not be read (an invalid release.json, a missing
+// artifact): Commit is the deployment's, so the failure can be reported on it.
+type ReleaseError struct {
+	Commit string
+	Err    error
+}
+
+func (e *ReleaseError) Error() string { return e.Err.Error() }
+func (e *ReleaseError) Unwrap() error { return e.Err }
 
 // Local is a release in a directory, for development and tests. Its key is the manifest's commit.
 type Local struct{ Path string }

@@ -175,3 +175,50 @@ func TestMissingArtifact(t *testing.T) {
 		t.Fatalf("err %v", err)
 	}
 }
+
+// A release directory (source dir, and the git source's checkout) reads nothing outside itself.
+func TestDirRefusesLinksOutOfTheRelease(t *testing.T) {
+	for name, target := range map[string]string{"absolute": "/etc/passwd", "relative": "../../../../etc/hostname", "dangling": "nowhere"} {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			if err := os.MkdirAll(filepath.Join(dir, "stacks/platform"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(dir, "release.json"), []byte(releaseJSON(sha1, "stacks/platform/compose.yaml")), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink(target, filepath.Join(dir, "stacks/platform/compose.yaml")); err != nil {
+				t.Fatal(err)
+			}
+			_, err := Dir(dir)
+			if err == nil || fault.KindOf(err) != fault.Invalid || !strings.Contains(err.Error(), "stacks/platform/compose.yaml") {
+				t.Fatalf("Dir: %v, want an invalid-input error naming the link", err)
+			}
+		})
+	}
+	// A link inside the release is fine.
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "stacks/platform"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	_ = os.WriteFile(filepath.Join(dir, "release.json"), []byte(releaseJSON(sha1, "stacks/platform/compose.yaml")), 0o644)
+	_ = os.WriteFile(filepath.Join(dir, "stacks/platform/base.yaml"), []byte("services: {}\n"), 0o644)
+	_ = os.Symlink("base.yaml", filepath.Join(dir, "stacks/platform/compose.yaml"))
+	if _, err := Dir(dir); err != nil {
+		t.Fatalf("a link inside the release: %v", err)
+	}
+}
+
+// An artifact file over the limit is refused as it arrives (never buffered whole).
+func TestOversizedArtifact(t *testing.T) {
+	f, g := newFake(t)
+	setArtifact(f, "release/stacks/platform/compose.production.yaml", strings.Repeat("#", MaxFileSize+1))
+	d, err := g.Latest(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = g.Fetch(context.Background(), d, t.TempDir())
+	if err == nil || fault.KindOf(err) != fault.Invalid || !strings.Contains(err.Error(), "more than") {
+		t.Fatalf("Fetch: %v, want an invalid-input error about the size", err)
+	}
+}

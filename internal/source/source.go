@@ -9,8 +9,10 @@ package source
 
 import (
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/sabeiro/sawmill/internal/fault"
 	"github.com/sabeiro/sawmill/internal/manifest"
@@ -23,6 +25,10 @@ type Release struct {
 	Dir string
 	// Where it came from, for reports: the GitLab deployment and job, when it came from GitLab.
 	DeploymentID, JobID int64
+	// Ref is the deployment's branch or tag as GitLab recorded it (not release.json's, which the release's
+	// authors write); Tag says it is a tag. Empty when the release did not come from GitLab.
+	Ref string
+	Tag bool
 }
 
 // Files returns the compose files of stack for environment env, as paths in r.Dir, in load order.
@@ -30,8 +36,12 @@ func (r *Release) Files(stack, env string) ([]string, error) {
 	return r.Manifest.Files(r.Dir, stack, env)
 }
 
-// Dir reads a release from a local directory (release.json at its top).
+// Dir reads a release from a local directory (release.json at its top). A symbolic link in the tree that
+// resolves outside it (or does not resolve) is refused: a release reads nothing but itself.
 func Dir(dir string) (*Release, error) {
+	if err := checkLinks(dir); err != nil {
+		return nil, err
+	}
 	b, err := os.ReadFile(filepath.Join(dir, manifest.FileName))
 	if err != nil {
 		return nil, fault.InvalidErr(fmt.Errorf("release directory: %w", err))
@@ -41,4 +51,29 @@ func Dir(dir string) (*Release, error) {
 		return nil, err
 	}
 	return &Release{Manifest: *m, Dir: dir}, nil
+}
+
+// checkLinks refuses a tree with a symbolic link that leaves it.
+func checkLinks(dir string) error {
+	root, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return fault.InvalidErr(fmt.Errorf("release directory: %w", err))
+	}
+	return filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return fault.InvalidErr(fmt.Errorf("release directory: %w", err))
+		}
+		if d.Type()&fs.ModeSymlink == 0 {
+			return nil
+		}
+		name, _ := filepath.Rel(root, p)
+		target, err := filepath.EvalSymlinks(p)
+		if err != nil {
+			return fault.InvalidErr(fmt.Errorf("release file %s: a link that does not resolve: %w", name, err))
+		}
+		if rel, err := filepath.Rel(root, target); err != nil || rel == ".." || strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
+			return fault.InvalidErr(fmt.Errorf("release file %s: a link to %s, outside the release", name, target))
+		}
+		return nil
+	})
 }

@@ -7,6 +7,7 @@
 package stack
 
 import (
+	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -30,6 +31,8 @@ const (
 	// LabelKey is the object's name inside the compose file (secrets and configs carry a content hash in
 	// their Swarm name, so the compose name is kept here).
 	LabelKey = "io.sawmill.key"
+	// LabelEnvironment names the environment whose agent created the object.
+	LabelEnvironment = "io.sawmill.environment"
 	// LabelContentHash is the content hash that is part of a secret's or config's name.
 	LabelContentHash = "io.sawmill.content-hash"
 )
@@ -47,11 +50,14 @@ const (
 
 // Stack is everything that belongs to one stack.
 type Stack struct {
-	Name     string
-	Networks []Network
-	Secrets  []Object
-	Configs  []Object
-	Services []Service
+	Name string
+	// Environment is the environment the wanted stack is for (its objects are labelled with it); empty for
+	// an observed stack and when not known.
+	Environment string
+	Networks    []Network
+	Secrets     []Object
+	Configs     []Object
+	Services    []Service
 	// Warnings are facts about the conversion a user should see: compose keys Swarm ignores, and the like.
 	Warnings []Warning
 }
@@ -112,8 +118,12 @@ type Warning struct {
 func Scope(stack, name string) string { return stack + "_" + name }
 
 // OwnedBy reports whether labels mark an object as created by the agent for stack.
-func OwnedBy(labels map[string]string, stack string) bool {
-	return labels[LabelOwner] == OwnerValue && labels[LabelNamespace] == stack
+func OwnedBy(labels map[string]string, stack, env string) bool {
+	if labels[LabelOwner] != OwnerValue || labels[LabelNamespace] != stack {
+		return false
+	}
+	e := labels[LabelEnvironment]
+	return e == "" || env == "" || e == env
 }
 
 // StackLabels returns the labels every object of stack carries, merged over extra.
@@ -138,10 +148,16 @@ func Hash(v any) string {
 	return hex.EncodeToString(sum[:])[:16]
 }
 
-// ContentHash returns the hash that goes into a secret's or config's name. It mixes in the stack and key, so
-// equal values in two places do not show up as equal names.
-func ContentHash(stack, key string, data []byte) string {
-	h := sha256.New()
+// ContentHash returns the hash that goes into a secret's or config's name: an HMAC-SHA256, keyed with the
+// swarm's name key, of the stack, the compose key and the data; so a name seen in a log or a commit status
+// cannot be tested against guessed values. Without a key (agent check and render, which judge specs and never
+// values) the data is left out: such a name says nothing about the value.
+func ContentHash(nameKey []byte, stack, key string, data []byte) string {
+	if nameKey == nil {
+		h := sha256.Sum256([]byte("sawmill\x00" + stack + "\x00" + key + "\x00no-value"))
+		return hex.EncodeToString(h[:])[:12]
+	}
+	h := hmac.New(sha256.New, nameKey)
 	h.Write([]byte("sawmill\x00" + stack + "\x00" + key + "\x00"))
 	h.Write(data)
 	return hex.EncodeToString(h.Sum(nil))[:12]

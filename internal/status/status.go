@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -30,6 +31,7 @@ type Metrics struct {
 	rejections   *prometheus.CounterVec
 	drift        prometheus.Counter
 	isLeader     prometheus.Gauge
+	failed       prometheus.Gauge
 }
 
 // NewMetrics registers the metrics.
@@ -42,8 +44,9 @@ func NewMetrics() *Metrics {
 		rejections:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sawmill_rejections_total", Help: "Stacks not rolled out, by reason."}, []string{"reason"}),
 		drift:        prometheus.NewCounter(prometheus.CounterOpts{Name: "sawmill_drift_found_total", Help: "Services found changed outside the agent (and put back)."}),
 		isLeader:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "sawmill_leader", Help: "1 when this agent holds the swarm's lease."}),
+		failed:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "sawmill_release_failed", Help: "1 while the release failed to roll out and is not rolled out again until it, its variables or the policies change (or agent retry)."}),
 	}
-	m.Registry.MustRegister(m.syncDuration, m.lastSuccess, m.changes, m.rejections, m.drift, m.isLeader,
+	m.Registry.MustRegister(m.syncDuration, m.lastSuccess, m.changes, m.rejections, m.drift, m.isLeader, m.failed,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }
@@ -51,8 +54,14 @@ func NewMetrics() *Metrics {
 // Cycle records a cycle's duration, and the time of the last success.
 func (m *Metrics) Cycle(rec reconcile.Record, d time.Duration) {
 	m.syncDuration.Observe(d.Seconds())
-	if rec.Outcome == outcome.Success {
+	switch rec.Outcome {
+	case outcome.Success:
 		m.lastSuccess.SetToCurrentTime()
+		m.failed.Set(0)
+	case outcome.Failed:
+		m.failed.Set(1)
+	case outcome.Refused, outcome.Invalid:
+		m.failed.Set(0)
 	}
 }
 
@@ -91,10 +100,21 @@ type Loop interface {
 	Trigger()
 }
 
-// Handler serves /healthz, /readyz, /metrics, /status and the GitLab webhook at /hooks/gitlab. The webhook
-// accepts a request only with X-Gitlab-Token equal to token (compared in constant time); deployment and
-// pipeline events trigger a cycle. An empty token disables the webhook.
-func Handler(d Loop, m *Metrics, token string) http.Handler {
+// Options say what a handler serves. Webhook and Status select the endpoints (/healthz and /readyz are
+// always served); StatusToken, when set, must come as `Authorization: Bearer <token>` for /status and
+// /metrics; WebhookToken must come as X-Gitlab-Token (an empty one disables the webhook).
+type Options struct {
+	Webhook, Status           bool
+	WebhookToken, StatusToken string
+}
+
+// MaxBody bounds every request body.
+const MaxBody = 1 << 20
+
+// Handler serves /healthz, /readyz, and as o says /status, /metrics and the GitLab webhook at /hooks/gitlab.
+// The webhook accepts a request only with X-Gitlab-Token equal to the token (compared in constant time);
+// deployment and pipeline events trigger a cycle.
+func Handler(d Loop, m *Metrics, o Options) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
@@ -104,25 +124,52 @@ func Handler(d Loop, m *Metrics, token string) http.Handler {
 		}
 		io.WriteString(w, "ok\n")
 	})
-	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(d.Last())
-	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
-	mux.HandleFunc("POST /hooks/gitlab", func(w http.ResponseWriter, r *http.Request) {
-		got := r.Header.Get("X-Gitlab-Token")
-		if token == "" || subtle.ConstantTimeCompare([]byte(got), []byte(token)) != 1 {
-			http.Error(w, "invalid token", http.StatusUnauthorized)
-			return
+	if o.Status {
+		guard := func(h http.Handler) http.Handler {
+			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if o.StatusToken != "" && !equal(strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer "), o.StatusToken) {
+					w.Header().Set("WWW-Authenticate", "Bearer")
+					http.Error(w, "a bearer token is needed", http.StatusUnauthorized)
+					return
+				}
+				h.ServeHTTP(w, r)
+			})
 		}
-		_, _ = io.Copy(io.Discard, http.MaxBytesReader(w, r.Body, 1<<20))
-		switch r.Header.Get("X-Gitlab-Event") {
-		case "Deployment Hook", "Pipeline Hook":
-			d.Trigger()
-			w.WriteHeader(http.StatusAccepted)
-		default:
-			w.WriteHeader(http.StatusNoContent)
-		}
-	})
+		mux.Handle("GET /status", guard(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			_ = json.NewEncoder(w).Encode(d.Last())
+		})))
+		mux.Handle("GET /metrics", guard(promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{})))
+	}
+	if o.Webhook {
+		mux.HandleFunc("POST /hooks/gitlab", func(w http.ResponseWriter, r *http.Request) {
+			if o.WebhookToken == "" || !equal(r.Header.Get("X-Gitlab-Token"), o.WebhookToken) {
+				http.Error(w, "invalid token", http.StatusUnauthorized)
+				return
+			}
+			_, _ = io.Copy(io.Discard, http.MaxBytesReader(w, r.Body, MaxBody))
+			switch r.Header.Get("X-Gitlab-Event") {
+			case "Deployment Hook", "Pipeline Hook":
+				d.Trigger()
+				w.WriteHeader(http.StatusAccepted)
+			default:
+				w.WriteHeader(http.StatusNoContent)
+			}
+		})
+	}
 	return mux
+}
+
+func equal(a, b string) bool { return subtle.ConstantTimeCompare([]byte(a), []byte(b)) == 1 }
+
+// Server is an HTTP server with every timeout set: a slow or stalled client cannot hold a connection.
+func Server(h http.Handler) *http.Server {
+	return &http.Server{
+		Handler:           http.MaxBytesHandler(h, MaxBody),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+	}
 }

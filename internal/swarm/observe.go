@@ -55,9 +55,23 @@ func Observe(ctx context.Context, r Reader, name string) (*stack.Stack, error) {
 	if err := g.Wait(); err != nil {
 		return nil, err
 	}
+	// A network outside the stack (an external one) is named in the wanted spec and the engine resolves it;
+	// the engine stores its ID. Name it here (plan.Normalize names the stack's own networks), or every apply
+	// would see the service as changed.
+	outside := map[string]string{}
+	for _, n := range nets.Items {
+		if n.Scope != "swarm" || !mine(n.Name, n.Labels) {
+			outside[n.ID] = n.Name
+		}
+	}
 	for _, s := range svcs.Items {
 		if !mine(s.Spec.Name, s.Spec.Labels) {
 			continue
+		}
+		for i, a := range s.Spec.TaskTemplate.Networks {
+			if n, ok := outside[a.Target]; ok {
+				s.Spec.TaskTemplate.Networks[i].Target = n
+			}
 		}
 		st.Services = append(st.Services, stack.Service{
 			Name: s.Spec.Name, Key: strings.TrimPrefix(s.Spec.Name, name+"_"), Spec: s.Spec,

@@ -26,7 +26,7 @@ import (
 )
 
 // liveAppDir is images/live_py, the app the image carries.
-const liveAppDir = "../../images/live_py"
+const liveAppDir = "../../../images/live_py"
 
 func needLivePy(t *testing.T) {
 	t.Helper()

@@ -22,6 +22,8 @@ import (
 //	GET  /api/v4/projects/:id/jobs/:job_id/artifacts/*path      (api/job_artifacts: download a single file by job ID)
 //	GET  /api/v4/projects/:id/variables                         (api/project_level_variables: list)
 //	POST /api/v4/projects/:id/statuses/:sha                     (api/commits: set the pipeline status of a commit)
+//	GET  /api/v4/projects/:id/repository/branches/:branch       (api/branches: get a single branch; `protected`)
+//	GET  /api/v4/projects/:id/repository/tags/:tag_name         (api/tags: get a single tag; `protected`)
 //
 // Anything else answers 404 like GitLab.
 type GitLab struct {
@@ -33,6 +35,8 @@ type GitLab struct {
 	artifacts   map[int64]map[string]string
 	variables   []Variable
 	statuses    []Status
+	// Branches and Tags are the repository's refs, with whether each is protected.
+	branches, tags map[string]bool
 
 	Outage   atomic.Bool // every request answers 500
 	Hang     atomic.Bool // every request waits until the client gives up
@@ -45,13 +49,14 @@ type Deployment struct {
 	Environment       string
 	Status            string // success, failed, running, ...
 	SHA, Ref          string
+	Tag               bool // Ref is a tag
 	Finished          time.Time
 }
 
 // Variable is a project CI/CD variable.
 type Variable struct {
-	Key, Value, Scope string
-	File, Hidden      bool
+	Key, Value, Scope       string
+	File, Hidden, Protected bool
 }
 
 // Status is a commit status the agent posted.
@@ -71,6 +76,14 @@ func (g *GitLab) AddDeployment(d Deployment, files map[string]string) {
 	defer g.mu.Unlock()
 	g.deployments = append(g.deployments, d)
 	g.artifacts[d.Job] = files
+}
+
+// SetRefs declares the repository's branches and tags, each protected or not (main is a protected branch
+// unless declared otherwise).
+func (g *GitLab) SetRefs(branches, tags map[string]bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.branches, g.tags = branches, tags
 }
 
 // SetVariables replaces the project's variables.
@@ -118,6 +131,10 @@ func (g *GitLab) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		g.listDeployments(w, r)
 	case r.Method == http.MethodGet && rest == "variables":
 		g.listVariables(w, r)
+	case r.Method == http.MethodGet && strings.HasPrefix(rest, "repository/branches/"):
+		g.getRef(w, rest, "repository/branches/", g.branches, map[string]bool{"main": true})
+	case r.Method == http.MethodGet && strings.HasPrefix(rest, "repository/tags/"):
+		g.getRef(w, rest, "repository/tags/", g.tags, nil)
 	case r.Method == http.MethodGet && strings.HasPrefix(rest, "jobs/"):
 		parts := strings.SplitN(strings.TrimPrefix(rest, "jobs/"), "/", 3)
 		if len(parts) != 3 || parts[1] != "artifacts" {
@@ -218,7 +235,7 @@ func (g *GitLab) listDeployments(w http.ResponseWriter, r *http.Request) {
 			"created_at": fin, "updated_at": fin, "user": map[string]any{"id": 1, "username": "operator", "name": "Operator", "state": "active"},
 			"environment": map[string]any{"id": 1, "name": d.Environment, "external_url": nil},
 			"deployable": map[string]any{
-				"id": d.Job, "status": d.Status, "stage": "deploy", "name": "deploy:" + d.Environment, "ref": ref, "tag": false,
+				"id": d.Job, "status": d.Status, "stage": "deploy", "name": "deploy:" + d.Environment, "ref": ref, "tag": d.Tag,
 				"created_at": fin, "started_at": fin, "finished_at": fin,
 				"pipeline": map[string]any{"id": d.Pipeline, "sha": d.SHA, "ref": ref, "status": d.Status},
 			},
@@ -239,10 +256,37 @@ func (g *GitLab) listVariables(w http.ResponseWriter, r *http.Request) {
 		if v.Hidden {
 			value = nil
 		}
-		out = append(out, map[string]any{"key": v.Key, "value": value, "variable_type": typ, "protected": false,
+		out = append(out, map[string]any{"key": v.Key, "value": value, "variable_type": typ, "protected": v.Protected,
 			"masked": v.Hidden, "hidden": v.Hidden, "raw": false, "environment_scope": v.Scope, "description": nil})
 	}
 	_ = json.NewEncoder(w).Encode(out)
+}
+
+// getRef answers a single branch or tag: 404 {"message":"404 Branch Not Found"} when there is none.
+func (g *GitLab) getRef(w http.ResponseWriter, rest, prefix string, refs, fallback map[string]bool) {
+	name, err := url.PathUnescape(strings.TrimPrefix(rest, prefix))
+	if err != nil {
+		notFound(w)
+		return
+	}
+	if refs == nil {
+		refs = fallback
+	}
+	protected, ok := refs[name]
+	if !ok {
+		w.WriteHeader(http.StatusNotFound)
+		kind := "Branch"
+		if strings.Contains(prefix, "tags") {
+			kind = "Tag"
+		}
+		fmt.Fprintf(w, `{"message":"404 %s Not Found"}`, kind)
+		return
+	}
+	_ = json.NewEncoder(w).Encode(map[string]any{
+		"name": name, "protected": protected, "merged": false, "default": name == "main",
+		"developers_can_push": !protected, "developers_can_merge": !protected, "can_push": true,
+		"commit": map[string]any{"id": "0000000000000000000000000000000000000000"},
+	})
 }
 
 func (g *GitLab) setStatus(w http.ResponseWriter, r *http.Request, sha string) {

@@ -4,15 +4,18 @@
 // Out: an http.Handler. Request bodies (a JSON array of objects, or NDJSON) are checked against the allow-list
 // here, before anything reaches the Store: an unknown table is a 404, a key that is not an allowed column is a
 // 400, and in both cases the Store is not called. Imports allowlist, client_golang and the standard library;
-// the PostgreSQL side lives in pgstore, behind Store.
+// the PostgreSQL side lives in pgstore, behind Store, and the Kafka side (optional) in kafkapub, behind
+// Publisher: a batch is published only after the Store committed it.
 package ingest
 
 import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -42,6 +45,12 @@ type Store interface {
 	Ping(ctx context.Context) error
 }
 
+// Publisher receives every committed batch (kafkapub.Publisher): one JSON object per record, the batch id as
+// the key. It returns how many records were acknowledged.
+type Publisher interface {
+	Publish(ctx context.Context, table, batch string, records [][]byte) (int, error)
+}
+
 // RejectedError is the database refusing the records themselves (a bad value, a constraint): a client error.
 type RejectedError struct {
 	Code    string // SQLSTATE
@@ -64,6 +73,10 @@ type Options struct {
 	Logger       *slog.Logger
 	// Registry receives the metrics; /metrics serves it. Default: a new registry.
 	Registry *prometheus.Registry
+	// Publisher, when set, receives every batch the Store committed (nil: no publishing).
+	Publisher Publisher
+	// PublishTimeout bounds the wait for the Publisher (default 5s); the rows are committed either way.
+	PublishTimeout time.Duration
 }
 
 type server struct {
@@ -72,6 +85,7 @@ type server struct {
 	rows     *prometheus.CounterVec
 	requests *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
+	kafka    *prometheus.CounterVec
 }
 
 // New returns the service's handler.
@@ -94,6 +108,9 @@ func New(o Options) (http.Handler, error) {
 	if o.Registry == nil {
 		o.Registry = prometheus.NewRegistry()
 	}
+	if o.PublishTimeout <= 0 {
+		o.PublishTimeout = 5 * time.Second
+	}
 	s := &server{Options: o, tokenSum: sha256.Sum256(o.Token)}
 	s.rows = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "ingest_rows_total", Help: "Rows written, by allow-listed table.",
@@ -105,7 +122,14 @@ func New(o Options) (http.Handler, error) {
 		Name: "ingest_http_request_duration_seconds", Help: "HTTP request latency, by handler.",
 		Buckets: prometheus.DefBuckets,
 	}, []string{"handler", "code"})
-	for _, c := range []prometheus.Collector{s.rows, s.requests, s.latency} {
+	s.kafka = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ingest_kafka_records_total", Help: "Committed records sent to Kafka, by table and result (published, failed).",
+	}, []string{"table", "result"})
+	collectors := []prometheus.Collector{s.rows, s.requests, s.latency}
+	if o.Publisher != nil {
+		collectors = append(collectors, s.kafka)
+	}
+	for _, c := range collectors {
 		if err := o.Registry.Register(c); err != nil {
 			return nil, fmt.Errorf("ingest: metrics: %w", err)
 		}
@@ -237,7 +261,43 @@ func (s *server) ingest(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	s.rows.WithLabelValues(t.Name).Add(float64(n))
-	writeJSON(w, http.StatusOK, map[string]any{"table": t.Name, "rows": n})
+	resp := map[string]any{"table": t.Name, "rows": n}
+	if s.Publisher != nil && n > 0 {
+		batch, published := s.publish(r.Context(), t.Name, records)
+		resp["batch"] = batch
+		resp["kafka"] = published
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// publish sends a committed batch to the Publisher and says "published" or "failed". The rows are in
+// PostgreSQL either way, so a failure is logged and counted, not the client's error (a retry would write the
+// rows twice). The client going away does not cancel it: the batch is committed.
+func (s *server) publish(ctx context.Context, table string, records []record) (batch, result string) {
+	var id [16]byte
+	_, _ = rand.Read(id[:]) // crypto/rand.Read does not fail
+	batch = hex.EncodeToString(id[:])
+	values := make([][]byte, len(records))
+	for i, rec := range records {
+		v, err := json.Marshal(rec) // keys sorted: the same record is the same bytes
+		if err != nil {
+			s.Logger.Error("kafka: encode record", "table", table, "batch", batch, "err", err)
+			s.kafka.WithLabelValues(table, "failed").Add(float64(len(records)))
+			return batch, "failed"
+		}
+		values[i] = v
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.PublishTimeout)
+	defer cancel()
+	acked, err := s.Publisher.Publish(ctx, table, batch, values)
+	s.kafka.WithLabelValues(table, "published").Add(float64(acked))
+	if err != nil {
+		s.kafka.WithLabelValues(table, "failed").Add(float64(len(records) - acked))
+		s.Logger.Error("kafka: publish failed; the rows are committed in PostgreSQL", "table", table, "batch", batch,
+			"records", len(records), "acknowledged", acked, "err", err)
+		return batch, "failed"
+	}
+	return batch, "published"
 }
 
 func clip(s string) string {

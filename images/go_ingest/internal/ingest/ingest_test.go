@@ -47,6 +47,12 @@ const eventsColumns = `id bigserial PRIMARY KEY, source text NOT NULL, n integer
 
 func newFixture(t *testing.T, maxBody int64) *fixture {
 	t.Helper()
+	return newFixtureWith(t, ingest.Options{MaxBodyBytes: maxBody})
+}
+
+// newFixtureWith is newFixture with more options (the table, store, token and logger are the fixture's).
+func newFixtureWith(t *testing.T, o ingest.Options) *fixture {
+	t.Helper()
 	pool := pgtest.Pool(t)
 	table := pgtest.Table(t, pool, "events", eventsColumns)
 	list, err := allowlist.ParseCompact("events=" + table + ":source,n,ts,payload,tags")
@@ -59,10 +65,11 @@ func newFixture(t *testing.T, maxBody int64) *fixture {
 	}
 	t.Cleanup(st.Close)
 	f := &fixture{pool: pool, table: table, store: &counting{Store: st}}
-	h, err := ingest.New(ingest.Options{
-		Tables: list, Store: f.store, Token: []byte(token), MaxBodyBytes: maxBody,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-	})
+	o.Tables, o.Store, o.Token = list, f.store, []byte(token)
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	h, err := ingest.New(o)
 	if err != nil {
 		t.Fatal(err)
 	}
