@@ -312,21 +312,3 @@ func TestGitSubdirectory(t *testing.T) {
 		t.Errorf("paths = %v, want %v", d.Paths, want)
 	}
 }
-
-func TestBaseFromEnv(t *testing.T) {
-	env := func(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
-	for _, tc := range []struct {
-		env        map[string]string
-		base, from string
-	}{
-		{map[string]string{"CI_MERGE_REQUEST_DIFF_BASE_SHA": "abc", "CI_COMMIT_BEFORE_SHA": "def"}, "abc", "CI_MERGE_REQUEST_DIFF_BASE_SHA"},
-		{map[string]string{"CI_COMMIT_BEFORE_SHA": "def"}, "def", "CI_COMMIT_BEFORE_SHA"},
-		{map[string]string{"CI_COMMIT_BEFORE_SHA": ZeroSHA}, "", "CI_COMMIT_BEFORE_SHA is all zeros (first push of a branch)"},
-		{map[string]string{}, "", "no base revision (neither --base nor CI_MERGE_REQUEST_DIFF_BASE_SHA nor CI_COMMIT_BEFORE_SHA)"},
-	} {
-		base, from := BaseFromEnv(env(tc.env))
-		if base != tc.base || from != tc.from {
-			t.Errorf("%v: got %q %q, want %q %q", tc.env, base, from, tc.base, tc.from)
-		}
-	}
-}

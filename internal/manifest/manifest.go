@@ -44,6 +44,15 @@ type Release struct {
 	Channel       string           `json:"channel"`
 	Images        map[string]Image `json:"images"`
 	Stacks        map[string]Stack `json:"stacks"`
+	// Base is the release this one reuses images from; omitted when unknown. Optional, added
+	// after schema_version 1 was published: readers must not require it.
+	Base *Base `json:"base,omitempty"`
+}
+
+// Base names the earlier release a release reuses images from.
+type Base struct {
+	Commit  string `json:"commit"`  // the commit of that release: the base of the pipeline's diff
+	Channel string `json:"channel"` // the channel it was read from (release-<ref slug>)
 }
 
 // Pipeline identifies the GitLab pipeline that made the release.
