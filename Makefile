@@ -3,7 +3,7 @@ SHELL := /bin/bash
 GO ?= go
 export PATH := $(CURDIR)/.tools/node_modules/.bin:$(HOME)/go/bin:$(PATH)
 
-.PHONY: build test test-go test-py fuzz demo demo-clean bench tools check-digests
+.PHONY: build test test-go test-py fuzz faults demo demo-clean bench tools check-digests
 build:
 	CGO_ENABLED=0 $(GO) build -o bin/ ./cmd/...
 
@@ -45,6 +45,15 @@ fuzz:
 test-py:
 	images/live_py/test.sh
 	images/batch_etl/test.sh
+
+# The fault suite (cmd/agent/faults_test.go): each fault FAULT_REPEAT times against the private swarm, the
+# GitLab API stand-in and a stalling registry; the table goes to docs/reliability.md's format on stdout.
+FAULT_REPEAT ?= 5
+faults:
+	rm -f /tmp/sawmill-faults.md
+	SAWMILL_TEST_DOCKER_HOST=$${SAWMILL_TEST_DOCKER_HOST:-$$(hack/dockerd.sh start)} FAULT_REPEAT=$(FAULT_REPEAT) \
+	FAULT_TABLE=/tmp/sawmill-faults.md $(GO) test -count=1 -timeout 60m -run '^TestFault' ./cmd/agent/
+	@echo "| fault | repetitions | outcome | recovery |"; echo "|---|---|---|---|"; cat /tmp/sawmill-faults.md
 
 bench:
 	SAWMILL_TEST_DOCKER_HOST=$${SAWMILL_TEST_DOCKER_HOST:-$$(hack/dockerd.sh start)} bench/run.sh

@@ -56,12 +56,14 @@ type Config struct {
 	// AllowedHostPaths are the host paths bind mounts may expose (none by default).
 	AllowedHostPaths []string `mapstructure:"allowed_host_paths"`
 	// The signature and policy gates.
-	PolicyMode        string              `mapstructure:"policy_mode"`
-	Policies          []string            `mapstructure:"policies"`
-	NoDefaultPolicies bool                `mapstructure:"no_default_policies"`
-	AllowedRegistries []string            `mapstructure:"allowed_registries"`
-	SkipVerify        bool                `mapstructure:"skip_verify"`
-	Trust             *verify.TrustPolicy `mapstructure:"trust"`
+	PolicyMode        string   `mapstructure:"policy_mode"`
+	Policies          []string `mapstructure:"policies"`
+	NoDefaultPolicies bool     `mapstructure:"no_default_policies"`
+	AllowedRegistries []string `mapstructure:"allowed_registries"`
+	SkipVerify        bool     `mapstructure:"skip_verify"`
+	// RegistryTimeout bounds the verification of one image (resolving it and fetching its signatures).
+	RegistryTimeout time.Duration       `mapstructure:"registry_timeout"`
+	Trust           *verify.TrustPolicy `mapstructure:"trust"`
 }
 
 // GitLabConfig says where the releases and variables come from (source gitlab). The token itself only comes
@@ -72,6 +74,8 @@ type GitLabConfig struct {
 	TokenEnv  string `mapstructure:"token_env"`
 	TokenFile string `mapstructure:"token_file"`
 	Variables bool   `mapstructure:"variables"`
+	// Timeout bounds every call to GitLab's API.
+	Timeout time.Duration `mapstructure:"timeout"`
 }
 
 // GitConfig is source git: a repository, a branch or tag, and the release directory inside it.
@@ -122,7 +126,7 @@ type LeaseConfig struct {
 func defaultConfig() Config {
 	return Config{
 		Source:       "gitlab",
-		GitLab:       GitLabConfig{TokenEnv: "SAWMILL_GITLAB_TOKEN"},
+		GitLab:       GitLabConfig{TokenEnv: "SAWMILL_GITLAB_TOKEN", Timeout: 30 * time.Second},
 		Git:          GitConfig{Ref: "main", Path: "release"},
 		Interval:     time.Minute,
 		Jitter:       0.1,
@@ -136,6 +140,8 @@ func defaultConfig() Config {
 		LogFormat:    "text",
 		PolicyMode:   string(policy.ModeEnforce),
 		Tier:         "production",
+		// A registry answers within seconds; the default leaves room for a slow one and a large index.
+		RegistryTimeout: 30 * time.Second,
 	}
 }
 
@@ -216,6 +222,9 @@ func (c *Config) validate() error {
 	}
 	if c.Timeout <= 0 {
 		bad("timeout", "%s: must be positive", c.Timeout)
+	}
+	if c.GitLab.Timeout <= 0 {
+		bad("gitlab.timeout", "%s: must be positive", c.GitLab.Timeout)
 	}
 	if c.CycleTimeout < c.Timeout {
 		bad("cycle_timeout", "%s: must be at least timeout (%s): a cycle includes a rollout", c.CycleTimeout, c.Timeout)

@@ -83,10 +83,11 @@ func runCmd(v *viper.Viper, d deps) *cobra.Command {
 				loop.Show = func(c *reconcile.Cycle) { printRun(d.stdout, c, flow.PolicyMode) }
 			}
 			if !cfg.Lease.Disabled {
-				host, _ := os.Hostname()
-				nonce := make([]byte, 4)
-				_, _ = rand.Read(nonce)
-				loop.Lease = &swarm.Lease{Client: c, Holder: fmt.Sprintf("%s/%d/%x", host, os.Getpid(), nonce), TTL: cfg.Lease.TTL, Name: cfg.Lease.Name}
+				holder, err := holderID(cfg.StateDir)
+				if err != nil {
+					return err
+				}
+				loop.Lease = &swarm.Lease{Client: c, Holder: holder, TTL: cfg.Lease.TTL, Name: cfg.Lease.Name}
 			}
 			loop.Revision = revision(flow)
 			if err := setSource(loop, cfg, d.redact); err != nil {
@@ -153,8 +154,12 @@ func newFlow(cfg *Config, c swarm.Client, log *slog.Logger) (*reconcile.Flow, er
 	if cfg.Trust == nil {
 		return nil, usageError{errNoTrust}
 	}
-	flow.Verify, err = newVerifier(*cfg.Trust, log)
-	return flow, err
+	trust, err := cfg.Trust.Compile()
+	if err != nil {
+		return nil, err
+	}
+	flow.Verify = verify.New(trust, verify.Options{Logger: log, Timeout: cfg.RegistryTimeout})
+	return flow, nil
 }
 
 // setSource sets the loop's source of releases (and, for GitLab, its reporter and variables).
@@ -186,7 +191,7 @@ func setSource(loop *reconcile.Loop, cfg *Config, r *redact.Redactor) error {
 		}
 		// Every call has a deadline; the client's own retries (429, 5xx) are few and short, the loop backs off.
 		gc, err := gitlab.NewClient(token, gitlab.WithBaseURL(strings.TrimSuffix(g.URL, "/")+"/api/v4"),
-			gitlab.WithHTTPClient(&http.Client{Timeout: 30 * time.Second}), gitlab.WithCustomRetryMax(2),
+			gitlab.WithHTTPClient(&http.Client{Timeout: g.Timeout}), gitlab.WithCustomRetryMax(2),
 			gitlab.WithCustomRetryWaitMinMax(500*time.Millisecond, 5*time.Second))
 		if err != nil {
 			return usageError{fmt.Errorf("gitlab.url: %w", err)}
@@ -288,4 +293,21 @@ func retryCmd(d deps) *cobra.Command {
 	}
 	cmd.Flags().String("state-dir", defaultConfig().StateDir, "the daemon's state directory")
 	return cmd
+}
+
+// holderID names this agent in the lease: the host and an identifier kept in the state directory, so that an
+// agent restarted after a crash takes its own lease back at once instead of waiting for it to expire.
+func holderID(stateDir string) (string, error) {
+	path := filepath.Join(stateDir, "holder")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		id := make([]byte, 6)
+		_, _ = rand.Read(id)
+		b = []byte(fmt.Sprintf("%x", id))
+		if err := os.WriteFile(path, b, 0o600); err != nil {
+			return "", fmt.Errorf("lease holder: %w", err)
+		}
+	}
+	host, _ := os.Hostname()
+	return host + "/" + strings.TrimSpace(string(b)), nil
 }
