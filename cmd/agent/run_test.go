@@ -84,6 +84,8 @@ func (e daemonEnv) setenv() {
 	e.t.Setenv("SAWMILL_GITLAB_TOKEN", "glpat-agent")
 	e.t.Setenv("SAWMILL_GITLAB_VARIABLES", "true")
 	e.t.Setenv("SAWMILL_WEBHOOK_TOKEN", "hook-secret")
+	// A lease of the test's own: other agents on the test swarm (other tests, other packages) do not count.
+	e.t.Setenv("SAWMILL_LEASE_NAME", "sawmill-test-lease-"+e.name)
 }
 
 func TestDaemonFollowsGitLab(t *testing.T) {
