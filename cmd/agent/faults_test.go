@@ -272,8 +272,7 @@ func TestFaultAgentKilledMidRollout(t *testing.T) {
 	state := t.TempDir()
 	commit := strings.Repeat("3", 40)
 	gl.AddDeployment(testenv.Deployment{ID: 1, Job: 11, Pipeline: 1, Environment: "staging", Status: "success", SHA: commit, Finished: time.Now()}, release(name, commit, env.image, env.port, ""))
-	envVars := []string{"DOCKER_HOST=" + os.Getenv("SAWMILL_TEST_DOCKER_HOST"), "SAWMILL_GITLAB_URL=" + env.url, "SAWMILL_GITLAB_PROJECT=sawmill/platform",
-		"SAWMILL_GITLAB_TOKEN=glpat-agent", "SAWMILL_GITLAB_VARIABLES=true"}
+	envVars := []string{"DOCKER_HOST=" + os.Getenv("SAWMILL_TEST_DOCKER_HOST")}
 	args := []string{"--environment", "staging", "--state-dir", state, "--policy-mode", "off", "--timeout", "2m", "--interval", "1h"}
 	if r := runAgent(t, dc, append([]string{"run", "--once", "--listen", ""}, args...)...); r.code != 0 {
 		t.Fatalf("first rollout: exit %d", r.code)
@@ -344,8 +343,7 @@ func TestFaultLeaderKilledOrFrozen(t *testing.T) {
 	leaseName := "sawmill-test-lease-" + name
 	cfg := filepath.Join(t.TempDir(), "agent.yaml")
 	writeFile(t, cfg, fmt.Sprintf("lease: {ttl: 6s, name: %s}\n", leaseName))
-	envVars := []string{"DOCKER_HOST=" + os.Getenv("SAWMILL_TEST_DOCKER_HOST"), "SAWMILL_GITLAB_URL=" + env.url, "SAWMILL_GITLAB_PROJECT=sawmill/platform",
-		"SAWMILL_GITLAB_TOKEN=glpat-agent", "SAWMILL_GITLAB_VARIABLES=true"}
+	envVars := []string{"DOCKER_HOST=" + os.Getenv("SAWMILL_TEST_DOCKER_HOST")} // and the SAWMILL_* settings of newDaemonEnv
 	start := func() *agentProcess {
 		return startAgentProcess(t, envVars, "--config", cfg, "--environment", "staging", "--state-dir", t.TempDir(), "--policy-mode", "off", "--timeout", "2m", "--interval", "2s")
 	}

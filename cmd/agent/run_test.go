@@ -382,29 +382,7 @@ func TestDaemonKilledMidRolloutResumes(t *testing.T) {
 	if got := get(t, fmt.Sprintf("http://127.0.0.1:%d/secret/db_password", port)); got != sha("pw-two") {
 		t.Fatal("the restarted agent did not finish the rotation")
 	}
-	svc, err := dc.ServiceInspect(context.Background(), name+"_web", client.ServiceInspectOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	used := map[string]bool{}
-	for _, spec := range []*swarmSpec{specOf(svc.Service.Spec), specOf(svc.Service.PreviousSpec)} {
-		if spec != nil {
-			for _, s := range spec.secrets {
-				used[s] = true
-			}
-		}
-	}
-	names := secrets()
-	seen := map[string]bool{}
-	for _, n := range names {
-		if seen[n] {
-			t.Fatalf("duplicate secret %s", n)
-		}
-		seen[n] = true
-		if !used[n] {
-			t.Fatalf("orphaned secret %s: neither the spec nor the previous spec uses it (secrets %v)", n, names)
-		}
-	}
+	assertSecretsClean(t, dc, name)
 }
 
 type swarmSpec struct{ secrets []string }
