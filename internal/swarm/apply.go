@@ -71,8 +71,13 @@ func (e *RolloutError) Error() string {
 	return msg
 }
 
-// fail rolls the failed targets back, records what happened in res, and returns the rollout error.
+// fail rolls the failed targets back, records what happened in res, and returns the rollout error. A rollout
+// interrupted (the agent stops, or lost its lease) did not fail: it is left as it is, to be resumed by the
+// next run (which waits for an update in flight), and the error is transient.
 func (a *Applier) fail(ctx context.Context, res *Result, targets []target, failures []Failure) error {
+	if err := ctx.Err(); err != nil {
+		return fault.TransientErr(fmt.Errorf("rollout interrupted (%w): the next run resumes it", err))
+	}
 	rb := a.rollback(ctx, targets, failures)
 	res.Failures, res.RolledBack, res.Removed, res.NotRolledBack = failures, rb.rolledBack, rb.removed, rb.notDone
 	return fault.RolloutErr(&RolloutError{Failures: failures, RolledBack: rb.rolledBack, Removed: rb.removed, NotRolledBack: rb.notDone})
