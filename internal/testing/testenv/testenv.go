@@ -53,7 +53,7 @@ func Docker(t testing.TB) *client.Client {
 		t.Fatalf("docker client: %v", err)
 	}
 	t.Cleanup(func() { c.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	info, err := c.Info(ctx, client.InfoOptions{})
 	if err != nil {
