@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
+	"github.com/moby/moby/api/types/mount"
 	"github.com/moby/moby/client"
 
 	"github.com/sabeiro/sawmill/internal/testing/testenv"
@@ -86,6 +88,30 @@ func TestApplyVerifiesSignatures(t *testing.T) {
 	svc, _ = dc.ServiceInspect(context.Background(), name+"_s0", client.ServiceInspectOptions{})
 	if got := svc.Service.Spec.TaskTemplate.ContainerSpec.Image; got != reg+"/app:signed@"+signed {
 		t.Fatalf("after apply the service runs %s, want the verified digest back", got)
+	}
+
+	// A change that *adds* something (a bind mount of /, a capability, LD_PRELOAD) is drift too, and put back.
+	svc, _ = dc.ServiceInspect(context.Background(), name+"_s0", client.ServiceInspectOptions{})
+	spec = svc.Service.Spec
+	cs := *spec.TaskTemplate.ContainerSpec
+	cs.Mounts = append(cs.Mounts, mount.Mount{Type: mount.TypeBind, Source: "/", Target: "/host", ReadOnly: true})
+	cs.CapabilityAdd = append(cs.CapabilityAdd, "CAP_SYS_ADMIN")
+	cs.Env = append(cs.Env, "LD_PRELOAD=/host/tmp/evil.so")
+	spec.TaskTemplate.ContainerSpec = &cs
+	if _, err := dc.ServiceUpdate(context.Background(), svc.Service.ID, client.ServiceUpdateOptions{Version: svc.Service.Version, Spec: spec}); err != nil {
+		t.Fatal(err)
+	}
+	r = runAgent(t, dc, "plan", "--trust", trust, "--policy-mode", "off", "-c", compose(reg+"/app:signed"), name)
+	if r.code != 0 || !strings.Contains(r.stdout, "drift") || !strings.Contains(r.stdout, "TaskTemplate.ContainerSpec.Mounts") ||
+		!strings.Contains(r.stdout, "TaskTemplate.ContainerSpec.CapabilityAdd") || !strings.Contains(r.stdout, "TaskTemplate.ContainerSpec.Env") {
+		t.Fatalf("plan does not report the added fields as drift:\n%s", r.stdout)
+	}
+	if r := runAgent(t, dc, "apply", "--trust", trust, "--policy-mode", "off", "-c", compose(reg+"/app:signed"), name, "--timeout", "2m"); r.code != 0 {
+		t.Fatalf("apply after added-field drift: exit %d", r.code)
+	}
+	svc, _ = dc.ServiceInspect(context.Background(), name+"_s0", client.ServiceInspectOptions{})
+	if c := svc.Service.Spec.TaskTemplate.ContainerSpec; len(c.Mounts) != 0 || len(c.CapabilityAdd) != 0 || slices.ContainsFunc(c.Env, func(e string) bool { return strings.HasPrefix(e, "LD_PRELOAD") }) {
+		t.Fatalf("after apply the added fields are still there: %+v", c)
 	}
 
 	// Five services, one image unsigned: the whole stack is refused, nothing written.
