@@ -190,6 +190,11 @@ test_host_path_allow_list if {
 	count(denies) == 0 with input as with_config(bind("/srv/data/sub"), allowed)
 	deny_rules == {"host_path"} with input as with_config(bind("/srv/database"), allowed)
 	deny_rules == {"host_path"} with input as with_config(bind("/srv"), allowed)
+	# the pipeline's check cannot know the agents' allow-list: a warning naming the setting needed
+	pre := {"pre_release": "registry.example"}
+	count(denies) == 0 with input as with_config(bind("/srv/data"), pre)
+	warn_rules == {"host_path_allow_needed"} with input as with_config(bind("/srv/data"), pre)
+	count(warns) == 0 with input as with_config(bind("/srv/data"), object.union(pre, allowed))
 	# named volumes and tmpfs are not host paths
 	count(denies) == 0 with input as with_patch({"mounts": [{"type": "volume", "source": "data", "target": "/d"}, {"type": "tmpfs", "source": "", "target": "/t"}]})
 }

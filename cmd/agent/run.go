@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -94,11 +93,14 @@ func runCmd(v *viper.Viper, d deps) *cobra.Command {
 
 			ctx := cmd.Context()
 			if cfg.Listen != "" {
-				l, err := net.Listen("tcp", cfg.Listen)
+				l, err := listen(cfg.Listen)
 				if err != nil {
 					return fmt.Errorf("listen %s: %w", cfg.Listen, err)
 				}
-				hook := os.Getenv(cfg.Webhook.TokenEnv)
+				hook, err := cfg.webhookToken()
+				if err != nil {
+					return err
+				}
 				d.redact.Add(hook)
 				srv := &http.Server{Handler: status.Handler(loop, metrics, hook), ReadHeaderTimeout: 10 * time.Second}
 				go srv.Serve(l)
