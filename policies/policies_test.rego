@@ -156,6 +156,13 @@ test_other_dropped_keys_warn if {
 	warn_rules == {"dropped_key"} with input as inp
 }
 
+test_host_network_through_swarm if {
+	hostnet := {"spec": {"TaskTemplate": {"Networks": [{"Target": "host"}]}}}
+	deny_rules == {"host_network"} with input as with_patch(hostnet)
+	count(denies) == 0 with input as with_patch({"spec": {"TaskTemplate": {"Networks": [{"Target": "backend"}]}}})
+	count(denies) == 0 with input as with_config(with_patch(object.union(hostnet, exempt("host_network"))), grant("host_network"))
+}
+
 test_capabilities if {
 	deny_rules == {"capabilities"} with input as with_patch({"capabilities": {"add": ["CAP_SYS_ADMIN"], "drop": []}})
 	count(denies) == 0 with input as with_patch({"capabilities": {"add": ["NET_BIND_SERVICE"], "drop": []}})

@@ -32,6 +32,16 @@ deny_privileged contains d if {
 #   Exempt: deploy label io.sawmill.exception.host_network (host_pid, host_ipc)=<reason>.
 deny_host_network contains d if some d in host_namespace("network_mode")
 
+# The same namespace through Swarm: a service attached to the network named host (an external network
+# `name: host` in the compose file) shares the node's network as network_mode: host would.
+deny_host_network contains d if {
+	some svc in input.services
+	some n in object.get(svc.spec, ["TaskTemplate", "Networks"], [])
+	n.Target == "host"
+	not exempt(svc, "host_network")
+	d := decision(svc, "host_network", "joins the node's network (the Swarm network host)")
+}
+
 deny_host_pid contains d if some d in host_namespace("pid")
 
 deny_host_ipc contains d if some d in host_namespace("ipc")
