@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -23,6 +25,7 @@ import (
 	"github.com/sabeiro/sawmill/internal/reconcile"
 	"github.com/sabeiro/sawmill/internal/stack"
 	"github.com/sabeiro/sawmill/internal/swarm"
+	"github.com/sabeiro/sawmill/internal/verify"
 )
 
 // The objects `agent install` creates from the operator's files, which stacks/agent/compose.yaml names as
@@ -127,6 +130,14 @@ func installCmd(v *viper.Viper, d deps) *cobra.Command {
 			defer os.RemoveAll(dir)
 			local := *cfg
 			local.StateDir, local.GitLab.TokenFile = dir, ""
+			// Verify with the trust policy being installed (its keys inlined), as the service will.
+			var shippedDoc struct {
+				Trust *verify.TrustPolicy `yaml:"trust"`
+			}
+			if err := yaml.Unmarshal(shipped, &shippedDoc); err != nil {
+				return usageError{fmt.Errorf("config %s: trust: %w", path, err)}
+			}
+			local.Trust = shippedDoc.Trust
 			local.GitLab.TokenEnv = "SAWMILL_INSTALL_TOKEN_UNUSED"
 			flow, err := newFlow(&local, c, log)
 			if err != nil {
@@ -355,12 +366,14 @@ func (o installObject) remove(ctx context.Context, c swarm.Client, id string) er
 // <stack>_state there).
 func uninstallCmd(d deps) *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "uninstall [--stack agent]",
+		Use:   "uninstall [--stack agent] [--lease-name NAME --lease-ttl TTL]",
 		Short: "Remove the agent's service and the objects install made; the platform's stacks keep running",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			name, _ := cmd.Flags().GetString("stack")
 			timeout, _ := cmd.Flags().GetDuration("timeout")
+			leaseName, _ := cmd.Flags().GetString("lease-name")
+			ttl, _ := cmd.Flags().GetDuration("lease-ttl")
 			c, err := d.connect()
 			if err != nil {
 				return err
@@ -368,6 +381,24 @@ func uninstallCmd(d deps) *cobra.Command {
 			defer c.Close()
 			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 			defer cancel()
+			// The agent would put its own service back: first the lease is taken from every agent, and
+			// uninstall waits until the one that acted has seen that (it renews every third of the TTL).
+			host, _ := os.Hostname()
+			holder := "agent-uninstall/" + host
+			if err := seizeLease(ctx, c, leaseName, holder, timeout+ttl); err != nil {
+				return err
+			}
+			defer func() {
+				rctx, rcancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer rcancel()
+				_ = (&swarm.Lease{Client: c, Name: leaseName, Holder: holder}).Release(rctx)
+			}()
+			fmt.Fprintf(d.stdout, "took the lease %s: no agent acts; waiting %s for the acting one to stop\n", leaseName, ttl)
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(ttl):
+			}
 			removed, err := uninstall(ctx, c, name)
 			for _, r := range removed {
 				fmt.Fprintln(d.stdout, "removed", r)
@@ -378,7 +409,46 @@ func uninstallCmd(d deps) *cobra.Command {
 	f := cmd.Flags()
 	f.String("stack", "agent", "the agent's stack")
 	f.Duration("timeout", 2*time.Minute, "how long to wait for the agent's tasks to stop")
+	def := defaultConfig()
+	f.String("lease-name", def.Lease.Name, "the agents' lease (agent.yaml lease.name)")
+	f.Duration("lease-ttl", def.Lease.TTL, "the agents' lease TTL (agent.yaml lease.ttl)")
 	return cmd
+}
+
+// seizeLease makes holder the lease's holder for d, whoever holds it: every agent's next renewal fails, so
+// the acting one stops its cycle and all stand by. (The labels are internal/swarm's lease labels.)
+func seizeLease(ctx context.Context, c swarm.Client, name, holder string, d time.Duration) error {
+	for {
+		l, err := c.ConfigList(ctx, client.ConfigListOptions{Filters: make(client.Filters).Add("name", name)})
+		if err != nil {
+			return fmt.Errorf("lease: %w", err)
+		}
+		labels := map[string]string{stack.LabelOwner: stack.OwnerValue, "io.sawmill.lease.holder": holder,
+			"io.sawmill.lease.expires": strconv.FormatInt(time.Now().Add(d).UnixMilli(), 10)}
+		var cur *mobyswarm.Config
+		for i := range l.Items {
+			if l.Items[i].Spec.Name == name {
+				cur = &l.Items[i]
+			}
+		}
+		if cur == nil {
+			_, err = c.ConfigCreate(ctx, client.ConfigCreateOptions{Spec: mobyswarm.ConfigSpec{
+				Annotations: mobyswarm.Annotations{Name: name, Labels: labels}, Data: []byte("sawmill agent lease\n")}})
+		} else {
+			spec := cur.Spec
+			spec.Labels = labels
+			_, err = c.ConfigUpdate(ctx, cur.ID, client.ConfigUpdateOptions{Version: cur.Version, Spec: spec})
+		}
+		if err == nil {
+			return nil
+		}
+		// Another update came first (a renewal): read it again.
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("lease: %w", errors.Join(err, ctx.Err()))
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
 
 // uninstall removes the agent stack's services (those the agent owns), then its networks, secrets and
@@ -406,8 +476,15 @@ func uninstall(ctx context.Context, c swarm.Client, name string) ([]string, erro
 	}
 	// The tasks take a moment to go; until then their secrets, configs, networks and volumes are in use.
 	for len(ids) > 0 {
-		tasks, err := c.TaskList(ctx, client.TaskListOptions{Filters: make(client.Filters).Add("service", ids...)})
-		if err == nil && len(tasks.Items) == 0 {
+		// Listed unfiltered: a filter naming a removed service is an error on some engines.
+		tasks, err := c.TaskList(ctx, client.TaskListOptions{})
+		left := 0
+		for _, tk := range tasks.Items {
+			if slices.Contains(ids, tk.ServiceID) {
+				left++
+			}
+		}
+		if err == nil && left == 0 {
 			break
 		}
 		select {
@@ -445,7 +522,7 @@ func uninstall(ctx context.Context, c swarm.Client, name string) ([]string, erro
 	}
 	configs, err := c.ConfigList(ctx, client.ConfigListOptions{})
 	if err != nil {
-		return removed, fmt.Errorf("list configs: %w", err)
+		return removed, errors.Join(append(errs, fmt.Errorf("list configs: %w", err))...)
 	}
 	for _, x := range configs.Items {
 		if own(x.Spec.Labels) || x.Spec.Labels[labelInstalled] != "" {
@@ -454,7 +531,7 @@ func uninstall(ctx context.Context, c swarm.Client, name string) ([]string, erro
 	}
 	nets, err := c.NetworkList(ctx, client.NetworkListOptions{Filters: byStack})
 	if err != nil {
-		return removed, fmt.Errorf("list networks: %w", err)
+		return removed, errors.Join(append(errs, fmt.Errorf("list networks: %w", err))...)
 	}
 	for _, n := range nets.Items {
 		if own(n.Labels) {
