@@ -67,8 +67,8 @@ func installCmd(v *viper.Viper, d deps) *cobra.Command {
 			name, _ := cmd.Flags().GetString("stack")
 			tokenFile, _ := cmd.Flags().GetString("token-file")
 			hookFile, _ := cmd.Flags().GetString("webhook-token-file")
-			if cfg.Source != "gitlab" {
-				return usageError{fmt.Errorf("config %s: source %s: the agent as a service follows GitLab (source gitlab); run `agent run` on the host for a directory or a git repository", path, cfg.Source)}
+			if cfg.Source == "dir" {
+				return usageError{fmt.Errorf("config %s: source dir: a directory of this machine does not reach the agent's service; use source gitlab (or git), or run `agent run` on the host", path)}
 			}
 			if len(cfg.Policies) > 0 {
 				return usageError{fmt.Errorf("config %s: policies: the agent's image carries the default policies only; a policy directory of the host does not reach the service (leave policies empty)", path)}
@@ -85,8 +85,11 @@ func installCmd(v *viper.Viper, d deps) *cobra.Command {
 			if err != nil {
 				return usageError{fmt.Errorf("--token-file: %w", err)}
 			}
-			if token == "" {
+			switch {
+			case token == "" && cfg.Source == "gitlab":
 				return usageError{fmt.Errorf("the GitLab token: give --token-file or set $%s", cfg.GitLab.TokenEnv)}
+			case token == "":
+				token = "none" // source git: the secret the stack mounts is not read
 			}
 			d.redact.Add(token)
 			hook, err := readToken(hookFile, cfg.Webhook.TokenEnv)

@@ -178,7 +178,7 @@ func setSource(loop *reconcile.Loop, cfg *Config, r *redact.Redactor) error {
 		if cfg.Git.URL == "" {
 			return usageError{fmt.Errorf("source git needs git.url (and git.ref, git.path)")}
 		}
-		loop.Source = &source.Git{URL: cfg.Git.URL, Ref: cfg.Git.Ref, Path: cfg.Git.Path, Dir: filepath.Join(cfg.StateDir, "git"), Env: os.Environ()}
+		loop.Source = &source.Git{URL: cfg.Git.URL, Ref: cfg.Git.Ref, Path: cfg.Git.Path, Dir: filepath.Join(cfg.StateDir, "git")}
 	case "gitlab":
 		g := cfg.GitLab
 		token := os.Getenv(g.TokenEnv)
