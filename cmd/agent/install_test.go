@@ -162,3 +162,37 @@ func TestInstallInlinesTrustKeys(t *testing.T) {
 		t.Errorf("a keyless trusted_root file: %v", err)
 	}
 }
+
+// install refuses, before it touches the swarm, what its service could not run with.
+func TestInstallRefusesWhatTheServiceCannotUse(t *testing.T) {
+	t.Setenv("SAWMILL_GITLAB_TOKEN", "")
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	gitlab := "environment: production\ngitlab: {url: https://gitlab.example.com, project: sawmill/platform}\n"
+	for _, c := range []struct{ name, config, want string }{
+		{"no configuration", "", "--config"},
+		{"a directory of this machine", "environment: production\nsource: dir\ndir: /srv/release\n", "source dir"},
+		{"a policy directory of this machine", gitlab + "policies: [/etc/sawmill/policies]\n", "policies"},
+		{"no GitLab token", gitlab, "--token-file"},
+		{"a keyless trusted root file", gitlab + "trust: {rules: [{pattern: x, authorities: [{name: k, keyless: {issuer: i, trusted_root: /etc/root.json}}]}]}\n", "trusted_root"},
+		{"an unknown key", gitlab + "grant: []\n", `unknown key "grant"`},
+	} {
+		args := []string{"install"}
+		if c.config != "" {
+			args = append(args, "--config", write("agent.yaml", c.config), "--token-file", write("token", "glpat-x"))
+			if c.want == "--token-file" {
+				args = args[:len(args)-2]
+			}
+		}
+		r := runOffline(t, args...)
+		if r.code != 2 || !strings.Contains(r.stderr, c.want) {
+			t.Errorf("%s: exit %d, want 2 naming %q\n%s", c.name, r.code, c.want, r.stderr)
+		}
+	}
+}
