@@ -96,8 +96,10 @@ func installCmd(v *viper.Viper, d deps) *cobra.Command {
 			if err != nil {
 				return usageError{fmt.Errorf("--webhook-token-file: %w", err)}
 			}
-			if hook == "" {
-				// No webhook token: a random one nobody knows, so the webhook refuses every call (the agent polls).
+			generated := hook == ""
+			if generated {
+				// No webhook token: a random one nobody knows, so the webhook refuses every call (the agent polls);
+				// one made by an earlier install is kept.
 				b := make([]byte, 32)
 				_, _ = rand.Read(b)
 				hook = hex.EncodeToString(b)
@@ -118,7 +120,7 @@ func installCmd(v *viper.Viper, d deps) *cobra.Command {
 			for _, o := range []installObject{
 				{kind: "config", name: installConfigName, data: shipped},
 				{kind: "secret", name: installGitLabToken, data: []byte(token)},
-				{kind: "secret", name: installWebhookName, data: []byte(hook)},
+				{kind: "secret", name: installWebhookName, data: []byte(hook), keep: generated},
 			} {
 				if err := o.ensure(ctx, c, key, name); err != nil {
 					return err
@@ -292,6 +294,8 @@ func lookup(n *yaml.Node, key string) *yaml.Node {
 type installObject struct {
 	kind, name string
 	data       []byte
+	// keep an existing object made by install whatever its content (a generated token).
+	keep bool
 }
 
 // ensure creates the object, or keeps it when it holds the same content; a changed content replaces it
@@ -306,7 +310,7 @@ func (o installObject) ensure(ctx context.Context, c swarm.Client, key []byte, s
 		return err
 	}
 	if id != "" {
-		if cur[labelInstallHash] == sum {
+		if cur[labelInstallHash] == sum || (o.keep && cur[labelInstalled] != "") {
 			return nil
 		}
 		if cur[labelInstalled] == "" {

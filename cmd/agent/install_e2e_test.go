@@ -337,6 +337,10 @@ trust:
 	waitUntil(t, "the agent service deploys the demo and reports success", 2*time.Minute, func() (bool, string) {
 		return status(c2) == "success", "status " + status(c2)
 	})
+	// Installing again with the same files changes nothing: the objects are kept, the running agent acts.
+	if r := install(); r.code != 0 || !strings.Contains(r.stdout, "an agent already acts") {
+		t.Errorf("a second install: exit %d, want 0 and the running agent left to act", r.code)
+	}
 	demo, err := dc.ServiceInspect(ctx, demoStack+"_web", client.ServiceInspectOptions{})
 	if err != nil {
 		t.Fatalf("the demo stack was not deployed: %v", err)
