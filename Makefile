@@ -3,7 +3,7 @@ SHELL := /bin/bash
 GO ?= go
 export PATH := $(CURDIR)/.tools/node_modules/.bin:$(HOME)/go/bin:$(PATH)
 
-.PHONY: build dist test test-go test-py demo demo-clean bench tools check-digests
+.PHONY: build dist test test-go test-py fuzz faults demo demo-clean bench tools check-digests
 build:
 	CGO_ENABLED=0 $(GO) build -o bin/ ./cmd/...
 
@@ -26,16 +26,38 @@ demo-clean:
 # SAWMILL_TEST_PG_DSN names one.
 test: tools
 	SAWMILL_TEST_DOCKER_HOST=$${SAWMILL_TEST_DOCKER_HOST:-$$(hack/dockerd.sh start)} \
-	SAWMILL_TEST_PG_DSN=$${SAWMILL_TEST_PG_DSN:-$$(hack/postgres.sh start)} $(MAKE) test-go test-py
+	SAWMILL_TEST_PG_DSN=$${SAWMILL_TEST_PG_DSN:-$$(hack/postgres.sh start)} $(MAKE) test-go fuzz test-py
 
 test-go:
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 40m ./...
 
+# Every fuzz target (go test -fuzz) of the parsers of outside input, one after the other, each for FUZZTIME.
+# `go test ./...` already runs their seed corpora (testdata/fuzz/<target>/) as regression tests; this looks for
+# new crashes. A failing input is written to the package's testdata/fuzz/<target>/: fix the code, keep the file.
+# -fuzzminimizetime keeps a short run fuzzing instead of shrinking each new interesting input.
+FUZZTIME ?= 10s
+FUZZ_TARGETS := FuzzParse:./internal/manifest FuzzLoad:./internal/compose FuzzTrustPolicy:./internal/verify \
+	FuzzConfig:./cmd/pipegen FuzzImageSpec:./internal/discover FuzzWebhook:./internal/status
+fuzz:
+	set -e; for t in $(FUZZ_TARGETS); do \
+		echo "fuzz: $${t%%:*} ($${t#*:}, $(FUZZTIME))"; \
+		$(GO) test -run '^$$' -fuzz "^$${t%%:*}$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 2s "$${t#*:}"; \
+	done
+
 # live_py's and batch_etl's tests run with Debian's Python (python3-psycopg2); PyPI is not needed.
 test-py:
 	images/live_py/test.sh
 	images/batch_etl/test.sh
+
+# The fault suite (cmd/agent/faults_test.go): each fault FAULT_REPEAT times against the private swarm, the
+# GitLab API stand-in and a stalling registry; the table goes to docs/reliability.md's format on stdout.
+FAULT_REPEAT ?= 5
+faults:
+	rm -f /tmp/sawmill-faults.md
+	SAWMILL_TEST_DOCKER_HOST=$${SAWMILL_TEST_DOCKER_HOST:-$$(hack/dockerd.sh start)} FAULT_REPEAT=$(FAULT_REPEAT) \
+	FAULT_TABLE=/tmp/sawmill-faults.md $(GO) test -count=1 -timeout 60m -run '^TestFault' ./cmd/agent/
+	@echo "| fault | repetitions | outcome | recovery |"; echo "|---|---|---|---|"; cat /tmp/sawmill-faults.md
 
 bench:
 	SAWMILL_TEST_DOCKER_HOST=$${SAWMILL_TEST_DOCKER_HOST:-$$(hack/dockerd.sh start)} bench/run.sh

@@ -49,7 +49,7 @@ func newRoot(d deps) *cobra.Command {
 	_ = v.BindPFlag("log_level", pf.Lookup("log-level"))
 	_ = v.BindPFlag("log_format", pf.Lookup("log-format"))
 
-	root.AddCommand(planCmd(v, d), applyCmd(v, d), checkCmd(v, d), renderCmd(v, d), runCmd(v, d))
+	root.AddCommand(planCmd(v, d), applyCmd(v, d), checkCmd(v, d), renderCmd(v, d), runCmd(v, d), retryCmd(d))
 	root.AddCommand(healthcheckCmd(d), installCmd(v, d), uninstallCmd(d), versionCmd(d))
 	return root
 }
@@ -230,7 +230,13 @@ func applyCmd(v *viper.Viper, d deps) *cobra.Command {
 					err = rerr
 				}
 				for _, s := range res.RolledBack {
-					fmt.Fprintf(r.stdout, "rolled back: %s (the previous version keeps running)\n", s)
+					fmt.Fprintf(r.stdout, "rolled back: %s (the previous version runs again)\n", s)
+				}
+				for _, s := range res.Removed {
+					fmt.Fprintf(r.stdout, "removed: %s (new, it never converged)\n", s)
+				}
+				for _, s := range res.NotRolledBack {
+					fmt.Fprintf(r.stdout, "NOT rolled back: %s\n", s)
 				}
 			}
 			if err != nil {

@@ -32,12 +32,18 @@ type Config struct {
 	Interval    time.Duration `mapstructure:"interval"`
 	Jitter      float64       `mapstructure:"jitter"`
 	Timeout     time.Duration `mapstructure:"timeout"`
-	Listen      string        `mapstructure:"listen"`
-	Webhook     WebhookConfig `mapstructure:"webhook"`
-	StateDir    string        `mapstructure:"state_dir"`
-	Lease       LeaseConfig   `mapstructure:"lease"`
-	LogLevel    string        `mapstructure:"log_level"`
-	LogFormat   string        `mapstructure:"log_format"`
+	// CycleTimeout bounds one whole cycle (every stack of a release, with rollbacks).
+	CycleTimeout time.Duration `mapstructure:"cycle_timeout"`
+	Listen       string        `mapstructure:"listen"`
+	// TLS serves the listen address over HTTPS (cert_file, key_file).
+	TLS     TLSConfig     `mapstructure:"tls"`
+	Webhook WebhookConfig `mapstructure:"webhook"`
+	// Status: /status and /metrics on another address, or behind a token.
+	Status    StatusConfig `mapstructure:"status"`
+	StateDir  string       `mapstructure:"state_dir"`
+	Lease     LeaseConfig  `mapstructure:"lease"`
+	LogLevel  string       `mapstructure:"log_level"`
+	LogFormat string       `mapstructure:"log_format"`
 	// What a release may read besides the environment's CI/CD variables: Variables by value, and PassEnv by
 	// name from the agent's environment (never SAWMILL_* nor the tokens). Nothing else of the agent's
 	// environment reaches a release.
@@ -50,12 +56,14 @@ type Config struct {
 	// AllowedHostPaths are the host paths bind mounts may expose (none by default).
 	AllowedHostPaths []string `mapstructure:"allowed_host_paths"`
 	// The signature and policy gates.
-	PolicyMode        string              `mapstructure:"policy_mode"`
-	Policies          []string            `mapstructure:"policies"`
-	NoDefaultPolicies bool                `mapstructure:"no_default_policies"`
-	AllowedRegistries []string            `mapstructure:"allowed_registries"`
-	SkipVerify        bool                `mapstructure:"skip_verify"`
-	Trust             *verify.TrustPolicy `mapstructure:"trust"`
+	PolicyMode        string   `mapstructure:"policy_mode"`
+	Policies          []string `mapstructure:"policies"`
+	NoDefaultPolicies bool     `mapstructure:"no_default_policies"`
+	AllowedRegistries []string `mapstructure:"allowed_registries"`
+	SkipVerify        bool     `mapstructure:"skip_verify"`
+	// RegistryTimeout bounds the verification of one image (resolving it and fetching its signatures).
+	RegistryTimeout time.Duration       `mapstructure:"registry_timeout"`
+	Trust           *verify.TrustPolicy `mapstructure:"trust"`
 }
 
 // GitLabConfig says where the releases and variables come from (source gitlab). The token itself only comes
@@ -66,6 +74,8 @@ type GitLabConfig struct {
 	TokenEnv  string `mapstructure:"token_env"`
 	TokenFile string `mapstructure:"token_file"`
 	Variables bool   `mapstructure:"variables"`
+	// Timeout bounds every call to GitLab's API.
+	Timeout time.Duration `mapstructure:"timeout"`
 }
 
 // GitConfig is source git: a repository, a branch or tag, and the release directory inside it.
@@ -73,6 +83,20 @@ type GitConfig struct {
 	URL  string `mapstructure:"url"`
 	Ref  string `mapstructure:"ref"`
 	Path string `mapstructure:"path"`
+}
+
+// TLSConfig is a certificate and key for the HTTP listener.
+type TLSConfig struct {
+	CertFile string `mapstructure:"cert_file"`
+	KeyFile  string `mapstructure:"key_file"`
+}
+
+// StatusConfig says where /status and /metrics are served: Listen (another address, e.g. a manager-local
+// one; empty: with the webhook on listen) and TokenEnv (the environment variable whose value a request must
+// carry as `Authorization: Bearer <token>`; empty: no token).
+type StatusConfig struct {
+	Listen   string `mapstructure:"listen"`
+	TokenEnv string `mapstructure:"token_env"`
 }
 
 // WebhookConfig says where the webhook's token is: the environment variable TokenEnv, or the file TokenFile
@@ -103,20 +127,23 @@ type LeaseConfig struct {
 // reach nested keys.
 func defaultConfig() Config {
 	return Config{
-		Source:     "gitlab",
-		GitLab:     GitLabConfig{TokenEnv: "SAWMILL_GITLAB_TOKEN"},
-		Git:        GitConfig{Ref: "main", Path: "release"},
-		Interval:   time.Minute,
-		Jitter:     0.1,
-		Timeout:    5 * time.Minute,
-		Listen:     "127.0.0.1:9090",
-		Webhook:    WebhookConfig{TokenEnv: "SAWMILL_WEBHOOK_TOKEN"},
-		StateDir:   "/var/lib/sawmill-agent",
-		Lease:      LeaseConfig{TTL: 30 * time.Second, Name: "sawmill-agent-lease"},
-		LogLevel:   "info",
-		LogFormat:  "text",
-		PolicyMode: string(policy.ModeEnforce),
-		Tier:       "production",
+		Source:       "gitlab",
+		GitLab:       GitLabConfig{TokenEnv: "SAWMILL_GITLAB_TOKEN", Timeout: 30 * time.Second},
+		Git:          GitConfig{Ref: "main", Path: "release"},
+		Interval:     time.Minute,
+		Jitter:       0.1,
+		Timeout:      5 * time.Minute,
+		CycleTimeout: 15 * time.Minute,
+		Listen:       "127.0.0.1:9090",
+		Webhook:      WebhookConfig{TokenEnv: "SAWMILL_WEBHOOK_TOKEN"},
+		StateDir:     "/var/lib/sawmill-agent",
+		Lease:        LeaseConfig{TTL: 30 * time.Second, Name: "sawmill-agent-lease"},
+		LogLevel:     "info",
+		LogFormat:    "text",
+		PolicyMode:   string(policy.ModeEnforce),
+		Tier:         "production",
+		// A registry answers within seconds; the default leaves room for a slow one and a large index.
+		RegistryTimeout: 30 * time.Second,
 	}
 }
 
@@ -198,9 +225,19 @@ func (c *Config) validate() error {
 	if c.Timeout <= 0 {
 		bad("timeout", "%s: must be positive", c.Timeout)
 	}
+	if c.GitLab.Timeout <= 0 {
+		bad("gitlab.timeout", "%s: must be positive", c.GitLab.Timeout)
+	}
+	if c.CycleTimeout < c.Timeout {
+		bad("cycle_timeout", "%s: must be at least timeout (%s): a cycle includes a rollout", c.CycleTimeout, c.Timeout)
+	}
+	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
+		bad("tls", "needs both cert_file and key_file")
+	}
 	if !c.Lease.Disabled && c.Lease.TTL < 3*time.Second {
 		bad("lease.ttl", "%s: must be at least 3s", c.Lease.TTL)
 	}
+
 	if _, err := policy.ParseMode(c.PolicyMode); err != nil {
 		bad("policy_mode", "%w", err)
 	}

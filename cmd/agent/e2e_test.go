@@ -125,6 +125,21 @@ func get(t *testing.T, url string) string {
 	return ""
 }
 
+// getNow makes one GET, without retrying: what a user would see at that moment.
+func getNow(url string) (string, error) {
+	c := http.Client{Timeout: 2 * time.Second}
+	r, err := c.Get(url)
+	if err != nil {
+		return "", err
+	}
+	defer r.Body.Close()
+	b, _ := io.ReadAll(r.Body)
+	if r.StatusCode != 200 {
+		return "", fmt.Errorf("status %d: %s", r.StatusCode, b)
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
 func sha(s string) string {
 	sum := sha256.Sum256([]byte(s))
 	return hex.EncodeToString(sum[:])
@@ -504,8 +519,9 @@ func TestSwarmAutoRollbackIsAFailure(t *testing.T) {
 	if !strings.Contains(r.stderr, name+"_app") || !strings.Contains(r.stderr, "rolled the update back") {
 		t.Fatalf("the error does not say Swarm rolled %s_app back:\n%s", name, r.stderr)
 	}
-	if got := get(t, fmt.Sprintf("http://127.0.0.1:%d/healthz", port)); got != "ok" {
-		t.Fatalf("the previous version does not serve: %q", got)
+	// The agent says so only once the previous version runs again: it answers at once, no retry.
+	if got, err := getNow(fmt.Sprintf("http://127.0.0.1:%d/healthz", port)); err != nil || got != "ok" {
+		t.Fatalf("right after the agent said it rolled back, the previous version does not serve: %q %v", got, err)
 	}
 
 	// An update that cannot be scheduled times out; the agent rolls it back itself.

@@ -22,8 +22,8 @@ import (
 	"github.com/sabeiro/sawmill/internal/testing/testenv"
 )
 
-// agentBinary builds this agent statically, as the image's build stage does.
-func agentBinary(t *testing.T) []byte {
+// staticAgentBinary builds this agent statically, as the image's build stage does.
+func staticAgentBinary(t *testing.T) []byte {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), "agent")
 	cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w -X main.version=e2e", "-o", out, ".")
@@ -210,7 +210,7 @@ func TestInstallAndSelfUpgrade(t *testing.T) {
 	ctx := context.Background()
 	reg := testenv.Registry(t)
 	key := testenv.NewKey(t)
-	bin := agentBinary(t)
+	bin := staticAgentBinary(t)
 	agentStack, demoStack, leaseName := randomName("agent"), randomName("demo"), randomName("lease")
 	t.Cleanup(func() {
 		removeStack(dc, demoStack)

@@ -22,6 +22,7 @@ import (
 	"github.com/sabeiro/sawmill/internal/source"
 	"github.com/sabeiro/sawmill/internal/status"
 	"github.com/sabeiro/sawmill/internal/swarm"
+	"github.com/sabeiro/sawmill/internal/verify"
 )
 
 // runCmd is `agent run`: the daemon. Its settings are a Config (config.go).
@@ -61,29 +62,33 @@ func runCmd(v *viper.Viper, d deps) *cobra.Command {
 			}
 			metrics := status.NewMetrics()
 			loop := &reconcile.Loop{
-				Environment: cfg.Environment,
-				Stacks:      cfg.Stacks,
-				Flow:        flow,
-				Env:         cfg.releaseEnv(os.LookupEnv),
-				Redact:      d.redact,
-				NameKey:     func(ctx context.Context) ([]byte, error) { return swarm.NameKey(ctx, c, true) },
-				StateFile:   filepath.Join(cfg.StateDir, "state.json"),
-				Interval:    cfg.Interval,
-				Jitter:      cfg.Jitter,
-				Log:         log,
-				Metrics:     metrics,
-				Show:        func(c *reconcile.Cycle) { logDecisions(log, c) },
+				Environment:  cfg.Environment,
+				Stacks:       cfg.Stacks,
+				Flow:         flow,
+				Env:          cfg.releaseEnv(os.LookupEnv),
+				Redact:       d.redact,
+				NameKey:      func(ctx context.Context) ([]byte, error) { return swarm.NameKey(ctx, c, true) },
+				StateFile:    filepath.Join(cfg.StateDir, "state.json"),
+				RetryFile:    filepath.Join(cfg.StateDir, retryFile),
+				CycleTimeout: cfg.CycleTimeout,
+				Interval:     cfg.Interval,
+				Jitter:       cfg.Jitter,
+				Log:          log,
+				Metrics:      metrics,
+				Show:         func(c *reconcile.Cycle) { logDecisions(log, c) },
 			}
 			if once {
 				// One cycle from a terminal: print what apply prints (signatures, policy decisions, the plan).
 				loop.Show = func(c *reconcile.Cycle) { printRun(d.stdout, c, flow.PolicyMode) }
 			}
 			if !cfg.Lease.Disabled {
-				host, _ := os.Hostname()
-				nonce := make([]byte, 4)
-				_, _ = rand.Read(nonce)
-				loop.Lease = &swarm.Lease{Client: c, Holder: fmt.Sprintf("%s/%d/%x", host, os.Getpid(), nonce), TTL: cfg.Lease.TTL, Name: cfg.Lease.Name}
+				holder, err := holderID(cfg.StateDir)
+				if err != nil {
+					return err
+				}
+				loop.Lease = &swarm.Lease{Client: c, Holder: holder, TTL: cfg.Lease.TTL, Name: cfg.Lease.Name}
 			}
+			loop.Revision = revision(flow)
 			if err := setSource(loop, cfg, d.redact); err != nil {
 				return err
 			}
@@ -92,25 +97,11 @@ func runCmd(v *viper.Viper, d deps) *cobra.Command {
 			}
 
 			ctx := cmd.Context()
-			if cfg.Listen != "" {
-				l, err := listen(cfg.Listen)
-				if err != nil {
-					return fmt.Errorf("listen %s: %w", cfg.Listen, err)
-				}
-				hook, err := cfg.webhookToken()
-				if err != nil {
-					return err
-				}
-				d.redact.Add(hook)
-				srv := &http.Server{Handler: status.Handler(loop, metrics, hook), ReadHeaderTimeout: 10 * time.Second}
-				go srv.Serve(l)
-				defer func() {
-					sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-					defer cancel()
-					_ = srv.Shutdown(sctx)
-				}()
-				log.Info("serving", "addr", l.Addr().String(), "endpoints", "/healthz /readyz /metrics /status /hooks/gitlab")
+			stop, err := serve(cfg, loop, metrics, d, log)
+			if err != nil {
+				return err
 			}
+			defer stop()
 			if once {
 				rec := loop.Cycle(ctx)
 				loop.ReleaseLease()
@@ -162,8 +153,12 @@ func newFlow(cfg *Config, c swarm.Client, log *slog.Logger) (*reconcile.Flow, er
 	if cfg.Trust == nil {
 		return nil, usageError{errNoTrust}
 	}
-	flow.Verify, err = newVerifier(*cfg.Trust, log)
-	return flow, err
+	trust, err := cfg.Trust.Compile()
+	if err != nil {
+		return nil, err
+	}
+	flow.Verify = verify.New(trust, verify.Options{Logger: log, Timeout: cfg.RegistryTimeout})
+	return flow, nil
 }
 
 // setSource sets the loop's source of releases (and, for GitLab, its reporter and variables).
@@ -193,7 +188,10 @@ func setSource(loop *reconcile.Loop, cfg *Config, r *redact.Redactor) error {
 		if token == "" || g.URL == "" || g.Project == "" {
 			return usageError{fmt.Errorf("source gitlab needs gitlab.url, gitlab.project and a token in $%s or gitlab.token_file", g.TokenEnv)}
 		}
-		gc, err := gitlab.NewClient(token, gitlab.WithBaseURL(strings.TrimSuffix(g.URL, "/")+"/api/v4"))
+		// Every call has a deadline; the client's own retries (429, 5xx) are few and short, the loop backs off.
+		gc, err := gitlab.NewClient(token, gitlab.WithBaseURL(strings.TrimSuffix(g.URL, "/")+"/api/v4"),
+			gitlab.WithHTTPClient(&http.Client{Timeout: g.Timeout}), gitlab.WithCustomRetryMax(2),
+			gitlab.WithCustomRetryWaitMinMax(500*time.Millisecond, 5*time.Second))
 		if err != nil {
 			return usageError{fmt.Errorf("gitlab.url: %w", err)}
 		}
@@ -205,4 +203,113 @@ func setSource(loop *reconcile.Loop, cfg *Config, r *redact.Redactor) error {
 		}
 	}
 	return nil
+}
+
+// retryFile, in the state directory, asks the daemon to roll out a release that failed before (agent retry).
+const retryFile = "retry"
+
+// revision is what a rollout's decisions depend on besides the release: the policies' revision (a hash of the
+// policy files) and the trust policy's.
+func revision(flow *reconcile.Flow) func(ctx context.Context) string {
+	return func(ctx context.Context) string {
+		rev := ""
+		if e, ok := flow.Policy.(*policy.Engine); ok && flow.PolicyMode != policy.ModeOff {
+			rev, _ = e.Prepare(ctx)
+		}
+		if v, ok := flow.Verify.(*verify.Verifier); ok {
+			rev += "/" + v.Trust().Revision()
+		}
+		return rev + "/" + string(flow.PolicyMode)
+	}
+}
+
+// serve starts the HTTP listeners: the webhook (and /healthz, /readyz) on listen, /status and /metrics
+// there too or on status.listen, with every timeout set and TLS when configured. stop shuts them down.
+func serve(cfg *Config, loop *reconcile.Loop, m *status.Metrics, d deps, log *slog.Logger) (stop func(), err error) {
+	hook, err := cfg.webhookToken()
+	if err != nil {
+		return nil, err
+	}
+	d.redact.Add(hook)
+	statusToken := ""
+	if cfg.Status.TokenEnv != "" {
+		if statusToken = os.Getenv(cfg.Status.TokenEnv); statusToken == "" {
+			return nil, usageError{fmt.Errorf("status.token_env: $%s is empty", cfg.Status.TokenEnv)}
+		}
+		d.redact.Add(statusToken)
+	}
+	type listener struct {
+		addr string
+		opts status.Options
+	}
+	var ls []listener
+	if cfg.Status.Listen == "" {
+		ls = append(ls, listener{cfg.Listen, status.Options{Webhook: true, Status: true, WebhookToken: hook, StatusToken: statusToken}})
+	} else {
+		ls = append(ls, listener{cfg.Listen, status.Options{Webhook: true, WebhookToken: hook}},
+			listener{cfg.Status.Listen, status.Options{Status: true, StatusToken: statusToken}})
+	}
+	var servers []*http.Server
+	stop = func() {
+		for _, srv := range servers {
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			_ = srv.Shutdown(sctx)
+			cancel()
+		}
+	}
+	for _, x := range ls {
+		if x.addr == "" {
+			continue
+		}
+		l, err := listen(x.addr)
+		if err != nil {
+			stop()
+			return nil, fmt.Errorf("listen %s: %w", x.addr, err)
+		}
+		srv := status.Server(status.Handler(loop, m, x.opts))
+		servers = append(servers, srv)
+		if cfg.TLS.CertFile != "" {
+			go srv.ServeTLS(l, cfg.TLS.CertFile, cfg.TLS.KeyFile)
+		} else {
+			go srv.Serve(l)
+		}
+		log.Info("serving", "addr", l.Addr().String(), "tls", cfg.TLS.CertFile != "", "webhook", x.opts.Webhook, "status", x.opts.Status)
+	}
+	return stop, nil
+}
+
+// retryCmd is `agent retry`: the daemon rolls the release out again although it failed before.
+func retryCmd(d deps) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "retry [--state-dir DIR]",
+		Short: "Ask the daemon to roll out again a release that failed (it is otherwise held until it changes)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			dir, _ := cmd.Flags().GetString("state-dir")
+			if err := os.WriteFile(filepath.Join(dir, retryFile), nil, 0o600); err != nil {
+				return fmt.Errorf("retry: %w", err)
+			}
+			fmt.Fprintf(d.stdout, "the next cycle rolls the release out again (state directory %s)\n", dir)
+			return nil
+		},
+	}
+	cmd.Flags().String("state-dir", defaultConfig().StateDir, "the daemon's state directory")
+	return cmd
+}
+
+// holderID names this agent in the lease: the host and an identifier kept in the state directory, so that an
+// agent restarted after a crash takes its own lease back at once instead of waiting for it to expire.
+func holderID(stateDir string) (string, error) {
+	path := filepath.Join(stateDir, "holder")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		id := make([]byte, 6)
+		_, _ = rand.Read(id)
+		b = []byte(fmt.Sprintf("%x", id))
+		if err := os.WriteFile(path, b, 0o600); err != nil {
+			return "", fmt.Errorf("lease holder: %w", err)
+		}
+	}
+	host, _ := os.Hostname()
+	return host + "/" + strings.TrimSpace(string(b)), nil
 }

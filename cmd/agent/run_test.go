@@ -84,6 +84,8 @@ func (e daemonEnv) setenv() {
 	e.t.Setenv("SAWMILL_GITLAB_TOKEN", "glpat-agent")
 	e.t.Setenv("SAWMILL_GITLAB_VARIABLES", "true")
 	e.t.Setenv("SAWMILL_WEBHOOK_TOKEN", "hook-secret")
+	// A lease of the test's own: other agents on the test swarm (other tests, other packages) do not count.
+	e.t.Setenv("SAWMILL_LEASE_NAME", "sawmill-test-lease-"+e.name)
 }
 
 func TestDaemonFollowsGitLab(t *testing.T) {
@@ -380,29 +382,7 @@ func TestDaemonKilledMidRolloutResumes(t *testing.T) {
 	if got := get(t, fmt.Sprintf("http://127.0.0.1:%d/secret/db_password", port)); got != sha("pw-two") {
 		t.Fatal("the restarted agent did not finish the rotation")
 	}
-	svc, err := dc.ServiceInspect(context.Background(), name+"_web", client.ServiceInspectOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	used := map[string]bool{}
-	for _, spec := range []*swarmSpec{specOf(svc.Service.Spec), specOf(svc.Service.PreviousSpec)} {
-		if spec != nil {
-			for _, s := range spec.secrets {
-				used[s] = true
-			}
-		}
-	}
-	names := secrets()
-	seen := map[string]bool{}
-	for _, n := range names {
-		if seen[n] {
-			t.Fatalf("duplicate secret %s", n)
-		}
-		seen[n] = true
-		if !used[n] {
-			t.Fatalf("orphaned secret %s: neither the spec nor the previous spec uses it (secrets %v)", n, names)
-		}
-	}
+	assertSecretsClean(t, dc, name)
 }
 
 type swarmSpec struct{ secrets []string }

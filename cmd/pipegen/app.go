@@ -16,6 +16,7 @@ import (
 
 	"github.com/sabeiro/sawmill/internal/discover"
 	"github.com/sabeiro/sawmill/internal/pipeline"
+	"github.com/sabeiro/sawmill/internal/release"
 )
 
 type app struct {
@@ -83,17 +84,19 @@ func (a *app) loadConfig(rf *repoFlags, fs *pflag.FlagSet) (pipeline.Config, str
 	d := pipeline.Defaults()
 	for k, val := range map[string]any{
 		"registry": d.Registry, "default_branch": d.DefaultBranch, "builder": d.Builder,
-		"scanners": d.Scanners, "templates": d.Templates, "max_needs": d.MaxNeeds,
+		"scanners": d.Scanners, "severity_threshold": d.SeverityThreshold, "templates": d.Templates, "component": "", "max_needs": d.MaxNeeds,
 		"signing.mode": d.Signing.Mode, "signing.key_variable": d.Signing.KeyVariable,
 		"signing.issuer": d.Signing.Issuer, "signing.format": d.Signing.Format,
+		"signing.signing_config": "", "signing.trusted_root": "", "signing.fulcio_url": "", "signing.rekor_url": "",
 		"tool.image": d.Tool.Image, "tool.command": d.Tool.Command, "tool.agent": d.Tool.Agent,
 	} {
 		v.SetDefault(k, val)
 	}
 	// viper's AutomaticEnv reads os.Getenv; bind explicitly through getenv instead so the
 	// environment is an input like any other.
-	for _, k := range []string{"registry", "default_branch", "builder", "templates", "max_needs",
+	for _, k := range []string{"registry", "default_branch", "builder", "templates", "component", "max_needs", "severity_threshold",
 		"signing.mode", "signing.key_variable", "signing.issuer", "signing.format",
+		"signing.signing_config", "signing.trusted_root", "signing.fulcio_url", "signing.rekor_url",
 		"tool.image", "tool.command", "tool.agent"} {
 		env := "PIPEGEN_" + strings.ToUpper(strings.ReplaceAll(k, ".", "_"))
 		if val := a.getenv(env); val != "" {
@@ -131,28 +134,32 @@ type planned struct {
 	repo      *discover.Repo
 	diff      discover.Diff
 	decisions []discover.Decision
+	pick      basePick
+	ref       refInfo
 }
 
-// plan runs discovery and change detection for generate and plan.
-func (a *app) plan(ctx context.Context, rf *repoFlags, fs *pflag.FlagSet, base string) (*planned, error) {
+// options are the pipeline.Options of a plan.
+func (p *planned) options() pipeline.Options {
+	o := pipeline.Options{MergeRequest: p.ref.mergeRequest}
+	if !p.pick.legacy {
+		o.Reuse = p.pick.reuse
+		o.Reuse.Known = true
+	}
+	return o
+}
+
+// plan runs discovery and change detection for generate and plan. The base is --base or
+// PIPEGEN_BASE when given (no registry is read; the release job resolves reused images from
+// the channel tags), else the commit of the last release on the ref's channel, else on the
+// fallback branch's, else none (see pickBase).
+func (a *app) plan(ctx context.Context, rf *repoFlags, fs *pflag.FlagSet, base, ref string) (*planned, error) {
 	cfg, root, err := a.loadConfig(rf, fs)
 	if err != nil {
 		return nil, err
 	}
 	git := discover.Git{Dir: root}
-	why := ""
-	switch {
-	case base != "":
-		why = "--base"
-	case a.getenv("PIPEGEN_BASE") != "":
-		base, why = a.getenv("PIPEGEN_BASE"), "PIPEGEN_BASE"
-	default:
-		base, why = discover.BaseFromEnv(a.getenv)
-	}
-	if strings.Trim(base, "0") == "" && base != "" {
-		base, why = "", "base "+base+" is all zeros"
-	}
-	// git and the layout scan run side by side; a git error is reported first.
+	// The layout scan runs beside git; a git error is reported first, and the registry is read
+	// only once the repository checked out (git, layout, configuration).
 	var repo *discover.Repo
 	var scanErr error
 	done := make(chan struct{})
@@ -160,7 +167,35 @@ func (a *app) plan(ctx context.Context, rf *repoFlags, fs *pflag.FlagSet, base s
 		defer close(done)
 		repo, scanErr = discover.Scan(root, discover.Options{Registries: []string{cfg.Registry}})
 	}()
-	diff, err := git.Diff(ctx, base, "rebuild all: "+why)
+	var pick basePick
+	ri := a.refInfo(ctx, git, cfg, ref)
+	switch {
+	case base != "" || a.getenv("PIPEGEN_BASE") != "":
+		why := "--base"
+		if base == "" {
+			base, why = a.getenv("PIPEGEN_BASE"), "PIPEGEN_BASE"
+		}
+		pick = basePick{base: base, why: why, legacy: true}
+		if strings.Trim(base, "0") == "" {
+			pick.base, pick.why = "", "rebuild all: "+why+" is all zeros"
+		}
+	default:
+		// The repository's own errors (git, layout) come before the registry's.
+		if err := git.Check(ctx); err != nil {
+			<-done
+			return nil, err
+		}
+		if <-done; scanErr != nil {
+			return nil, scanErr
+		}
+		if err := pipeline.Check(repo, cfg); err != nil {
+			return nil, err
+		}
+		if pick, err = pickBase(ctx, git, release.OCI{Keychain: a.keychain()}, cfg, ri); err != nil {
+			return nil, err
+		}
+	}
+	diff, err := git.Diff(ctx, pick.base, pick.why)
 	<-done
 	if err != nil {
 		return nil, err
@@ -168,12 +203,14 @@ func (a *app) plan(ctx context.Context, rf *repoFlags, fs *pflag.FlagSet, base s
 	if scanErr != nil {
 		return nil, scanErr
 	}
+	forceMissing(&pick, repo)
+	diff.Force = pick.force
 	if diff.All {
-		a.log.Info("change detection", "base", "none", "reason", why)
+		a.log.Info("change detection", "base", "none", "reason", pick.why)
 	} else {
-		a.log.Info("change detection", "base", diff.Base, "from", why, "changed_paths", len(diff.Paths))
+		a.log.Info("change detection", "base", diff.Base, "from", pick.why, "changed_paths", len(diff.Paths))
 	}
-	return &planned{root: root, cfg: cfg, repo: repo, diff: diff, decisions: discover.Plan(repo, diff)}, nil
+	return &planned{root: root, cfg: cfg, repo: repo, diff: diff, decisions: discover.Plan(repo, diff), pick: pick, ref: ri}, nil
 }
 
 // writeFileAtomic writes data to path through a temporary file in the same directory.

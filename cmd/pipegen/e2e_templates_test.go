@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -66,26 +67,32 @@ echo '<testsuites/>'
 	os.MkdirAll(r.Dir, 0o755)
 	r.Git("init", "-q", "-b", "main")
 	r.Git("remote", "add", "origin", "https://gitlab.example.com/sawmill/platform.git")
-	if res := pipegen(t, nil, "init", "--repo", r.Dir, "--registry", reg, "--agent", "fake-agent"); res.code != 0 {
+	if res := pipegen(t, nil, "init", "--repo", r.Dir, "--registry", reg, "--agent", "fake-agent", "--security-templates=false"); res.code != 0 {
 		t.Fatal(res.stderr)
 	}
 	cfg, _ := os.ReadFile(filepath.Join(r.Dir, "pipegen.yaml"))
-	cfgText := strings.Replace(string(cfg), "scanners: [container_scanning, sbom, sast]", "scanners: [container_scanning, sbom]", 1)
-	cfgText = strings.Replace(cfgText, "  mode: keyless", "  mode: key", 1)
+	cfgText := strings.Replace(string(cfg), "  mode: keyless", "  mode: key", 1)
 	cfgText = strings.Replace(cfgText, "  format: bundle", "  format: legacy", 1)
 	r.Write(map[string]string{
 		"pipegen.yaml":                            cfgText,
 		"images/base/Dockerfile":                  "FROM alpine:3.22\n",
 		"images/app/Dockerfile":                   "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\n",
-		"images/app/image.yaml":                   "build_args: {VERSION: \"v-$CI_COMMIT_SHORT_SHA\"}\ntarget: runtime\n",
+		"images/app/image.yaml":                   "build_args: {VERSION: \"v-$CI_COMMIT_SHORT_SHA\"}\ntarget: runtime\ntest: ['echo \"image test $SAWMILL_IMAGE\" >> " + calls + "']\n",
 		"images/multi/Dockerfile":                 "FROM scratch\n",
 		"images/multi/image.yaml":                 "platforms: [linux/arm64, linux/amd64]\n",
 		"stacks/platform/compose.yaml":            "services:\n  app:\n    image: ${REGISTRY}/app:latest\n",
 		"stacks/platform/compose.production.yaml": "services:\n  app:\n    deploy: {replicas: 2}\n",
-		".gitignore":                              ".gitlab-ci-local/\n",
+		".gitignore":                              ".gitlab-ci-local/\n.gitlab-ci-local-variables.yml\n",
 	})
 	sha := r.Commit("initial")
 
+	// The signing key arrives as a file-type variable (gitlab-ci-local's project variables
+	// file; its value in the job is a file's path), on a protected ref (only those are signed).
+	projectVars := func(protected string) {
+		os.WriteFile(filepath.Join(r.Dir, ".gitlab-ci-local-variables.yml"), []byte("CI_COMMIT_REF_PROTECTED: \""+protected+"\"\n"+
+			"COSIGN_PRIVATE_KEY:\n  type: file\n  values:\n    \"*\": \"not a real key: the cosign stand-in records its arguments\"\n"), 0o600)
+	}
+	projectVars("true")
 	cmd := exec.CommandContext(ctx, gcl, "--force-shell-executor", "--no-color")
 	cmd.Dir = r.Dir
 	cmd.Env = append(os.Environ(), "PATH="+bin+string(os.PathListSeparator)+os.Getenv("PATH"))
@@ -103,6 +110,16 @@ echo '<testsuites/>'
 		t.Fatal(err)
 	}
 	log := string(raw)
+	keyFile := ""
+	if _, rest, ok := strings.Cut(log, "--use-signing-config=false --key "); ok {
+		keyFile, _, _ = strings.Cut(rest, " ")
+	}
+	if !strings.HasPrefix(keyFile, "/") {
+		t.Errorf("cosign did not get the file-type variable's path as its key: %q", keyFile)
+	}
+	// Each job has its own copy of the file: compare the commands with the path replaced.
+	log = regexp.MustCompile(`--key /\S+`).ReplaceAllString(log, "--key KEYFILE")
+	keyFile = "KEYFILE"
 
 	// The release the real pipegen wrote, taken from the release job's artifacts.
 	rel := readRelease(t, findArtifact(t, r.Dir, "release"))
@@ -114,17 +131,24 @@ echo '<testsuites/>'
 			" --build-arg VERSION=v-" + sha[:8] + " --build-arg BASE_IMAGE=" + reg + "/base@" + base.Digest + " --target runtime images/app",
 		"buildah build -f images/multi/Dockerfile --manifest " + reg + "/multi:" + sha + " --build-arg REGISTRY=" + reg + " --platform linux/amd64,linux/arm64 images/multi",
 		"buildah manifest push --all --digestfile MULTI_DIGEST.txt " + reg + "/multi:" + sha + " docker://" + reg + "/multi:" + sha,
-		"cosign sign --yes --new-bundle-format=false --use-signing-config=false --key env://COSIGN_PRIVATE_KEY " + reg + "/multi@" + rel.Images["multi"].Digest,
-		"trivy image --exit-code 0 --format template --template @/contrib/gitlab.tpl --output gl-container-scanning-report.json " + reg + "/app@" + app.Digest,
+		"cosign sign --yes --recursive --new-bundle-format=false --use-signing-config=false --key " + keyFile + " " + reg + "/multi@" + rel.Images["multi"].Digest,
+		"trivy image --format template --template @/contrib/gitlab.tpl --output gl-container-scanning-report.json " + reg + "/app@" + app.Digest,
+		"trivy image --skip-db-update --exit-code 1 --severity HIGH,CRITICAL " + reg + "/app@" + app.Digest,
+		"cosign attest --yes --recursive --new-bundle-format=false --use-signing-config=false --key " + keyFile + " --type cyclonedx --predicate gl-sbom.cdx.json " + reg + "/app@" + app.Digest,
+		"image test app",
 		"trivy image --format cyclonedx --output gl-sbom.cdx.json " + reg + "/base@" + base.Digest,
-		"cosign sign --yes --new-bundle-format=false --use-signing-config=false --key env://COSIGN_PRIVATE_KEY " + reg + "/app@" + app.Digest,
-		"cosign sign --yes --new-bundle-format=false --use-signing-config=false --key env://COSIGN_PRIVATE_KEY " + reg + "/base@" + base.Digest,
+		"cosign sign --yes --recursive --new-bundle-format=false --use-signing-config=false --key " + keyFile + " " + reg + "/app@" + app.Digest,
+		"cosign sign --yes --recursive --new-bundle-format=false --use-signing-config=false --key " + keyFile + " " + reg + "/base@" + base.Digest,
 		"agent check -c stacks/platform/compose.yaml --env staging --pre-release " + reg + " -o junit",
 		"agent check -c stacks/platform/compose.yaml -c stacks/platform/compose.production.yaml --env production --pre-release " + reg + " -o junit",
 	} {
 		if !strings.Contains(log, want+"\n") {
 			t.Errorf("no call %q in\n%s", want, log)
 		}
+	}
+	// The image's tests ran before it was signed.
+	if i, j := strings.Index(log, "image test app\n"), strings.Index(log, "cosign sign --yes --recursive --new-bundle-format=false --use-signing-config=false --key KEYFILE "+reg+"/app@"); i < 0 || j < i {
+		t.Errorf("image test at %d, signing at %d:\n%s", i, j, log)
 	}
 	if !strings.HasPrefix(base.Digest, "sha256:") || !base.Rebuilt || !app.Rebuilt {
 		t.Errorf("release: %+v", rel)
@@ -138,6 +162,25 @@ echo '<testsuites/>'
 	}
 	if !strings.Contains(string(output), "deploy:staging") {
 		t.Errorf("deploy:staging did not run:\n%s", output)
+	}
+
+	// An unprotected ref (a feature branch: the protected key variable is empty there) is not
+	// signed, and its pipeline still passes: the digests go on to the release.
+	r.Git("checkout", "-q", "-b", "feature")
+	r.Write(map[string]string{"images/base/v": "2"})
+	r.Commit("feature")
+	os.Remove(calls)
+	projectVars("false")
+	cmd = exec.CommandContext(ctx, gcl, "--force-shell-executor", "--no-color")
+	cmd.Dir = r.Dir
+	cmd.Env = append(os.Environ(), "PATH="+bin+string(os.PathListSeparator)+os.Getenv("PATH"))
+	output, err = cmd.CombinedOutput()
+	if err != nil || strings.Contains(string(output), " FAIL ") {
+		t.Fatalf("feature branch pipeline: %v\n%s", err, output)
+	}
+	raw, _ = os.ReadFile(calls)
+	if strings.Contains(string(raw), "cosign sign") || !strings.Contains(string(output), "is not protected") {
+		t.Errorf("an unprotected ref was signed:\n%s\n%s", raw, output)
 	}
 }
 

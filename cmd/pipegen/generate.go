@@ -11,17 +11,17 @@ import (
 
 func (a *app) generateCmd() *cobra.Command {
 	var rf repoFlags
-	var base, out string
+	var base, out, ref string
 	cmd := &cobra.Command{
 		Use:   "generate",
 		Short: "Write the child pipeline (YAML) for the changes since the base revision",
 		Args:  args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			p, err := a.plan(cmd.Context(), &rf, cmd.Flags(), base)
+			p, err := a.plan(cmd.Context(), &rf, cmd.Flags(), base, ref)
 			if err != nil {
 				return err
 			}
-			pl, err := pipeline.Build(p.repo, p.decisions, p.cfg)
+			pl, err := pipeline.BuildWith(p.repo, p.decisions, p.cfg, p.options())
 			if err != nil {
 				return err
 			}
@@ -45,7 +45,8 @@ func (a *app) generateCmd() *cobra.Command {
 		},
 	}
 	rf.add(cmd.Flags())
-	cmd.Flags().StringVar(&base, "base", "", "base revision (default: CI_MERGE_REQUEST_DIFF_BASE_SHA, else CI_COMMIT_BEFORE_SHA; none: rebuild all)")
+	cmd.Flags().StringVar(&base, "base", "", baseHelp)
+	cmd.Flags().StringVar(&ref, "ref", "", refHelp)
 	cmd.Flags().StringVarP(&out, "output", "o", "", "output file (default stdout); written only on success")
 	return cmd
 }
@@ -59,19 +60,24 @@ func outName(out string) string {
 
 func (a *app) planCmd() *cobra.Command {
 	var rf repoFlags
-	var base string
+	var base, ref string
 	cmd := &cobra.Command{
 		Use:   "plan",
 		Short: "Print which images are rebuilt or reused, and why",
 		Args:  args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			p, err := a.plan(cmd.Context(), &rf, cmd.Flags(), base)
+			p, err := a.plan(cmd.Context(), &rf, cmd.Flags(), base, ref)
 			if err != nil {
 				return err
 			}
 			// The same checks as generate (e.g. overrides for unknown environments).
-			if _, err := pipeline.Build(p.repo, p.decisions, p.cfg); err != nil {
+			if _, err := pipeline.BuildWith(p.repo, p.decisions, p.cfg, p.options()); err != nil {
 				return err
+			}
+			if p.diff.All {
+				fmt.Fprintf(a.stdout, "base: none (%s)\n", p.pick.why)
+			} else {
+				fmt.Fprintf(a.stdout, "base: %s (%s)\n", p.diff.Base, p.pick.why)
 			}
 			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "IMAGE\tACTION\tWHY")
@@ -86,6 +92,12 @@ func (a *app) planCmd() *cobra.Command {
 		},
 	}
 	rf.add(cmd.Flags())
-	cmd.Flags().StringVar(&base, "base", "", "base revision (default: CI_MERGE_REQUEST_DIFF_BASE_SHA, else CI_COMMIT_BEFORE_SHA; none: rebuild all)")
+	cmd.Flags().StringVar(&base, "base", "", baseHelp)
+	cmd.Flags().StringVar(&ref, "ref", "", refHelp)
 	return cmd
 }
+
+const (
+	baseHelp = "base revision; skips the channel records (default: the commit of the ref's last release, else of the default branch's, else none: rebuild all)"
+	refHelp  = "branch or tag the pipeline runs for (default $CI_COMMIT_REF_NAME, else the checked-out branch)"
+)

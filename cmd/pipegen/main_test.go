@@ -82,7 +82,7 @@ func TestGenerateChangeDetection(t *testing.T) {
 		t.Fatal(err)
 	}
 	doc := jobs(t, data)
-	for _, j := range []string{"build:base", "build:app", "sign:base", "sign:app", "release", "deploy:staging", "deploy:production", "policy:platform", "sast"} {
+	for _, j := range []string{"build:base", "build:app", "sign:base", "sign:app", "release", "deploy:staging", "deploy:production", "policy:platform"} {
 		if _, ok := doc[j]; !ok {
 			t.Errorf("missing job %s", j)
 		}
@@ -91,19 +91,13 @@ func TestGenerateChangeDetection(t *testing.T) {
 		t.Error("solo did not change but is rebuilt")
 	}
 
-	// The same from GitLab's variables, and stdout equals the file byte for byte.
-	res = pipegen(t, map[string]string{"CI_COMMIT_BEFORE_SHA": first}, "generate", "--repo", r.Dir)
+	// stdout equals the file byte for byte.
+	res = pipegen(t, nil, "generate", "--repo", r.Dir, "--base", first)
 	if res.code != 0 || res.stdout != string(data) {
-		t.Errorf("CI_COMMIT_BEFORE_SHA: exit %d, same output %v\n%s", res.code, res.stdout == string(data), res.stderr)
+		t.Errorf("stdout: exit %d, same output %v\n%s", res.code, res.stdout == string(data), res.stderr)
 	}
-	// The merge request base wins over the commit before.
-	head := r.Git("rev-parse", "HEAD")
-	res = pipegen(t, map[string]string{"CI_MERGE_REQUEST_DIFF_BASE_SHA": head, "CI_COMMIT_BEFORE_SHA": first}, "plan", "--repo", r.Dir)
-	if res.code != 0 || strings.Contains(res.stdout, "rebuilt") {
-		t.Errorf("MR base: exit %d\n%s%s", res.code, res.stdout, res.stderr)
-	}
-	// A first push (all zeros) rebuilds everything.
-	res = pipegen(t, map[string]string{"CI_COMMIT_BEFORE_SHA": "0000000000000000000000000000000000000000"}, "generate", "--repo", r.Dir)
+	// A base of all zeros rebuilds everything.
+	res = pipegen(t, map[string]string{"PIPEGEN_BASE": "0000000000000000000000000000000000000000"}, "generate", "--repo", r.Dir)
 	if doc := jobs(t, []byte(res.stdout)); doc["build:solo"] == nil {
 		t.Errorf("zero base: solo not rebuilt\n%s", res.stderr)
 	}
@@ -115,7 +109,8 @@ func TestPlanTable(t *testing.T) {
 	r.Write(map[string]string{"images/base/x.txt": "1"})
 	r.Commit("x")
 	res := pipegen(t, nil, "plan", "--repo", r.Dir, "--base", first)
-	want := "IMAGE  ACTION   WHY\n" +
+	want := "base: " + first + " (--base)\n" +
+		"IMAGE  ACTION   WHY\n" +
 		"base   rebuilt  changed images/base/x.txt\n" +
 		"app    rebuilt  depends on base\n" +
 		"solo   reused   unchanged\n"
@@ -126,7 +121,9 @@ func TestPlanTable(t *testing.T) {
 
 func TestConfigLayers(t *testing.T) {
 	r := newGitRepo(t, testLayout)
-	res := pipegen(t, map[string]string{"PIPEGEN_BUILDER": "buildkit", "PIPEGEN_SIGNING_MODE": "key"}, "generate", "--repo", r.Dir)
+	// An empty registry: no channel record, everything is rebuilt.
+	reg := testenv.Registry(t) + "/p"
+	res := pipegen(t, map[string]string{"PIPEGEN_BUILDER": "buildkit", "PIPEGEN_SIGNING_MODE": "key", "PIPEGEN_REGISTRY": reg}, "generate", "--repo", r.Dir)
 	if res.code != 0 {
 		t.Fatal(res.stderr)
 	}
@@ -134,7 +131,7 @@ func TestConfigLayers(t *testing.T) {
 	if vars["SAWMILL_BUILDER"] != "buildkit" || vars["SAWMILL_SIGN_MODE"] != "key" || vars["SAWMILL_SIGN_KEY_VARIABLE"] != "COSIGN_PRIVATE_KEY" {
 		t.Errorf("environment not applied: %v", vars)
 	}
-	res = pipegen(t, map[string]string{"PIPEGEN_BUILDER": "buildkit"}, "generate", "--repo", r.Dir, "--builder", "buildah")
+	res = pipegen(t, map[string]string{"PIPEGEN_BUILDER": "buildkit", "PIPEGEN_REGISTRY": reg}, "generate", "--repo", r.Dir, "--builder", "buildah")
 	if vars := jobs(t, []byte(res.stdout))["variables"].(map[string]any); vars["SAWMILL_BUILDER"] != "buildah" {
 		t.Errorf("flag does not win over the environment: %v", vars)
 	}
@@ -214,8 +211,27 @@ func TestInit(t *testing.T) {
 		}
 	}
 	cfg, _ := os.ReadFile(filepath.Join(dir, "pipegen.yaml"))
-	if !strings.Contains(string(cfg), "registry: registry.gitlab.com/g/p\n") {
+	if !strings.Contains(string(cfg), "registry: registry.gitlab.com/g/p\n") || !strings.Contains(string(cfg), "  mode: keyless\n") ||
+		!strings.Contains(string(cfg), "  image: "+ToolImageRepository+":") {
 		t.Errorf("pipegen.yaml:\n%s", cfg)
+	}
+	// The parent pipeline runs generate in the tools image (pipegen, agent, git), and has
+	// workflow rules: merge request pipelines, or branch pipelines when no MR is open, and tags.
+	parent := jobs(t, mustRead(t, filepath.Join(dir, ".gitlab-ci.yml")))
+	if img, _ := parent["generate"].(map[string]any)["image"].(string); !strings.HasPrefix(img, ToolImageRepository+":") {
+		t.Errorf("generate image %q", img)
+	}
+	rules := parent["workflow"].(map[string]any)["rules"].([]any)
+	if len(rules) != 4 || rules[1].(map[string]any)["when"] != "never" || !strings.Contains(rules[1].(map[string]any)["if"].(string), "$CI_OPEN_MERGE_REQUESTS") {
+		t.Errorf("workflow rules %v", rules)
+	}
+	// A self-managed instance gets key signing.
+	dir2 := t.TempDir()
+	if res := pipegen(t, map[string]string{"CI_SERVER_URL": "https://gitlab.example.com"}, "init", "--repo", dir2); res.code != 0 {
+		t.Fatal(res.stderr)
+	}
+	if b := mustRead(t, filepath.Join(dir2, "pipegen.yaml")); !strings.Contains(string(b), "  mode: key\n") {
+		t.Errorf("self-managed pipegen.yaml:\n%s", b)
 	}
 	// Existing files are kept unless --force.
 	custom := filepath.Join(dir, "pipelines", "build.yml")
@@ -234,7 +250,7 @@ func TestInit(t *testing.T) {
 	r.Write(map[string]string{"images/a/Dockerfile": "FROM scratch\n"})
 	r.Commit("init")
 	out := filepath.Join(dir, "child.yml")
-	if res := pipegen(t, nil, "generate", "--repo", dir, "-o", out); res.code != 0 {
+	if res := pipegen(t, nil, "generate", "--repo", dir, "--registry", testenv.Registry(t)+"/g/p", "-o", out); res.code != 0 {
 		t.Fatal(res.stderr)
 	}
 	for _, f := range []string{out, filepath.Join(dir, ".gitlab-ci.yml")} {
@@ -401,5 +417,47 @@ func TestReleaseCommand(t *testing.T) {
 	}
 	if res := pipegen(t, env, "release", "--repo", r.Dir, "--rebuilt", "ghost"); res.code != 1 || !strings.Contains(res.stderr, `image "ghost"`) {
 		t.Errorf("%+v", res)
+	}
+}
+
+func mustRead(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// This repository's own pipeline is valid and runs its tests.
+func TestRepositoryPipeline(t *testing.T) {
+	root, err := filepath.Abs(filepath.Join("..", ".."))
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(root, ".gitlab-ci.yml")
+	if res := pipegen(t, nil, "lint", file); res.code != 0 {
+		t.Fatalf("lint: %+v", res)
+	}
+	doc := jobs(t, mustRead(t, file))
+	test, _ := doc["test"].(map[string]any)
+	if script, _ := test["script"].([]any); len(script) == 0 || script[0] != "bash .ci/run" {
+		t.Errorf("the pipeline does not run the tests: %v", test)
+	}
+	if _, err := os.Stat(filepath.Join(root, ".ci", "run")); err != nil {
+		t.Error(err)
+	}
+}
+
+// The tools image named by init is the one of the commit pipegen was built from.
+func TestDefaultToolImage(t *testing.T) {
+	defer func(c string) { toolCommit = c }(toolCommit)
+	toolCommit = strings.Repeat("ab", 20)
+	if got := defaultToolImage(); got != ToolImageRepository+":"+toolCommit {
+		t.Errorf("defaultToolImage() = %s", got)
+	}
+	toolCommit = ""
+	if got := defaultToolImage(); !strings.HasPrefix(got, ToolImageRepository+":") {
+		t.Errorf("defaultToolImage() = %s", got)
 	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"net/url"
 	"sort"
@@ -12,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sabeiro/sawmill/internal/discover"
+	"github.com/sabeiro/sawmill/internal/manifest"
 	"github.com/sabeiro/sawmill/internal/pipeline"
 	"github.com/sabeiro/sawmill/internal/release"
 )
@@ -29,8 +31,11 @@ files with each repository image pinned to repository:tag@sha256:digest.
 Images rebuilt in this pipeline (--rebuilt, default $SAWMILL_REBUILT) take their digest from
 the environment variable <IMAGE>_DIGEST (the sign jobs' dotenv reports). Reused images
 (--reused, default $SAWMILL_REUSED) are resolved from the registry: the tag
-release-<ref slug>, else release-<default branch slug>. With --publish (default
-$SAWMILL_PUBLISH) the release-<ref slug> tag of every image is moved to its digest afterwards.
+release-<ref slug>, else release-<default branch slug>, unless <IMAGE>_DIGEST is set (generate
+sets it from the base release). With --publish (default $SAWMILL_PUBLISH) the channel moves
+afterwards: the release-<ref slug> tag of every image, then the channel record
+<registry>/sawmill-release:release-<ref slug>, only if the record is still the one
+$SAWMILL_CHANNEL_RECORD names (compare-and-swap; "none": there was none).
 Registry credentials: $CI_REGISTRY_USER / $CI_REGISTRY_PASSWORD for $CI_REGISTRY, else the
 Docker config.`,
 		Args: args(cobra.NoArgs),
@@ -87,7 +92,29 @@ Docker config.`,
 			for _, n := range in.Rebuilt {
 				in.Digests[n] = a.getenv(pipeline.VarName(n) + "_DIGEST")
 			}
+			// Reused images: the digests generate resolved from the base release.
+			for _, n := range in.Reused {
+				if d := a.getenv(pipeline.VarName(n) + "_DIGEST"); d != "" {
+					in.Digests[n] = d
+				}
+			}
+			in.BaseCommit, in.BaseChannel = a.getenv("SAWMILL_BASE_COMMIT"), a.getenv("SAWMILL_BASE_CHANNEL")
 			reg := release.OCI{Keychain: a.keychain()}
+			// The channel record this pipeline started from: set by generate, else read now.
+			expect, expectKnown := a.getenv("SAWMILL_CHANNEL_RECORD"), true
+			switch expect {
+			case "":
+				expectKnown = false
+			case "none":
+				expect = ""
+			}
+			if publish && !expectKnown {
+				rec, err := reg.ReadRecord(cmd.Context(), release.RecordRef(cfg.Registry, release.ChannelTag(in.Ref)))
+				if err != nil && !errors.Is(err, release.ErrNotFound) {
+					return err
+				}
+				expect = rec.Digest
+			}
 			rel, files, err := release.Make(cmd.Context(), in, reg)
 			if err != nil {
 				return err
@@ -97,10 +124,10 @@ Docker config.`,
 			}
 			a.log.Info("release written", "dir", out, "images", len(rel.Images), "stacks", len(rel.Stacks))
 			if publish {
-				if err := release.Publish(cmd.Context(), rel, reg); err != nil {
+				if err := release.Publish(cmd.Context(), rel, files[manifest.FileName], reg, expect); err != nil {
 					return err
 				}
-				a.log.Info("release tags moved", "tag", rel.Channel)
+				a.log.Info("channel moved", "channel", rel.Channel, "record", release.RecordRef(rel.Registry, rel.Channel))
 			}
 			names := make([]string, 0, len(rel.Images))
 			for n := range rel.Images {

@@ -118,13 +118,16 @@ func run(ctx context.Context, dc *client.Client, o options, out io.Writer) error
 	commit := revision(o.Repo)
 	tag := commit
 
-	// 1. pipegen on this repository.
-	step(out, "pipegen plan --repo %s", o.Repo)
-	if err := command(ctx, out, nil, o.Pipegen, "plan", "--repo", o.Repo); err != nil {
+	// 1. pipegen on this repository. The demo has no earlier release (pipegen would read the
+	// channel record from pipegen.yaml's registry, which the demo cannot reach): an all-zero
+	// base rebuilds everything.
+	const noBase = "0000000000000000000000000000000000000000"
+	step(out, "pipegen plan --repo %s --base %s", o.Repo, noBase)
+	if err := command(ctx, out, nil, o.Pipegen, "plan", "--repo", o.Repo, "--base", noBase); err != nil {
 		return err
 	}
 	child := filepath.Join(work, "child-pipeline.yml")
-	if err := command(ctx, io.Discard, nil, o.Pipegen, "generate", "--repo", o.Repo, "-o", child); err != nil {
+	if err := command(ctx, io.Discard, nil, o.Pipegen, "generate", "--repo", o.Repo, "--base", noBase, "-o", child); err != nil {
 		return err
 	}
 	jobs, err := pipelineJobs(child)

@@ -20,6 +20,9 @@ type Diff struct {
 	Why   string   // why All is set
 	Base  string   // the base revision used, "" when All
 	Paths []string // changed paths, slash separated, relative to the repository root, sorted
+	// Force rebuilds these images (and their dependents) whatever changed, with the reason
+	// as the value: e.g. an image the base release does not contain.
+	Force map[string]string
 }
 
 // Decision says whether an image is rebuilt in this pipeline and why.
@@ -67,6 +70,11 @@ func Plan(repo *Repo, d Diff) []Decision {
 	}
 	rebuilt := map[string]bool{}
 	for _, im := range repo.Images {
+		if why, ok := d.Force[im.Name]; ok {
+			rebuilt[im.Name] = true
+			out = append(out, Decision{Image: im.Name, Rebuild: true, Reason: why})
+			continue
+		}
 		changed := direct[im.Name]
 		for _, w := range im.Watch {
 			for _, p := range d.Paths {
@@ -128,24 +136,6 @@ func summarize(paths []string) string {
 // ZeroSHA is what GitLab puts in CI_COMMIT_BEFORE_SHA for the first push of a branch.
 const ZeroSHA = "0000000000000000000000000000000000000000"
 
-// BaseFromEnv picks the base revision from GitLab's predefined variables: the merge
-// request's diff base, else the commit before the push. It returns "" when neither is set
-// or the value is all zeros (a new branch), which means "rebuild everything", together with
-// the name of the variable used or the reason.
-func BaseFromEnv(getenv func(string) string) (base, source string) {
-	for _, v := range []string{"CI_MERGE_REQUEST_DIFF_BASE_SHA", "CI_COMMIT_BEFORE_SHA"} {
-		val := strings.TrimSpace(getenv(v))
-		if val == "" {
-			continue
-		}
-		if strings.Trim(val, "0") == "" {
-			return "", v + " is all zeros (first push of a branch)"
-		}
-		return val, v
-	}
-	return "", "no base revision (neither --base nor CI_MERGE_REQUEST_DIFF_BASE_SHA nor CI_COMMIT_BEFORE_SHA)"
-}
-
 // Git runs the git binary on a repository.
 type Git struct {
 	Dir string // the repository root (may be a subdirectory of the work tree)
@@ -193,6 +183,25 @@ func (g Git) Head(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("%s: resolve HEAD: %w", g.Dir, err)
 	}
 	return strings.TrimSpace(string(out)), nil
+}
+
+// HasCommit reports whether rev names a commit of the repository (false for a commit a force
+// push left out of the clone, or any other name that does not resolve).
+func (g Git) HasCommit(ctx context.Context, rev string) bool {
+	if rev == "" || strings.HasPrefix(rev, "-") {
+		return false
+	}
+	_, err := g.run(ctx, "cat-file", "-e", rev+"^{commit}")
+	return err == nil
+}
+
+// Branch returns the checked-out branch, or "" on a detached HEAD.
+func (g Git) Branch(ctx context.Context) string {
+	out, err := g.run(ctx, "symbolic-ref", "--quiet", "--short", "HEAD")
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(out))
 }
 
 // Diff lists the paths changed between base and HEAD. An empty base gives Diff{All: true}

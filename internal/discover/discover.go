@@ -2,8 +2,10 @@
 //
 // In: a repository directory (images/<name>/Dockerfile with an optional image.yaml,
 // stacks/<name>/compose.yaml with compose.<env>.yaml overrides, policies/) and, for change
-// detection, a git base revision. Out: a [Repo] (images in dependency order, stacks, the
-// dependency graph) and a [Decision] per image (rebuilt or reused, and why).
+// detection, a git base revision (chosen by the caller: cmd/pipegen takes the commit of the
+// last release) and images to rebuild regardless. Out: a [Repo] (images in dependency order,
+// stacks, the dependency graph, each image's tests) and a [Decision] per image (rebuilt or
+// reused, and why).
 //
 // It reads files and runs the git binary; it imports only the standard library and
 // go.yaml.in/yaml/v3, and nothing else of this module (data flows one way: discover ->
@@ -53,6 +55,8 @@ type Image struct {
 	// Context is the build context, relative to the repository root: image.yaml's `context` (e.g. "." for
 	// an image that builds from the module root), else Dir.
 	Context string
+	// Test are shell commands run inside the built image (image.yaml `test`); they gate signing.
+	Test []string
 }
 
 // BuildArg is one --build-arg of an image.
@@ -111,6 +115,7 @@ type imageSpec struct {
 	Platforms []string          `yaml:"platforms"`
 	DependsOn []string          `yaml:"depends_on"`
 	Context   string            `yaml:"context"`
+	Test      []string          `yaml:"test"`
 }
 
 // Scan reads the repository at root.
@@ -257,9 +262,12 @@ func readSpec(root string, im *Image) error {
 	if err := dec.Decode(&spec); err != nil && !errors.Is(err, io.EOF) {
 		return fmt.Errorf("%s: %w", file, err)
 	}
+	if err := dec.Decode(new(yaml.Node)); !errors.Is(err, io.EOF) {
+		return fmt.Errorf("%s: more than one YAML document", file)
+	}
 	for _, w := range spec.Watch {
 		w = strings.TrimSuffix(path.Clean(strings.TrimPrefix(w, "./")), "/")
-		if w == "." || w == "" || strings.HasPrefix(w, "../") || path.IsAbs(w) {
+		if w == "." || w == "" || w == ".." || strings.HasPrefix(w, "../") || path.IsAbs(w) {
 			return fmt.Errorf("%s: watch: %q must be a path inside the repository", file, w)
 		}
 		if _, err := path.Match(w, ""); err != nil {
@@ -279,6 +287,12 @@ func readSpec(root string, im *Image) error {
 		}
 		im.Context = c
 	}
+	for i, c := range spec.Test {
+		if strings.TrimSpace(c) == "" {
+			return fmt.Errorf("%s: test[%d]: empty command", file, i)
+		}
+	}
+	im.Test = spec.Test
 	im.Target = spec.Target
 	im.Platforms = slices.Compact(slices.Sorted(slices.Values(spec.Platforms)))
 	for _, d := range spec.DependsOn {

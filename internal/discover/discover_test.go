@@ -96,6 +96,9 @@ func TestScanErrors(t *testing.T) {
 		{"unknown dep", map[string]string{"images/a/Dockerfile": "FROM x\n", "images/a/image.yaml": "depends_on: [nope]\n"}, "images/a/image.yaml: depends_on: no image \"nope\""},
 		{"unknown key", map[string]string{"images/a/Dockerfile": "FROM x\n", "images/a/image.yaml": "wacth: [x]\n"}, "images/a/image.yaml: yaml: unmarshal errors:\n  line 1: field wacth not found"},
 		{"bad watch", map[string]string{"images/a/Dockerfile": "FROM x\n", "images/a/image.yaml": "watch: [../etc]\n"}, "images/a/image.yaml: watch: \"../etc\" must be a path inside the repository"},
+		// Found by FuzzImageSpec: a second document was ignored, and the parent directory itself was accepted.
+		{"two documents", map[string]string{"images/a/Dockerfile": "FROM x\n", "images/a/image.yaml": "watch: [a]\n---\ncontext: ../\n"}, "images/a/image.yaml: more than one YAML document"},
+		{"watch parent", map[string]string{"images/a/Dockerfile": "FROM x\n", "images/a/image.yaml": "watch: [.., ./../]\n"}, "images/a/image.yaml: watch: \"..\" must be a path inside the repository"},
 		{"context outside", map[string]string{"images/a/Dockerfile": "FROM x\n", "images/a/image.yaml": "context: ../..\n"}, "images/a/image.yaml: context: \"../..\" must be a directory inside the repository"},
 		{"variable clash", map[string]string{"images/a-b/Dockerfile": "FROM x\n", "images/a_b/Dockerfile": "FROM x\n"}, "images/a_b: image names \"a-b\" and \"a_b\" both map to the variable prefix A_B"},
 		{"bad name", map[string]string{"images/Bad/Dockerfile": "FROM x\n"}, "images/Bad: \"Bad\" is not a valid image name"},
@@ -307,23 +310,5 @@ func TestGitSubdirectory(t *testing.T) {
 	}
 	if want := []string{"images/a/Dockerfile"}; !reflect.DeepEqual(d.Paths, want) {
 		t.Errorf("paths = %v, want %v", d.Paths, want)
-	}
-}
-
-func TestBaseFromEnv(t *testing.T) {
-	env := func(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
-	for _, tc := range []struct {
-		env        map[string]string
-		base, from string
-	}{
-		{map[string]string{"CI_MERGE_REQUEST_DIFF_BASE_SHA": "abc", "CI_COMMIT_BEFORE_SHA": "def"}, "abc", "CI_MERGE_REQUEST_DIFF_BASE_SHA"},
-		{map[string]string{"CI_COMMIT_BEFORE_SHA": "def"}, "def", "CI_COMMIT_BEFORE_SHA"},
-		{map[string]string{"CI_COMMIT_BEFORE_SHA": ZeroSHA}, "", "CI_COMMIT_BEFORE_SHA is all zeros (first push of a branch)"},
-		{map[string]string{}, "", "no base revision (neither --base nor CI_MERGE_REQUEST_DIFF_BASE_SHA nor CI_COMMIT_BEFORE_SHA)"},
-	} {
-		base, from := BaseFromEnv(env(tc.env))
-		if base != tc.base || from != tc.from {
-			t.Errorf("%v: got %q %q, want %q %q", tc.env, base, from, tc.base, tc.from)
-		}
 	}
 }

@@ -20,6 +20,9 @@ const (
 	Invalid
 	// Refused: signature or policy checks refused the input; nothing was touched.
 	Refused
+	// Transient: a registry, GitLab or the engine could not answer (an outage, a 5xx, a 429, a timeout);
+	// nothing was touched, nothing is concluded about the release, and the cycle is retried with backoff.
+	Transient
 )
 
 func (k Kind) String() string {
@@ -30,6 +33,8 @@ func (k Kind) String() string {
 		return "invalid input"
 	case Refused:
 		return "refused"
+	case Transient:
+		return "transient"
 	}
 	return "error"
 }
@@ -54,6 +59,9 @@ func InvalidErr(err error) error { return wrap(Invalid, err) }
 
 // RolloutErr returns a Rollout error.
 func RolloutErr(err error) error { return wrap(Rollout, err) }
+
+// TransientErr returns a Transient error.
+func TransientErr(err error) error { return wrap(Transient, err) }
 
 // RefusedErr returns a Refused error.
 func RefusedErr(err error) error { return wrap(Refused, err) }

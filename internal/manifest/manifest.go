@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"path"
 	"path/filepath"
@@ -28,6 +29,10 @@ const SchemaVersion = 1
 // FileName is the name of the manifest inside a release directory.
 const FileName = "release.json"
 
+// MaxSize is the largest release.json Parse reads (a release of a thousand images is far below it); readers
+// stop reading one byte after it.
+const MaxSize = 4 << 20
+
 // Release is release.json.
 type Release struct {
 	SchemaVersion int              `json:"schema_version"`
@@ -39,6 +44,15 @@ type Release struct {
 	Channel       string           `json:"channel"`
 	Images        map[string]Image `json:"images"`
 	Stacks        map[string]Stack `json:"stacks"`
+	// Base is the release this one reuses images from; omitted when unknown. Optional, added
+	// after schema_version 1 was published: readers must not require it.
+	Base *Base `json:"base,omitempty"`
+}
+
+// Base names the earlier release a release reuses images from.
+type Base struct {
+	Commit  string `json:"commit"`  // the commit of that release: the base of the pipeline's diff
+	Channel string `json:"channel"` // the channel it was read from (release-<ref slug>)
 }
 
 // Pipeline identifies the GitLab pipeline that made the release.
@@ -75,14 +89,20 @@ func Encode(r *Release) ([]byte, error) {
 	return append(b, '\n'), nil
 }
 
-// Parse reads and checks release.json: a version this agent knows, digests in canonical form, refs that
-// pin them, at least one stack, no empty file list (for any environment), and file paths that stay inside
-// stacks/.
+// Parse reads and checks release.json: at most MaxSize bytes, one JSON object and nothing after it, a
+// version this agent knows, digests in canonical form, refs that pin them, at least one stack, no empty
+// file list (for the stack or any of its environments), and file paths that stay inside stacks/.
 func Parse(b []byte) (*Release, error) {
+	if len(b) > MaxSize {
+		return nil, fault.InvalidErr(fmt.Errorf("%s: more than %d bytes", FileName, MaxSize))
+	}
 	var m Release
 	dec := json.NewDecoder(bytes.NewReader(b))
 	if err := dec.Decode(&m); err != nil {
 		return nil, fault.InvalidErr(fmt.Errorf("%s: %w", FileName, err))
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return nil, fault.InvalidErr(fmt.Errorf("%s: data after the JSON object", FileName))
 	}
 	if m.SchemaVersion != SchemaVersion {
 		return nil, fault.InvalidErr(fmt.Errorf("%s: schema_version %d: this agent reads version %d", FileName, m.SchemaVersion, SchemaVersion))
@@ -109,6 +129,12 @@ func Parse(b []byte) (*Release, error) {
 			if len(st.Environments[env]) == 0 {
 				errs = append(errs, fmt.Errorf("stacks.%s.environments.%s is empty", name, env))
 			}
+		}
+		if len(st.Environments) == 0 && st.Environments != nil {
+			// `"environments": {}` means what an omitted key means (no environment configured), as Encode
+			// writes it.
+			st.Environments = nil
+			m.Stacks[name] = st
 		}
 		for _, f := range st.AllFiles() {
 			if err := checkPath(f); err != nil {

@@ -1,10 +1,11 @@
 // Package pipeline turns a discovered repository into a GitLab CI child pipeline.
 //
-// In: a [discover.Repo], the per-image [discover.Decision]s and a validated [Config] (the
-// contents of pipegen.yaml). Out: a [Pipeline] model and its deterministic YAML rendering
-// (same input, same bytes: no maps iterated unsorted, no timestamps). It also embeds the
-// default job templates (pipelines/*.yml), the default pipegen.yaml and the parent
-// .gitlab-ci.yml that `pipegen init` writes.
+// In: a [discover.Repo], the per-image [discover.Decision]s, a validated [Config] (the
+// contents of pipegen.yaml) and [Options] (where reused images come from, merge request or
+// not). Out: a [Pipeline] model and its deterministic YAML rendering (same input, same bytes:
+// no maps iterated unsorted, no timestamps). It also embeds the default job templates
+// (pipelines/*.yml), the default pipegen.yaml and the parent .gitlab-ci.yml that `pipegen init`
+// writes, and makes the CI/CD component of the templates ([Component]).
 //
 // It imports the standard library and internal/discover only; it reads no files and no
 // environment (configuration is read by cmd/pipegen).
@@ -28,10 +29,17 @@ type Config struct {
 	Signing       Signing       `mapstructure:"signing" yaml:"signing"`
 	// Builder is buildah or buildkit (both rootless, no docker-in-docker).
 	Builder string `mapstructure:"builder" yaml:"builder"`
-	// Scanners enabled: container_scanning, sbom, sast.
+	// Scanners enabled per image: container_scanning, sbom. (SAST, Secret Detection and
+	// Dependency Scanning run in the parent pipeline from GitLab's templates.)
 	Scanners []string `mapstructure:"scanners" yaml:"scanners"`
+	// SeverityThreshold: container scanning fails (and the image is not signed) on a
+	// vulnerability of this severity or higher; none only reports.
+	SeverityThreshold string `mapstructure:"severity_threshold" yaml:"severity_threshold"`
 	// Templates is the directory of the job templates, relative to the repository root.
 	Templates string `mapstructure:"templates" yaml:"templates"`
+	// Component, when set, is the CI/CD component the child pipeline includes instead of the
+	// templates directory, e.g. gitlab.com/sabeiro/sawmill/sawmill-jobs@1.2.0.
+	Component string `mapstructure:"component" yaml:"component"`
 	// Tool is how jobs run pipegen itself (the release job).
 	Tool Tool `mapstructure:"tool" yaml:"tool"`
 	// MaxNeeds is the most entries a job's needs may have (GitLab's limit, 50 by default);
@@ -54,6 +62,13 @@ type Signing struct {
 	KeyVariable string `mapstructure:"key_variable" yaml:"key_variable"` // CI/CD variable holding the private key (mode key)
 	Issuer      string `mapstructure:"issuer" yaml:"issuer"`             // OIDC issuer the verifier expects (mode keyless)
 	Format      string `mapstructure:"format" yaml:"format"`             // bundle | legacy
+	// A self-hosted Sigstore (mode keyless): cosign's signing config and trusted root (file
+	// paths in the job, e.g. "$SIGSTORE_SIGNING_CONFIG" for a file-type variable), or the
+	// Fulcio and Rekor URLs. Empty: the public Sigstore (GitLab.com only).
+	SigningConfig string `mapstructure:"signing_config" yaml:"signing_config"`
+	TrustedRoot   string `mapstructure:"trusted_root" yaml:"trusted_root"`
+	FulcioURL     string `mapstructure:"fulcio_url" yaml:"fulcio_url"`
+	RekorURL      string `mapstructure:"rekor_url" yaml:"rekor_url"`
 }
 
 // Tool says how a job runs pipegen.
@@ -65,31 +80,34 @@ type Tool struct {
 
 // Allowed values.
 var (
-	Tiers    = []string{"production", "staging", "testing", "development", "other"}
-	Whens    = []string{"automatic", "manual"}
-	Modes    = []string{"keyless", "key"}
-	Formats  = []string{"bundle", "legacy"}
-	Builders = []string{"buildah", "buildkit"}
-	Scanners = []string{"container_scanning", "sbom", "sast"}
+	Tiers      = []string{"production", "staging", "testing", "development", "other"}
+	Whens      = []string{"automatic", "manual"}
+	Modes      = []string{"keyless", "key"}
+	Formats    = []string{"bundle", "legacy"}
+	Builders   = []string{"buildah", "buildkit"}
+	Scanners   = []string{"container_scanning", "sbom"}
+	Severities = []string{"none", "low", "medium", "high", "critical"}
 )
 
 // Defaults returns the configuration used for keys pipegen.yaml does not set.
 func Defaults() Config {
 	return Config{
-		DefaultBranch: "main",
-		Signing:       Signing{Mode: "keyless", KeyVariable: "COSIGN_PRIVATE_KEY", Issuer: "https://gitlab.com", Format: "bundle"},
-		Builder:       "buildah",
-		Scanners:      slices.Clone(Scanners),
-		Templates:     "pipelines",
-		Tool:          Tool{Image: "golang:1.26", Command: "pipegen", Agent: "agent"},
-		MaxNeeds:      50,
+		DefaultBranch:     "main",
+		Signing:           Signing{Mode: "keyless", KeyVariable: "COSIGN_PRIVATE_KEY", Issuer: "https://gitlab.com", Format: "bundle"},
+		Builder:           "buildah",
+		Scanners:          slices.Clone(Scanners),
+		SeverityThreshold: "high",
+		Templates:         "pipelines",
+		Tool:              Tool{Image: "golang:1.26", Command: "pipegen", Agent: "agent"},
+		MaxNeeds:          50,
 	}
 }
 
 var (
-	envNameRE  = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]*$`)
-	registryRE = regexp.MustCompile(`^[a-z0-9.-]+(:[0-9]+)?(/[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*)*$`)
-	varNameRE  = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+	envNameRE   = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]*$`)
+	registryRE  = regexp.MustCompile(`^[a-z0-9.-]+(:[0-9]+)?(/[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*)*$`)
+	varNameRE   = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+	componentRE = regexp.MustCompile(`^(\$CI_SERVER_FQDN|[a-zA-Z0-9.-]+(:[0-9]+)?)(/[a-zA-Z0-9_.-]+){2,}@[a-zA-Z0-9_.~^-]+$`)
 )
 
 func oneOf(field, v string, allowed []string) error {
@@ -147,16 +165,31 @@ func (c *Config) Validate() error {
 	if c.Signing.Mode == "keyless" && !strings.HasPrefix(c.Signing.Issuer, "https://") {
 		errs = append(errs, fmt.Errorf("signing.issuer: %q must be an https URL (e.g. https://gitlab.com)", c.Signing.Issuer))
 	}
+	for f, u := range map[string]string{"signing.fulcio_url": c.Signing.FulcioURL, "signing.rekor_url": c.Signing.RekorURL} {
+		if u != "" && !strings.HasPrefix(u, "https://") && !strings.HasPrefix(u, "http://") {
+			errs = append(errs, fmt.Errorf("%s: %q is not a URL", f, u))
+		}
+	}
 	if err := oneOf("builder", c.Builder, Builders); err != nil {
 		errs = append(errs, err)
 	}
 	for i, s := range c.Scanners {
+		if s == "sast" {
+			errs = append(errs, fmt.Errorf("scanners[%d]: sast runs in the parent pipeline now, from GitLab's SAST template (include: template: Security/SAST.gitlab-ci.yml, as pipegen init writes it): remove it here", i))
+			continue
+		}
 		if err := oneOf(fmt.Sprintf("scanners[%d]", i), s, Scanners); err != nil {
 			errs = append(errs, err)
 		}
 	}
+	if err := oneOf("severity_threshold", c.SeverityThreshold, Severities); err != nil {
+		errs = append(errs, err)
+	}
 	if c.Templates == "" || strings.HasPrefix(c.Templates, "/") || strings.Contains(c.Templates, "..") {
 		errs = append(errs, fmt.Errorf("templates: %q must be a directory inside the repository", c.Templates))
+	}
+	if c.Component != "" && !componentRE.MatchString(c.Component) {
+		errs = append(errs, fmt.Errorf("component: %q is not <host>/<project path>/<component>@<version>", c.Component))
 	}
 	if c.Tool.Command == "" {
 		errs = append(errs, errors.New("tool.command: required"))

@@ -17,6 +17,10 @@ type InitOptions struct {
 	Image         string // image of the generate/release jobs
 	Command       string // how to run pipegen
 	Agent         string // how to run the policy check
+	Signing       string // key | keyless
+	// SecurityTemplates includes GitLab's SAST, Secret Detection and Dependency Scanning
+	// templates in the parent pipeline.
+	SecurityTemplates bool
 }
 
 // File is one file `pipegen init` writes.
@@ -61,4 +65,48 @@ func InitFiles(templatesDir string, o InitOptions) ([]File, error) {
 		files = append(files, File{Path: f.dst, Data: b.Bytes()})
 	}
 	return files, nil
+}
+
+// ComponentPath is where this repository ships the job templates as a GitLab CI/CD component
+// (`include: component: <host>/<project>/sawmill-jobs@<version>`).
+const ComponentPath = "templates/sawmill-jobs.yml"
+
+// componentInputs are the component's typed spec:inputs: the job images the templates pin,
+// replaced in the template text by `$[[ inputs.<name> ]]`.
+var componentInputs = []struct{ name, description, image string }{
+	{"trivy_image", "image of the scan jobs (trivy, with /contrib/gitlab.tpl)", "aquasec/trivy:0.67.2"},
+	{"cosign_image", "image of the sign jobs (cosign v3 and a POSIX shell)", "cgr.dev/chainguard/cosign:latest-dev"},
+}
+
+// Component returns the CI/CD component file: a spec:inputs header, then the job templates
+// (TemplateFiles, in order) with the images that are inputs replaced by interpolation.
+func Component() ([]byte, error) {
+	var b bytes.Buffer
+	b.WriteString("# GitLab CI/CD component: the job templates of pipegen's child pipelines (generated from\n")
+	b.WriteString("# internal/pipeline/defaults/pipelines by pipegen; do not edit). Use it with pipegen.yaml\n")
+	b.WriteString("# `component: <host>/<project>/sawmill-jobs@<version>` instead of copying pipelines/.\n")
+	b.WriteString("spec:\n  inputs:\n")
+	for _, in := range componentInputs {
+		fmt.Fprintf(&b, "    %s:\n      type: string\n      default: %q\n      description: %q\n", in.name, in.image, in.description)
+	}
+	b.WriteString("---\n")
+	for i, name := range TemplateFiles {
+		t, err := Template(name)
+		if err != nil {
+			return nil, err
+		}
+		if i > 0 {
+			b.WriteByte('\n')
+		}
+		b.Write(t)
+	}
+	out := b.Bytes()
+	for _, in := range componentInputs {
+		old := []byte("name: " + in.image + "\n")
+		if !bytes.Contains(out, old) {
+			return nil, fmt.Errorf("component: no image %s in the templates", in.image)
+		}
+		out = bytes.ReplaceAll(out, old, []byte("name: $[[ inputs."+in.name+" ]]\n"))
+	}
+	return out, nil
 }

@@ -11,6 +11,7 @@ import (
 // Pipeline is the child pipeline.
 type Pipeline struct {
 	Includes  []string // local template files
+	Component string   // a CI/CD component included instead of Includes
 	Stages    []string
 	Variables []Var
 	Jobs      []Job // in rendering order
@@ -43,6 +44,7 @@ type Job struct {
 	AllowFailure  *bool
 	Dotenv        string   // artifacts:reports:dotenv
 	Paths         []string // artifacts:paths
+	Interruptible *bool    // interruptible: may a newer pipeline on the ref cancel it
 }
 
 // JobEnvironment is a job's environment.
@@ -64,17 +66,51 @@ var Stages = []string{"build", "scan", "sign", "test", "release", "deploy"}
 // VarName is discover.VarName: the variable prefix of an image ("go_ingest" -> "GO_INGEST").
 func VarName(image string) string { return discover.VarName(image) }
 
-// Build makes the child pipeline. decisions must come from discover.Plan on the same repo.
-// It fails when a stack has an override for an environment the configuration does not
-// define, or when two images map to the same variable name.
+// Reuse says where the reused images of a pipeline come from: the channel record `pipegen
+// generate` read (docs/release.md). The zero Reuse means no record was read (an explicit
+// --base): the release job resolves reused images from the channel tags itself.
+type Reuse struct {
+	Known   bool              // generate read the channel records
+	Commit  string            // commit of the release reused images come from ("" none)
+	Channel string            // the channel it was read from
+	Expect  string            // digest of the ref's own channel record ("" the ref has none): the release job's compare-and-swap
+	Digests map[string]string // image -> digest in that release
+}
+
+// Options are the inputs of Build besides the repository and configuration.
+type Options struct {
+	Reuse Reuse
+	// MergeRequest: a merge request pipeline. The release is written and checked but never
+	// published, and there are no deploy jobs.
+	MergeRequest bool
+}
+
+// RecordRepository is release.RecordRepository (this package does not import internal/release;
+// a test in cmd/pipegen keeps the two equal).
+const RecordRepository = "sawmill-release"
+
+// ReleaseResourceGroup serialises the release jobs of one ref (GitLab expands the variable).
+const ReleaseResourceGroup = "sawmill-release-$CI_COMMIT_REF_SLUG"
+
+// Build makes the child pipeline with no channel record (see BuildWith).
 func Build(repo *discover.Repo, decisions []discover.Decision, cfg Config) (*Pipeline, error) {
+	return BuildWith(repo, decisions, cfg, Options{})
+}
+
+// Check runs the checks of BuildWith that need no change set: it fails when a stack has an
+// override for an environment the configuration does not define, when two images map to the
+// same variable name, or when an image has the name of the channel record repository.
+func Check(repo *discover.Repo, cfg Config) error {
 	byVar := map[string]string{}
 	for _, im := range repo.Images {
 		v := VarName(im.Name)
 		if other, ok := byVar[v]; ok {
-			return nil, fmt.Errorf("images/%s and images/%s both export %s_DIGEST: rename one", other, im.Name, v)
+			return fmt.Errorf("images/%s and images/%s both export %s_DIGEST: rename one", other, im.Name, v)
 		}
 		byVar[v] = im.Name
+		if im.Name == RecordRepository {
+			return fmt.Errorf("images/%s: the name is reserved for the channel records (<registry>/%s); rename the image", im.Name, RecordRepository)
+		}
 	}
 	envNames := make([]string, 0, len(cfg.Environments))
 	for _, e := range cfg.Environments {
@@ -83,9 +119,24 @@ func Build(repo *discover.Repo, decisions []discover.Decision, cfg Config) (*Pip
 	for _, st := range repo.Stacks {
 		for _, o := range st.Overrides {
 			if _, ok := cfg.Environment(o.Env); !ok {
-				return nil, fmt.Errorf("%s: unknown environment %q (pipegen.yaml environments: %s)", o.File, o.Env, strings.Join(envNames, ", "))
+				return fmt.Errorf("%s: unknown environment %q (pipegen.yaml environments: %s)", o.File, o.Env, strings.Join(envNames, ", "))
 			}
 		}
+	}
+	return nil
+}
+
+// BuildWith makes the child pipeline. decisions must come from discover.Plan on the same repo.
+// It fails when a stack has an override for an environment the configuration does not
+// define, when two images map to the same variable name, or when an image has the name of
+// the channel record repository.
+func BuildWith(repo *discover.Repo, decisions []discover.Decision, cfg Config, opt Options) (*Pipeline, error) {
+	if err := Check(repo, cfg); err != nil {
+		return nil, err
+	}
+	envNames := make([]string, 0, len(cfg.Environments))
+	for _, e := range cfg.Environments {
+		envNames = append(envNames, e.Name)
 	}
 	rebuild := map[string]bool{}
 	for _, d := range decisions {
@@ -93,8 +144,12 @@ func Build(repo *discover.Repo, decisions []discover.Decision, cfg Config) (*Pip
 	}
 
 	p := &Pipeline{Stages: Stages}
-	for _, f := range TemplateFiles {
-		p.Includes = append(p.Includes, cfg.Templates+"/"+f)
+	if cfg.Component != "" {
+		p.Component = cfg.Component
+	} else {
+		for _, f := range TemplateFiles {
+			p.Includes = append(p.Includes, cfg.Templates+"/"+f)
+		}
 	}
 	p.Variables = []Var{
 		{"SAWMILL_REGISTRY", cfg.Registry},
@@ -111,6 +166,34 @@ func Build(repo *discover.Repo, decisions []discover.Decision, cfg Config) (*Pip
 	if cfg.Signing.Mode == "key" {
 		p.Variables = append(p.Variables, Var{"SAWMILL_SIGN_KEY_VARIABLE", cfg.Signing.KeyVariable})
 	}
+	for _, v := range []Var{{"SAWMILL_SIGNING_CONFIG", cfg.Signing.SigningConfig}, {"SAWMILL_TRUSTED_ROOT", cfg.Signing.TrustedRoot},
+		{"SAWMILL_FULCIO_URL", cfg.Signing.FulcioURL}, {"SAWMILL_REKOR_URL", cfg.Signing.RekorURL}} {
+		if v.Value != "" && cfg.Signing.Mode == "keyless" {
+			p.Variables = append(p.Variables, v)
+		}
+	}
+	if opt.Reuse.Known {
+		expect := opt.Reuse.Expect
+		if expect == "" {
+			expect = "none"
+		}
+		p.Variables = append(p.Variables,
+			Var{"SAWMILL_BASE_COMMIT", opt.Reuse.Commit},
+			Var{"SAWMILL_BASE_CHANNEL", opt.Reuse.Channel},
+			Var{"SAWMILL_CHANNEL_RECORD", expect})
+		// The digests of the reused images, resolved once here: builds FROM them and the
+		// release pins them, whatever the channel tags say by then.
+		for _, im := range repo.Images {
+			if !rebuild[im.Name] {
+				d := opt.Reuse.Digests[im.Name]
+				if d == "" {
+					return nil, fmt.Errorf("image %s is reused but the release of %s has no digest for it", im.Name, opt.Reuse.Commit)
+				}
+				p.Variables = append(p.Variables, Var{VarName(im.Name) + "_DIGEST", d})
+			}
+		}
+	}
+	yes, no := true, false
 	scan := cfg.scanner("container_scanning") || cfg.scanner("sbom")
 
 	var rebuilt, reused, signJobs []string
@@ -136,10 +219,11 @@ func Build(repo *discover.Repo, decisions []discover.Decision, cfg Config) (*Pip
 				Var{"SAWMILL_DOCKERFILE", im.Dockerfile},
 				Var{"SAWMILL_TARGET", im.Target},
 				Var{"SAWMILL_PLATFORMS", strings.Join(im.Platforms, ",")},
-				Var{"SAWMILL_BUILD_ARGS", buildArgs(im, rebuild, cfg.Registry)},
+				Var{"SAWMILL_BUILD_ARGS", buildArgs(im, rebuild, cfg.Registry, opt.Reuse.Known)},
 				Var{"SAWMILL_DOTENV", "build-" + im.Name + ".env"},
 			),
-			Dotenv: "build-" + im.Name + ".env",
+			Dotenv:        "build-" + im.Name + ".env",
+			Interruptible: &yes,
 		}
 		for _, d := range im.DependsOn {
 			if rebuild[d] {
@@ -148,31 +232,42 @@ func Build(repo *discover.Repo, decisions []discover.Decision, cfg Config) (*Pip
 		}
 		p.Jobs = append(p.Jobs, build)
 		sign := Job{
-			Name:      "sign:" + im.Name,
-			Extends:   ".sawmill-sign",
-			Stage:     "sign",
-			Needs:     []Need{{Job: build.Name, Artifacts: true}},
-			Variables: append(cloneVars(common), Var{"SAWMILL_DOTENV", "sign-" + im.Name + ".env"}),
-			Dotenv:    "sign-" + im.Name + ".env",
+			Name:          "sign:" + im.Name,
+			Extends:       ".sawmill-sign",
+			Stage:         "sign",
+			Needs:         []Need{{Job: build.Name, Artifacts: true}},
+			Variables:     append(cloneVars(common), Var{"SAWMILL_DOTENV", "sign-" + im.Name + ".env"}),
+			Dotenv:        "sign-" + im.Name + ".env",
+			Interruptible: &yes,
 		}
 		if scan {
 			p.Jobs = append(p.Jobs, Job{
-				Name:      "scan:" + im.Name,
-				Extends:   ".sawmill-scan",
-				Stage:     "scan",
-				Needs:     []Need{{Job: build.Name, Artifacts: true}},
-				Variables: append(cloneVars(common), Var{"SAWMILL_SCANNERS", scanners(cfg)}),
+				Name:          "scan:" + im.Name,
+				Extends:       ".sawmill-scan",
+				Stage:         "scan",
+				Needs:         []Need{{Job: build.Name, Artifacts: true}},
+				Variables:     append(cloneVars(common), Var{"SAWMILL_SCANNERS", scanners(cfg)}, Var{"SAWMILL_SEVERITY", severities(cfg.SeverityThreshold)}),
+				Interruptible: &yes,
 			})
-			sign.Needs = append(sign.Needs, Need{Job: "scan:" + im.Name})
+			sign.Needs = append(sign.Needs, Need{Job: "scan:" + im.Name, Artifacts: true}) // the SBOM to attest
+		}
+		// The image's own tests (image.yaml test:), in the built image; they gate signing too.
+		if len(im.Test) > 0 {
+			p.Jobs = append(p.Jobs, Job{
+				Name:          "test:" + im.Name,
+				Extends:       ".sawmill-image-test",
+				Stage:         "scan",
+				Needs:         []Need{{Job: build.Name, Artifacts: true}},
+				Variables:     append(cloneVars(common), Var{"SAWMILL_TEST_SCRIPT", strings.Join(im.Test, "\n")}),
+				Interruptible: &yes,
+			})
+			sign.Needs = append(sign.Needs, Need{Job: "test:" + im.Name})
 		}
 		if cfg.Signing.Mode == "keyless" {
 			sign.IDTokens = []Var{{"SIGSTORE_ID_TOKEN", "sigstore"}}
 		}
 		p.Jobs = append(p.Jobs, sign)
 		signJobs = append(signJobs, sign.Name)
-	}
-	if cfg.scanner("sast") {
-		p.Jobs = append(p.Jobs, Job{Name: "sast", Extends: ".sawmill-sast", Stage: "test", Needs: []Need{}})
 	}
 	for _, st := range repo.Stacks {
 		p.Jobs = append(p.Jobs, Job{
@@ -185,6 +280,7 @@ func Build(repo *discover.Repo, decisions []discover.Decision, cfg Config) (*Pip
 				{"SAWMILL_STACK_DIR", st.Dir},
 				{"SAWMILL_ENVIRONMENTS", strings.Join(envNames, " ")},
 			},
+			Interruptible: &yes,
 		})
 	}
 	stackNames := make([]string, 0, len(repo.Stacks))
@@ -201,22 +297,35 @@ func Build(repo *discover.Repo, decisions []discover.Decision, cfg Config) (*Pip
 			{"SAWMILL_REUSED", strings.Join(reused, " ")},
 			{"SAWMILL_STACKS", strings.Join(stackNames, " ")},
 		},
+		ResourceGroup: ReleaseResourceGroup,
+		Interruptible: &no,
 	}
-	if len(signJobs) > cfg.MaxNeeds {
+	if opt.MergeRequest {
+		release.Variables = append(release.Variables, Var{"SAWMILL_PUBLISH", "false"})
+	}
+	// The release waits for every sign job (their dotenv digests) and every policy job (the
+	// gates). Above GitLab's needs limit it has no needs at all: it then waits for every job
+	// of the earlier stages (build, scan, sign, test: every sign and policy job included) and
+	// gets every earlier job's dotenv report. No gate is ever left out.
+	if len(signJobs)+len(repo.Stacks) > cfg.MaxNeeds {
 		release.NoNeeds = true
 	} else {
 		for _, s := range signJobs {
 			release.Needs = append(release.Needs, Need{Job: s, Artifacts: true})
 		}
-	}
-	for _, st := range repo.Stacks {
-		release.Needs = appendNeedIfRoom(release, "policy:"+st.Name, cfg.MaxNeeds)
+		for _, st := range repo.Stacks {
+			release.Needs = append(release.Needs, Need{Job: "policy:" + st.Name})
+		}
 	}
 	p.Jobs = append(p.Jobs, release)
+	if opt.MergeRequest {
+		return p, nil // merge request pipelines never deploy
+	}
 
 	envs := append([]Environment(nil), cfg.Environments...)
 	sort.SliceStable(envs, func(i, j int) bool { return tierRank(envs[i].Tier) < tierRank(envs[j].Tier) })
-	for _, e := range envs {
+	var prev *Environment
+	for i, e := range envs {
 		cond := fmt.Sprintf(`$CI_COMMIT_BRANCH == "%s"`, e.Branch)
 		if e.Protected {
 			cond += ` && $CI_COMMIT_REF_PROTECTED == "true"`
@@ -229,24 +338,24 @@ func Build(repo *discover.Repo, decisions []discover.Decision, cfg Config) (*Pip
 			Variables:     []Var{{"SAWMILL_ENVIRONMENT", e.Name}},
 			Environment:   &JobEnvironment{Name: e.Name, Tier: e.Tier},
 			ResourceGroup: "deploy-" + e.Name,
+			Interruptible: &no,
+		}
+		// An environment is promoted only after the previous one (by tier) deployed the same
+		// release, when both deploy from the same branch (the previous job then always
+		// exists when this one does).
+		if prev != nil && prev.Branch == e.Branch && (!prev.Protected || e.Protected) {
+			j.Needs = append(j.Needs, Need{Job: "deploy:" + prev.Name})
 		}
 		if e.When == "automatic" {
 			j.Rules = []Rule{{If: cond, When: "on_success"}}
 		} else {
-			yes := true
 			j.Rules = []Rule{{If: cond, When: "manual"}}
 			j.AllowFailure = &yes
 		}
 		p.Jobs = append(p.Jobs, j)
+		prev = &envs[i]
 	}
 	return p, nil
-}
-
-func appendNeedIfRoom(j Job, name string, max int) []Need {
-	if j.NoNeeds || len(j.Needs) >= max {
-		return j.Needs
-	}
-	return append(j.Needs, Need{Job: name})
 }
 
 func cloneVars(v []Var) []Var { return append([]Var(nil), v...) }
@@ -258,6 +367,17 @@ func tierRank(t string) int {
 		}
 	}
 	return len(Tiers)
+}
+
+// severities is trivy's --severity list for a threshold ("" for none: report only).
+func severities(threshold string) string {
+	all := []string{"LOW", "MEDIUM", "HIGH", "CRITICAL"}
+	for i, s := range all {
+		if strings.EqualFold(s, threshold) {
+			return strings.Join(all[i:], ",")
+		}
+	}
+	return ""
 }
 
 func scanners(cfg Config) string {
@@ -272,16 +392,17 @@ func scanners(cfg Config) string {
 
 // buildArgs renders an image's build arguments one per line (NAME=value): its image.yaml
 // build_args, REGISTRY, and for every repository image it depends on <DEP>_IMAGE, the
-// reference to build FROM — the digest built in this pipeline (from the base's dotenv) or,
-// when the base is reused, the branch's release tag (see docs/release.md).
-func buildArgs(im discover.Image, rebuild map[string]bool, registry string) string {
+// reference to build FROM — the digest built in this pipeline (from the base's dotenv), the
+// digest generate resolved from the base release (a pipeline variable), or, without a
+// channel record (--base), the branch's release tag (see docs/release.md).
+func buildArgs(im discover.Image, rebuild map[string]bool, registry string, digests bool) string {
 	lines := []string{"REGISTRY=" + registry}
 	for _, a := range im.BuildArgs {
 		lines = append(lines, a.Name+"="+a.Value)
 	}
 	for _, d := range im.DependsOn {
 		v := VarName(d)
-		if rebuild[d] {
+		if rebuild[d] || digests {
 			lines = append(lines, fmt.Sprintf("%s_IMAGE=%s/%s@${%s_DIGEST}", v, registry, d, v))
 		} else {
 			lines = append(lines, fmt.Sprintf("%s_IMAGE=%s/%s:release-${CI_COMMIT_REF_SLUG}", v, registry, d))

@@ -3,6 +3,7 @@ package pipeline
 import (
 	"bytes"
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -101,6 +102,14 @@ type goldenCase struct {
 	All     bool           `yaml:"all"`
 	Changed []string       `yaml:"changed"`
 	Config  map[string]any `yaml:"config"`
+	// Reuse: the channel record generate read (absent: --base, no record).
+	Reuse *struct {
+		Commit  string            `yaml:"commit"`
+		Channel string            `yaml:"channel"`
+		Expect  string            `yaml:"expect"`
+		Digests map[string]string `yaml:"digests"`
+	} `yaml:"reuse"`
+	MergeRequest bool `yaml:"merge_request"`
 }
 
 func loadCase(t *testing.T, file string) (goldenCase, Config) {
@@ -133,7 +142,11 @@ func generate(t *testing.T, gc goldenCase, cfg Config) []byte {
 		t.Fatal(err)
 	}
 	d := discover.Diff{All: gc.All, Why: "rebuild all: no base revision", Paths: gc.Changed}
-	p, err := Build(repo, discover.Plan(repo, d), cfg)
+	opt := Options{MergeRequest: gc.MergeRequest}
+	if r := gc.Reuse; r != nil {
+		opt.Reuse = Reuse{Known: true, Commit: r.Commit, Channel: r.Channel, Expect: r.Expect, Digests: r.Digests}
+	}
+	p, err := BuildWith(repo, discover.Plan(repo, d), cfg, opt)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -252,6 +265,16 @@ func TestGoldenDAG(t *testing.T) {
 	if prod["rules"].([]any)[0].(map[string]any)["when"] != "manual" || prod["resource_group"] != "deploy-production" {
 		t.Errorf("deploy:production %v", prod)
 	}
+	// Production is promoted only after staging (same branch) deployed; dev deploys another branch.
+	if got := strings.Join(needs("deploy:production"), ","); got != "release,deploy:staging" {
+		t.Errorf("deploy:production needs %s", got)
+	}
+	if got := strings.Join(needs("deploy:staging"), ","); got != "release" {
+		t.Errorf("deploy:staging needs %s", got)
+	}
+	if rel := doc["release"].(map[string]any); rel["resource_group"] != "sawmill-release-$CI_COMMIT_REF_SLUG" || rel["interruptible"] != false {
+		t.Errorf("release is not serialised per ref: %v", rel)
+	}
 	dev := doc["deploy:dev"].(map[string]any)
 	if dev["rules"].([]any)[0].(map[string]any)["if"] != `$CI_COMMIT_BRANCH == "develop"` {
 		t.Errorf("deploy:dev %v", dev)
@@ -289,7 +312,10 @@ func TestConfigValidate(t *testing.T) {
 		{func(c *Config) { c.Signing.Format = "v2" }, `signing.format: "v2" is not one of bundle, legacy`},
 		{func(c *Config) { c.Signing.Mode = "key"; c.Signing.KeyVariable = "a-b" }, `signing.key_variable: "a-b" is not a CI/CD variable name`},
 		{func(c *Config) { c.Builder = "kaniko" }, `builder: "kaniko" is not one of buildah, buildkit`},
-		{func(c *Config) { c.Scanners = []string{"sast", "dast"} }, `scanners[1]: "dast" is not one of container_scanning, sbom, sast`},
+		{func(c *Config) { c.Scanners = []string{"sbom", "dast"} }, `scanners[1]: "dast" is not one of container_scanning, sbom`},
+		{func(c *Config) { c.Scanners = []string{"sast"} }, `scanners[0]: sast runs in the parent pipeline now, from GitLab's SAST template`},
+		{func(c *Config) { c.Component = "sawmill-jobs" }, `component: "sawmill-jobs" is not <host>/<project path>/<component>@<version>`},
+		{func(c *Config) { c.SeverityThreshold = "severe" }, `severity_threshold: "severe" is not one of none, low, medium, high, critical`},
 		{func(c *Config) { c.MaxNeeds = 0 }, "max_needs: 0 must be at least 1"},
 		{func(c *Config) { c.Templates = "../x" }, `templates: "../x" must be a directory inside the repository`},
 	} {
@@ -332,7 +358,7 @@ func TestRenderQuoting(t *testing.T) {
 }
 
 func TestInitFiles(t *testing.T) {
-	files, err := InitFiles("pipelines", InitOptions{Registry: "registry.gitlab.com/g/p", DefaultBranch: "main", Image: "golang:1.26", Command: "pipegen", Agent: "agent"})
+	files, err := InitFiles("pipelines", InitOptions{Registry: "registry.gitlab.com/g/p", DefaultBranch: "main", Image: "golang:1.26", Command: "pipegen", Agent: "agent", Signing: "keyless", SecurityTemplates: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -350,6 +376,15 @@ func TestInitFiles(t *testing.T) {
 			}
 			if err := cfg.Validate(); err != nil {
 				t.Fatalf("pipegen.yaml: %v", err)
+			}
+		case f.Path == ".gitlab-ci.yml":
+			if err := validate(t, schema, f.Data); err != nil {
+				t.Errorf("%s: %v", f.Path, err)
+			}
+			for _, tpl := range []string{"Security/SAST.gitlab-ci.yml", "Security/Secret-Detection.gitlab-ci.yml", "Security/Dependency-Scanning.gitlab-ci.yml"} {
+				if !bytes.Contains(f.Data, []byte("  - template: "+tpl+"\n")) {
+					t.Errorf(".gitlab-ci.yml does not include %s", tpl)
+				}
 			}
 		default:
 			// Templates alone are valid CI files too (hidden jobs only).
@@ -393,6 +428,152 @@ func TestPlainScalars(t *testing.T) {
 		}
 		if got, want := plainValue(s), valRE.MatchString(s) && !reserved[strings.ToLower(s)]; got != want {
 			t.Errorf("plainValue(%q) = %v, want %v", s, got, want)
+		}
+	}
+}
+
+// scaleRepo writes a repository with n images (no dependencies) and m stacks.
+func scaleRepo(t *testing.T, n, m int) *discover.Repo {
+	t.Helper()
+	dir := t.TempDir()
+	for i := range n {
+		p := filepath.Join(dir, "images", fmt.Sprintf("img%02d", i))
+		os.MkdirAll(p, 0o755)
+		os.WriteFile(filepath.Join(p, "Dockerfile"), []byte("FROM scratch\n"), 0o644)
+	}
+	for i := range m {
+		p := filepath.Join(dir, "stacks", fmt.Sprintf("stack%02d", i))
+		os.MkdirAll(p, 0o755)
+		os.WriteFile(filepath.Join(p, "compose.yaml"), []byte("services:\n  a:\n    image: busybox\n"), 0o644)
+	}
+	repo, err := discover.Scan(dir, discover.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return repo
+}
+
+// The release never runs without a policy gate: with sign jobs plus policy jobs above the
+// needs limit it waits for the stages (every policy job is in an earlier stage); at or below
+// the limit it needs every one of them.
+func TestReleaseKeepsEveryPolicyGate(t *testing.T) {
+	schema := ciSchema(t)
+	cfg := Defaults()
+	cfg.Registry = "registry.gitlab.com/g/p"
+	cfg.Environments = []Environment{{Name: "staging", Tier: "staging", When: "automatic"}}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ images, stacks int }{{60, 10}, {45, 10}, {40, 10}, {3, 60}} {
+		t.Run(fmt.Sprintf("%d_images_%d_stacks", tc.images, tc.stacks), func(t *testing.T) {
+			repo := scaleRepo(t, tc.images, tc.stacks)
+			p, err := Build(repo, discover.Plan(repo, discover.Diff{All: true}), cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			yml := p.Bytes()
+			if err := validate(t, schema, yml); err != nil {
+				t.Fatal(err)
+			}
+			var raw map[string]any
+			if err := yaml.Unmarshal(yml, &raw); err != nil {
+				t.Fatal(err)
+			}
+			doc := map[string]map[string]any{}
+			for k, v := range raw {
+				if m, ok := v.(map[string]any); ok {
+					doc[k] = m
+				}
+			}
+			rel := doc["release"]
+			needs, hasNeeds := rel["needs"].([]any)
+			if n := len(needs); n > cfg.MaxNeeds {
+				t.Fatalf("release needs %d jobs, above GitLab's limit %d", n, cfg.MaxNeeds)
+			}
+			stageIndex := map[string]int{}
+			for i, s := range Stages {
+				stageIndex[s] = i
+			}
+			for i := range tc.stacks {
+				job := fmt.Sprintf("policy:stack%02d", i)
+				pj, ok := doc[job]
+				if !ok {
+					t.Fatalf("no job %s", job)
+				}
+				if hasNeeds {
+					found := false
+					for _, n := range needs {
+						found = found || n.(map[string]any)["job"] == job
+					}
+					if !found {
+						t.Errorf("release does not need %s (needs %d jobs)", job, len(needs))
+					}
+				} else if stageIndex[pj["stage"].(string)] >= stageIndex[rel["stage"].(string)] {
+					t.Errorf("release has no needs but %s is in stage %s, not before %s", job, pj["stage"], rel["stage"])
+				}
+			}
+			if hasNeeds && len(needs) != tc.images+tc.stacks {
+				t.Errorf("release needs %d jobs, want every sign and policy job (%d)", len(needs), tc.images+tc.stacks)
+			}
+		})
+	}
+}
+
+// This repository ships the templates as a CI/CD component too: templates/sawmill-jobs.yml is
+// Component() (go test -update rewrites it). Its header and body are valid CI files, and every
+// input is typed, has a default and is used.
+func TestComponentFile(t *testing.T) {
+	want, err := Component()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(moduleRoot(t), filepath.FromSlash(ComponentPath))
+	if *update {
+		if err := os.WriteFile(path, want, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (go test -update writes it)", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("%s differs from the templates (go test ./internal/pipeline/ -update rewrites it)", ComponentPath)
+	}
+	header, body, ok := bytes.Cut(got, []byte("\n---\n"))
+	if !ok {
+		t.Fatal("no --- between the spec header and the templates")
+	}
+	schema := ciSchema(t)
+	for name, doc := range map[string][]byte{"header": header, "body": body} {
+		if err := validate(t, schema, doc); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	var spec struct {
+		Spec struct {
+			Inputs map[string]struct {
+				Type, Default, Description string
+			}
+		}
+	}
+	if err := yaml.Unmarshal(header, &spec); err != nil {
+		t.Fatal(err)
+	}
+	if len(spec.Spec.Inputs) == 0 {
+		t.Fatal("no inputs")
+	}
+	for name, in := range spec.Spec.Inputs {
+		if in.Type != "string" || in.Default == "" || in.Description == "" {
+			t.Errorf("input %s: %+v", name, in)
+		}
+		if !bytes.Contains(body, []byte("$[[ inputs."+name+" ]]")) {
+			t.Errorf("input %s is not used", name)
+		}
+	}
+	for _, job := range []string{".sawmill-build:", ".sawmill-scan:", ".sawmill-sign:", ".sawmill-image-test:", ".sawmill-policy:", ".sawmill-release:", ".sawmill-deploy:"} {
+		if !bytes.Contains(body, []byte("\n"+job+"\n")) && !bytes.HasPrefix(body, []byte(job+"\n")) {
+			t.Errorf("the component has no %s", job)
 		}
 	}
 }

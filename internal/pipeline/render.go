@@ -21,7 +21,9 @@ type seq []any
 // Tree converts the pipeline to an ordered tree of mapping / seq / string / bool.
 func (p *Pipeline) tree() mapping {
 	var top mapping
-	if len(p.Includes) > 0 {
+	if p.Component != "" {
+		top = append(top, kv{"include", seq{mapping{{"component", p.Component}}}})
+	} else if len(p.Includes) > 0 {
 		var inc seq
 		for _, f := range p.Includes {
 			inc = append(inc, mapping{{"local", f}})
@@ -88,6 +90,9 @@ func (j Job) tree() mapping {
 	}
 	if j.AllowFailure != nil {
 		m = append(m, kv{"allow_failure", *j.AllowFailure})
+	}
+	if j.Interruptible != nil {
+		m = append(m, kv{"interruptible", *j.Interruptible})
 	}
 	if j.Dotenv != "" || len(j.Paths) > 0 {
 		var a mapping

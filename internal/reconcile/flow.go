@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/sabeiro/sawmill/internal/compose"
+	"github.com/sabeiro/sawmill/internal/fault"
 	"github.com/sabeiro/sawmill/internal/plan"
 	"github.com/sabeiro/sawmill/internal/policy"
 	"github.com/sabeiro/sawmill/internal/stack"
@@ -162,6 +163,10 @@ func (f *Flow) verify(ctx context.Context, c *Cycle) error {
 		f.log().Info("signature", "stack", w.Name, "image", r.Ref, "digest", r.Digest, "status", string(r.Status), "signers", strings.Join(r.Signers, ", "), "cached", r.Cached)
 	}
 	if err != nil {
+		if onlyTransient(results) {
+			// The registry could not answer: nothing is known about the release yet; retry, do not refuse.
+			return fault.TransientErr(fmt.Errorf("stack %s: %w", w.Name, err))
+		}
 		return fmt.Errorf("stack %s: %w", w.Name, err)
 	}
 	pinned := verify.PinnedRefs(results)
@@ -221,6 +226,20 @@ func (f *Flow) apply(ctx context.Context, c *Cycle) error {
 	res, err := f.Apply.Apply(ctx, c.Plan)
 	c.Result = res
 	return err
+}
+
+// onlyTransient reports whether every rejected image was rejected only because the registry could not answer.
+func onlyTransient(results []verify.Result) bool {
+	n := 0
+	for _, r := range results {
+		if r.Status == verify.Rejected {
+			if !verify.IsTransient(r.Err) {
+				return false
+			}
+			n++
+		}
+	}
+	return n > 0
 }
 
 // PolicySignatures maps verification results to the policies' input, by image reference as written and as

@@ -2,9 +2,13 @@ package reconcile
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"runtime/debug"
 	"strings"
@@ -91,9 +95,19 @@ type Loop struct {
 	// Now is the clock; Rand returns a number in [0, 1) for the jitter. Defaults: time.Now, math/rand/v2.
 	Now  func() time.Time
 	Rand func() float64
+	// CycleTimeout bounds a whole cycle (default 15m); ReportTimeout one report to GitLab (default 30s).
+	CycleTimeout, ReportTimeout time.Duration
+	// Revision names what the decisions of a cycle depend on besides the release and its variables (the
+	// policies' and the trust policy's revisions), for remembering failures. Optional.
+	Revision func(ctx context.Context) string
+	// RetryFile, when it exists, asks the next cycle to roll out a release that failed before (agent retry
+	// writes it; the cycle removes it).
+	RetryFile string
 
 	trigger chan struct{}
 	nameKey []byte
+	held    bool // this agent held the lease after the last cycle
+	outbox  []report.Outcome
 	mu      sync.Mutex
 	last    Record
 	ready   bool
@@ -108,6 +122,13 @@ type Record struct {
 	// reached; nothing changed).
 	Outcome outcome.Outcome `json:"outcome"`
 	Reason  string          `json:"reason,omitempty"`
+	// Fingerprint identifies what was rolled out: the release, its variables and the policies' revision.
+	Fingerprint string `json:"fingerprint,omitempty"`
+	// Held: the release failed before with the same fingerprint and was not rolled out again; it will be
+	// when the release, its variables or the policies change, or on `agent retry`.
+	Held bool `json:"held,omitempty"`
+	// ReportsPending counts the reports to GitLab not delivered yet (retried every cycle, in order).
+	ReportsPending int `json:"reports_pending,omitempty"`
 }
 
 // Init checks l, fills its defaults and reads the state file.
@@ -133,13 +154,19 @@ func (l *Loop) Init() error {
 	if l.Redact == nil {
 		l.Redact = redact.New()
 	}
+	if l.CycleTimeout <= 0 {
+		l.CycleTimeout = 15 * time.Minute
+	}
+	if l.ReportTimeout <= 0 {
+		l.ReportTimeout = 30 * time.Second
+	}
 	l.trigger = make(chan struct{}, 1)
 	if l.StateFile != "" {
-		rec, err := readState(l.StateFile)
+		st, err := readState(l.StateFile, l.Now())
 		if err != nil {
 			l.Log.Error("state file", "err", err)
 		}
-		l.last = rec
+		l.last, l.outbox = st.Record, st.Outbox
 	}
 	return nil
 }
@@ -166,31 +193,63 @@ func (l *Loop) Ready() bool {
 	return l.ready
 }
 
-// Run cycles until ctx ends. After an error (the source or the engine unreachable) it waits with
-// exponential backoff, never longer than the interval. It releases the lease when it stops.
+// Run cycles until ctx ends. After an error (the source, a registry or the engine unreachable) it waits with
+// exponential backoff, jittered, never longer than the interval. Between cycles it keeps renewing the lease
+// it holds, so one agent stays the actor. It releases the lease when it stops.
 func (l *Loop) Run(ctx context.Context) error {
 	backoff := time.Duration(0)
 	for {
 		rec := l.Cycle(ctx)
-		wait := l.jittered()
+		wait := l.Interval
 		if rec.Outcome == outcome.Error {
-			if backoff == 0 {
-				backoff = time.Second
-			} else {
-				backoff *= 2
-			}
-			wait = min(backoff, wait)
+			backoff = min(max(2*backoff, time.Second), l.Interval)
+			wait = backoff
 		} else {
 			backoff = 0
 		}
-		select {
-		case <-ctx.Done():
-			l.ReleaseLease()
-			return nil
-		case <-l.trigger:
-			l.Log.Info("sync triggered")
-		case <-time.After(wait):
+		timer := time.NewTimer(l.jittered(wait))
+		var renew <-chan time.Time
+		if l.Lease != nil {
+			t := time.NewTicker(l.Lease.RenewEvery())
+			defer t.Stop()
+			renew = t.C
 		}
+	wait:
+		for {
+			select {
+			case <-ctx.Done():
+				timer.Stop()
+				l.ReleaseLease()
+				return nil
+			case <-l.trigger:
+				l.Log.Info("sync triggered")
+				break wait
+			case <-timer.C:
+				break wait
+			case <-renew:
+				l.renew(ctx)
+			}
+		}
+		timer.Stop()
+	}
+}
+
+// renew renews the lease between cycles, if this agent holds it.
+func (l *Loop) renew(ctx context.Context) {
+	if !l.held {
+		return
+	}
+	rctx, cancel := context.WithTimeout(ctx, l.Lease.RenewEvery())
+	defer cancel()
+	held, holder, err := l.Lease.Acquire(rctx)
+	if err != nil {
+		l.Log.Warn("renewing the lease", "err", err)
+		return // the next cycle tries again, and stands by if it cannot
+	}
+	if !held {
+		l.Log.Warn("lost the lease", "holder", holder)
+		l.held = false
+		l.Metrics.Leader(false)
 	}
 }
 
@@ -204,50 +263,112 @@ func (l *Loop) ReleaseLease() {
 	_ = l.Lease.Release(ctx)
 }
 
-func (l *Loop) jittered() time.Duration {
+func (l *Loop) jittered(d time.Duration) time.Duration {
 	if l.Jitter <= 0 {
-		return l.Interval
+		return d
 	}
 	f := 1 + l.Jitter*(2*l.Rand()-1)
-	return time.Duration(float64(l.Interval) * f)
+	return time.Duration(float64(d) * f)
 }
 
-// Cycle runs once, in order: lease, release, variables, every stack through the flow, then record the
-// outcome, report it when it changed, and write the state file.
+// Cycle runs once, in order: deliver queued reports, then (within CycleTimeout) lease, release, variables,
+// every stack through the flow; then record the outcome, queue a report when it changed, write the state file,
+// and deliver the queue.
 func (l *Loop) Cycle(ctx context.Context) Record {
 	start := l.Now()
-	rec := l.safeCycle(ctx)
+	l.flush(ctx)
+	cctx, cancel := context.WithTimeout(ctx, l.CycleTimeout)
+	rec := l.safeCycle(cctx)
+	if ctx.Err() != nil && rec.Outcome != outcome.Success && rec.Outcome != outcome.Standby {
+		// The agent is stopping (Swarm stops the old agent once its start-first successor is healthy): an
+		// interrupted cycle says nothing about the release; it is neither recorded nor reported, and the
+		// agent that takes the lease over runs it again.
+		rec.Outcome, rec.Held = outcome.Error, false
+		rec.Reason = "interrupted, the agent is stopping: " + rec.Reason
+	}
+	if errors.Is(cctx.Err(), context.DeadlineExceeded) && rec.Outcome != outcome.Success {
+		rec.Reason = fmt.Sprintf("the cycle did not finish within %s: %s", l.CycleTimeout, rec.Reason)
+	}
+	cancel()
 	rec.Reason = l.Redact.String(rec.Reason)
 	rec.Time = l.Now().UTC()
 	elapsed := l.Now().Sub(start)
 	l.Metrics.Cycle(rec, elapsed)
-	l.mu.Lock()
-	prev := l.last
-	l.last = rec
-	l.ready = l.ready || rec.Outcome != outcome.Error
-	l.mu.Unlock()
+	prev := l.Last()
 
 	changed := rec.Release != prev.Release || rec.Outcome != prev.Outcome || rec.Reason != prev.Reason
-	if state := rec.Outcome.Row().CommitState; changed && state != "" && rec.Commit != "" && l.Reporter != nil {
+	if state := rec.Outcome.Row().CommitState; changed && state != "" && rec.Commit != "" {
 		reason := "deployed"
 		if rec.Outcome != outcome.Success {
 			reason = string(rec.Outcome) + ": " + rec.Reason
 		}
-		if err := l.Reporter.Report(ctx, report.Outcome{Environment: l.Environment, Commit: rec.Commit, State: report.State(state), Reason: reason}); err != nil {
-			l.Log.Error("report to GitLab failed", "err", err)
-		}
+		l.outbox = append(l.outbox, report.Outcome{Environment: l.Environment, Commit: rec.Commit, State: report.State(state), Reason: reason})
 	}
-	if changed && l.StateFile != "" && rec.Outcome != outcome.Error {
-		if err := writeState(l.StateFile, rec); err != nil {
-			l.Log.Error("state file", "err", err)
-		}
+	keep := rec.Outcome != outcome.Error && rec.Outcome != outcome.Standby
+	if keep && (changed || rec.Fingerprint != prev.Fingerprint) {
+		l.save(rec)
+	} else if len(l.outbox) > 0 {
+		l.save(prev)
 	}
+	if !keep {
+		// An outage or a standby says nothing about what runs: the last real outcome stays on record for
+		// the state file, while /status shows this cycle.
+		rec.Fingerprint = prev.Fingerprint
+	}
+	l.flush(ctx)
+	rec.ReportsPending = len(l.outbox)
+	l.mu.Lock()
+	l.last = rec
+	l.ready = l.ready || rec.Outcome != outcome.Error
+	l.mu.Unlock()
+
 	level := slog.LevelInfo
 	if rec.Outcome != outcome.Success && rec.Outcome != outcome.Standby {
 		level = slog.LevelError
 	}
-	l.Log.Log(ctx, level, "cycle", "outcome", string(rec.Outcome), "release", rec.Release, "commit", rec.Commit, "reason", rec.Reason, "duration", elapsed.Round(time.Millisecond))
+	l.Log.Log(ctx, level, "cycle", "outcome", string(rec.Outcome), "release", rec.Release, "commit", rec.Commit, "reason", rec.Reason, "held", rec.Held, "duration", elapsed.Round(time.Millisecond))
 	return rec
+}
+
+// save writes the state file: rec and the queued reports.
+func (l *Loop) save(rec Record) {
+	if l.StateFile == "" {
+		return
+	}
+	rec.ReportsPending = 0
+	if err := writeState(l.StateFile, state{Record: rec, Outbox: l.outbox}); err != nil {
+		l.Log.Error("state file", "err", err)
+	}
+}
+
+// flush delivers the queued reports in order, each within ReportTimeout, and stops at the first that fails
+// (it is retried next cycle). Delivered ones leave the queue and the state file.
+func (l *Loop) flush(ctx context.Context) {
+	if l.Reporter == nil {
+		l.outbox = nil
+		return
+	}
+	sent := 0
+	for _, o := range l.outbox {
+		rctx, cancel := context.WithTimeout(ctx, l.ReportTimeout)
+		err := l.Reporter.Report(rctx, o)
+		cancel()
+		if err != nil {
+			l.Log.Error("report to GitLab failed; retried next cycle", "commit", o.Commit, "state", string(o.State), "err", l.Redact.String(err.Error()))
+			break
+		}
+		sent++
+	}
+	if sent == 0 {
+		return
+	}
+	l.outbox = l.outbox[sent:]
+	last := l.Last()
+	if last.Outcome == "" || last.Outcome == outcome.Error || last.Outcome == outcome.Standby {
+		st, _ := readState(l.StateFile, l.Now())
+		last = st.Record
+	}
+	l.save(last)
 }
 
 // safeCycle runs a cycle; a panic (a bug; never input: the input is checked) is an error outcome, so that
@@ -264,11 +385,15 @@ func (l *Loop) safeCycle(ctx context.Context) (rec Record) {
 
 func (l *Loop) cycle(ctx context.Context) Record {
 	if l.Lease != nil {
-		held, holder, err := l.Lease.Acquire(ctx)
+		actx, acancel := context.WithTimeout(ctx, l.Lease.RenewEvery())
+		held, holder, err := l.Lease.Acquire(actx)
+		acancel()
 		if err != nil {
+			l.held = false
 			return Record{Outcome: outcome.Error, Reason: err.Error()}
 		}
 		l.Metrics.Leader(held)
+		l.held = held
 		if !held {
 			return Record{Outcome: outcome.Standby, Reason: "agent " + holder + " holds the lease"}
 		}
@@ -312,6 +437,12 @@ func (l *Loop) cycle(ctx context.Context) Record {
 		}
 		l.nameKey = k
 	}
+	rec.Fingerprint = l.fingerprint(ctx, key, env)
+	if last := l.Last(); last.Outcome == outcome.Failed && last.Fingerprint == rec.Fingerprint && !l.retryRequested() {
+		// The same release failed with the same inputs: rolling it out again would fail again, with downtime.
+		rec.Outcome, rec.Reason, rec.Held = outcome.Failed, last.Reason, true
+		return rec
+	}
 	stacks := l.Stacks
 	if len(stacks) == 0 {
 		stacks = rel.Manifest.StackNames()
@@ -343,28 +474,71 @@ func (l *Loop) cycle(ctx context.Context) Record {
 	return rec
 }
 
-// keepLease renews the lease until ctx ends; when a renewal fails it cancels the cycle, so that two agents
-// never act at once.
+// keepLease renews the lease while a cycle runs. The holder keeps a local deadline: two thirds of the TTL
+// after the start of its last successful renewal (the rest is the margin for the agents' clocks); when it
+// cannot renew before then (the engine hangs, the network is cut), or another agent holds the lease, it
+// cancels the cycle, so that two agents never act at once.
 func (l *Loop) keepLease(ctx context.Context, cancel context.CancelFunc) {
-	t := time.NewTicker(l.Lease.RenewEvery())
+	every := l.Lease.RenewEvery()
+	t := time.NewTicker(every)
 	defer t.Stop()
+	lastOK := l.Now()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			held, holder, err := l.Lease.Acquire(ctx)
+			start := l.Now()
+			rctx, rcancel := context.WithTimeout(ctx, every)
+			held, holder, err := l.Lease.Acquire(rctx)
+			rcancel()
 			if ctx.Err() != nil {
 				return
 			}
-			if err != nil || !held {
-				l.Log.Error("lost the lease; stopping this cycle", "holder", holder, "err", err)
-				l.Metrics.Leader(false)
-				cancel()
-				return
+			switch {
+			case err == nil && held:
+				lastOK = start
+				continue
+			case err == nil:
+				l.Log.Error("lost the lease; stopping this cycle", "holder", holder)
+			case l.Now().Before(lastOK.Add(2 * every)):
+				l.Log.Warn("renewing the lease failed; retrying before the local deadline", "err", err)
+				continue
+			default:
+				l.Log.Error("could not renew the lease before its local deadline; stopping this cycle", "err", err)
 			}
+			l.held = false
+			l.Metrics.Leader(false)
+			cancel()
+			return
 		}
 	}
+}
+
+// fingerprint identifies a rollout's inputs: the release, the values it is interpolated with, and the
+// revisions of the policies and the trust policy. The values are hashed with the swarm's name key.
+func (l *Loop) fingerprint(ctx context.Context, key string, env []string) string {
+	h := hmac.New(sha256.New, l.nameKey)
+	h.Write([]byte(key + "\x00"))
+	for _, kv := range env {
+		h.Write([]byte(kv + "\x00"))
+	}
+	if l.Revision != nil {
+		h.Write([]byte(l.Revision(ctx)))
+	}
+	return hex.EncodeToString(h.Sum(nil))[:16]
+}
+
+// retryRequested reports (once) whether an operator asked to roll a failed release out again.
+func (l *Loop) retryRequested() bool {
+	if l.RetryFile == "" {
+		return false
+	}
+	if err := os.Remove(l.RetryFile); err != nil {
+		return false
+	}
+	l.Log.Info("retry requested: rolling out a release that failed before")
+	return true
 }
 
 type nopRecorder struct{}

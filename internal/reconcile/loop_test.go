@@ -1,14 +1,19 @@
 package reconcile
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"log/slog"
+	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
 
+	"github.com/sabeiro/sawmill/internal/fault"
 	"github.com/sabeiro/sawmill/internal/manifest"
 	"github.com/sabeiro/sawmill/internal/outcome"
 	"github.com/sabeiro/sawmill/internal/plan"
@@ -157,8 +162,9 @@ func TestLoopBacksOffOnErrorsAndKeepsTheInterval(t *testing.T) {
 		time.Sleep(20 * time.Second)
 		synctest.Wait()
 
-		// Errors: 1s, 2s, 4s, then capped at the jittered interval (5s).
-		want := []time.Duration{0, 1 * time.Second, 3 * time.Second, 7 * time.Second, 12 * time.Second, 17 * time.Second}
+		// Errors: a backoff of 1s, 2s, 4s, 8s, then capped at the interval (10s), each jittered (x0.5 here).
+		ms := time.Millisecond
+		want := []time.Duration{0, 500 * ms, 1500 * ms, 3500 * ms, 7500 * ms, 12500 * ms, 17500 * ms}
 		src.mu.Lock()
 		got := make([]time.Duration, len(src.times))
 		for i, at := range src.times {
@@ -215,4 +221,191 @@ func (b *blockingApplier) Apply(ctx context.Context, p *plan.Plan) (*sw.Result, 
 	<-ctx.Done()
 	b.err = ctx.Err()
 	return &sw.Result{Plan: p}, ctx.Err()
+}
+
+// failingApplier fails every rollout, as a release whose new version never becomes healthy.
+type failingApplier struct{ calls *int }
+
+func (f failingApplier) Apply(_ context.Context, p *plan.Plan) (*sw.Result, error) {
+	*f.calls++
+	return &sw.Result{Plan: p}, fault.RolloutErr(errors.New("rollout failed: shop_web: 3 task(s) of the new version failed"))
+}
+
+// A release that failed is not rolled out again every cycle: not until it, its variables or the policies
+// change, or an operator asks (agent retry). Its status stays failed.
+func TestLoopRemembersFailures(t *testing.T) {
+	dir := t.TempDir()
+	fx := newFixture("registry.example/web:1", policy.ModeEnforce)
+	applies := 0
+	fx.flow.Apply = failingApplier{calls: &applies}
+	src := &fakeSource{commit: "bad"}
+	rep := &fakeReporter{}
+	rev := "policies-1"
+	l := newLoop(t, fx, src, rep, filepath.Join(dir, "state.json"))
+	l.RetryFile = filepath.Join(dir, "retry")
+	l.Revision = func(context.Context) string { return rev }
+
+	for i := range 3 {
+		rec := l.Cycle(context.Background())
+		if rec.Outcome != outcome.Failed || rec.Held != (i > 0) {
+			t.Fatalf("cycle %d: %+v", i, rec)
+		}
+	}
+	if applies != 1 || len(rep.sent) != 1 || rep.sent[0].State != report.Failed {
+		t.Fatalf("a failed release was rolled out %d times, reported %+v", applies, rep.sent)
+	}
+	// A restart remembers it too.
+	l = newLoop(t, fx, src, rep, filepath.Join(dir, "state.json"))
+	l.RetryFile, l.Revision = filepath.Join(dir, "retry"), func(context.Context) string { return rev }
+	if rec := l.Cycle(context.Background()); !rec.Held || applies != 1 {
+		t.Fatalf("after a restart: %+v, %d rollouts", rec, applies)
+	}
+	// agent retry: one more rollout.
+	if err := os.WriteFile(l.RetryFile, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if rec := l.Cycle(context.Background()); rec.Held || applies != 2 {
+		t.Fatalf("retry: %+v, %d rollouts", rec, applies)
+	}
+	// A change of the policies: another rollout.
+	rev = "policies-2"
+	if rec := l.Cycle(context.Background()); rec.Held || applies != 3 {
+		t.Fatalf("new policies: %+v, %d rollouts", rec, applies)
+	}
+	// A new release: rolled out.
+	src.mu.Lock()
+	src.commit = "next"
+	src.mu.Unlock()
+	if rec := l.Cycle(context.Background()); rec.Held || applies != 4 {
+		t.Fatalf("new release: %+v, %d rollouts", rec, applies)
+	}
+}
+
+// flakyReporter fails while down is set.
+type flakyReporter struct {
+	down bool
+	sent []report.Outcome
+}
+
+func (r *flakyReporter) Report(_ context.Context, o report.Outcome) error {
+	if r.down {
+		return errors.New("gitlab: 502 Bad Gateway")
+	}
+	r.sent = append(r.sent, o)
+	return nil
+}
+
+// Reports GitLab could not take are queued in the state file and delivered later, in order, once each.
+func TestLoopOutbox(t *testing.T) {
+	state := filepath.Join(t.TempDir(), "state.json")
+	fx := newFixture("registry.example/web:1", policy.ModeEnforce)
+	src := &fakeSource{commit: "one"}
+	rep := &flakyReporter{down: true}
+	l := newLoop(t, fx, src, nil, state)
+	l.Reporter = rep
+	l.Cycle(context.Background())
+	fx.eval.deny = true
+	src.mu.Lock()
+	src.commit = "two"
+	src.mu.Unlock()
+	if rec := l.Cycle(context.Background()); rec.ReportsPending != 2 {
+		t.Fatalf("pending reports: %+v", rec)
+	}
+	// The agent restarts while GitLab is down: the queue survives.
+	l = newLoop(t, fx, src, nil, state)
+	l.Reporter = rep
+	rep.down = false
+	rec := l.Cycle(context.Background())
+	if rec.ReportsPending != 0 || len(rep.sent) != 2 || rep.sent[0].Commit != "one" || rep.sent[0].State != report.Success ||
+		rep.sent[1].Commit != "two" || rep.sent[1].State != report.Failed {
+		t.Fatalf("delivered %+v, pending %d", rep.sent, rec.ReportsPending)
+	}
+	l.Cycle(context.Background())
+	if len(rep.sent) != 2 {
+		t.Fatalf("a report was delivered twice: %+v", rep.sent)
+	}
+}
+
+// A corrupt state file is moved aside and reported; the agent starts as new.
+func TestLoopCorruptState(t *testing.T) {
+	dir := t.TempDir()
+	state := filepath.Join(dir, "state.json")
+	if err := os.WriteFile(state, []byte(`{"outcome": "succ`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var logs bytes.Buffer
+	fx := newFixture("registry.example/web:1", policy.ModeEnforce)
+	l := &Loop{Environment: "staging", Source: &fakeSource{commit: "abc"}, Flow: fx.flow, StateFile: state, Log: slog.New(slog.NewTextHandler(&logs, nil))}
+	if err := l.Init(); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(logs.String(), "is corrupt") || l.Last().Outcome != "" {
+		t.Fatalf("log %q, last %+v", logs.String(), l.Last())
+	}
+	aside, _ := filepath.Glob(state + ".corrupt-*")
+	if len(aside) != 1 {
+		t.Fatalf("the corrupt file was not kept aside: %v", aside)
+	}
+	if rec := l.Cycle(context.Background()); rec.Outcome != outcome.Success {
+		t.Fatalf("after a corrupt state: %+v", rec)
+	}
+	b, err := os.ReadFile(state)
+	if err != nil || !strings.Contains(string(b), `"outcome": "success"`) {
+		t.Fatalf("state file %s %v", b, err)
+	}
+	if tmp, _ := filepath.Glob(filepath.Join(dir, "*.tmp-*")); len(tmp) != 0 {
+		t.Fatalf("temporary files left: %v", tmp)
+	}
+}
+
+// hangingLease answers the first Acquire, then hangs until the caller gives up.
+type hangingLease struct{ n int }
+
+func (l *hangingLease) Acquire(ctx context.Context) (bool, string, error) {
+	l.n++
+	if l.n == 1 {
+		return true, "me", nil
+	}
+	<-ctx.Done()
+	return false, "", ctx.Err()
+}
+func (l *hangingLease) Release(context.Context) error { return nil }
+func (l *hangingLease) RenewEvery() time.Duration     { return 10 * time.Second }
+
+// A leader that cannot renew stops acting by its local deadline (2/3 of the TTL after its last renewal), so a
+// standby that takes over when the lease expires never acts beside it.
+func TestLoopLeaderStopsAtItsLocalDeadline(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fx := newFixture("registry.example/web:1", policy.ModeEnforce)
+		blocked := &blockingApplier{}
+		fx.flow.Apply = blocked
+		l := newLoop(t, fx, &fakeSource{commit: "abc"}, &fakeReporter{}, "")
+		l.Lease = &hangingLease{}
+		start := time.Now()
+		l.Cycle(context.Background())
+		stopped := time.Since(start)
+		if !errors.Is(blocked.err, context.Canceled) || stopped > 20*time.Second+time.Millisecond {
+			t.Fatalf("the leader acted for %s without a lease (TTL 30s, local deadline 20s): %v", stopped, blocked.err)
+		}
+	})
+}
+
+// Between cycles the leader renews its lease, so with an interval longer than the TTL it stays the leader.
+func TestLoopRenewsBetweenCycles(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fx := newFixture("registry.example/web:1", policy.ModeEnforce)
+		l := newLoop(t, fx, &fakeSource{commit: "abc"}, &fakeReporter{}, "")
+		lease := &fakeLease{held: true}
+		l.Lease, l.Interval = lease, time.Minute
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { _ = l.Run(ctx); close(done) }()
+		time.Sleep(59 * time.Second)
+		synctest.Wait()
+		if lease.n < 5 { // one per cycle, then every RenewEvery (1s here) while waiting
+			t.Fatalf("the lease was renewed %d times in a minute between cycles", lease.n)
+		}
+		cancel()
+		<-done
+	})
 }

@@ -3,13 +3,16 @@
 // pinned to repo:tag@sha256:digest (format: docs/release.md).
 //
 // In: the images rebuilt in this pipeline with their digests (from the sign jobs' dotenv
-// reports), the images reused from an earlier release, the stacks found by internal/discover,
-// and a [Registry] to resolve reused images' release tags to digests and to move those tags.
-// Out: a [Release] and its files, written atomically to a directory.
+// reports), the images reused from an earlier release (with the digests `pipegen generate`
+// read from it, or resolved here from the channel tags), the stacks found by internal/discover,
+// and a [Registry]. Out: a [Release] and its files, written atomically to a directory; and
+// [Publish], which moves the ref's channel (the channel tags, then the channel record that
+// later pipelines diff against) by compare-and-swap. [OCI.ReadRecord] reads a channel record.
 //
 // It imports the standard library, internal/discover, internal/manifest (the release.json
 // schema it writes, which the agent reads), internal/stack (the digest pattern),
-// go.yaml.in/yaml/v3 and go-containerregistry; it is used only by cmd/pipegen (`pipegen release`).
+// go.yaml.in/yaml/v3 and go-containerregistry; it is used only by cmd/pipegen (`pipegen release`,
+// `generate`, `plan`).
 package release
 
 import (
@@ -20,6 +23,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 
@@ -40,6 +44,8 @@ type (
 	Image = manifest.Image
 	// Stack is one stack of the release.
 	Stack = manifest.Stack
+	// Base names the release a release reuses images from.
+	Base = manifest.Base
 )
 
 // Registry resolves tags and moves them. See NewRegistry for the real one.
@@ -49,6 +55,10 @@ type Registry interface {
 	Digest(ctx context.Context, ref string) (string, error)
 	// Tag points repository:tag at repository@digest.
 	Tag(ctx context.Context, repository, digest, tag string) error
+	// ReadRecord reads a channel record (RecordRef); errors.Is(err, ErrNotFound) when absent.
+	ReadRecord(ctx context.Context, ref string) (Record, error)
+	// WriteRecord pushes a channel record and returns its digest.
+	WriteRecord(ctx context.Context, ref string, releaseJSON []byte, commit string) (string, error)
 }
 
 // ErrNotFound is returned by Registry.Digest for a missing tag.
@@ -67,10 +77,14 @@ type Input struct {
 	PipelineURL   string
 	Rebuilt       []string          // images built in this pipeline
 	Reused        []string          // images taken from an earlier release
-	Digests       map[string]string // digest of every rebuilt image
+	Digests       map[string]string // digest of every rebuilt image, and of reused images resolved by generate
+	BaseCommit    string            // the commit of the release reused images come from ("" unknown)
+	BaseChannel   string            // the channel that release was read from; the tag of reused images
 	Stacks        []discover.Stack
 	Environments  []string // configured environments (for Stack.Environments)
 }
+
+var tagRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
 
 // Slug is GitLab's CI_COMMIT_REF_SLUG of a ref: lower case, every character other than
 // a-z and 0-9 replaced by '-', at most 63 bytes, no leading or trailing '-'.
@@ -107,6 +121,9 @@ func Make(ctx context.Context, in Input, reg Registry) (*Release, map[string][]b
 		Images:        map[string]Image{},
 		Stacks:        map[string]Stack{},
 	}
+	if in.BaseCommit != "" {
+		rel.Base = &Base{Commit: in.BaseCommit, Channel: in.BaseChannel}
+	}
 	seen := map[string]bool{}
 	for _, name := range in.Rebuilt {
 		if seen[name] {
@@ -130,6 +147,18 @@ func Make(ctx context.Context, in Input, reg Registry) (*Release, map[string][]b
 		}
 		seen[name] = true
 		repo := in.Registry + "/" + name
+		if d, ok := in.Digests[name]; ok && d != "" {
+			// Resolved once, by generate, from the record of the base release.
+			if !stack.IsDigest(d) {
+				return nil, nil, fmt.Errorf("image %s is reused but its digest %q is not sha256:<64 hex>", name, d)
+			}
+			tag := in.BaseChannel
+			if tag == "" {
+				tag = channels[0]
+			}
+			rel.Images[name] = Image{Repository: repo, Tag: tag, Digest: d, Ref: repo + ":" + tag + "@" + d}
+			continue
+		}
 		img, err := resolve(ctx, reg, repo, channels)
 		if err != nil {
 			return nil, nil, fmt.Errorf("image %s is reused: %w", name, err)
@@ -200,16 +229,85 @@ func resolve(ctx context.Context, reg Registry, repo string, channels []string) 
 	return Image{}, fmt.Errorf("no earlier release: none of %s exists (rebuild everything with --base %s)", strings.Join(tried, ", "), discover.ZeroSHA)
 }
 
-// Publish moves the release's channel tag of every image to the image's digest, so the
-// next pipeline on this ref can reuse what this one released.
-func Publish(ctx context.Context, rel *Release, reg Registry) error {
+// ErrChannelMoved is returned by Publish when the channel no longer points where this
+// pipeline found it: another pipeline on the same ref published in between.
+var ErrChannelMoved = errors.New("channel moved")
+
+// Publish moves the channel: every image's channel tag to the image's digest (and tags every
+// reused image with the release's commit, as the rebuilt ones already are), then the channel
+// record (RecordRef) to releaseJSON, so the next pipeline on this ref diffs against this
+// release and reuses its digests.
+//
+// It is a compare-and-swap on the record, the channel's state: expect is the digest of the
+// channel record this pipeline started from ("" when the ref had none). When the record is
+// elsewhere now, nothing is moved and the error wraps ErrChannelMoved; the record is checked
+// again right before it is replaced. The channel tags follow the record and are not compared:
+// a publish that failed after moving them (before the record) would otherwise block the ref
+// for good. The registry API has no conditional write, so the check and the writes are
+// separate requests; the release job's resource_group serialises the pipelines of one ref,
+// and the check catches a pipeline that published while this one ran.
+func Publish(ctx context.Context, rel *Release, releaseJSON []byte, reg Registry, expect string) error {
+	recRef := RecordRef(rel.Registry, rel.Channel)
+	cur, err := currentRecord(ctx, reg, recRef)
+	if err != nil {
+		return err
+	}
+	if cur.Digest != expect {
+		return movedError(recRef, expect, cur)
+	}
 	for _, n := range slices.Sorted(maps.Keys(rel.Images)) {
 		img := rel.Images[n]
 		if err := reg.Tag(ctx, img.Repository, img.Digest, rel.Channel); err != nil {
 			return fmt.Errorf("tag %s:%s -> %s: %w", img.Repository, rel.Channel, img.Digest, err)
 		}
+		// Every image of the release answers to the release's commit, reused ones included
+		// (rebuilt ones were pushed under it), e.g. the tools image `pipegen init` names.
+		if !img.Rebuilt && tagRE.MatchString(rel.Commit) {
+			if err := reg.Tag(ctx, img.Repository, img.Digest, rel.Commit); err != nil {
+				return fmt.Errorf("tag %s:%s -> %s: %w", img.Repository, rel.Commit, img.Digest, err)
+			}
+		}
+	}
+	// The record is the commit point: check once more right before moving it.
+	again, err := currentRecord(ctx, reg, recRef)
+	if err != nil {
+		return err
+	}
+	if again.Digest != expect {
+		return movedError(recRef, expect, again)
+	}
+	if _, err := reg.WriteRecord(ctx, recRef, releaseJSON, rel.Commit); err != nil {
+		return fmt.Errorf("move %s: %w", recRef, err)
 	}
 	return nil
+}
+
+// currentRecord reads a channel record; an absent one is Record{} without error.
+func currentRecord(ctx context.Context, reg Registry, ref string) (Record, error) {
+	rec, err := reg.ReadRecord(ctx, ref)
+	if errors.Is(err, ErrNotFound) {
+		return Record{}, nil
+	}
+	if err != nil {
+		return Record{}, fmt.Errorf("channel record: %w", err)
+	}
+	return rec, nil
+}
+
+func movedError(ref, expect string, cur Record) error {
+	now := "absent"
+	if cur.Release != nil {
+		now = fmt.Sprintf("%s (commit %s, pipeline %d)", cur.Digest, cur.Release.Commit, cur.Release.Pipeline.ID)
+	}
+	return fmt.Errorf("%s is now %s, but this pipeline started from %s: %w: another pipeline on this ref published in between; "+
+		"this pipeline's release is not published (rerun the pipeline to release on top of the newer one)", ref, now, orNone(expect), ErrChannelMoved)
+}
+
+func orNone(d string) string {
+	if d == "" {
+		return "nothing"
+	}
+	return d
 }
 
 // Write writes files (relative slash paths) into dir, replacing dir only when everything

@@ -144,14 +144,24 @@ func TestMakeWritePublish(t *testing.T) {
 		t.Errorf("release.json is not deterministic: %v", err)
 	}
 
-	// Publish moves release-feature-x of every image to the released digest.
-	if err := Publish(ctx, rel, reg); err != nil {
+	// Publish moves release-feature-x of every image to the released digest, and the record.
+	if err := Publish(ctx, rel, files[manifest.FileName], reg, ""); err != nil {
 		t.Fatal(err)
+	}
+	rec, err := reg.ReadRecord(ctx, RecordRef(registryPath, "release-feature-x"))
+	if err != nil || rec.Release.Commit != "abc123" || rec.Release.Images["app"].Digest != dApp || !strings.HasPrefix(rec.Digest, "sha256:") {
+		t.Errorf("record = %+v, %v", rec, err)
 	}
 	for n, img := range want {
 		got, err := reg.Digest(ctx, registryPath+"/"+n+":release-feature-x")
 		if err != nil || got != img.Digest {
 			t.Errorf("%s:release-feature-x = %s, %v; want %s", n, got, err, img.Digest)
+		}
+	}
+	// Reused images are tagged with the release's commit too (rebuilt ones were pushed so).
+	for _, n := range []string{"base", "tool"} {
+		if got, err := reg.Digest(ctx, registryPath+"/"+n+":abc123"); err != nil || got != want[n].Digest {
+			t.Errorf("%s:abc123 = %s, %v; want %s", n, got, err, want[n].Digest)
 		}
 	}
 	// The next pipeline on the branch reuses what this one released.
@@ -235,4 +245,105 @@ func TestPinInvalid(t *testing.T) {
 	if _, err := Pin([]byte("services: [\n"), "r/p", nil); err == nil {
 		t.Error("broken YAML accepted")
 	}
+}
+
+// Two pipelines on one ref started from the same channel record: the first to publish wins,
+// the second fails with ErrChannelMoved and moves nothing; an old record never overwrites a
+// newer one.
+func TestPublishCompareAndSwap(t *testing.T) {
+	ctx := context.Background()
+	host := startRegistry(t, "")
+	regPath := host + "/team/sawmill"
+	reg := OCI{}
+	dOld := testenv.PushRandom(t, regPath+"/app:c0")
+	dA := testenv.PushRandom(t, regPath+"/app:ca")
+	dB := testenv.PushRandom(t, regPath+"/app:cb")
+	mk := func(commit, digest string) (*Release, []byte) {
+		t.Helper()
+		in := Input{Root: t.TempDir(), Registry: regPath, Tag: commit, Commit: commit, Ref: "main", DefaultBranch: "main",
+			Rebuilt: []string{"app"}, Digests: map[string]string{"app": digest}}
+		rel, files, err := Make(ctx, in, reg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rel, files[manifest.FileName]
+	}
+	// The channel starts at c0.
+	rel0, json0 := mk("c0", dOld)
+	if err := Publish(ctx, rel0, json0, reg, ""); err != nil {
+		t.Fatal(err)
+	}
+	start, err := reg.ReadRecord(ctx, RecordRef(regPath, "release-main"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A second first release (expecting no record) is refused.
+	if err := Publish(ctx, rel0, json0, reg, ""); !errors.Is(err, ErrChannelMoved) {
+		t.Errorf("publish over an existing record expecting none: %v", err)
+	}
+	// Pipelines A and B both started from c0. B (newer) publishes first.
+	relA, jsonA := mk("ca", dA)
+	relB, jsonB := mk("cb", dB)
+	if err := Publish(ctx, relB, jsonB, reg, start.Digest); err != nil {
+		t.Fatal(err)
+	}
+	err = Publish(ctx, relA, jsonA, reg, start.Digest)
+	if !errors.Is(err, ErrChannelMoved) || !strings.Contains(err.Error(), "commit cb") || !strings.Contains(err.Error(), "rerun the pipeline") {
+		t.Fatalf("older pipeline publishing last: %v", err)
+	}
+	rec, err := reg.ReadRecord(ctx, RecordRef(regPath, "release-main"))
+	if err != nil || rec.Release.Commit != "cb" {
+		t.Errorf("record after the refused publish: %+v, %v", rec.Release, err)
+	}
+	if d, _ := reg.Digest(ctx, regPath+"/app:release-main"); d != dB {
+		t.Errorf("app:release-main = %s, want B's %s (not rolled back to A's)", d, dB)
+	}
+	// A publish that moved the tags but failed before the record does not block the ref: the
+	// record is the channel's state, and the next pipeline that started from it publishes.
+	testenv.PushRandom(t, regPath+"/app:release-main")
+	relC, jsonC := mk("cc", dA)
+	if err := Publish(ctx, relC, jsonC, reg, rec.Digest); err != nil {
+		t.Errorf("publish after a partial one: %v", err)
+	}
+	if now := readRecordCommit(t, ctx, reg, regPath); now != "cc" {
+		t.Errorf("record after the publish: %s", now)
+	}
+}
+
+func TestParseRecord(t *testing.T) {
+	for name, tc := range map[string]struct{ in, want string }{
+		"not json":   {"{", "release.json"},
+		"version":    {`{"schema_version":2,"commit":"c"}`, "schema_version 2"},
+		"no commit":  {`{"schema_version":1}`, "no commit"},
+		"bad digest": {`{"schema_version":1,"commit":"c","images":{"a":{"digest":"latest"}}}`, `image a: digest "latest"`},
+	} {
+		if _, err := ParseRecord([]byte(tc.in)); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	rel, err := ParseRecord([]byte(`{"schema_version":1,"commit":"c","images":{"a":{"digest":"sha256:` + strings.Repeat("0", 64) + `"}}}`))
+	if err != nil || rel.Commit != "c" {
+		t.Errorf("%+v %v", rel, err)
+	}
+}
+
+func FuzzParseRecord(f *testing.F) {
+	f.Add([]byte(`{"schema_version":1,"commit":"c","images":{"a":{"digest":"sha256:` + strings.Repeat("0", 64) + `"}}}`))
+	f.Add([]byte(`{"schema_version":1}`))
+	f.Add([]byte(`[]`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		rel, err := ParseRecord(data)
+		if err == nil && (rel.Commit == "" || rel.SchemaVersion != manifest.SchemaVersion) {
+			t.Errorf("accepted %q", data)
+		}
+	})
+}
+
+func readRecordCommit(t *testing.T, ctx context.Context, reg OCI, regPath string) string {
+	t.Helper()
+	rec, err := reg.ReadRecord(ctx, RecordRef(regPath, "release-main"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rec.Release.Commit
 }

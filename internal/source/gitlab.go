@@ -1,10 +1,10 @@
 package source
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -93,17 +93,38 @@ func (g *GitLab) Fetch(ctx context.Context, d *Deployment, dir string) (*Release
 	return &Release{Manifest: *m, Dir: dir, DeploymentID: d.ID, JobID: d.JobID, Ref: d.Ref, Tag: d.Tag}, nil
 }
 
-// file reads one file of a job's artifacts archive.
+// file reads one file of a job's artifacts archive (GET /projects/:id/jobs/:job_id/artifacts/*artifact_path),
+// streaming: a file over MaxFileSize is refused as it arrives, never buffered whole.
 func (g *GitLab) file(ctx context.Context, job int64, p string) ([]byte, error) {
-	r, resp, err := g.Client.Jobs.DownloadSingleArtifactsFile(g.Project, job, p, gitlab.WithContext(ctx))
+	req, err := g.Client.NewRequest(http.MethodGet, fmt.Sprintf("projects/%s/jobs/%d/artifacts/%s", gitlab.PathEscape(g.Project), job, p), nil,
+		[]gitlab.RequestOptionFunc{gitlab.WithContext(ctx)})
 	if err != nil {
-		if resp != nil && resp.StatusCode == http.StatusNotFound {
-			return nil, fault.InvalidErr(fmt.Errorf("gitlab: job %d has no artifact file %s", job, p))
-		}
+		return nil, err
+	}
+	buf := &capped{max: MaxFileSize}
+	resp, err := g.Client.Do(req, buf)
+	switch {
+	case errors.Is(err, errTooLarge):
+		return nil, fault.InvalidErr(fmt.Errorf("gitlab: artifact %s of job %d is more than %d bytes", p, job, MaxFileSize))
+	case err != nil && resp != nil && resp.StatusCode == http.StatusNotFound:
+		return nil, fault.InvalidErr(fmt.Errorf("gitlab: job %d has no artifact file %s", job, p))
+	case err != nil:
 		return nil, fmt.Errorf("gitlab: artifact %s of job %d: %w", p, job, err)
 	}
-	if r.Size() > MaxFileSize {
-		return nil, fault.InvalidErr(fmt.Errorf("gitlab: artifact %s of job %d is %d bytes, more than %d", p, job, r.Size(), MaxFileSize))
+	return buf.b.Bytes(), nil
+}
+
+var errTooLarge = errors.New("too large")
+
+// capped is a writer that refuses to hold more than max bytes.
+type capped struct {
+	b   bytes.Buffer
+	max int
+}
+
+func (c *capped) Write(p []byte) (int, error) {
+	if c.b.Len()+len(p) > c.max {
+		return 0, errTooLarge
 	}
-	return io.ReadAll(r)
+	return c.b.Write(p)
 }

@@ -208,3 +208,17 @@ func TestDirRefusesLinksOutOfTheRelease(t *testing.T) {
 		t.Fatalf("a link inside the release: %v", err)
 	}
 }
+
+// An artifact file over the limit is refused as it arrives (never buffered whole).
+func TestOversizedArtifact(t *testing.T) {
+	f, g := newFake(t)
+	setArtifact(f, "release/stacks/platform/compose.production.yaml", strings.Repeat("#", MaxFileSize+1))
+	d, err := g.Latest(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = g.Fetch(context.Background(), d, t.TempDir())
+	if err == nil || fault.KindOf(err) != fault.Invalid || !strings.Contains(err.Error(), "more than") {
+		t.Fatalf("Fetch: %v, want an invalid-input error about the size", err)
+	}
+}

@@ -9,6 +9,7 @@ package source
 
 import (
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -42,7 +43,7 @@ func Dir(dir string) (*Release, error) {
 	if err := checkLinks(dir); err != nil {
 		return nil, err
 	}
-	b, err := os.ReadFile(filepath.Join(dir, manifest.FileName))
+	b, err := readLimited(filepath.Join(dir, manifest.FileName), manifest.MaxSize+1) // Parse refuses more than MaxSize
 	if err != nil {
 		return nil, fault.InvalidErr(fmt.Errorf("release directory: %w", err))
 	}
@@ -76,4 +77,14 @@ func checkLinks(dir string) error {
 		}
 		return nil
 	})
+}
+
+// readLimited reads at most n bytes of a file.
+func readLimited(name string, n int64) ([]byte, error) {
+	f, err := os.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(io.LimitReader(f, n))
 }

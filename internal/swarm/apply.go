@@ -34,9 +34,11 @@ type Applier struct {
 
 // Result says what an apply did.
 type Result struct {
-	Plan       *plan.Plan
-	Failures   []Failure
-	RolledBack []string
+	Plan     *plan.Plan
+	Failures []Failure
+	// RolledBack run their previous version again (its tasks running and healthy); Removed were created by
+	// this apply, did not converge and are gone; NotRolledBack did not get back, each with the reason.
+	RolledBack, Removed, NotRolledBack []string
 }
 
 // Failure is one service that did not converge.
@@ -45,15 +47,35 @@ type Failure struct {
 	Reason  string `json:"reason"`
 }
 
-// RolloutError is returned when services did not converge; the previous version keeps running.
-type RolloutError struct{ Failures []Failure }
+// RolloutError is returned when services did not converge; it says which run their previous version again.
+type RolloutError struct {
+	Failures                           []Failure
+	RolledBack, Removed, NotRolledBack []string
+}
 
 func (e *RolloutError) Error() string {
 	parts := make([]string, len(e.Failures))
 	for i, f := range e.Failures {
 		parts[i] = f.Service + ": " + f.Reason
 	}
-	return "rollout failed: " + strings.Join(parts, "; ")
+	msg := "rollout failed: " + strings.Join(parts, "; ")
+	if len(e.RolledBack) > 0 {
+		msg += "; rolled back (the previous version runs again): " + strings.Join(e.RolledBack, ", ")
+	}
+	if len(e.Removed) > 0 {
+		msg += "; removed (new, never converged): " + strings.Join(e.Removed, ", ")
+	}
+	if len(e.NotRolledBack) > 0 {
+		msg += "; NOT rolled back: " + strings.Join(e.NotRolledBack, ", ")
+	}
+	return msg
+}
+
+// fail rolls the failed targets back, records what happened in res, and returns the rollout error.
+func (a *Applier) fail(ctx context.Context, res *Result, targets []target, failures []Failure) error {
+	rb := a.rollback(ctx, targets, failures)
+	res.Failures, res.RolledBack, res.Removed, res.NotRolledBack = failures, rb.rolledBack, rb.removed, rb.notDone
+	return fault.RolloutErr(&RolloutError{Failures: failures, RolledBack: rb.rolledBack, Removed: rb.removed, NotRolledBack: rb.notDone})
 }
 
 func (a *Applier) defaults() {
@@ -90,9 +112,7 @@ func (a *Applier) Apply(ctx context.Context, p *plan.Plan) (*Result, error) {
 		// Nothing to write, but an update started earlier (by an agent that was stopped mid-rollout, say)
 		// is still rolling: wait for it like for one of ours.
 		if failures := a.converge(ctx, inflight); len(failures) > 0 {
-			res.Failures = failures
-			res.RolledBack = a.rollback(ctx, inflight, failures)
-			return res, fault.RolloutErr(&RolloutError{Failures: failures})
+			return res, a.fail(ctx, res, inflight, failures)
 		}
 		return res, nil
 	}
@@ -162,12 +182,24 @@ func (a *Applier) Apply(ctx context.Context, p *plan.Plan) (*Result, error) {
 		if err != nil {
 			return res, err
 		}
+		// A write that fails leaves the services written before it on the new version: roll them all back.
+		abort := func(err error) (*Result, error) {
+			var failures []Failure
+			for _, t := range touched {
+				failures = append(failures, Failure{Service: t.name, Reason: "rolled back with the rest of the stack: " + s.Name + " could not be written"})
+			}
+			if len(failures) > 0 {
+				rerr := a.fail(ctx, res, touched, failures)
+				return res, fmt.Errorf("%w; %v", err, rerr)
+			}
+			return res, err
+		}
 		if c.Action == plan.Created {
 			r, err := a.Client.ServiceCreate(ctx, client.ServiceCreateOptions{Spec: spec, QueryRegistry: false})
 			if err != nil {
-				return res, fmt.Errorf("create service %s: %w", s.Name, err)
+				return abort(fmt.Errorf("create service %s: %w", s.Name, err))
 			}
-			touched = append(touched, target{id: r.ID, name: s.Name, since: since})
+			touched = append(touched, target{id: r.ID, name: s.Name, created: true, since: since})
 			a.Log.Info("service created", "stack", p.Stack, "service", s.Name, "image", image(spec))
 			continue
 		}
@@ -175,16 +207,14 @@ func (a *Applier) Apply(ctx context.Context, p *plan.Plan) (*Result, error) {
 		if _, err := a.Client.ServiceUpdate(ctx, obs.ID, client.ServiceUpdateOptions{
 			Version: swarm.Version{Index: obs.Version}, Spec: spec, QueryRegistry: false,
 		}); err != nil {
-			return res, fmt.Errorf("update service %s: %w", s.Name, err)
+			return abort(fmt.Errorf("update service %s: %w", s.Name, err))
 		}
 		touched = append(touched, target{id: obs.ID, name: s.Name, updated: true, since: since})
 		a.Log.Info("service updated", "stack", p.Stack, "service", s.Name, "image", image(spec), "fields", strings.Join(c.Fields, ","))
 	}
 
 	if failures := a.converge(ctx, touched); len(failures) > 0 {
-		res.Failures = failures
-		res.RolledBack = a.rollback(ctx, touched, failures)
-		return res, fault.RolloutErr(&RolloutError{Failures: failures})
+		return res, a.fail(ctx, res, touched, failures)
 	}
 
 	// Converged: remove what left the compose files and what was superseded.

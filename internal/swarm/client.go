@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/moby/moby/api/types/swarm"
 	"github.com/moby/moby/client"
@@ -52,9 +53,10 @@ type Client interface {
 var _ Client = (*client.Client)(nil)
 
 // Connect returns a client for the engine the usual Docker environment names (DOCKER_HOST, DOCKER_TLS_VERIFY,
-// DOCKER_CERT_PATH, DOCKER_API_VERSION), with API-version negotiation.
+// DOCKER_CERT_PATH, DOCKER_API_VERSION), with API-version negotiation and a one-minute deadline per call.
 func Connect() (*client.Client, error) {
-	c, err := client.New(client.FromEnv)
+	// Every call has a deadline: a hung engine must not wedge the agent (the cycle has one too).
+	c, err := client.New(client.FromEnv, client.WithTimeout(time.Minute))
 	if err != nil {
 		return nil, fmt.Errorf("docker client: %w", err)
 	}

@@ -14,7 +14,8 @@ import (
 // target is a service the apply created or updated.
 type target struct {
 	id, name string
-	updated  bool
+	// updated: the apply updated the service (it has a previous spec); created: the apply created it.
+	updated, created bool
 	// since is when the rollout started: tasks and update states older than that are not its own.
 	since time.Time
 }
@@ -132,6 +133,10 @@ func (a *Applier) check(t target, svc swarm.Service, tasks []swarm.Task) (done b
 		}
 	}
 	want := taskJSON(svc.Spec.TaskTemplate)
+	// A task counts as running once it has stayed up for the stability window: without a healthcheck the
+	// engine reports a task running before it notices the process exited at once (Swarm itself judges an
+	// update only after its monitor period). With a healthcheck, running already means healthy.
+	stable := a.Now().Add(-stability(svc.Spec))
 	failed, running, desired := 0, 0, 0
 	var lastErr string
 	for _, task := range tasks {
@@ -149,12 +154,12 @@ func (a *Applier) check(t target, svc swarm.Service, tasks []swarm.Task) (done b
 		}
 		if task.DesiredState == swarm.TaskStateRunning {
 			desired++
-			if task.Status.State == swarm.TaskStateRunning {
+			if task.Status.State == swarm.TaskStateRunning && !task.Status.Timestamp.After(stable) {
 				running++
 			}
 		}
 	}
-	if failed >= a.MaxTaskFailures || (failed > 0 && noRestart(svc.Spec)) {
+	if failed >= failureLimit(svc.Spec, a.MaxTaskFailures) {
 		return false, fmt.Sprintf("%d task(s) of the new version failed: %s", failed, lastErr)
 	}
 	if us := svc.UpdateStatus; t.updated && us != nil && us.State == swarm.UpdateStateUpdating {
@@ -168,6 +173,18 @@ func (a *Applier) check(t target, svc swarm.Service, tasks []swarm.Task) (done b
 	default: // global: one task per eligible node
 		return running > 0 && desired == running, ""
 	}
+}
+
+// stability is how long a task must have been running to count: the update monitor (Swarm's default 5s)
+// for a service without a healthcheck, nothing for one with a healthcheck.
+func stability(spec swarm.ServiceSpec) time.Duration {
+	if cs := spec.TaskTemplate.ContainerSpec; cs != nil && cs.Healthcheck != nil && len(cs.Healthcheck.Test) > 0 && cs.Healthcheck.Test[0] != "NONE" {
+		return 0
+	}
+	if u := spec.UpdateConfig; u != nil && u.Monitor > 0 {
+		return u.Monitor
+	}
+	return 5 * time.Second
 }
 
 // describe summarizes a service's tasks (newest first) for a timeout message.
@@ -193,26 +210,43 @@ func taskError(tasks []swarm.Task, svc swarm.Service, since time.Time) string {
 	return ""
 }
 
-// rollback puts every failed service that was updated back on its previous spec, unless Swarm already did,
-// and waits for that. It returns the services it rolled back.
-func (a *Applier) rollback(ctx context.Context, targets []target, failures []Failure) []string {
+// rollback puts every failed service back where it was and waits for it: an updated service on its previous
+// spec (unless Swarm rolled it back already), a created one removed (it never ran well: nothing to go back
+// to). A service counts as rolled back only once every task of the previous version runs (and, with a
+// healthcheck, is healthy) again, within the timeout plus a minute; one that does not is reported as such.
+func (a *Applier) rollback(ctx context.Context, targets []target, failures []Failure) rollbackResult {
 	failed := map[string]bool{}
 	for _, f := range failures {
 		failed[f.Service] = true
 	}
-	var rolled []target
+	var out rollbackResult
+	var waiting []target
 	for _, t := range targets {
-		if !t.updated || !failed[t.name] {
+		if !failed[t.name] {
+			continue
+		}
+		if t.created {
+			if _, err := a.Client.ServiceRemove(ctx, t.id, client.ServiceRemoveOptions{}); err != nil {
+				a.Log.Error("rollback: remove the new service", "service", t.name, "err", err)
+				out.notDone = append(out.notDone, t.name+" (could not be removed: "+err.Error()+")")
+				continue
+			}
+			a.Log.Warn("new service removed: it did not converge", "service", t.name)
+			out.removed = append(out.removed, t.name)
+			continue
+		}
+		if !t.updated {
 			continue
 		}
 		r, err := a.Client.ServiceInspect(ctx, t.id, client.ServiceInspectOptions{})
 		if err != nil {
 			a.Log.Error("rollback: inspect", "service", t.name, "err", err)
+			out.notDone = append(out.notDone, t.name+" (could not be inspected: "+err.Error()+")")
 			continue
 		}
 		svc := r.Service
 		if us := svc.UpdateStatus; us != nil && (us.State == swarm.UpdateStateRollbackStarted || us.State == swarm.UpdateStateRollbackCompleted) {
-			rolled = append(rolled, target{id: t.id, name: t.name, updated: true})
+			waiting = append(waiting, t)
 			continue
 		}
 		if svc.PreviousSpec == nil {
@@ -222,55 +256,70 @@ func (a *Applier) rollback(ctx context.Context, targets []target, failures []Fai
 			Version: svc.Version, Spec: svc.Spec, Rollback: "previous", QueryRegistry: false,
 		}); err != nil {
 			a.Log.Error("rollback failed", "service", t.name, "err", err)
+			out.notDone = append(out.notDone, t.name+" (the rollback was refused: "+err.Error()+")")
 			continue
 		}
 		a.Log.Warn("service rolled back", "service", t.name)
-		rolled = append(rolled, target{id: t.id, name: t.name, updated: true})
+		waiting = append(waiting, t)
 	}
 	// Wait for the previous version to run again: the rollout's timeout may be spent already, so the
 	// rollback gets a budget of its own.
 	deadline := a.Now().Add(a.Timeout + time.Minute)
-	var names []string
-	for _, t := range rolled {
-		names = append(names, t.name)
-		for a.Now().Before(deadline) {
-			if a.rolledBack(ctx, t) {
+	for _, t := range waiting {
+		done, why := false, ""
+		for !done && a.Now().Before(deadline) && ctx.Err() == nil {
+			if done, why = a.rolledBack(ctx, t); done || why != "" {
 				break
 			}
 			select {
 			case <-ctx.Done():
-				return names
 			case <-time.After(a.Poll):
 			}
 		}
+		switch {
+		case done:
+			out.rolledBack = append(out.rolledBack, t.name)
+		case why != "":
+			out.notDone = append(out.notDone, t.name+" ("+why+")")
+		default:
+			out.notDone = append(out.notDone, t.name+" (the previous version is not running again after "+(a.Timeout+time.Minute).String()+")")
+		}
 	}
-	sort.Strings(names)
-	return names
+	sort.Strings(out.rolledBack)
+	sort.Strings(out.removed)
+	sort.Strings(out.notDone)
+	return out
+}
+
+// rollbackResult says what a rollback achieved.
+type rollbackResult struct {
+	// rolledBack run their previous version again; removed were new and are gone; notDone did not get
+	// back, each with the reason.
+	rolledBack, removed, notDone []string
 }
 
 // taskJSON is what identifies the version of a task's spec. The engine shows tasks with fewer fields than
 // services (no restart policy, runtime or stop grace period), and network attachments with details of its
 // own, so those are left out; everything else of the task template is compared.
-// rolledBack reports whether a service's rollback finished: Swarm says so, or every task runs the spec the
-// service has now.
-func (a *Applier) rolledBack(ctx context.Context, t target) bool {
+// rolledBack reports whether a service's rollback finished: every task runs the spec the service has now
+// (Swarm's "rollback completed" alone is not enough: its tasks may still be starting). why is set when the
+// rollback cannot finish (Swarm paused it).
+func (a *Applier) rolledBack(ctx context.Context, t target) (done bool, why string) {
 	r, err := a.Client.ServiceInspect(ctx, t.id, client.ServiceInspectOptions{})
 	if err != nil {
-		return false
+		return false, ""
 	}
 	svc := r.Service
-	if us := svc.UpdateStatus; us != nil {
-		switch us.State {
-		case swarm.UpdateStateRollbackCompleted:
-			return true
-		case swarm.UpdateStateRollbackPaused:
-			a.Log.Error("Swarm paused the rollback", "service", t.name, "message", us.Message)
-			return true
-		}
+	if us := svc.UpdateStatus; us != nil && us.State == swarm.UpdateStateRollbackPaused {
+		a.Log.Error("Swarm paused the rollback", "service", t.name, "message", us.Message)
+		return false, "Swarm paused the rollback: " + us.Message
+	}
+	if us := svc.UpdateStatus; us != nil && us.State != swarm.UpdateStateRollbackCompleted && us.State != swarm.UpdateStateCompleted {
+		return false, ""
 	}
 	tasks, err := a.Client.TaskList(ctx, client.TaskListOptions{Filters: make(client.Filters).Add("service", svc.ID)})
 	if err != nil {
-		return false
+		return false, ""
 	}
 	want, running, desired := taskJSON(svc.Spec.TaskTemplate), 0, 0
 	for _, task := range tasks.Items {
@@ -283,7 +332,7 @@ func (a *Applier) rolledBack(ctx context.Context, t target) bool {
 		}
 	}
 	n := replicas(svc.Spec.Mode)
-	return desired == running && (n < 0 || running == n)
+	return desired == running && (n < 0 || running == n), ""
 }
 
 func taskJSON(t swarm.TaskSpec) string {
@@ -323,9 +372,20 @@ func taskReason(t swarm.Task) string {
 	return s
 }
 
-func noRestart(spec swarm.ServiceSpec) bool {
+// failureLimit is how many failed tasks of the new version fail a rollout: max, or fewer when the restart
+// policy gives up sooner (condition none: the first failure; max_attempts n: n+1 failures), since then Swarm
+// starts no more tasks and waiting would only run into the timeout.
+func failureLimit(spec swarm.ServiceSpec, max int) int {
 	rp := spec.TaskTemplate.RestartPolicy
-	return rp != nil && rp.Condition == swarm.RestartPolicyConditionNone
+	switch {
+	case rp == nil:
+		return max
+	case rp.Condition == swarm.RestartPolicyConditionNone:
+		return 1
+	case rp.MaxAttempts != nil && *rp.MaxAttempts > 0 && int(*rp.MaxAttempts)+1 < max:
+		return int(*rp.MaxAttempts) + 1
+	}
+	return max
 }
 
 // replicas is the wanted number of running tasks, or -1 when it depends on the nodes (global).

@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
+	cerrdefs "github.com/containerd/errdefs"
 	"github.com/moby/moby/api/types/swarm"
 	"github.com/moby/moby/client"
 
@@ -76,8 +78,11 @@ func (l *Lease) Acquire(ctx context.Context) (held bool, holder string, err erro
 			Annotations: swarm.Annotations{Name: l.Name, Labels: labels},
 			Data:        []byte("sawmill agent lease\n"),
 		}})
-		if err != nil {
+		if lostRace(err) {
 			return false, "", nil // another agent created it first
+		}
+		if err != nil {
+			return false, "", fmt.Errorf("lease: create %s: %w", l.Name, err)
 		}
 		return true, l.Holder, nil
 	}
@@ -88,10 +93,23 @@ func (l *Lease) Acquire(ctx context.Context) (held bool, holder string, err erro
 	}
 	spec := cur.Spec
 	spec.Labels = labels
-	if _, err := l.Client.ConfigUpdate(ctx, cur.ID, client.ConfigUpdateOptions{Version: cur.Version, Spec: spec}); err != nil {
+	if _, err := l.Client.ConfigUpdate(ctx, cur.ID, client.ConfigUpdateOptions{Version: cur.Version, Spec: spec}); lostRace(err) {
 		return false, holder, nil // lost the race: the version moved on
+	} else if err != nil {
+		return false, holder, fmt.Errorf("lease: update %s: %w", l.Name, err)
 	}
 	return true, l.Holder, nil
+}
+
+// lostRace reports whether a write to the lease failed because another agent wrote first (the name exists,
+// the version moved on), as opposed to an engine that could not answer: only the first is "not the leader".
+func lostRace(err error) bool {
+	if err == nil {
+		return false
+	}
+	msg := err.Error()
+	return cerrdefs.IsConflict(err) || cerrdefs.IsAlreadyExists(err) || strings.Contains(msg, "already exists") ||
+		strings.Contains(msg, "out of sequence")
 }
 
 // Release gives the lease up at once if this agent holds it, so a standby need not wait for the TTL.

@@ -254,7 +254,7 @@ func writeRawBundle(d name.Digest, raw []byte) error {
 	return ociremote.WriteAttestationNewBundleFormat(d, raw, ctypes.CosignSignPredicateType)
 }
 
-func writeFile(t *testing.T, path, content string) {
+func writeFile(t testing.TB, path, content string) {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
 		t.Fatal(err)

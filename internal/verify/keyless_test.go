@@ -60,7 +60,7 @@ func (k *certKeypair) GetCertificate(context.Context, sign.Keypair, *sign.Certif
 }
 
 // virtualSigstore is an in-memory Fulcio CA, TSA, Rekor and CT log with its trusted_root.json on disk.
-func virtualSigstore(t *testing.T) (*ca.VirtualSigstore, string) {
+func virtualSigstore(t testing.TB) (*ca.VirtualSigstore, string) {
 	t.Helper()
 	vs, err := ca.NewVirtualSigstore()
 	if err != nil {

@@ -38,8 +38,10 @@ type GitLab struct {
 	// Branches and Tags are the repository's refs, with whether each is protected.
 	branches, tags map[string]bool
 
-	Outage   atomic.Bool // every request answers 500
-	Hang     atomic.Bool // every request waits until the client gives up
+	Outage   atomic.Bool  // every request answers 500
+	Limited  atomic.Bool  // every request answers 429 with Retry-After
+	Hang     atomic.Bool  // every request waits until the client gives up
+	Slow     atomic.Int64 // every request waits this many milliseconds first
 	Requests atomic.Int64
 }
 
@@ -106,7 +108,20 @@ func (g *GitLab) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		<-r.Context().Done()
 		return
 	}
+	if ms := g.Slow.Load(); ms > 0 {
+		select {
+		case <-time.After(time.Duration(ms) * time.Millisecond):
+		case <-r.Context().Done():
+			return
+		}
+	}
 	w.Header().Set("Content-Type", "application/json")
+	if g.Limited.Load() {
+		w.Header().Set("Retry-After", "1")
+		w.WriteHeader(http.StatusTooManyRequests)
+		fmt.Fprint(w, `{"message":"429 Too Many Requests"}`)
+		return
+	}
 	if g.Outage.Load() {
 		w.WriteHeader(http.StatusInternalServerError)
 		fmt.Fprint(w, `{"message":"500 Internal Server Error"}`)
