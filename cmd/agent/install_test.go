@@ -3,6 +3,7 @@ package main
 import (
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -111,6 +112,13 @@ func TestHealthcheckProbesTheAgent(t *testing.T) {
 			t.Errorf("%s gone: exit %d", addr, r.code)
 		}
 	}
+	// An agent serving TLS (agent.yaml tls:) is probed over HTTPS.
+	tlsSrv := httptest.NewTLSServer(mux)
+	ready = true
+	if r := runOffline(t, "healthcheck", "--addr", strings.TrimPrefix(tlsSrv.URL, "https://")); r.code != 0 {
+		t.Errorf("TLS: exit %d, %s", r.code, r.stderr)
+	}
+	tlsSrv.Close()
 	// $SAWMILL_LISTEN is the default (the container's environment), and a stale socket is replaced.
 	t.Setenv("SAWMILL_LISTEN", "unix://"+sock)
 	l, err := listen("unix://" + sock)
