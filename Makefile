@@ -3,9 +3,13 @@ SHELL := /bin/bash
 GO ?= go
 export PATH := $(CURDIR)/.tools/node_modules/.bin:$(HOME)/go/bin:$(PATH)
 
-.PHONY: build test test-go test-py fuzz faults demo demo-clean bench tools check-digests
+.PHONY: build dist test test-go test-py fuzz faults demo demo-clean bench tools check-digests
 build:
 	CGO_ENABLED=0 $(GO) build -o bin/ ./cmd/...
+
+# Release assets (hack/dist.sh, run by pipelines/assets.yml on a tag): binaries, SBOMs, SHA256SUMS in dist/out/.
+dist:
+	hack/dist.sh
 
 # The local demo (hack/demo): a private single-node swarm (hack/dockerd.sh), an in-process registry, pipegen
 # and the agent. DEMO_FLAGS: e.g. -images local (assemble PostgreSQL from Debian's packages) or -port 18081.

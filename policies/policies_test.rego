@@ -156,6 +156,13 @@ test_other_dropped_keys_warn if {
 	warn_rules == {"dropped_key"} with input as inp
 }
 
+test_host_network_through_swarm if {
+	hostnet := {"spec": {"TaskTemplate": {"Networks": [{"Target": "host"}]}}}
+	deny_rules == {"host_network"} with input as with_patch(hostnet)
+	count(denies) == 0 with input as with_patch({"spec": {"TaskTemplate": {"Networks": [{"Target": "backend"}]}}})
+	count(denies) == 0 with input as with_config(with_patch(object.union(hostnet, exempt("host_network"))), grant("host_network"))
+}
+
 test_capabilities if {
 	deny_rules == {"capabilities"} with input as with_patch({"capabilities": {"add": ["CAP_SYS_ADMIN"], "drop": []}})
 	count(denies) == 0 with input as with_patch({"capabilities": {"add": ["NET_BIND_SERVICE"], "drop": []}})
@@ -190,6 +197,11 @@ test_host_path_allow_list if {
 	count(denies) == 0 with input as with_config(bind("/srv/data/sub"), allowed)
 	deny_rules == {"host_path"} with input as with_config(bind("/srv/database"), allowed)
 	deny_rules == {"host_path"} with input as with_config(bind("/srv"), allowed)
+	# the pipeline's check cannot know the agents' allow-list: a warning naming the setting needed
+	pre := {"pre_release": "registry.example"}
+	count(denies) == 0 with input as with_config(bind("/srv/data"), pre)
+	warn_rules == {"host_path_allow_needed"} with input as with_config(bind("/srv/data"), pre)
+	count(warns) == 0 with input as with_config(bind("/srv/data"), object.union(pre, allowed))
 	# named volumes and tmpfs are not host paths
 	count(denies) == 0 with input as with_patch({"mounts": [{"type": "volume", "source": "data", "target": "/d"}, {"type": "tmpfs", "source": "", "target": "/t"}]})
 }

@@ -32,6 +32,16 @@ deny_privileged contains d if {
 #   Exempt: deploy label io.sawmill.exception.host_network (host_pid, host_ipc)=<reason>.
 deny_host_network contains d if some d in host_namespace("network_mode")
 
+# The same namespace through Swarm: a service attached to the network named host (an external network
+# `name: host` in the compose file) shares the node's network as network_mode: host would.
+deny_host_network contains d if {
+	some svc in input.services
+	some n in object.get(svc.spec, ["TaskTemplate", "Networks"], [])
+	n.Target == "host"
+	not exempt(svc, "host_network")
+	d := decision(svc, "host_network", "joins the node's network (the Swarm network host)")
+}
+
 deny_host_pid contains d if some d in host_namespace("pid")
 
 deny_host_ipc contains d if some d in host_namespace("ipc")
@@ -110,12 +120,29 @@ host_root_path(p) if {
 #   every bind source cleaned and absolute. Named volumes and tmpfs are unaffected.
 #   Exempt: granted deploy label io.sawmill.exception.host_path=<reason>.
 deny_host_path contains d if {
+	not pre_release
 	some svc in input.services
 	some m in svc.mounts
 	m.type == "bind"
 	not host_path_allowed(m.source)
 	not exempt(svc, "host_path")
 	d := decision(svc, "host_path", sprintf("bind-mounts the host path %s, which the platform does not allow (the agent's allowed_host_paths: %v)", [m.source, object.get(input.config, "allowed_host_paths", [])]))
+}
+
+# METADATA
+# title: host_path_allow_needed
+# description: >-
+#   The pipeline's check of the repository's files (pre_release) cannot know the agents' allowed_host_paths
+#   (as it cannot know their grants): a bind mount is a warning there naming the setting the deploy will
+#   need, and the agent denies it when it deploys unless its configuration allows the path.
+warn_host_path_allow_needed contains d if {
+	pre_release
+	some svc in input.services
+	some m in svc.mounts
+	m.type == "bind"
+	not host_path_allowed(m.source)
+	not exempt(svc, "host_path")
+	d := decision(svc, "host_path_allow_needed", sprintf("bind-mounts the host path %s: the agents that deploy it must allow it (allowed_host_paths: [%s] in their configuration)", [m.source, m.source]))
 }
 
 host_path_allowed(p) if {

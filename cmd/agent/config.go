@@ -99,9 +99,11 @@ type StatusConfig struct {
 	TokenEnv string `mapstructure:"token_env"`
 }
 
-// WebhookConfig names the environment variable holding the webhook's token.
+// WebhookConfig says where the webhook's token is: the environment variable TokenEnv, or the file TokenFile
+// (a Swarm secret, for the agent running as a service).
 type WebhookConfig struct {
-	TokenEnv string `mapstructure:"token_env"`
+	TokenEnv  string `mapstructure:"token_env"`
+	TokenFile string `mapstructure:"token_file"`
 }
 
 // GrantConfig grants one rule's exception (or the role edge) to a service of a stack, in some environments.
@@ -353,4 +355,16 @@ func (c *Config) grants() []policy.Grant {
 		}
 	}
 	return out
+}
+
+// webhookToken is the webhook's token: the file webhook.token_file when set, else $webhook.token_env.
+func (c *Config) webhookToken() (string, error) {
+	if c.Webhook.TokenFile != "" {
+		b, err := os.ReadFile(c.Webhook.TokenFile)
+		if err != nil {
+			return "", usageError{fmt.Errorf("webhook.token_file: %w", err)}
+		}
+		return strings.TrimSpace(string(b)), nil
+	}
+	return os.Getenv(c.Webhook.TokenEnv), nil
 }

@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -174,7 +173,7 @@ func setSource(loop *reconcile.Loop, cfg *Config, r *redact.Redactor) error {
 		if cfg.Git.URL == "" {
 			return usageError{fmt.Errorf("source git needs git.url (and git.ref, git.path)")}
 		}
-		loop.Source = &source.Git{URL: cfg.Git.URL, Ref: cfg.Git.Ref, Path: cfg.Git.Path, Dir: filepath.Join(cfg.StateDir, "git"), Env: os.Environ()}
+		loop.Source = &source.Git{URL: cfg.Git.URL, Ref: cfg.Git.Ref, Path: cfg.Git.Path, Dir: filepath.Join(cfg.StateDir, "git")}
 	case "gitlab":
 		g := cfg.GitLab
 		token := os.Getenv(g.TokenEnv)
@@ -227,7 +226,10 @@ func revision(flow *reconcile.Flow) func(ctx context.Context) string {
 // serve starts the HTTP listeners: the webhook (and /healthz, /readyz) on listen, /status and /metrics
 // there too or on status.listen, with every timeout set and TLS when configured. stop shuts them down.
 func serve(cfg *Config, loop *reconcile.Loop, m *status.Metrics, d deps, log *slog.Logger) (stop func(), err error) {
-	hook := os.Getenv(cfg.Webhook.TokenEnv)
+	hook, err := cfg.webhookToken()
+	if err != nil {
+		return nil, err
+	}
 	d.redact.Add(hook)
 	statusToken := ""
 	if cfg.Status.TokenEnv != "" {
@@ -259,7 +261,7 @@ func serve(cfg *Config, loop *reconcile.Loop, m *status.Metrics, d deps, log *sl
 		if x.addr == "" {
 			continue
 		}
-		l, err := net.Listen("tcp", x.addr)
+		l, err := listen(x.addr)
 		if err != nil {
 			stop()
 			return nil, fmt.Errorf("listen %s: %w", x.addr, err)

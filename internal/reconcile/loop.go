@@ -279,6 +279,13 @@ func (l *Loop) Cycle(ctx context.Context) Record {
 	l.flush(ctx)
 	cctx, cancel := context.WithTimeout(ctx, l.CycleTimeout)
 	rec := l.safeCycle(cctx)
+	if ctx.Err() != nil && rec.Outcome != outcome.Success && rec.Outcome != outcome.Standby {
+		// The agent is stopping (Swarm stops the old agent once its start-first successor is healthy): an
+		// interrupted cycle says nothing about the release; it is neither recorded nor reported, and the
+		// agent that takes the lease over runs it again.
+		rec.Outcome, rec.Held = outcome.Error, false
+		rec.Reason = "interrupted, the agent is stopping: " + rec.Reason
+	}
 	if errors.Is(cctx.Err(), context.DeadlineExceeded) && rec.Outcome != outcome.Success {
 		rec.Reason = fmt.Sprintf("the cycle did not finish within %s: %s", l.CycleTimeout, rec.Reason)
 	}

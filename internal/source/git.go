@@ -2,57 +2,115 @@ package source
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
+
+	"github.com/go-git/go-git/v5"
+	"github.com/go-git/go-git/v5/config"
+	"github.com/go-git/go-git/v5/plumbing"
+	"github.com/go-git/go-git/v5/plumbing/object"
 )
 
-// Git follows a branch or tag of a git repository: each time it fetches the ref into a local clone (in
+// Git follows a branch or tag of a git repository: each time it fetches the ref into a local repository (in
 // Dir), checks its newest commit out, and reads the release at Path inside it (a directory with
 // release.json, as pipegen writes it). The key is the commit.
+//
+// It speaks git itself (go-git: https, ssh, git; file:// runs the machine's git-upload-pack), so the agent's
+// FROM scratch image needs no git binary. Credentials come from the URL's user info (https) or the SSH
+// agent; proxies from the process environment.
 type Git struct {
 	URL, Ref, Path string
-	// Dir holds the clone.
+	// Dir holds the repository.
 	Dir string
-	// Env is the environment of the git command (PATH, HOME, proxies; the caller decides).
-	Env []string
 }
+
+// fetched is where the ref's commit is kept in the local repository.
+const fetched = plumbing.ReferenceName("refs/sawmill/fetched")
 
 // Latest fetches and returns the release at the ref's newest commit.
 func (g *Git) Latest(ctx context.Context) (*Release, string, error) {
-	if _, err := os.Stat(filepath.Join(g.Dir, ".git")); err != nil {
+	repo, err := git.PlainOpen(g.Dir)
+	if errors.Is(err, git.ErrRepositoryNotExists) {
 		if err := os.MkdirAll(g.Dir, 0o755); err != nil {
 			return nil, "", err
 		}
-		if _, err := g.git(ctx, "init", "-q"); err != nil {
-			return nil, "", err
-		}
+		repo, err = git.PlainInit(g.Dir, false)
 	}
-	if _, err := g.git(ctx, "fetch", "-q", "--depth", "1", "--", g.URL, g.Ref); err != nil {
-		return nil, "", err
+	if err != nil {
+		return nil, "", fmt.Errorf("git repository %s: %w", g.Dir, err)
 	}
-	if _, err := g.git(ctx, "checkout", "-q", "--force", "--detach", "FETCH_HEAD"); err != nil {
-		return nil, "", err
+	remote := git.NewRemote(repo.Storer, &config.RemoteConfig{Name: "release", URLs: []string{g.URL}})
+	refs, err := remote.ListContext(ctx, &git.ListOptions{})
+	if err != nil {
+		return nil, "", fmt.Errorf("git ls-remote %s: %w", g.URL, err)
 	}
-	commit, err := g.git(ctx, "rev-parse", "HEAD")
+	name, err := resolveRef(refs, g.Ref)
+	if err != nil {
+		return nil, "", fmt.Errorf("git %s: %w", g.URL, err)
+	}
+	err = remote.FetchContext(ctx, &git.FetchOptions{
+		RefSpecs: []config.RefSpec{config.RefSpec("+" + name.String() + ":" + fetched.String())},
+		Depth:    1,
+		Force:    true,
+		Tags:     git.NoTags,
+	})
+	if err != nil && !errors.Is(err, git.NoErrAlreadyUpToDate) {
+		return nil, "", fmt.Errorf("git fetch %s %s: %w", g.URL, g.Ref, err)
+	}
+	ref, err := repo.Reference(fetched, true)
+	if err != nil {
+		return nil, "", fmt.Errorf("git fetch %s %s: %w", g.URL, g.Ref, err)
+	}
+	commit, err := peel(repo, ref.Hash())
+	if err != nil {
+		return nil, "", fmt.Errorf("git %s %s: %w", g.URL, g.Ref, err)
+	}
+	wt, err := repo.Worktree()
 	if err != nil {
 		return nil, "", err
+	}
+	if err := wt.Checkout(&git.CheckoutOptions{Hash: commit, Force: true}); err != nil {
+		return nil, "", fmt.Errorf("git checkout %s: %w", commit, err)
 	}
 	rel, err := Dir(filepath.Join(g.Dir, filepath.FromSlash(g.Path)))
 	if err != nil {
 		return nil, "", fmt.Errorf("git %s@%s: %w", g.URL, g.Ref, err)
 	}
-	return rel, "git-" + commit, nil
+	return rel, "git-" + commit.String(), nil
 }
 
-func (g *Git) git(ctx context.Context, args ...string) (string, error) {
-	cmd := exec.CommandContext(ctx, "git", append([]string{"-C", g.Dir}, args...)...)
-	cmd.Env = append(append([]string(nil), g.Env...), "GIT_TERMINAL_PROMPT=0")
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return "", fmt.Errorf("git %s: %w: %s", args[0], err, strings.TrimSpace(string(out)))
+// resolveRef finds ref among the remote's references as `git fetch URL REF` does: a full name, else a branch,
+// else a tag.
+func resolveRef(refs []*plumbing.Reference, ref string) (plumbing.ReferenceName, error) {
+	have := map[plumbing.ReferenceName]bool{}
+	for _, r := range refs {
+		have[r.Name()] = true
 	}
-	return strings.TrimSpace(string(out)), nil
+	for _, n := range []string{ref, "refs/heads/" + ref, "refs/tags/" + ref} {
+		if strings.HasPrefix(n, "refs/") && have[plumbing.ReferenceName(n)] {
+			return plumbing.ReferenceName(n), nil
+		}
+	}
+	return "", fmt.Errorf("couldn't find remote ref %s", ref)
+}
+
+// peel follows an annotated tag to its commit.
+func peel(repo *git.Repository, h plumbing.Hash) (plumbing.Hash, error) {
+	for range 10 {
+		tag, err := repo.TagObject(h)
+		if errors.Is(err, plumbing.ErrObjectNotFound) {
+			if _, err := object.GetCommit(repo.Storer, h); err != nil {
+				return plumbing.ZeroHash, fmt.Errorf("commit %s: %w", h, err)
+			}
+			return h, nil
+		}
+		if err != nil {
+			return plumbing.ZeroHash, err
+		}
+		h = tag.Target
+	}
+	return plumbing.ZeroHash, fmt.Errorf("tag %s: too many levels", h)
 }

@@ -17,7 +17,7 @@ func TestGitFollowsTheRef(t *testing.T) {
 		}
 	}
 	repo := testenv.NewGitRepo(t, files(sha1))
-	g := &Git{URL: "file://" + repo.Dir, Ref: "main", Path: "deploy", Dir: t.TempDir(), Env: os.Environ()}
+	g := &Git{URL: "file://" + repo.Dir, Ref: "main", Path: "deploy", Dir: t.TempDir()}
 	rel, key1, err := g.Latest(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -38,6 +38,12 @@ func TestGitFollowsTheRef(t *testing.T) {
 	b, _ := os.ReadFile(paths[0])
 	if !strings.Contains(string(b), "x:2222") {
 		t.Fatalf("compose of the new commit not checked out: %s", b)
+	}
+	// An annotated tag is followed to its commit.
+	repo.Git("tag", "-a", "v2", "-m", "release v2")
+	tagged := &Git{URL: "file://" + repo.Dir, Ref: "v2", Path: "deploy", Dir: t.TempDir()}
+	if rel, key, err := tagged.Latest(context.Background()); err != nil || key != key2 || rel.Manifest.Commit != sha2 {
+		t.Fatalf("tag v2: %v %s %v", err, key, rel)
 	}
 	g.Ref = "nope"
 	if _, _, err := g.Latest(context.Background()); err == nil || !strings.Contains(err.Error(), "nope") {

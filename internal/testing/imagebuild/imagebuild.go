@@ -21,6 +21,7 @@ import (
 	"io"
 	"path"
 	"runtime"
+	"strings"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -43,12 +44,28 @@ type Spec struct {
 	User string
 	// ExposedPort, when set, is recorded as "<port>/tcp".
 	ExposedPort string
+	// Dirs are empty directories (mode 0700) owned by UID and GID: a named volume mounted on one takes its
+	// owner, so a non-root process can write there.
+	Dirs     []string
+	UID, GID int
 }
 
 // Image builds the image.
 func Image(s Spec) (v1.Image, error) {
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
+	for _, d := range s.Dirs {
+		parts := strings.Split(strings.Trim(d, "/"), "/")
+		for i := range parts {
+			h := &tar.Header{Name: strings.Join(parts[:i+1], "/") + "/", Mode: 0o755, Typeflag: tar.TypeDir}
+			if i == len(parts)-1 {
+				h.Mode, h.Uid, h.Gid = 0o700, s.UID, s.GID
+			}
+			if err := tw.WriteHeader(h); err != nil {
+				return nil, err
+			}
+		}
+	}
 	if err := tw.WriteHeader(&tar.Header{Name: s.Name, Mode: 0o755, Size: int64(len(s.Binary)), Typeflag: tar.TypeReg}); err != nil {
 		return nil, err
 	}
