@@ -138,7 +138,8 @@ func newFlow(cfg *Config, c swarm.Client, log *slog.Logger) (*reconcile.Flow, er
 		return nil, usageError{err}
 	}
 	flow := &reconcile.Flow{
-		Load:       composeLoader,
+		// The daemon loads the same release every cycle: an unchanged one is answered from memory.
+		Load:       &reconcile.MemoLoader{Loader: composeLoader},
 		Policy:     policy.New(policy.Options{Dirs: cfg.Policies, NoDefault: cfg.NoDefaultPolicies}),
 		PolicyMode: mode,
 		Input: policy.InputOptions{Environment: cfg.Environment, AllowedRegistries: cfg.AllowedRegistries,
