@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/viper"
 	gitlab "gitlab.com/gitlab-org/api/client-go"
 
+	"github.com/sabeiro/sawmill/internal/plan"
 	"github.com/sabeiro/sawmill/internal/policy"
 	"github.com/sabeiro/sawmill/internal/reconcile"
 	"github.com/sabeiro/sawmill/internal/redact"
@@ -140,6 +141,7 @@ func newFlow(cfg *Config, c swarm.Client, log *slog.Logger) (*reconcile.Flow, er
 	flow := &reconcile.Flow{
 		// The daemon loads the same release every cycle: an unchanged one is answered from memory.
 		Load:       &reconcile.MemoLoader{Loader: composeLoader},
+		Differ:     &plan.Differ{},
 		Policy:     policy.New(policy.Options{Dirs: cfg.Policies, NoDefault: cfg.NoDefaultPolicies}),
 		PolicyMode: mode,
 		Input: policy.InputOptions{Environment: cfg.Environment, AllowedRegistries: cfg.AllowedRegistries,

@@ -79,6 +79,12 @@ func (p *Plan) Of(kind stack.Kind, action Action) []Change {
 // Compute compares wanted with observed. An object of the wanted stack's name that the agent did not create
 // is a conflict: an error classified fault.Invalid, since the agent never modifies what it does not own.
 func Compute(wanted, observed *stack.Stack) (*Plan, error) {
+	return compute(wanted, observed, func(w, o stack.Service, netNames map[string]string) ([]string, bool) {
+		return ServiceDiff(w.Spec, Normalize(o.Spec, netNames))
+	})
+}
+
+func compute(wanted, observed *stack.Stack, diff func(w, o stack.Service, netNames map[string]string) ([]string, bool)) (*Plan, error) {
 	p := &Plan{Stack: wanted.Name, Wanted: wanted, Observed: observed, Warnings: wanted.Warnings}
 	netNames := map[string]string{} // observed network ID -> name
 	for _, n := range observed.Networks {
@@ -125,7 +131,7 @@ func Compute(wanted, observed *stack.Stack) (*Plan, error) {
 		if !stack.OwnedBy(o.Spec.Labels, wanted.Name, wanted.Environment) {
 			return nil, conflict(stack.KindService, s.Name)
 		}
-		fields, drift := ServiceDiff(s.Spec, Normalize(o.Spec, netNames))
+		fields, drift := diff(s, o, netNames)
 		if len(fields) == 0 {
 			svcChanges = append(svcChanges, Change{Kind: stack.KindService, Name: s.Name, Action: Unchanged})
 			if o.PreviousSpec != nil {
