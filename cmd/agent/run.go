@@ -77,7 +77,7 @@ func runCmd(v *viper.Viper, d deps) *cobra.Command {
 				Jitter:       cfg.Jitter,
 				Log:          log,
 				Metrics:      metrics,
-				Show:         func(c *reconcile.Cycle) { logDecisions(log, c) },
+				Show:         (&decisionLog{log: log}).show, // an unchanged release's decisions are logged once
 			}
 			if once {
 				// One cycle from a terminal: print what apply prints (signatures, policy decisions, the plan).

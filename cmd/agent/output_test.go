@@ -1,0 +1,48 @@
+package main
+
+import (
+	"bytes"
+	"log/slog"
+	"strings"
+	"testing"
+
+	"github.com/sabeiro/sawmill/internal/policy"
+	"github.com/sabeiro/sawmill/internal/reconcile"
+)
+
+// The daemon logs a stack's decisions when they change, not every cycle of an unchanged release.
+func TestDecisionLogLogsChangesOnly(t *testing.T) {
+	var buf bytes.Buffer
+	d := &decisionLog{log: slog.New(slog.NewTextHandler(&buf, nil))}
+	cycle := func(rev string, msgs ...string) *reconcile.Cycle {
+		rep := &policy.Report{Stack: "shop", Revision: rev}
+		for _, m := range msgs {
+			rep.Decisions = append(rep.Decisions, policy.Decision{Kind: policy.Warn, Rule: "r", Service: "web", Message: m})
+		}
+		return &reconcile.Cycle{Decisions: rep}
+	}
+	count := func() int { return strings.Count(buf.String(), "policy warn") }
+	steps := []struct {
+		c    *reconcile.Cycle
+		want int
+	}{
+		{cycle("1", "a", "b"), 2}, // first cycle: every decision
+		{cycle("1", "a", "b"), 2}, // unchanged: nothing
+		{cycle("1", "a"), 3},      // changed: the new set
+		{cycle("2", "a"), 4},      // new policy revision: logged again
+		{&reconcile.Cycle{}, 4},   // policies did not run
+		{cycle("2", "a"), 4},      // still unchanged
+	}
+	for i, s := range steps {
+		d.show(s.c)
+		if got := count(); got != s.want {
+			t.Fatalf("step %d: %d decision lines logged in all, want %d:\n%s", i, got, s.want, buf.String())
+		}
+	}
+	other := cycle("2", "a")
+	other.Decisions.Stack = "other"
+	d.show(other)
+	if count() != 5 {
+		t.Fatalf("another stack's decisions were not logged:\n%s", buf.String())
+	}
+}
