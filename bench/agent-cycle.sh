@@ -27,4 +27,5 @@ if ! docker image inspect "$IMAGE" >/dev/null 2>&1; then
 fi
 args=(-agent "$work/agent" -services "${BENCH_SERVICES:-50}" -image "$IMAGE" -cycles "${BENCH_CYCLES:-100,1000}")
 [ -n "${BENCH_ROWS:-}" ] && args+=(-row "$BENCH_ROWS")
+[ -n "${BENCH_GOGC:-}" ] && args+=(-gogc "$BENCH_GOGC")
 "$work/agentcycle" "${args[@]}"

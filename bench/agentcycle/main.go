@@ -332,7 +332,7 @@ log_format: json
 		return err
 	}
 	b.cmd = exec.Command(b.agent, "run", "--config", cfgPath)
-	env := []string{"DOCKER_HOST=unix://" + b.proxy.path, "PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}
+	env := []string{"TMP_CPUPROFILE=" + os.Getenv("TMP_CPUPROFILE"), "DOCKER_HOST=unix://" + b.proxy.path, "PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}
 	if b.gogc != "" {
 		env = append(env, "GOGC="+b.gogc)
 	}

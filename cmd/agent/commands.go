@@ -49,7 +49,7 @@ func newRoot(d deps) *cobra.Command {
 	_ = v.BindPFlag("log_level", pf.Lookup("log-level"))
 	_ = v.BindPFlag("log_format", pf.Lookup("log-format"))
 
-	root.AddCommand(planCmd(v, d), applyCmd(v, d), checkCmd(v, d), renderCmd(v, d), runCmd(v, d), retryCmd(d))
+	root.AddCommand(planCmd(v, d), applyCmd(v, d), checkCmd(v, d), renderCmd(v, d), runCmd(v, d), retryCmd(d), versionCmd(d))
 	return root
 }
 

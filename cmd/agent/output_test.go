@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"log/slog"
 	"strings"
 	"testing"
@@ -44,5 +45,32 @@ func TestDecisionLogLogsChangesOnly(t *testing.T) {
 	d.show(other)
 	if count() != 5 {
 		t.Fatalf("another stack's decisions were not logged:\n%s", buf.String())
+	}
+}
+
+// The daemon keeps Go's default GC target; the one-shot commands collect less often (docs/benchmarks.md).
+func TestGCPercentByCommand(t *testing.T) {
+	cases := map[string]int{
+		"run --config agent.yaml":      100,
+		"--log-level debug run --once": 100,
+		"check -c run.yaml run":        400,
+		"apply -c compose.yaml":        400,
+		"version":                      400,
+		"":                             400,
+	}
+	for args, want := range cases {
+		if got := gcPercent(strings.Fields(args)); got != want {
+			t.Errorf("%q: GC percent %d, want %d", args, got, want)
+		}
+	}
+}
+
+func TestVersionCommand(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := run(context.Background(), []string{"version"}, deps{stdout: &out, stderr: &errb}); code != 0 {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	if !strings.HasPrefix(out.String(), "agent ") || !strings.Contains(out.String(), "go1.") {
+		t.Fatalf("version output %q", out.String())
 	}
 }
