@@ -166,3 +166,5 @@ require (
 	google.golang.org/grpc v1.84.0 // indirect
 	k8s.io/klog/v2 v2.140.0 // indirect
 )
+
+replace github.com/compose-spec/compose-go/v2 => ./third_party/compose-go
