@@ -326,3 +326,9 @@ printf '%-30s %10s %10s %-20s %s\n' "no-op re-apply" "$(ms "$d_noop")" "$(ms "$a
 printf '%-30s %10s %10s %-20s %s\n' "objects written per no-op" "$d_w" "$a_w" "" "agent 0: $writes_v"
 echo "runs (ms): first deploy docker ${docker_first[*]}, agent ${agent_first[*]}; no-op docker ${docker_noop[*]}, agent ${agent_noop[*]}"
 echo "agent no-op writes per run: Version.Index changes ${agent_writes[*]}; write log lines ${agent_logwrites[*]}"
+if [ -n "${BENCH_ROWS:-}" ]; then
+  printf 'agent apply no-op, %s services\tdocker stack deploy re-run: %s, %s writes\t%s, %s writes\t>= 5x faster, 0 writes\t%s, writes %s (%sx; load %s)\n' \
+    "$N" "$(ms "$d_noop")" "$d_w" "$(ms "$a_noop")" "$a_w" "$noop_v" "$writes_v" "$noop_ratio" "$LOAD0" >>"$BENCH_ROWS"
+  printf 'agent apply first deploy, %s services\tdocker stack deploy: %s\t%s\t<= 1.0x\t%s (%sx; load %s)\n' \
+    "$N" "$(ms "$d_first")" "$(ms "$a_first")" "$first_v" "$first_ratio" "$LOAD0" >>"$BENCH_ROWS"
+fi

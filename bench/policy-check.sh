@@ -22,6 +22,7 @@
 set -euo pipefail
 
 N=${BENCH_SERVICES:-100}
+LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 REPS=${BENCH_REPS:-9}
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -125,3 +126,18 @@ awk -v a="$am" -v c="$cm" 'BEGIN { printf "  ratio conftest/agent:              
 awk -v a="$am" -v r="$rm_" -v c="$cm" 'BEGIN { d = a - r; if (d < 1) d = 1; printf "  policy share of agent check:        %d ms (check - render); conftest / that: %.1f\n", d, c / d }'
 awk -v a="$am" -v n="$N" 'BEGIN { printf "  agent check per service:            %.2f ms (whole command / services)\n", a / n }'
 echo "  engine evaluation per service:      ${per:-?} us (BenchmarkEvaluate100)"
+# Instructions of one run of each (callgrind; independent of the machine's load), when valgrind is there.
+ai=- ci=-
+if [ "${BENCH_CALLGRIND:-1}" = 1 ] && command -v valgrind >/dev/null; then
+  instr() { GODEBUG=asyncpreemptoff=1 valgrind --tool=callgrind --callgrind-out-file=/dev/null "$@" 2>&1 >/dev/null | awk '/Collected :/ {printf "%.0f M", $NF / 1e6}' || true; }
+  CGO_ENABLED=0 go build -o "$work/agent-static" ./cmd/agent # callgrind and cgo's signal masks do not mix
+  ai=$(instr "$work/agent-static" check -c "$work/compose.yaml" -o json)
+  ci=$(instr "$conftest" test --no-color --output json --policy policies "$work/stack.json")
+  echo "  instructions (callgrind, one run):  agent check $ai, conftest test $ci"
+fi
+if [ -n "${BENCH_ROWS:-}" ]; then
+  v=$(awk -v a="$am" -v c="$cm" 'BEGIN { if (a < c) print "met"; else print "not met" }')
+  r=$(awk -v a="$am" -v c="$cm" 'BEGIN { printf "%.2f", a / c }')
+  printf 'agent check, %s services\tconftest test (rendered input): %s ms (%s instr.)\t%s ms (%s instr.)\tratio < 1.0\t%s (%s; load %s)\n' \
+    "$N" "$cm" "$ci" "$am" "$ai" "$v" "$r" "$LOAD0" >>"$BENCH_ROWS"
+fi
