@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -72,5 +74,42 @@ func TestVersionCommand(t *testing.T) {
 	}
 	if !strings.HasPrefix(out.String(), "agent ") || !strings.Contains(out.String(), "go1.") {
 		t.Fatalf("version output %q", out.String())
+	}
+}
+
+// agent render and agent check print the same with --cache-dir as without, the second time from the cache;
+// a load that took a value from the environment is not kept.
+func TestCacheDirSameOutput(t *testing.T) {
+	dir := t.TempDir()
+	cache := filepath.Join(t.TempDir(), "cache")
+	file := filepath.Join(dir, "compose.yaml")
+	if err := os.WriteFile(file, []byte("services:\n  web:\n    image: registry.example/web:${TAG:-1}\n    privileged: true\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	runOut := func(args ...string) (string, int) {
+		var out, errb bytes.Buffer
+		code := run(context.Background(), args, deps{stdout: &out, stderr: &errb})
+		return out.String(), code
+	}
+	for _, cmd := range [][]string{{"render", "-c", file, "shop"}, {"check", "-c", file, "-o", "json", "shop"}} {
+		want, wantCode := runOut(cmd...)
+		for i := range 2 {
+			got, code := runOut(append(cmd, "--cache-dir", cache)...)
+			if got != want || code != wantCode {
+				t.Fatalf("%v --cache-dir (run %d): exit %d, output\n%s\nwithout: exit %d\n%s", cmd, i, code, got, wantCode, want)
+			}
+		}
+	}
+	es, _ := os.ReadDir(cache)
+	if len(es) != 1 {
+		t.Fatalf("cache holds %d entries, want 1 (one load, shared by render and check)", len(es))
+	}
+	t.Setenv("TAG", "2")
+	out, _ := runOut("render", "-c", file, "--cache-dir", cache, "shop")
+	if !strings.Contains(out, "registry.example/web:2") {
+		t.Fatalf("TAG=2 not applied: %s", out)
+	}
+	if es, _ := os.ReadDir(cache); len(es) != 1 {
+		t.Fatalf("a load with a value from the environment was kept: %d entries", len(es))
 	}
 }
