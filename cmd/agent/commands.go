@@ -217,11 +217,20 @@ func applyCmd(v *viper.Viper, d deps) *cobra.Command {
 				return err
 			}
 			defer r.client.Close()
-			r.flow.Apply = &swarm.Applier{Client: r.client, Log: r.log, Timeout: timeout}
+			applier := &swarm.Applier{Client: r.client, Log: r.log, Timeout: timeout}
+			r.flow.Apply = applier
 			if err := r.nameKey(cmd.Context(), true); err != nil {
 				return err
 			}
+			if dir, _ := cmd.Flags().GetString("cache-dir"); dir != "" {
+				r.flow.Load, r.flow.Apply = cachedLoader(dir), valueCheck{next: applier}
+			}
 			c := r.flow.Run(cmd.Context(), r.compose)
+			if errors.Is(c.Err, errNeedsValues) {
+				r.log.Debug("the plan creates a secret or config: loading the compose files again")
+				r.flow.Load, r.flow.Apply = composeLoader, applier
+				c = r.flow.Run(cmd.Context(), r.compose)
+			}
 			r.show(c)
 			err = c.Err
 			if res := c.Result; res != nil && res.Plan != nil {
@@ -250,5 +259,6 @@ func applyCmd(v *viper.Viper, d deps) *cobra.Command {
 	gateFlags(cmd)
 	verifyFlags(cmd)
 	cmd.Flags().Duration("timeout", 5*time.Minute, "how long to wait for the stack to converge")
+	cmd.Flags().String("cache-dir", "", "keep loaded stacks in this directory (never secret or config contents, never a value from the environment; keyed with the swarm's name key)")
 	return cmd
 }

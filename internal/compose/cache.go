@@ -2,6 +2,7 @@ package compose
 
 import (
 	"context"
+	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -19,20 +20,23 @@ import (
 	"github.com/sabeiro/sawmill/internal/stack"
 )
 
-// LoadCached is Load with an on-disk cache in dir, for the commands that judge specs and never values
-// (`agent check` and `agent render`: Options.WithoutValues, no NameKey). A cached stack never holds a value
-// from outside the compose files, so only loads to which the environment contributed nothing are kept:
+// LoadCached is Load with an on-disk cache in dir: for the commands that judge specs and never values
+// (`agent check` and `agent render`: Options.WithoutValues, no NameKey), and for `agent apply` (a NameKey, the
+// swarm's). A cached stack never holds a value from outside the compose files, so only loads to which the
+// environment contributed nothing are kept:
 //
-//   - the load is refused the cache (loaded, and not kept) when Options.NameKey is set or WithoutValues is not;
-//     when a `.env` file is in the working directory; when the compose files use include, extends, env_file
-//     or label_file (files the key would not cover); when the environment holds any variable whose name is
-//     a word of the compose files (interpolation or a bare `environment:` key could take its value) or any
-//     COMPOSE_* variable; and, after loading, when a variable supplied a value;
-//   - secret and config contents are not kept (a load without values does not need them; the names of a load
-//     without a name key do not depend on them), only whether each file could be read;
-//   - the key is a SHA-256 of the agent binary's identity, every option, and the path and content of every
-//     compose file; an entry also lists its secret and config files, which must still be readable or not as
-//     they were.
+//   - the load is refused the cache (loaded, and not kept) when it needs values and has no NameKey; when a
+//     `.env` file is in the working directory; when the compose files use include, extends, env_file or
+//     label_file (files the key would not cover); when the environment holds any variable whose name is a
+//     word of the compose files (interpolation, a bare `environment:` key or a secret's `environment:` could
+//     take its value) or any COMPOSE_* variable; and, after loading, when a variable supplied a value;
+//   - secret and config contents are never kept: a cached stack's objects have no Data (a caller that must
+//     create one loads again: cmd/agent's apply does). Without a NameKey an entry records whether each of its
+//     secret and config files could be read (the names do not depend on the contents); with one, an HMAC of
+//     each file's content keyed with the NameKey, which must still match;
+//   - the key is a SHA-256 (with a NameKey, an HMAC-SHA-256 keyed with it, so that nothing on disk can be
+//     checked against a guessed content without the swarm's key) of the agent binary's identity, every option,
+//     and the path and content of every compose file.
 //
 // Entries are JSON files (0600) in dir (made 0700). hit reports whether the stack came from the cache. An
 // unreadable or stale entry is a miss; an entry that cannot be written is no error.
@@ -43,7 +47,7 @@ func LoadCached(ctx context.Context, o Options, dir string) (st *stack.Stack, hi
 		return st, false, err
 	}
 	path := filepath.Join(dir, key+".json")
-	if st, ok := readEntry(path); ok {
+	if st, ok := readEntry(path, o.NameKey); ok {
 		return st, true, nil
 	}
 	supplied := false
@@ -69,9 +73,13 @@ func LoadCached(ctx context.Context, o Options, dir string) (st *stack.Stack, hi
 	slices.Sort(files)
 	for _, f := range files {
 		if f != "" {
-			e.Files = append(e.Files, cacheFile{Path: f, Readable: readable(f)})
+			e.Files = append(e.Files, cacheFile{Path: f, Readable: readable(f), Digest: fileDigest(o.NameKey, f)})
 		}
 	}
+	// What is kept has no value: the objects' contents stay out (Data is never marshalled; clear it anyway).
+	kept := *st
+	kept.Secrets, kept.Configs = withoutData(st.Secrets), withoutData(st.Configs)
+	e.Stack = &kept
 	writeEntry(dir, path, &e)
 	return st, false, nil
 }
@@ -87,6 +95,31 @@ type cacheEntry struct {
 type cacheFile struct {
 	Path     string `json:"path"`
 	Readable bool   `json:"readable"`
+	// Digest is an HMAC of the content keyed with the NameKey (loads with one), else empty.
+	Digest string `json:"digest,omitempty"`
+}
+
+func withoutData(objs []stack.Object) []stack.Object {
+	out := make([]stack.Object, len(objs))
+	for i, o := range objs {
+		o.Data = nil
+		out[i] = o
+	}
+	return out
+}
+
+// fileDigest is an HMAC-SHA-256 of the file's content keyed with nameKey ("" without a key or a file).
+func fileDigest(nameKey []byte, path string) string {
+	if nameKey == nil {
+		return ""
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	m := hmac.New(sha256.New, nameKey)
+	m.Write(b)
+	return hex.EncodeToString(m.Sum(nil))
 }
 
 func readable(path string) bool {
@@ -98,7 +131,7 @@ func readable(path string) bool {
 	return true
 }
 
-func readEntry(path string) (*stack.Stack, bool) {
+func readEntry(path string, nameKey []byte) (*stack.Stack, bool) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, false
@@ -108,7 +141,7 @@ func readEntry(path string) (*stack.Stack, bool) {
 		return nil, false
 	}
 	for _, f := range e.Files {
-		if readable(f.Path) != f.Readable {
+		if readable(f.Path) != f.Readable || fileDigest(nameKey, f.Path) != f.Digest {
 			return nil, false
 		}
 	}
@@ -141,7 +174,7 @@ var word = regexp.MustCompile(`[A-Za-z_][A-Za-z0-9_]*`)
 
 // cacheKey returns the entry's key, or false when the load may not use the cache.
 func cacheKey(o Options, dir string) (string, bool) {
-	if dir == "" || o.NameKey != nil || !o.WithoutValues || len(o.Files) == 0 {
+	if dir == "" || (o.NameKey == nil && !o.WithoutValues) || len(o.Files) == 0 {
 		return "", false
 	}
 	workDir := o.WorkDir
@@ -156,6 +189,9 @@ func cacheKey(o Options, dir string) (string, bool) {
 		return "", false
 	}
 	h := sha256.New()
+	if o.NameKey != nil {
+		h = hmac.New(sha256.New, o.NameKey)
+	}
 	str := func(s string) {
 		_ = binary.Write(h, binary.LittleEndian, uint64(len(s)))
 		io.WriteString(h, s)
@@ -198,7 +234,7 @@ func optionsHash(h hash.Hash, o Options, workDir string, str func(string)) {
 	str("workdir:" + workDir)
 	str("root:" + o.Root)
 	str("environment:" + o.Environment)
-	str(fmt.Sprintf("profiles:%q limits:%d/%d strict:%t", o.Profiles, o.MaxFileBytes, o.MaxTotalBytes, o.Strict))
+	str(fmt.Sprintf("profiles:%q limits:%d/%d strict:%t without-values:%t name-key:%t", o.Profiles, o.MaxFileBytes, o.MaxTotalBytes, o.Strict, o.WithoutValues, o.NameKey != nil))
 }
 
 // binaryIdentity names the running agent's build, so that a new conversion never reads an old one's entry:

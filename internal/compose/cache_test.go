@@ -188,23 +188,56 @@ func TestLoadCachedKeepsNoValues(t *testing.T) {
 	if _, hit, _ := LoadCached(ctx, oc, cache); hit {
 		t.Fatal("another profile hit the entry")
 	}
-	// Loads with values or a name key never use the cache; neither does a .env next to the files.
-	for name, oc := range map[string]Options{
-		"values":   {Files: o.Files, Stack: "shop"},
-		"name key": {Files: o.Files, Stack: "shop", WithoutValues: true, NameKey: []byte("k")},
-	} {
-		before := len(entries(t, cache))
-		for range 2 {
-			if _, hit, err := LoadCached(ctx, oc, cache); hit || err != nil {
-				t.Fatalf("%s: hit %t, err %v", name, hit, err)
-			}
-		}
-		if len(entries(t, cache)) != before {
-			t.Fatalf("%s: an entry was written", name)
+	// A load with values and no name key never uses the cache.
+	values := Options{Files: o.Files, Stack: "shop"}
+	before := len(entries(t, cache))
+	for range 2 {
+		if _, hit, err := LoadCached(ctx, values, cache); hit || err != nil {
+			t.Fatalf("values without a name key: hit %t, err %v", hit, err)
 		}
 	}
+	if len(entries(t, cache)) != before {
+		t.Fatal("values without a name key: an entry was written")
+	}
+	// With the swarm's name key (apply): kept without the contents; a changed secret file is a miss.
+	keyed := Options{Files: o.Files, Stack: "shop", NameKey: []byte("swarm-name-key")}
+	fresh, err := Load(ctx, keyed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		st, hit, err := LoadCached(ctx, keyed, cache)
+		if err != nil || hit != (i == 1) {
+			t.Fatalf("name key, load %d: hit %t, err %v", i, hit, err)
+		}
+		if !bytes.Equal(renderDoc(t, st), renderDoc(t, fresh)) || st.Secrets[0].Name != fresh.Secrets[0].Name {
+			t.Fatalf("name key, load %d: differs from a fresh load", i)
+		}
+		if hit && st.Secrets[0].Data != nil {
+			t.Fatal("a cached secret has data")
+		}
+		if !hit && !bytes.Equal(st.Secrets[0].Data, []byte(secret)) {
+			t.Fatal("a loaded secret lost its data")
+		}
+	}
+	for _, name := range entries(t, cache) {
+		if b, _ := os.ReadFile(filepath.Join(cache, name)); bytes.Contains(b, []byte(secret)) {
+			t.Fatalf("cache entry %s holds the secret's value", name)
+		}
+	}
+	write("token.txt", secret+"-rotated")
+	st, hit, err = func() (*stack.Stack, bool, error) { return LoadCached(ctx, keyed, cache) }()
+	if err != nil || hit || st.Secrets[0].Name == fresh.Secrets[0].Name {
+		t.Fatalf("rotated secret: hit %t, name %s (was %s), err %v", hit, st.Secrets[0].Name, fresh.Secrets[0].Name, err)
+	}
+	if _, hit, _ := LoadCached(ctx, Options{Files: o.Files, Stack: "shop", NameKey: []byte("another-key")}, cache); hit {
+		t.Fatal("another name key hit the entry")
+	}
+	write("token.txt", secret)
+
+	// A .env next to the files: the cache is not used.
 	write(".env", "OTHER=1\n")
-	before := len(entries(t, cache))
+	before = len(entries(t, cache))
 	if _, hit := load(); hit || len(entries(t, cache)) != before {
 		t.Fatal("a .env next to the files: the cache was used")
 	}
