@@ -5,7 +5,9 @@
 //
 // In: compose file paths, environment, profiles, a stack name. Out: *stack.Stack, or an error classified as
 // fault.Invalid that names the file, line and field. Reads the compose files and the files their secrets and
-// configs point to; nothing else. Imports compose-go, the Docker API types, internal/stack and internal/fault.
+// configs point to; nothing else, except LoadCached, which also reads and writes its cache directory (stacks
+// without values: cache.go). compose-go is built from third_party/compose-go (one patched function; see its
+// SAWMILL-PATCH.md). Imports compose-go, the Docker API types, internal/stack and internal/fault.
 package compose
 
 import (

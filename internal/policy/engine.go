@@ -12,7 +12,9 @@
 // off for the whole document, as conftest does.
 //
 // The engine compiles strictly, with the built-ins that reach the network (http.send, net.lookup_ip_addr) and
-// opa.runtime removed, and prepares the query once per policy revision (a hash of the policy files). A
+// opa.runtime removed, and prepares the query once per policy revision (a hash of the policy files); the
+// report of a stack whose input document is unchanged under the same revision is reused (unless a policy
+// mentions a nondeterministic built-in such as time.now_ns). A
 // policy that does not parse or compile is a fault.Invalid error naming the file and line.
 //
 // Imports OPA, internal/stack, internal/fault and the embedded policies package; nothing else of this project.
