@@ -170,11 +170,15 @@ func prepare(v *viper.Viper, d deps, cmd *cobra.Command, args []string) (*runSet
 
 // nameKey reads the swarm's key for secret and config names; apply makes it when the swarm has none. Plan
 // writes nothing: before the first apply it names secrets with a key of its own (apply will name them anew).
+// The engine must be a swarm manager; it is asked only when the name key cannot be read (the config list
+// fails on an engine that is not one), saving a round trip on every run.
 func (r *runSetup) nameKey(ctx context.Context, create bool) error {
-	if err := swarm.CheckManager(ctx, r.client); err != nil {
-		return fault.InvalidErr(err)
-	}
 	key, err := swarm.NameKey(ctx, r.client, create)
+	if err != nil && !errors.Is(err, swarm.ErrNoNameKey) && ctx.Err() == nil {
+		if cerr := swarm.CheckManager(ctx, r.client); errors.Is(cerr, swarm.ErrNotManager) {
+			return fault.InvalidErr(cerr)
+		}
+	}
 	if errors.Is(err, swarm.ErrNoNameKey) {
 		key = make([]byte, 32)
 		_, err = rand.Read(key)

@@ -3,14 +3,20 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	mswarm "github.com/moby/moby/api/types/swarm"
+	"github.com/moby/moby/api/types/system"
+	"github.com/moby/moby/client"
+
 	"github.com/sabeiro/sawmill/internal/policy"
 	"github.com/sabeiro/sawmill/internal/reconcile"
+	"github.com/sabeiro/sawmill/internal/swarm"
 )
 
 // The daemon logs a stack's decisions when they change, not every cycle of an unchanged release.
@@ -111,5 +117,32 @@ func TestCacheDirSameOutput(t *testing.T) {
 	}
 	if es, _ := os.ReadDir(cache); len(es) != 1 {
 		t.Fatalf("a load with a value from the environment was kept: %d entries", len(es))
+	}
+}
+
+// notManager is an engine outside a swarm: its config list fails, and Info says why.
+type notManager struct{ swarm.Client }
+
+func (notManager) Close() error { return nil }
+func (notManager) ConfigList(context.Context, client.ConfigListOptions) (client.ConfigListResult, error) {
+	return client.ConfigListResult{}, errors.New("Error response from daemon: This node is not a swarm manager.")
+}
+func (notManager) Info(context.Context, client.InfoOptions) (client.SystemInfoResult, error) {
+	return client.SystemInfoResult{Info: system.Info{Swarm: mswarm.Info{LocalNodeState: mswarm.LocalNodeStateInactive}}}, nil
+}
+
+// plan and apply against an engine that is not a swarm manager: exit 2 saying how to make one.
+func TestNotASwarmManager(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "compose.yaml")
+	if err := os.WriteFile(file, []byte("services:\n  web:\n    image: registry.example/web:1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, cmd := range []string{"plan", "apply"} {
+		var out, errb bytes.Buffer
+		code := run(context.Background(), []string{cmd, "-c", file, "--skip-verify", "--policy-mode", "off", "shop"},
+			deps{stdout: &out, stderr: &errb, connect: func() (swarm.Client, error) { return notManager{}, nil }})
+		if code != 2 || !strings.Contains(errb.String(), "swarm init") {
+			t.Errorf("%s: exit %d, stderr %q; want 2 naming `swarm init`", cmd, code, errb.String())
+		}
 	}
 }
