@@ -32,7 +32,7 @@ a=$(med agent)
 instr() { # instructions of one run (callgrind), or "-"
   if [ "${BENCH_CALLGRIND:-1}" = 1 ] && command -v valgrind >/dev/null; then
     GODEBUG=asyncpreemptoff=1 valgrind --tool=callgrind --callgrind-out-file=/dev/null "$@" 2>&1 >/dev/null |
-      awk '/Collected :/ {printf "%.0f M", $NF / 1e6}' || true
+      awk '/Collected :/ {printf "%.0f M", $NF / 1e6; found = 1} END {if (!found) printf "-"}' || true
   else echo -; fi
 }
 ai=$(instr "$work/agent" version)
