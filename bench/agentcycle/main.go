@@ -60,6 +60,7 @@ func main() {
 	bare := flag.Int("bare", 200, "repetitions of the bare list calls")
 	row := flag.String("row", "", "append the table rows (TSV: measure, peer, ours, goal, verdict) to this file")
 	gogc := flag.String("gogc", "", "GOGC for the daemon (empty: the agent's default)")
+	lease := flag.Bool("lease", true, "the daemon takes a lease (lease.disabled: false); false measures the cycle without its two lease calls")
 	flag.Parse()
 	if *agent == "" {
 		log.Fatal("-agent is required")
@@ -80,7 +81,7 @@ func main() {
 	if !strings.HasPrefix(engine, "unix://") {
 		log.Fatalf("the engine must be a unix:// socket (SAWMILL_TEST_DOCKER_HOST), got %q", engine)
 	}
-	b := &bench{agent: *agent, services: *services, image: *image, interval: *interval, engineSock: strings.TrimPrefix(engine, "unix://"), gogc: *gogc}
+	b := &bench{agent: *agent, services: *services, image: *image, interval: *interval, engineSock: strings.TrimPrefix(engine, "unix://"), gogc: *gogc, noLease: !*lease}
 	err := b.run(cycles, *bare)
 	cerr := b.cleanup()
 	if err != nil {
@@ -101,6 +102,7 @@ type bench struct {
 	agent, image, engineSock, gogc string
 	services                       int
 	interval                       time.Duration
+	noLease                        bool
 
 	work, stack, lease string
 	proxy              *countingProxy
@@ -342,11 +344,11 @@ jitter: 0
 timeout: 4m
 listen: %s
 state_dir: %s
-lease: {name: %s, ttl: 30s}
+lease: {name: %s, ttl: 30s, disabled: %t}
 policy_mode: warn
 skip_verify: true
 log_format: json
-`, rel, b.stack, b.interval, b.metricsAddr, filepath.Join(b.work, "state"), b.lease)
+`, rel, b.stack, b.interval, b.metricsAddr, filepath.Join(b.work, "state"), b.lease, b.noLease)
 	cfgPath := filepath.Join(b.work, "agent.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		return err
@@ -492,8 +494,12 @@ func removeStack(ctx context.Context, dc *client.Client, stack, lease string) er
 }
 
 func (b *bench) report(w io.Writer) {
-	fmt.Fprintf(w, "agent run, no-op cycle: %d services, 1 overlay network, 2 secrets, 2 configs; interval %s; load at start %s, at end %s\n",
-		b.services, b.interval, b.load, loadavg())
+	lease := "with its lease"
+	if b.noLease {
+		lease = "lease disabled"
+	}
+	fmt.Fprintf(w, "agent run, no-op cycle: %d services, 1 overlay network, 2 secrets, 2 configs; interval %s; %s; load at start %s, at end %s\n",
+		b.services, b.interval, lease, b.load, loadavg())
 	fmt.Fprintf(w, "  no-op cycle (daemon's own timing, %d cycles): median %s, mean %s\n", b.measuredCycles, ms(b.cycleMedian), ms(b.cycleMean))
 	fmt.Fprintf(w, "  bare list calls through the same socket: at once %s (median of the four together), one at a time %s\n", ms(b.bareParallel), ms(b.bareSeq))
 	fmt.Fprintf(w, "  the six calls of a leased cycle (lease list + update, then the four lists at once): %s\n", ms(b.bareLeased))
