@@ -570,6 +570,7 @@ type countingProxy struct {
 }
 
 var versionPrefix = regexp.MustCompile(`^/v[0-9.]+`)
+var textCycle = regexp.MustCompile(`msg=cycle outcome=(\S+) .*duration=(\S+)`)
 var idPart = regexp.MustCompile(`/[a-z0-9]{25}(/|$)`)
 
 func newCountingProxy(path, engine string) (*countingProxy, error) {
@@ -641,7 +642,14 @@ func newLogTail(r io.Reader, counts func() map[string]int64) *logTail {
 				Outcome  string `json:"outcome"`
 				Duration int64  `json:"duration"`
 			}
-			_ = json.Unmarshal([]byte(line), &rec)
+			if json.Unmarshal([]byte(line), &rec) != nil {
+				// an agent that logs text (older builds ignore log_format in the config file)
+				if m := textCycle.FindStringSubmatch(line); m != nil {
+					rec.Msg, rec.Outcome = "cycle", m[1]
+					d, _ := time.ParseDuration(m[2])
+					rec.Duration = int64(d)
+				}
+			}
 			l.mu.Lock()
 			if rec.Msg == "cycle" {
 				l.outcome = rec.Outcome
