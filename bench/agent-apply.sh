@@ -191,7 +191,7 @@ snapshot() {
 # writes BEFORE AFTER: number of objects whose line changed, appeared or disappeared.
 writes() { comm -3 "$1" "$2" | awk '{ print $2 }' | sort -u | wc -l; }
 median() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else print int((a[NR / 2] + a[NR / 2 + 1]) / 2) }'; }
-ms() { awk -v m="$1" 'BEGIN { printf "%.2f s", m / 1000 }'; }
+ms() { awk -v m="$1" 'BEGIN { if (m >= 10000) printf "%.2f s", m / 1000; else printf "%d ms", m }'; }
 
 # The agent's info log line for each write call (internal/swarm/apply.go).
 WRITE_LOG='msg="?(service|network|secret|config) (created|updated|removed)'
@@ -223,6 +223,7 @@ agent_first=()
 docker_noop=()
 docker_writes=()
 agent_noop=()
+agent_cached=()
 agent_writes=()
 agent_logwrites=()
 
@@ -274,6 +275,22 @@ round_agent() { # with_noop
       agent_logwrites+=("$(grep -cE "$WRITE_LOG" "$work/agent-noop.log" || true)")
       log "agent no-op $r: $(ms "${agent_noop[-1]}"), objects written: ${agent_writes[-1]}, write log lines: ${agent_logwrites[-1]}"
     done
+    # The same with --cache-dir (filled by one untimed run): the compose load is read from the cache.
+    "$work/agent" apply -c "$compose" "$AGENT_STACK" --skip-verify --policy-mode=off --cache-dir "$work/cache" >/dev/null 2>&1 ||
+      die "agent apply --cache-dir (filling the cache) failed"
+    for r in $(seq 1 "$REPS"); do
+      snapshot "$AGENT_STACK" >"$work/before"
+      to=$(deadline_for 60)
+      t0=$(now_ms)
+      rc=0
+      timeout $((to + 10)) "$work/agent" apply -c "$compose" "$AGENT_STACK" --timeout "${to}s" --skip-verify --policy-mode=off --cache-dir "$work/cache" >"$work/agent-noop.out" 2>"$work/agent-noop.log" || rc=$?
+      [ "$rc" = 0 ] || die "agent apply --cache-dir (no-op $r) exited $rc: $(tail -5 "$work/agent-noop.log")"
+      agent_cached+=($(($(now_ms) - t0)))
+      snapshot "$AGENT_STACK" >"$work/after"
+      agent_writes+=("$(writes "$work/before" "$work/after")")
+      agent_logwrites+=("$(grep -cE "$WRITE_LOG" "$work/agent-noop.log" || true)")
+      log "agent no-op --cache-dir $r: $(ms "${agent_cached[-1]}"), objects written: ${agent_writes[-1]}"
+    done
   fi
   log "removing $AGENT_STACK"
   remove_stack "$AGENT_STACK" 150 || die "could not remove $AGENT_STACK"
@@ -305,6 +322,7 @@ d_first=$(median "${docker_first[@]}")
 a_first=$(median "${agent_first[@]}")
 d_noop=$(median "${docker_noop[@]}")
 a_noop=$(median "${agent_noop[@]}")
+a_cached=$(median "${agent_cached[@]}")
 a_w=0
 a_lw=0
 for w in "${agent_writes[@]}"; do if [ "$w" -gt "$a_w" ]; then a_w=$w; fi; done
@@ -315,6 +333,8 @@ noop_ratio=$(awk -v a="$a_noop" -v d="$d_noop" 'BEGIN { printf "%.1f", (a > 0 ? 
 verdict() { if awk "BEGIN { exit !($1) }"; then echo met; else echo "not met"; fi; }
 first_v=$(verdict "$a_first <= $d_first")
 noop_v=$(verdict "$d_noop >= 5 * $a_noop")
+cached_v=$(verdict "$d_noop >= 5 * $a_cached")
+cached_ratio=$(awk -v a="$a_cached" -v d="$d_noop" 'BEGIN { printf "%.1f", (a > 0 ? d / a : 0) }')
 writes_v=$(verdict "$a_w == 0 && $a_lw == 0")
 
 echo
@@ -323,6 +343,13 @@ echo "engine $(docker version --format '{{.Server.Version}}') at $DOCKER_HOST; d
 printf '%-30s %10s %10s %-20s %s\n' measure docker agent ratio goal
 printf '%-30s %10s %10s %-20s %s\n' "first deploy until converged" "$(ms "$d_first")" "$(ms "$a_first")" "agent/docker $first_ratio" "<= 1.0: $first_v (median of ${#agent_first[@]})"
 printf '%-30s %10s %10s %-20s %s\n' "no-op re-apply" "$(ms "$d_noop")" "$(ms "$a_noop")" "docker/agent ${noop_ratio}x" ">= 5x: $noop_v (median of $REPS)"
+printf '%-30s %10s %10s %-20s %s\n' "no-op re-apply, --cache-dir" "$(ms "$d_noop")" "$(ms "$a_cached")" "docker/agent ${cached_ratio}x" ">= 5x: $cached_v (median of $REPS)"
 printf '%-30s %10s %10s %-20s %s\n' "objects written per no-op" "$d_w" "$a_w" "" "agent 0: $writes_v"
-echo "runs (ms): first deploy docker ${docker_first[*]}, agent ${agent_first[*]}; no-op docker ${docker_noop[*]}, agent ${agent_noop[*]}"
+echo "runs (ms): first deploy docker ${docker_first[*]}, agent ${agent_first[*]}; no-op docker ${docker_noop[*]}, agent ${agent_noop[*]}, agent --cache-dir ${agent_cached[*]}"
 echo "agent no-op writes per run: Version.Index changes ${agent_writes[*]}; write log lines ${agent_logwrites[*]}"
+if [ -n "${BENCH_ROWS:-}" ]; then
+  printf 'agent apply no-op, %s services\tdocker stack deploy re-run: %s, %s writes\t%s; --cache-dir %s; %s writes\t>= 5x faster, 0 writes\tcold %s (%sx), --cache-dir %s (%sx), 0 writes %s; load %s\n' \
+    "$N" "$(ms "$d_noop")" "$d_w" "$(ms "$a_noop")" "$(ms "$a_cached")" "$a_w" "$noop_v" "$noop_ratio" "$cached_v" "$cached_ratio" "$writes_v" "$LOAD0" >>"$BENCH_ROWS"
+  printf 'agent apply first deploy, %s services\tdocker stack deploy: %s\t%s\t<= 1.0x\t%s (%sx; load %s)\n' \
+    "$N" "$(ms "$d_first")" "$(ms "$a_first")" "$first_v" "$first_ratio" "$LOAD0" >>"$BENCH_ROWS"
+fi

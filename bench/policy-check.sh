@@ -22,6 +22,7 @@
 set -euo pipefail
 
 N=${BENCH_SERVICES:-100}
+LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 REPS=${BENCH_REPS:-9}
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -77,9 +78,19 @@ median() { sort -n | awk '{a[NR]=$1} END {if (NR % 2) print a[(NR+1)/2]; else pr
 now_ns() { date +%s%N; }
 
 agent_ms=()
+cached_ms=()
 conftest_ms=()
 render_ms=()
+"$work/agent" check -c "$work/compose.yaml" -o json --cache-dir "$work/cache" >/dev/null 2>&1 || true # fills the cache
 for r in $(seq 1 "$REPS"); do
+  t=$(now_ns)
+  set +e
+  "$work/agent" check -c "$work/compose.yaml" -o json --cache-dir "$work/cache" >"$work/agent-cached.json" 2>/dev/null
+  ac=$?
+  set -e
+  cached_ms+=($((($(now_ns) - t) / 1000000)))
+  [ "$ac" -eq 3 ] || { log "ERROR: agent check --cache-dir exited $ac (want 3)"; exit 1; }
+  cmp -s "$work/agent-cached.json" "$work/agent.json" 2>/dev/null || [ "$r" = 1 ] || { log "ERROR: agent check --cache-dir printed another report"; exit 1; }
   t=$(now_ns)
   "$work/agent" render -c "$work/compose.yaml" >/dev/null
   render_ms+=($((($(now_ns) - t) / 1000000)))
@@ -112,6 +123,8 @@ read -r ad aw cd cw <<<"$counts"
 [ "$ad" = "$cd" ] && [ "$aw" = "$cw" ] || { log "ERROR: decisions differ: agent $ad denies/$aw warnings, conftest $cd/$cw"; exit 1; }
 
 am=$(printf '%s\n' "${agent_ms[@]}" | median)
+acm=$(printf '%s\n' "${cached_ms[@]}" | median)
+cmp -s "$work/agent-cached.json" "$work/agent.json" || { log "ERROR: agent check --cache-dir printed another report"; exit 1; }
 cm=$(printf '%s\n' "${conftest_ms[@]}" | median)
 rm_=$(printf '%s\n' "${render_ms[@]}" | median)
 per=$(go test -run '^$' -bench BenchmarkEvaluate100 -benchtime 20x ./internal/policy/ 2>/dev/null | awk '/BenchmarkEvaluate100/ {for (i=1;i<=NF;i++) if ($(i) ~ /service/) print $(i-1)}')
@@ -119,9 +132,28 @@ per=$(go test -run '^$' -bench BenchmarkEvaluate100 -benchtime 20x ./internal/po
 echo "policy check, $N services, $REPS runs each (median wall ms), load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "  decisions (both tools):            $ad denies, $aw warnings"
 echo "  agent check (compose -> decisions): ${am} ms   runs: ${agent_ms[*]}"
+echo "  agent check --cache-dir (warm):     ${acm} ms   runs: ${cached_ms[*]}"
 echo "  conftest test (rendered document):  ${cm} ms   runs: ${conftest_ms[*]}"
 echo "  agent render (compose -> document):  ${rm_} ms   runs: ${render_ms[*]}"
 awk -v a="$am" -v c="$cm" 'BEGIN { printf "  ratio conftest/agent:               %.2f (goal > 1: agent faster)\n", c / a }'
+awk -v a="$acm" -v c="$cm" 'BEGIN { printf "  ratio conftest/agent --cache-dir:   %.2f\n", c / a }'
 awk -v a="$am" -v r="$rm_" -v c="$cm" 'BEGIN { d = a - r; if (d < 1) d = 1; printf "  policy share of agent check:        %d ms (check - render); conftest / that: %.1f\n", d, c / d }'
 awk -v a="$am" -v n="$N" 'BEGIN { printf "  agent check per service:            %.2f ms (whole command / services)\n", a / n }'
 echo "  engine evaluation per service:      ${per:-?} us (BenchmarkEvaluate100)"
+# Instructions of one run of each (callgrind; independent of the machine's load), when valgrind is there.
+ai=- ci=-
+if [ "${BENCH_CALLGRIND:-1}" = 1 ] && command -v valgrind >/dev/null; then
+  instr() { GODEBUG=asyncpreemptoff=1 valgrind --tool=callgrind --callgrind-out-file=/dev/null "$@" 2>&1 >/dev/null | awk '/Collected :/ {printf "%.0f M", $NF / 1e6}' || true; }
+  CGO_ENABLED=0 go build -o "$work/agent-static" ./cmd/agent # callgrind and cgo's signal masks do not mix
+  ai=$(instr "$work/agent-static" check -c "$work/compose.yaml" -o json)
+  ci=$(instr "$conftest" test --no-color --output json --policy policies "$work/stack.json")
+  echo "  instructions (callgrind, one run):  agent check $ai, conftest test $ci"
+fi
+if [ -n "${BENCH_ROWS:-}" ]; then
+  v=$(awk -v a="$am" -v c="$cm" 'BEGIN { if (a < c) print "met"; else print "not met" }')
+  vc=$(awk -v a="$acm" -v c="$cm" 'BEGIN { if (a < c) print "met"; else print "not met" }')
+  r=$(awk -v a="$am" -v c="$cm" 'BEGIN { printf "%.2f", a / c }')
+  rc=$(awk -v a="$acm" -v c="$cm" 'BEGIN { printf "%.2f", a / c }')
+  printf 'agent check, %s services\tconftest test (rendered input): %s ms (%s instr.)\t%s ms (%s instr.); --cache-dir warm %s ms\tratio < 1.0\tcold %s (%s), warm cache %s (%s); load %s\n' \
+    "$N" "$cm" "$ci" "$am" "$ai" "$acm" "$v" "$r" "$vc" "$rc" "$LOAD0" >>"$BENCH_ROWS"
+fi

@@ -22,6 +22,12 @@ func inputFlags(cmd *cobra.Command) {
 	f.StringArray("allowed-host-path", nil, "host path bind mounts may expose (repeatable; none by default)")
 }
 
+// cacheFlag adds --cache-dir (check and render): loaded stacks are kept there, never with a value from outside
+// the compose files (internal/compose.LoadCached says which loads are kept).
+func cacheFlag(cmd *cobra.Command) {
+	cmd.Flags().String("cache-dir", "", "keep loaded stacks in this directory, keyed by the files, options and agent build; loads that took a value from the environment, a .env or env_file are never kept (SAWMILL_CACHE_DIR)")
+}
+
 // policyFlags add the flags that say which policies run.
 func policyFlags(cmd *cobra.Command) {
 	inputFlags(cmd)
@@ -96,7 +102,12 @@ func loadInput(v *viper.Viper, cmd *cobra.Command, args []string, seen func(stri
 	}
 	o.Interpolated = seen
 	o.WithoutValues = true // the policies judge specs, never values
-	st, err := compose.Load(cmd.Context(), o)
+	var cacheDir string
+	if f := cmd.Flags().Lookup("cache-dir"); f != nil {
+		_ = v.BindPFlag("cache-dir", f)
+		cacheDir = v.GetString("cache-dir")
+	}
+	st, _, err := compose.LoadCached(cmd.Context(), o, cacheDir)
 	if err != nil {
 		return nil, err
 	}
@@ -155,6 +166,7 @@ func checkCmd(v *viper.Viper, d deps) *cobra.Command {
 		},
 	}
 	composeFlags(cmd)
+	cacheFlag(cmd)
 	policyFlags(cmd)
 	trustFlag(cmd)
 	preReleaseFlag(cmd)

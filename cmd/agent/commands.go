@@ -171,11 +171,15 @@ func prepare(v *viper.Viper, d deps, cmd *cobra.Command, args []string) (*runSet
 
 // nameKey reads the swarm's key for secret and config names; apply makes it when the swarm has none. Plan
 // writes nothing: before the first apply it names secrets with a key of its own (apply will name them anew).
+// The engine must be a swarm manager; it is asked only when the name key cannot be read (the config list
+// fails on an engine that is not one), saving a round trip on every run.
 func (r *runSetup) nameKey(ctx context.Context, create bool) error {
-	if err := swarm.CheckManager(ctx, r.client); err != nil {
-		return fault.InvalidErr(err)
-	}
 	key, err := swarm.NameKey(ctx, r.client, create)
+	if err != nil && !errors.Is(err, swarm.ErrNoNameKey) && ctx.Err() == nil {
+		if cerr := swarm.CheckManager(ctx, r.client); errors.Is(cerr, swarm.ErrNotManager) {
+			return fault.InvalidErr(cerr)
+		}
+	}
 	if errors.Is(err, swarm.ErrNoNameKey) {
 		key = make([]byte, 32)
 		_, err = rand.Read(key)
@@ -218,11 +222,20 @@ func applyCmd(v *viper.Viper, d deps) *cobra.Command {
 				return err
 			}
 			defer r.client.Close()
-			r.flow.Apply = &swarm.Applier{Client: r.client, Log: r.log, Timeout: timeout}
+			applier := &swarm.Applier{Client: r.client, Log: r.log, Timeout: timeout}
+			r.flow.Apply = applier
 			if err := r.nameKey(cmd.Context(), true); err != nil {
 				return err
 			}
+			if dir, _ := cmd.Flags().GetString("cache-dir"); dir != "" {
+				r.flow.Load, r.flow.Apply = cachedLoader(dir), valueCheck{next: applier}
+			}
 			c := r.flow.Run(cmd.Context(), r.compose)
+			if errors.Is(c.Err, errNeedsValues) {
+				r.log.Debug("the plan creates a secret or config: loading the compose files again")
+				r.flow.Load, r.flow.Apply = composeLoader, applier
+				c = r.flow.Run(cmd.Context(), r.compose)
+			}
 			r.show(c)
 			err = c.Err
 			if res := c.Result; res != nil && res.Plan != nil {
@@ -251,5 +264,6 @@ func applyCmd(v *viper.Viper, d deps) *cobra.Command {
 	gateFlags(cmd)
 	verifyFlags(cmd)
 	cmd.Flags().Duration("timeout", 5*time.Minute, "how long to wait for the stack to converge")
+	cmd.Flags().String("cache-dir", "", "keep loaded stacks in this directory (never secret or config contents, never a value from the environment; keyed with the swarm's name key)")
 	return cmd
 }

@@ -24,15 +24,27 @@ import (
 )
 
 func main() {
-	// Most of a command's time is compose-go's load, which allocates a lot of short-lived garbage: collect
-	// less often (the live heap is small). GOGC in the environment still wins.
+	// GOGC in the environment wins; else the command's measured setting (gcPercent).
 	if os.Getenv("GOGC") == "" {
-		debug.SetGCPercent(400)
+		debug.SetGCPercent(gcPercent(os.Args[1:]))
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, os.Args[1:], deps{stdout: os.Stdout, stderr: os.Stderr, connect: connectDocker})
 	stop()
 	os.Exit(code)
+}
+
+// gcPercent is the garbage collector's target for the command args run, chosen from measurements
+// (docs/benchmarks.md, "GC settings"). The one-shot commands spend most of their time in compose-go's load,
+// which makes a lot of short-lived garbage while the live heap stays small: at 400, `agent check` of 100
+// services executes 28% fewer instructions than at Go's default 100 (1.41 G against 1.96 G; 800 saves 5%
+// more for 30 MB more peak memory). The daemon (`agent run`) keeps the default: at 400 its RSS after 100
+// no-op cycles is 80 MB against 50 MB, for the same cycle time.
+func gcPercent(args []string) int {
+	if c, _, err := newRoot(deps{stdout: io.Discard, stderr: io.Discard, redact: redact.New()}).Find(args); err == nil && c.Name() == "run" {
+		return 100
+	}
+	return 400
 }
 
 // usageError marks errors in the command line itself.

@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"sync"
 
 	"github.com/sabeiro/sawmill/internal/plan"
 	"github.com/sabeiro/sawmill/internal/policy"
@@ -60,5 +61,36 @@ func logDecisions(log *slog.Logger, c *reconcile.Cycle) {
 	}
 	for _, d := range c.Decisions.Decisions {
 		log.Warn("policy "+d.Kind, "rule", d.Rule, "service", d.Service, "message", d.Message)
+	}
+}
+
+// decisionLog logs a stack's policy decisions when they differ from those of the stack's previous cycle (or
+// the policy revision changed): the daemon judges an unchanged release every cycle, and would otherwise log
+// the same warnings every interval. The first cycle after a start logs them all.
+type decisionLog struct {
+	log  *slog.Logger
+	mu   sync.Mutex
+	last map[string]string // stack -> revision and decisions
+}
+
+func (d *decisionLog) show(c *reconcile.Cycle) {
+	if c.Decisions == nil {
+		return
+	}
+	var b strings.Builder
+	b.WriteString(c.Decisions.Revision)
+	for _, x := range c.Decisions.Decisions {
+		fmt.Fprintf(&b, "\x00%s\x00%s\x00%s\x00%s", x.Kind, x.Rule, x.Service, x.Message)
+	}
+	key := b.String()
+	d.mu.Lock()
+	if d.last == nil {
+		d.last = map[string]string{}
+	}
+	same := d.last[c.Decisions.Stack] == key
+	d.last[c.Decisions.Stack] = key
+	d.mu.Unlock()
+	if !same {
+		logDecisions(d.log, c)
 	}
 }

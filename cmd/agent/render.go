@@ -36,6 +36,7 @@ are (as in the compose files). conftest reaches the agent's decisions on it:
 		},
 	}
 	composeFlags(cmd)
+	cacheFlag(cmd)
 	trustFlag(cmd)
 	preReleaseFlag(cmd)
 	inputFlags(cmd)

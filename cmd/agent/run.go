@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/viper"
 	gitlab "gitlab.com/gitlab-org/api/client-go"
 
+	"github.com/sabeiro/sawmill/internal/plan"
 	"github.com/sabeiro/sawmill/internal/policy"
 	"github.com/sabeiro/sawmill/internal/reconcile"
 	"github.com/sabeiro/sawmill/internal/redact"
@@ -75,7 +76,7 @@ func runCmd(v *viper.Viper, d deps) *cobra.Command {
 				Jitter:       cfg.Jitter,
 				Log:          log,
 				Metrics:      metrics,
-				Show:         func(c *reconcile.Cycle) { logDecisions(log, c) },
+				Show:         (&decisionLog{log: log}).show, // an unchanged release's decisions are logged once
 			}
 			if once {
 				// One cycle from a terminal: print what apply prints (signatures, policy decisions, the plan).
@@ -137,7 +138,9 @@ func newFlow(cfg *Config, c swarm.Client, log *slog.Logger) (*reconcile.Flow, er
 		return nil, usageError{err}
 	}
 	flow := &reconcile.Flow{
-		Load:       composeLoader,
+		// The daemon loads the same release every cycle: an unchanged one is answered from memory.
+		Load:       &reconcile.MemoLoader{Loader: composeLoader},
+		Differ:     &plan.Differ{},
 		Policy:     policy.New(policy.Options{Dirs: cfg.Policies, NoDefault: cfg.NoDefaultPolicies}),
 		PolicyMode: mode,
 		Input: policy.InputOptions{Environment: cfg.Environment, AllowedRegistries: cfg.AllowedRegistries,

@@ -5,7 +5,8 @@
 //
 // In: compose file paths, environment, profiles, a stack name. Out: *stack.Stack, or an error classified as
 // fault.Invalid that names the file, line and field. Reads the compose files and the files their secrets and
-// configs point to; nothing else. Imports compose-go, the Docker API types, internal/stack and internal/fault.
+// configs point to; nothing else, except LoadCached, which also reads and writes its cache directory (stacks
+// without values: cache.go). Imports compose-go, the Docker API types, internal/stack and internal/fault.
 package compose
 
 import (
@@ -20,6 +21,7 @@ import (
 	"github.com/compose-spec/compose-go/v2/cli"
 	"github.com/compose-spec/compose-go/v2/loader"
 	"github.com/compose-spec/compose-go/v2/template"
+	"github.com/compose-spec/compose-go/v2/types"
 
 	"github.com/sabeiro/sawmill/internal/fault"
 	"github.com/sabeiro/sawmill/internal/stack"
@@ -67,12 +69,17 @@ var stackName = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]*$`)
 
 // Load reads the compose files and converts them into a stack.
 func Load(ctx context.Context, o Options) (*stack.Stack, error) {
+	st, _, err := loadProject(ctx, o)
+	return st, err
+}
+
+func loadProject(ctx context.Context, o Options) (*stack.Stack, *types.Project, error) {
 	if len(o.Files) == 0 {
-		return nil, fault.InvalidErr(errors.New("no compose file given (-c FILE)"))
+		return nil, nil, fault.InvalidErr(errors.New("no compose file given (-c FILE)"))
 	}
 	for _, f := range o.Files {
 		if _, err := os.Stat(f); err != nil {
-			return nil, fault.InvalidErr(fmt.Errorf("compose file %s: %w", f, err))
+			return nil, nil, fault.InvalidErr(fmt.Errorf("compose file %s: %w", f, err))
 		}
 	}
 	env := o.Env
@@ -83,17 +90,17 @@ func Load(ctx context.Context, o Options) (*stack.Stack, error) {
 	if o.Root != "" {
 		var err error
 		if conf, err = newConfinement(o); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		workDir := o.WorkDir
 		if workDir == "" {
 			workDir = filepath.Dir(o.Files[0])
 		}
 		if err := conf.files(absAll(o.Files), workDir); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if _, err := conf.check(".env", ".env", workDir, false); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	var opts []cli.ProjectOptionsFn
@@ -118,28 +125,28 @@ func Load(ctx context.Context, o Options) (*stack.Stack, error) {
 	)
 	if o.Stack != "" {
 		if !stackName.MatchString(o.Stack) {
-			return nil, fault.InvalidErr(fmt.Errorf("stack name %q: use lower-case letters, digits, '-' and '_'", o.Stack))
+			return nil, nil, fault.InvalidErr(fmt.Errorf("stack name %q: use lower-case letters, digits, '-' and '_'", o.Stack))
 		}
 		opts = append(opts, cli.WithName(o.Stack))
 	}
 	po, err := cli.NewProjectOptions(o.Files, opts...)
 	if err != nil {
-		return nil, fault.InvalidErr(fmt.Errorf("compose: %w", err))
+		return nil, nil, fault.InvalidErr(fmt.Errorf("compose: %w", err))
 	}
 	project, err := po.LoadProject(ctx)
 	if err != nil {
-		return nil, fault.InvalidErr(fmt.Errorf("compose %s: %w", strings.Join(o.Files, ", "), explain(err)))
+		return nil, nil, fault.InvalidErr(fmt.Errorf("compose %s: %w", strings.Join(o.Files, ", "), explain(err)))
 	}
 	if project.Name == "" || !stackName.MatchString(project.Name) {
-		return nil, fault.InvalidErr(fmt.Errorf("compose %s: no valid stack name: give STACK or a top-level `name:`", strings.Join(o.Files, ", ")))
+		return nil, nil, fault.InvalidErr(fmt.Errorf("compose %s: no valid stack name: give STACK or a top-level `name:`", strings.Join(o.Files, ", ")))
 	}
 	c := &converter{project: project, files: absAll(o.Files), noValues: o.WithoutValues, conf: conf, nameKey: o.NameKey, env: o.Environment}
 	st, err := c.convert()
 	if err != nil {
-		return nil, fault.InvalidErr(err)
+		return nil, nil, fault.InvalidErr(err)
 	}
 	st.Environment = o.Environment
-	return st, nil
+	return st, project, nil
 }
 
 func absAll(files []string) []string {

@@ -1,6 +1,7 @@
 // Package plan compares the wanted state of a stack with the observed one and says, for every network,
 // secret, config and service, whether it is created, configured, unchanged or deleted, and which fields
-// differ. It is a pure function: no I/O, no clock.
+// differ. Compute is a pure function: no I/O, no clock; a Differ (the daemon's) also remembers the last
+// comparison of each service, to reuse it while nothing it depends on changed.
 //
 // In: two *stack.Stack (wanted from internal/compose, observed from internal/swarm). Out: *Plan.
 // Imports internal/stack, internal/fault and the Docker API types only.
@@ -79,6 +80,12 @@ func (p *Plan) Of(kind stack.Kind, action Action) []Change {
 // Compute compares wanted with observed. An object of the wanted stack's name that the agent did not create
 // is a conflict: an error classified fault.Invalid, since the agent never modifies what it does not own.
 func Compute(wanted, observed *stack.Stack) (*Plan, error) {
+	return compute(wanted, observed, func(w, o stack.Service, netNames map[string]string) ([]string, bool) {
+		return ServiceDiff(w.Spec, Normalize(o.Spec, netNames))
+	})
+}
+
+func compute(wanted, observed *stack.Stack, diff func(w, o stack.Service, netNames map[string]string) ([]string, bool)) (*Plan, error) {
 	p := &Plan{Stack: wanted.Name, Wanted: wanted, Observed: observed, Warnings: wanted.Warnings}
 	netNames := map[string]string{} // observed network ID -> name
 	for _, n := range observed.Networks {
@@ -125,7 +132,7 @@ func Compute(wanted, observed *stack.Stack) (*Plan, error) {
 		if !stack.OwnedBy(o.Spec.Labels, wanted.Name, wanted.Environment) {
 			return nil, conflict(stack.KindService, s.Name)
 		}
-		fields, drift := ServiceDiff(s.Spec, Normalize(o.Spec, netNames))
+		fields, drift := diff(s, o, netNames)
 		if len(fields) == 0 {
 			svcChanges = append(svcChanges, Change{Kind: stack.KindService, Name: s.Name, Action: Unchanged})
 			if o.PreviousSpec != nil {

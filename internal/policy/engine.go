@@ -12,7 +12,9 @@
 // off for the whole document, as conftest does.
 //
 // The engine compiles strictly, with the built-ins that reach the network (http.send, net.lookup_ip_addr) and
-// opa.runtime removed, and prepares the query once per policy revision (a hash of the policy files). A
+// opa.runtime removed, and prepares the query once per policy revision (a hash of the policy files); the
+// report of a stack whose input document is unchanged under the same revision is reused (unless a policy
+// mentions a nondeterministic built-in such as time.now_ns). A
 // policy that does not parse or compile is a fault.Invalid error naming the file and line.
 //
 // Imports OPA, internal/stack, internal/fault and the embedded policies package; nothing else of this project.
@@ -145,10 +147,31 @@ type Engine struct {
 	rules    []string
 	except   bool
 	prepares int
+	// deterministic: no policy mentions a nondeterministic built-in (time.now_ns, rand.intn, ...), so the
+	// same input under the same revision always gets the same decisions, and last may answer it.
+	deterministic bool
+	last          map[string]memoReport
+	memoized      int
+	noMemo        bool // the engine's benchmark measures evaluation itself
+}
+
+// memoReport is the last report of a stack: the input's hash and the revision it was evaluated under.
+type memoReport struct {
+	revision string
+	input    [sha256.Size]byte
+	report   *Report
 }
 
 // New returns an engine for the policies o names. Nothing is read until the first evaluation.
 func New(o Options) *Engine { return &Engine{opts: o} }
+
+// Memoized returns how many evaluations were answered with the previous report of the same stack, because
+// its input document and the policy revision were unchanged (the daemon's no-op cycles).
+func (e *Engine) Memoized() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.memoized
+}
 
 // Prepares returns how many times the engine compiled and prepared its policies.
 func (e *Engine) Prepares() int {
@@ -268,6 +291,7 @@ func (e *Engine) Prepare(ctx context.Context) (string, error) {
 	opts = append(opts, rego.UnsafeBuiltins(unsafe))
 	ruleSet := map[string]bool{}
 	except := false
+	deterministic := true
 	for _, s := range src {
 		m, err := ast.ParseModuleWithOpts(s.name, string(s.data), ast.ParserOptions{RegoVersion: ast.RegoV1, ProcessAnnotation: true})
 		if err != nil {
@@ -277,6 +301,9 @@ func (e *Engine) Prepare(ctx context.Context) (string, error) {
 			continue // an empty file
 		}
 		opts = append(opts, rego.ParsedModule(m))
+		if deterministic && mentionsNondeterministic(m) {
+			deterministic = false
+		}
 		if strings.TrimPrefix(m.Package.Path.String(), "data.") != Namespace {
 			continue
 		}
@@ -315,6 +342,7 @@ func (e *Engine) Prepare(ctx context.Context) (string, error) {
 		return "", fault.InvalidErr(fmt.Errorf("policy: %w", err))
 	}
 	e.query, e.rules, e.except, e.revision = pq, rules, except, rev
+	e.deterministic, e.last = deterministic, nil
 	e.prepares++
 	return rev, nil
 }
@@ -330,7 +358,21 @@ func (e *Engine) Evaluate(ctx context.Context, in *Input) (*Report, error) {
 	e.mu.Unlock()
 
 	start := time.Now()
-	value, err := inputValue(in)
+	doc, err := json.Marshal(in)
+	if err != nil {
+		return nil, fmt.Errorf("policy input: %w", err)
+	}
+	sum := sha256.Sum256(doc)
+	e.mu.Lock()
+	if m, ok := e.last[in.Stack]; ok && e.deterministic && !e.noMemo && m.revision == rev && m.input == sum {
+		e.memoized++
+		e.mu.Unlock()
+		rep := m.report.clone()
+		rep.Elapsed = time.Since(start)
+		return rep, nil
+	}
+	e.mu.Unlock()
+	value, err := inputValue(doc)
 	if err != nil {
 		return nil, fmt.Errorf("policy input: %w", err)
 	}
@@ -391,15 +433,44 @@ func (e *Engine) Evaluate(ctx context.Context, in *Input) (*Report, error) {
 		return a.Message < b.Message
 	})
 	rep.Elapsed = time.Since(start)
+	e.mu.Lock()
+	if e.deterministic && e.revision == rev {
+		if e.last == nil {
+			e.last = map[string]memoReport{}
+		}
+		e.last[in.Stack] = memoReport{revision: rev, input: sum, report: rep.clone()}
+	}
+	e.mu.Unlock()
 	return rep, nil
 }
 
-// inputValue converts the document to an OPA value once, through its JSON form (what conftest reads).
-func inputValue(in *Input) (ast.Value, error) {
-	b, err := json.Marshal(in)
-	if err != nil {
-		return nil, err
+// clone copies a report (its slices are its own).
+func (r *Report) clone() *Report {
+	c := *r
+	c.Rules = append([]string{}, r.Rules...)
+	c.Services = append([]string{}, r.Services...)
+	c.Decisions = append([]Decision{}, r.Decisions...)
+	if r.Excepted != nil {
+		c.Excepted = append([]string{}, r.Excepted...)
 	}
+	return &c
+}
+
+// mentionsNondeterministic reports whether a module refers to a built-in whose result is not a function of
+// its arguments (time.now_ns, rand.intn, uuid.rfc4122, ...): its decisions are then never reused.
+func mentionsNondeterministic(m *ast.Module) bool {
+	found := false
+	ast.WalkRefs(m, func(r ast.Ref) bool {
+		if b, ok := ast.BuiltinMap[r.String()]; ok && b.Nondeterministic {
+			found = true
+		}
+		return found
+	})
+	return found
+}
+
+// inputValue converts the document to an OPA value once, through its JSON form (what conftest reads).
+func inputValue(b []byte) (ast.Value, error) {
 	var v any
 	if err := util.NewJSONDecoder(bytes.NewReader(b)).Decode(&v); err != nil {
 		return nil, err

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"strings"
 	"testing"
@@ -385,6 +386,60 @@ secrets:
 	}
 }
 
+// The daemon evaluates the same stack every cycle: an unchanged input under an unchanged revision gets the
+// previous report (equal, its own copy) without evaluating; a changed input, a changed policy, or a policy
+// that calls a nondeterministic built-in evaluates again.
+func TestEngineReusesDecisionsOfUnchangedInput(t *testing.T) {
+	ctx := context.Background()
+	e := New(Options{})
+	in := loadCompose(t, badCompose)
+	first, err := e.Evaluate(ctx, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first.Decisions[0].Message = "changed by the caller"
+	second, err := e.Evaluate(ctx, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.Memoized() != 1 {
+		t.Fatalf("memoized %d evaluations, want 1", e.Memoized())
+	}
+	fresh, err := New(Options{}).Evaluate(ctx, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second.Elapsed, fresh.Elapsed = 0, 0
+	if !reflect.DeepEqual(second, fresh) || len(second.Denies()) == 0 {
+		t.Fatalf("memoized report differs from a fresh evaluation:\n%+v\n%+v", second, fresh)
+	}
+	good := loadCompose(t, goodCompose)
+	rep, err := e.Evaluate(ctx, good)
+	if err != nil || e.Memoized() != 1 || len(rep.Denies()) != 0 {
+		t.Fatalf("another input: memoized %d, denies %v, err %v", e.Memoized(), rep.Denies(), err)
+	}
+
+	dir := t.TempDir()
+	writePolicy(t, dir, "clock.rego", "package main\n\nwarn contains \"late\" if time.now_ns() > 0\n")
+	clock := New(Options{NoDefault: true, Dirs: []string{dir}})
+	for range 3 {
+		if _, err := clock.Evaluate(ctx, in); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if clock.Memoized() != 0 {
+		t.Errorf("a policy reading the clock was answered from memory %d times", clock.Memoized())
+	}
+	writePolicy(t, dir, "clock.rego", "package main\n\nwarn contains \"static\" if input.stack\n")
+	if _, err := clock.Evaluate(ctx, in); err != nil {
+		t.Fatal(err)
+	}
+	rep, err = clock.Evaluate(ctx, in)
+	if err != nil || clock.Memoized() != 1 || rep.Decisions[0].Message != "static" {
+		t.Errorf("after the policy changed: memoized %d, %+v, %v", clock.Memoized(), rep, err)
+	}
+}
+
 func BenchmarkEvaluate100(b *testing.B) {
 	var sb strings.Builder
 	sb.WriteString("services:\n")
@@ -402,6 +457,7 @@ func BenchmarkEvaluate100(b *testing.B) {
 	}
 	in := NewInput(st, InputOptions{})
 	e := New(Options{})
+	e.noMemo = true // every iteration evaluates
 	if _, err := e.Prepare(context.Background()); err != nil {
 		b.Fatal(err)
 	}

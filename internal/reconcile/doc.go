@@ -12,7 +12,9 @@
 //
 // The Loop (agent run) runs the flow for every stack of a release, repeatedly: take the swarm's lease, get
 // the newest release from the source, run the stacks, record the outcome in the state file, and report it to
-// GitLab. Its HTTP surface is internal/status.
+// GitLab. Its HTTP surface is internal/status. Between cycles of an unchanged release the daemon's flow reuses
+// what did not change: the loaded stack (MemoLoader, keyed by every option and every file of the release)
+// and each service's comparison (Flow.Differ).
 //
 // Nothing here prints: the Cycle and the Record carry what happened, and cmd/agent renders them. Errors are
 // classified by internal/fault; internal/outcome maps them to outcomes, exit codes and commit states.

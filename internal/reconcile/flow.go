@@ -65,7 +65,10 @@ type Flow struct {
 	Observe Observer
 	// Apply writes the plan; nil stops after the plan (agent plan).
 	Apply Applier
-	Log   *slog.Logger
+	// Differ, when set, computes the plan and reuses the comparison of services unchanged since the last
+	// cycle (the daemon); nil: plan.Compute.
+	Differ *plan.Differ
+	Log    *slog.Logger
 }
 
 // Cycle is one stack's pass through the flow: what each step found, in order. A step that did not run
@@ -213,7 +216,11 @@ func (f *Flow) observe(ctx context.Context, c *Cycle) error {
 }
 
 func (f *Flow) plan(_ context.Context, c *Cycle) error {
-	p, err := plan.Compute(c.Wanted, c.Observed)
+	compute := plan.Compute
+	if f.Differ != nil {
+		compute = f.Differ.Compute
+	}
+	p, err := compute(c.Wanted, c.Observed)
 	c.Plan = p
 	return err
 }

@@ -122,7 +122,9 @@ func jsonEscape(s string) string {
 
 // String returns s with every known value and every URL's user info replaced.
 func (r *Redactor) String(s string) string {
-	s = userinfo.ReplaceAllString(s, "${1}"+Mask+"@")
+	if strings.Contains(s, "://") { // the expression backtracks at every letter: most strings have no URL
+		s = userinfo.ReplaceAllString(s, "${1}"+Mask+"@")
+	}
 	if r == nil {
 		return s
 	}

@@ -2,6 +2,7 @@ package swarm
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -101,17 +102,22 @@ func Observe(ctx context.Context, r Reader, name string) (*stack.Stack, error) {
 	return st, nil
 }
 
-// Observer reads stacks through Client for internal/reconcile, after checking that the engine is a manager
-// of an active swarm (an engine that is not one is a fault.Invalid error).
+// Observer reads stacks through Client for internal/reconcile: one list call per object kind (services,
+// networks, secrets, configs), nothing else while they succeed. When a list fails, it asks the engine
+// whether it is a manager of an active swarm: an engine that is not one is a fault.Invalid error saying so.
+// (The lists fail on such an engine anyway, so the check costs a round trip only on the error path: the
+// daemon's no-op cycle is the four lists.)
 type Observer struct{ Client Reader }
 
-// Observe checks the engine and reads the stack.
+// Observe reads the stack.
 func (o Observer) Observe(ctx context.Context, name string) (*stack.Stack, error) {
-	if err := CheckManager(ctx, o.Client); err != nil {
-		return nil, fault.InvalidErr(err)
-	}
 	st, err := Observe(ctx, o.Client, name)
 	if err != nil {
+		if ctx.Err() == nil {
+			if cerr := CheckManager(ctx, o.Client); errors.Is(cerr, ErrNotManager) {
+				return nil, fault.InvalidErr(cerr)
+			}
+		}
 		return nil, fmt.Errorf("observe stack %s: %w", name, err)
 	}
 	return st, nil

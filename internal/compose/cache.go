@@ -1,0 +1,267 @@
+package compose
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"hash"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"runtime/debug"
+	"slices"
+	"strings"
+
+	"github.com/sabeiro/sawmill/internal/stack"
+)
+
+// LoadCached is Load with an on-disk cache in dir: for the commands that judge specs and never values
+// (`agent check` and `agent render`: Options.WithoutValues, no NameKey), and for `agent apply` (a NameKey, the
+// swarm's). A cached stack never holds a value from outside the compose files, so only loads to which the
+// environment contributed nothing are kept:
+//
+//   - the load is refused the cache (loaded, and not kept) when it needs values and has no NameKey; when a
+//     `.env` file is in the working directory; when the compose files use include, extends, env_file or
+//     label_file (files the key would not cover); when the environment holds any variable whose name is a
+//     word of the compose files (interpolation, a bare `environment:` key or a secret's `environment:` could
+//     take its value) or any COMPOSE_* variable; and, after loading, when a variable supplied a value;
+//   - secret and config contents are never kept: a cached stack's objects have no Data (a caller that must
+//     create one loads again: cmd/agent's apply does). Without a NameKey an entry records whether each of its
+//     secret and config files could be read (the names do not depend on the contents); with one, an HMAC of
+//     each file's content keyed with the NameKey, which must still match;
+//   - the key is a SHA-256 (with a NameKey, an HMAC-SHA-256 keyed with it, so that nothing on disk can be
+//     checked against a guessed content without the swarm's key) of the agent binary's identity, every option,
+//     and the path and content of every compose file.
+//
+// Entries are JSON files (0600) in dir (made 0700). hit reports whether the stack came from the cache. An
+// unreadable or stale entry is a miss; an entry that cannot be written is no error.
+func LoadCached(ctx context.Context, o Options, dir string) (st *stack.Stack, hit bool, err error) {
+	key, ok := cacheKey(o, dir)
+	if !ok {
+		st, err = Load(ctx, o)
+		return st, false, err
+	}
+	path := filepath.Join(dir, key+".json")
+	if st, ok := readEntry(path, o.NameKey); ok {
+		return st, true, nil
+	}
+	supplied := false
+	inner := o.Interpolated
+	o.Interpolated = func(v string) {
+		supplied = true
+		if inner != nil {
+			inner(v)
+		}
+	}
+	st, project, err := loadProject(ctx, o)
+	if err != nil || supplied {
+		return st, false, err
+	}
+	e := cacheEntry{Version: cacheVersion, Stack: st}
+	var files []string
+	for _, x := range project.Secrets {
+		files = append(files, x.File)
+	}
+	for _, x := range project.Configs {
+		files = append(files, x.File)
+	}
+	slices.Sort(files)
+	for _, f := range files {
+		if f != "" {
+			e.Files = append(e.Files, cacheFile{Path: f, Readable: readable(f), Digest: fileDigest(o.NameKey, f)})
+		}
+	}
+	// What is kept has no value: the objects' contents stay out (Data is never marshalled; clear it anyway).
+	kept := *st
+	kept.Secrets, kept.Configs = withoutData(st.Secrets), withoutData(st.Configs)
+	e.Stack = &kept
+	writeEntry(dir, path, &e)
+	return st, false, nil
+}
+
+const cacheVersion = 1
+
+type cacheEntry struct {
+	Version int          `json:"version"`
+	Files   []cacheFile  `json:"files"`
+	Stack   *stack.Stack `json:"stack"` // stack.Object.Data is never marshalled
+}
+
+type cacheFile struct {
+	Path     string `json:"path"`
+	Readable bool   `json:"readable"`
+	// Digest is an HMAC of the content keyed with the NameKey (loads with one), else empty.
+	Digest string `json:"digest,omitempty"`
+}
+
+func withoutData(objs []stack.Object) []stack.Object {
+	out := make([]stack.Object, len(objs))
+	for i, o := range objs {
+		o.Data = nil
+		out[i] = o
+	}
+	return out
+}
+
+// fileDigest is an HMAC-SHA-256 of the file's content keyed with nameKey ("" without a key or a file).
+func fileDigest(nameKey []byte, path string) string {
+	if nameKey == nil {
+		return ""
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	m := hmac.New(sha256.New, nameKey)
+	m.Write(b)
+	return hex.EncodeToString(m.Sum(nil))
+}
+
+func readable(path string) bool {
+	f, err := os.Open(path)
+	if err != nil {
+		return false
+	}
+	f.Close()
+	return true
+}
+
+func readEntry(path string, nameKey []byte) (*stack.Stack, bool) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, false
+	}
+	var e cacheEntry
+	if err := json.Unmarshal(b, &e); err != nil || e.Version != cacheVersion || e.Stack == nil {
+		return nil, false
+	}
+	for _, f := range e.Files {
+		if readable(f.Path) != f.Readable || fileDigest(nameKey, f.Path) != f.Digest {
+			return nil, false
+		}
+	}
+	return e.Stack, true
+}
+
+func writeEntry(dir, path string, e *cacheEntry) {
+	b, err := json.Marshal(e)
+	if err != nil {
+		return
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return
+	}
+	tmp, err := os.CreateTemp(dir, ".entry-*")
+	if err != nil {
+		return
+	}
+	_, werr := tmp.Write(b)
+	cerr := tmp.Close()
+	if werr != nil || cerr != nil || os.Rename(tmp.Name(), path) != nil {
+		os.Remove(tmp.Name())
+	}
+}
+
+// refused are the words that make a load depend on files the key does not cover.
+var refused = map[string]bool{"include": true, "extends": true, "env_file": true, "label_file": true}
+
+var word = regexp.MustCompile(`[A-Za-z_][A-Za-z0-9_]*`)
+
+// cacheKey returns the entry's key, or false when the load may not use the cache.
+func cacheKey(o Options, dir string) (string, bool) {
+	if dir == "" || (o.NameKey == nil && !o.WithoutValues) || len(o.Files) == 0 {
+		return "", false
+	}
+	workDir := o.WorkDir
+	if workDir == "" {
+		workDir = filepath.Dir(o.Files[0])
+	}
+	workDir, err := filepath.Abs(workDir)
+	if err != nil {
+		return "", false
+	}
+	if _, err := os.Lstat(filepath.Join(workDir, ".env")); err == nil {
+		return "", false
+	}
+	h := sha256.New()
+	if o.NameKey != nil {
+		h = hmac.New(sha256.New, o.NameKey)
+	}
+	str := func(s string) {
+		_ = binary.Write(h, binary.LittleEndian, uint64(len(s)))
+		io.WriteString(h, s)
+	}
+	str(fmt.Sprintf("sawmill compose cache v%d", cacheVersion))
+	str(binaryIdentity())
+	words := map[string]bool{}
+	for _, f := range o.Files {
+		abs, err := filepath.Abs(f)
+		if err != nil {
+			return "", false
+		}
+		b, err := os.ReadFile(abs)
+		if err != nil {
+			return "", false // Load says what is wrong
+		}
+		for _, w := range word.FindAll(b, -1) {
+			words[string(w)] = true
+		}
+		str("file:" + abs)
+		str(string(b))
+	}
+	for w := range refused {
+		if words[w] {
+			return "", false
+		}
+	}
+	for _, kv := range o.Env {
+		name, _, _ := strings.Cut(kv, "=")
+		if words[name] || strings.HasPrefix(name, "COMPOSE_") {
+			return "", false
+		}
+	}
+	optionsHash(h, o, workDir, str)
+	return hex.EncodeToString(h.Sum(nil)), true
+}
+
+func optionsHash(h hash.Hash, o Options, workDir string, str func(string)) {
+	str("stack:" + o.Stack)
+	str("workdir:" + workDir)
+	str("root:" + o.Root)
+	str("environment:" + o.Environment)
+	str(fmt.Sprintf("profiles:%q limits:%d/%d strict:%t without-values:%t name-key:%t", o.Profiles, o.MaxFileBytes, o.MaxTotalBytes, o.Strict, o.WithoutValues, o.NameKey != nil))
+}
+
+// binaryIdentity names the running agent's build, so that a new conversion never reads an old one's entry:
+// its VCS revision and time when built from a clean checkout, else also the executable's size and time.
+func binaryIdentity() string {
+	var id strings.Builder
+	clean := false
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		id.WriteString(bi.Main.Path + "@" + bi.Main.Version + " " + bi.GoVersion)
+		revision, modified := false, false
+		for _, s := range bi.Settings {
+			switch s.Key {
+			case "vcs.revision", "vcs.time":
+				id.WriteString(" " + s.Value)
+				revision = revision || s.Key == "vcs.revision"
+			case "vcs.modified":
+				modified = s.Value == "true"
+			}
+		}
+		clean = !modified && (revision || (bi.Main.Version != "" && bi.Main.Version != "(devel)"))
+	}
+	if !clean {
+		if exe, err := os.Executable(); err == nil {
+			if fi, err := os.Stat(exe); err == nil {
+				fmt.Fprintf(&id, " %s %d %d", exe, fi.Size(), fi.ModTime().UnixNano())
+			}
+		}
+	}
+	return id.String()
+}
