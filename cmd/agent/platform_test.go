@@ -13,6 +13,7 @@ import (
 
 	"github.com/sabeiro/sawmill/internal/compose"
 	sawrelease "github.com/sabeiro/sawmill/internal/release"
+	"github.com/sabeiro/sawmill/internal/stack"
 	"github.com/sabeiro/sawmill/internal/testing/testenv"
 )
 
@@ -257,14 +258,7 @@ func TestPlatformRender(t *testing.T) {
 		})
 	}
 
-	st, err := compose.Load(context.Background(), compose.Options{
-		Files: []string{filepath.Join(dir, "compose.yaml"), filepath.Join(dir, "compose.production.yaml")},
-		Stack: "platform",
-		Env:   os.Environ(),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := loadPlatform(t, dir, "production")
 	dag, err := os.ReadFile(filepath.Join("..", "..", "images", "batch_etl", "dags", "sawmill_batch_etl.py"))
 	if err != nil {
 		t.Fatal(err)
@@ -358,14 +352,7 @@ func TestPlatformPlan(t *testing.T) {
 func TestPlatformRoutes(t *testing.T) {
 	platformEnv(t)
 	dir := platformRelease(t)
-	st, err := compose.Load(context.Background(), compose.Options{
-		Files: []string{filepath.Join(dir, "compose.yaml"), filepath.Join(dir, "compose.staging.yaml")},
-		Stack: "platform",
-		Env:   os.Environ(),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := loadPlatform(t, dir, "staging")
 	var nginx string
 	for _, c := range st.Configs {
 		if strings.HasPrefix(c.Name, "platform_edge_nginx_conf-") {
@@ -434,14 +421,7 @@ func TestPlatformRoutes(t *testing.T) {
 func TestPlatformWiring(t *testing.T) {
 	platformEnv(t)
 	dir := platformRelease(t)
-	st, err := compose.Load(context.Background(), compose.Options{
-		Files: []string{filepath.Join(dir, "compose.yaml"), filepath.Join(dir, "compose.production.yaml")},
-		Stack: "platform",
-		Env:   os.Environ(),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := loadPlatform(t, dir, "production")
 	cfg := map[string][]byte{}
 	for _, c := range st.Configs {
 		cfg[strings.TrimPrefix(c.Name[:strings.LastIndex(c.Name, "-")], "platform_")] = c.Data
@@ -490,4 +470,19 @@ func TestPlatformWiring(t *testing.T) {
 	if _, ok := etl.Jobs["inbox_events"]; !ok || !strings.Contains(string(cfg["airflow_dag_batch_etl"]), `"SAWMILL_BATCH_ETL_JOBS", "inbox_events"`) {
 		t.Errorf("the DAG's default job inbox_events is not in batch_etl_jobs (%v)", etl.Jobs)
 	}
+}
+
+// loadPlatform loads the released platform stack for env (its base file and env's override), interpolated with
+// the test's environment (platformEnv).
+func loadPlatform(t *testing.T, dir, env string) *stack.Stack {
+	t.Helper()
+	st, err := compose.Load(context.Background(), compose.Options{
+		Files: []string{filepath.Join(dir, "compose.yaml"), filepath.Join(dir, "compose."+env+".yaml")},
+		Stack: "platform",
+		Env:   os.Environ(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
 }

@@ -177,9 +177,6 @@ type Options struct {
 	WebhookToken, StatusToken string
 }
 
-// MaxBody bounds every request body.
-const MaxBody = MaxWebhookBody
-
 // Handler serves /healthz, /readyz, and as o says /status, /metrics and the GitLab webhook at /hooks/gitlab.
 // The webhook accepts a request only with X-Gitlab-Token equal to the token (compared in constant time);
 // deployment and pipeline events trigger a cycle (202), other events are ignored (204). A body that is not a
@@ -252,7 +249,7 @@ func equal(a, b string) bool { return subtle.ConstantTimeCompare([]byte(a), []by
 // Server is an HTTP server with every timeout set: a slow or stalled client cannot hold a connection.
 func Server(h http.Handler) *http.Server {
 	return &http.Server{
-		Handler:           http.MaxBytesHandler(h, MaxBody),
+		Handler:           http.MaxBytesHandler(h, MaxWebhookBody),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,
