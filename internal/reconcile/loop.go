@@ -389,7 +389,10 @@ func (l *Loop) cycle(ctx context.Context) Record {
 		held, holder, err := l.Lease.Acquire(actx)
 		acancel()
 		if err != nil {
+			// This agent cannot tell whether it still holds the lease: it does not act, and does not say it
+			// leads (a standby that can reach the swarm may be acting by now).
 			l.held = false
+			l.Metrics.Leader(false)
 			return Record{Outcome: outcome.Error, Reason: err.Error()}
 		}
 		l.Metrics.Leader(held)
