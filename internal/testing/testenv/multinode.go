@@ -2,9 +2,9 @@ package testenv
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log"
-	"fmt"
 	"net"
 	"net/http"
 	"os"
