@@ -21,7 +21,9 @@ func (a *app) generateCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			pl, err := pipeline.BuildWith(p.repo, p.decisions, p.cfg, p.options())
+			opt := p.options()
+			opt.PipelineID = a.getenv("CI_PIPELINE_ID") // generate runs in the parent pipeline
+			pl, err := pipeline.BuildWith(p.repo, p.decisions, p.cfg, opt)
 			if err != nil {
 				return err
 			}
@@ -33,12 +35,12 @@ func (a *app) generateCmd() *cobra.Command {
 				if releaseOut == "" || signEnv == "" {
 					return usageError{fmt.Errorf("signing.pipeline parent: generate needs --release-output and --sign-env (the parent pipeline pipegen init writes passes them)")}
 				}
-				rel, err := pipeline.BuildRelease(p.repo, p.decisions, p.cfg, p.options())
+				rel, err := pipeline.BuildRelease(p.repo, p.decisions, p.cfg, opt)
 				if err != nil {
 					return err
 				}
 				relData = rel.Bytes()
-				for _, v := range pipeline.ParentSignVars(p.repo, p.decisions, p.cfg) {
+				for _, v := range pipeline.ParentSignVars(p.repo, p.decisions, p.cfg, opt) {
 					signData = fmt.Appendf(signData, "%s=%s\n", v.Name, v.Value)
 				}
 			}

@@ -85,6 +85,19 @@ type Options struct {
 	// MergeRequest: a merge request pipeline. The release is written and checked but never
 	// published, and there are no deploy jobs.
 	MergeRequest bool
+	// PipelineID is the ID of the parent pipeline that runs generate ($CI_PIPELINE_ID there);
+	// with signing.pipeline parent the images' tag carries it (ParentTag).
+	PipelineID string
+}
+
+// ParentTag is the tag the build pipeline pushes its images under with signing.pipeline parent:
+// the commit and the parent pipeline's ID, so that the parent's sign job finds exactly this
+// pipeline's images. Without a known ID, the ID the parent passes as SAWMILL_PARENT_PIPELINE_ID.
+func ParentTag(opt Options) string {
+	if opt.PipelineID != "" {
+		return "$CI_COMMIT_SHA-p" + opt.PipelineID
+	}
+	return "$CI_COMMIT_SHA-p$" + ParentPipelineVar
 }
 
 // RecordRepository is release.RecordRepository (this package does not import internal/release;
@@ -187,8 +200,9 @@ func BuildRelease(repo *discover.Repo, decisions []discover.Decision, cfg Config
 
 // ParentSignVars are the variables of the parent's sign job (signing.pipeline parent), for the
 // dotenv report of the generate job: SAWMILL_SIGN_IMAGES lists "<IMAGE>_DIGEST=<repository>"
-// for every image the build pipeline builds, and the signing settings.
-func ParentSignVars(repo *discover.Repo, decisions []discover.Decision, cfg Config) []Var {
+// for every image the build pipeline builds, SAWMILL_SIGN_TAG their tag, and the signing
+// settings. Values are written as they are; the sign job expands the references in them.
+func ParentSignVars(repo *discover.Repo, decisions []discover.Decision, cfg Config, opt Options) []Var {
 	rebuild := map[string]bool{}
 	for _, d := range decisions {
 		rebuild[d.Image] = d.Rebuild
@@ -199,7 +213,8 @@ func ParentSignVars(repo *discover.Repo, decisions []discover.Decision, cfg Conf
 			list = append(list, VarName(im.Name)+"_DIGEST="+cfg.Registry+"/"+im.Name)
 		}
 	}
-	vs := []Var{{"SAWMILL_SIGN_IMAGES", strings.Join(list, " ")}, {"SAWMILL_SIGN_MODE", cfg.Signing.Mode}, {"SAWMILL_SIGN_FORMAT", cfg.Signing.Format}}
+	vs := []Var{{"SAWMILL_SIGN_IMAGES", strings.Join(list, " ")}, {"SAWMILL_SIGN_TAG", ParentTag(opt)},
+		{"SAWMILL_SIGN_MODE", cfg.Signing.Mode}, {"SAWMILL_SIGN_FORMAT", cfg.Signing.Format}}
 	if cfg.Signing.Mode == "key" {
 		vs = append(vs, Var{"SAWMILL_SIGN_KEY_VARIABLE", cfg.Signing.KeyVariable})
 	}
@@ -231,7 +246,7 @@ func buildAll(repo *discover.Repo, decisions []discover.Decision, cfg Config, op
 	if parent {
 		// Unique per pipeline: the parent's sign job resolves the digests the build pipeline
 		// pushed by this tag (a parent cannot read a child's artifacts, gitlab-org/gitlab#285100).
-		tag = "$CI_COMMIT_SHA-p$" + ParentPipelineVar
+		tag = ParentTag(opt)
 	}
 	if cfg.Component != "" {
 		p.Component = cfg.Component
