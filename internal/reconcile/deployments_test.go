@@ -2,6 +2,7 @@ package reconcile
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http/httptest"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 
 	gitlab "gitlab.com/gitlab-org/api/client-go"
 
+	"github.com/sabeiro/sawmill/internal/fault"
 	"github.com/sabeiro/sawmill/internal/outcome"
 	"github.com/sabeiro/sawmill/internal/policy"
 	"github.com/sabeiro/sawmill/internal/report"
@@ -111,11 +113,22 @@ func TestLoopRecordsDeployments(t *testing.T) {
 	if got := records(gl); strings.Join(got, " ") != "a=success b=failed c=success" {
 		t.Fatalf("deployments after the outage: %v, want c recorded once, as success", got)
 	}
+
+	// A release that cannot be read (an invalid release.json): a failed deployment of its commit.
+	src.mu.Lock()
+	src.err = &source.ReleaseError{Commit: sha('d'), Ref: "main", Err: fault.InvalidErr(errors.New("release.json: schema_version 9"))}
+	src.mu.Unlock()
+	if rec := l.Cycle(context.Background()); rec.Outcome != outcome.Invalid {
+		t.Fatalf("cycle: %+v", rec)
+	}
+	if got := records(gl); strings.Join(got, " ") != "a=success b=failed c=success d=failed" {
+		t.Fatalf("deployments after an invalid release: %v", got)
+	}
 	var statuses []string
 	for _, s := range gl.Statuses() {
 		statuses = append(statuses, s.SHA[:1]+"="+s.State)
 	}
-	if strings.Join(statuses, " ") != "a=success b=failed c=success" {
+	if strings.Join(statuses, " ") != "a=success b=failed c=success d=failed" {
 		t.Fatalf("commit statuses %v", statuses)
 	}
 }

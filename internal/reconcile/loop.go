@@ -429,7 +429,7 @@ func (l *Loop) cycle(ctx context.Context) Record {
 		if o := outcome.Of(err); o == outcome.Invalid {
 			rec := Record{Outcome: o, Release: key, Reason: err.Error()}
 			if re := (*source.ReleaseError)(nil); errors.As(err, &re) {
-				rec.Commit = re.Commit
+				rec.Commit, rec.Ref, rec.Tag = re.Commit, re.Ref, re.Tag
 			}
 			return rec
 		}
