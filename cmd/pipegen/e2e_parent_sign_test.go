@@ -25,7 +25,7 @@ func TestEndToEndParentSigning(t *testing.T) {
 	gcl := gitlabCILocal(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
-	bin := buildE2EBinaries(ctx, t)
+	bin := buildTools(ctx, t)
 	work := t.TempDir()
 	calls, pushed := filepath.Join(work, "calls.log"), filepath.Join(work, "pushed")
 	shims := map[string]string{
@@ -168,17 +168,4 @@ func artifact(t *testing.T, repo, name string) string {
 		t.Fatal(err)
 	}
 	return string(b)
-}
-
-// buildE2EBinaries builds pipegen and testdata/pushrandom (the buildah stand-ins' pusher) into a
-// directory of their own, for the gitlab-ci-local tests' PATH.
-func buildE2EBinaries(ctx context.Context, t *testing.T) string {
-	t.Helper()
-	bin := t.TempDir()
-	for pkg, out := range map[string]string{".": "pipegen", "./testdata/pushrandom": "pushrandom"} {
-		if out, err := exec.CommandContext(ctx, "go", "build", "-o", filepath.Join(bin, out), pkg).CombinedOutput(); err != nil {
-			t.Fatalf("go build %s: %v\n%s", pkg, err, out)
-		}
-	}
-	return bin
 }

@@ -25,7 +25,7 @@ func TestEndToEndDefaultTemplates(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 
-	bin := buildE2EBinaries(ctx, t)
+	bin := buildTools(ctx, t)
 	work := t.TempDir()
 	calls := filepath.Join(work, "calls.log")
 	shims := map[string]string{
