@@ -26,7 +26,8 @@ demo-clean:
 # SAWMILL_TEST_PG_DSN names one.
 test: tools
 	SAWMILL_TEST_DOCKER_HOST=$${SAWMILL_TEST_DOCKER_HOST:-$$(hack/dockerd.sh start)} \
-	SAWMILL_TEST_PG_DSN=$${SAWMILL_TEST_PG_DSN:-$$(hack/postgres.sh start)} $(MAKE) test-go fuzz test-py
+	SAWMILL_TEST_PG_DSN=$${SAWMILL_TEST_PG_DSN:-$$(hack/postgres.sh start)} \
+	SAWMILL_TEST_MULTINODE=$${SAWMILL_TEST_MULTINODE:-$(CURDIR)/hack/multinode.sh} $(MAKE) test-go fuzz test-py
 
 test-go:
 	$(GO) vet ./...
@@ -57,12 +58,14 @@ test-py:
 	images/live_py/test.sh
 	images/batch_etl/test.sh
 
-# The fault suite (cmd/agent/faults_test.go): each fault FAULT_REPEAT times against the private swarm, the
+# The fault suite (cmd/agent/faults_test.go, faults_multinode_test.go): each fault FAULT_REPEAT times against the
+# private swarm, a 3-manager swarm in network namespaces (hack/multinode.sh), the
 # GitLab API stand-in and a stalling registry; the table goes to docs/reliability.md's format on stdout.
 FAULT_REPEAT ?= 5
 faults:
 	rm -f /tmp/sawmill-faults.md
 	SAWMILL_TEST_DOCKER_HOST=$${SAWMILL_TEST_DOCKER_HOST:-$$(hack/dockerd.sh start)} FAULT_REPEAT=$(FAULT_REPEAT) \
+	SAWMILL_TEST_MULTINODE=$${SAWMILL_TEST_MULTINODE:-$(CURDIR)/hack/multinode.sh} \
 	FAULT_TABLE=/tmp/sawmill-faults.md $(GO) test -count=1 -timeout 60m -run '^TestFault' ./cmd/agent/
 	@echo "| fault | repetitions | outcome | recovery |"; echo "|---|---|---|---|"; cat /tmp/sawmill-faults.md
 
