@@ -172,6 +172,77 @@ func selfRelease(t *testing.T, commit, agentStack, agentRef, demoStack string, d
 	}
 }
 
+// removeInstalled removes what an install test made: the agent's stack first (it would put the others
+// back), the other stacks, the objects install made, the lease, the agent's state volume, and the images
+// the engine pulled from the test registry reg.
+func removeInstalled(dc *client.Client, agentStack, leaseName, reg string, stacks ...string) {
+	ctx := context.Background()
+	removeStack(dc, agentStack)
+	for _, s := range stacks {
+		removeStack(dc, s)
+	}
+	for _, n := range []string{installConfigName, installGitLabToken, installWebhookName} {
+		_, _ = dc.SecretRemove(ctx, n, client.SecretRemoveOptions{})
+		_, _ = dc.ConfigRemove(ctx, n, client.ConfigRemoveOptions{})
+	}
+	_, _ = dc.ConfigRemove(ctx, leaseName, client.ConfigRemoveOptions{})
+	removeStackVolumes(dc, agentStack)
+	removeRegistryImages(dc, reg)
+}
+
+// engineSocket is the test engine's Unix socket, which the agent's service mounts, and the socket's group.
+func engineSocket(t *testing.T) (string, uint32) {
+	t.Helper()
+	host := os.Getenv(testenv.DockerHostEnv)
+	sock, ok := strings.CutPrefix(host, "unix://")
+	if !ok {
+		t.Skipf("the agent's service mounts the engine's socket: %s is not a Unix socket", host)
+	}
+	fi, err := os.Stat(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sock, fi.Sys().(*syscall.Stat_t).Gid
+}
+
+// operatorConfig is the operator's agent.yaml of the install tests: the GitLab stand-in, the test's lease,
+// and a trust policy requiring the key in cosign.pub on every image of the registry. The grants and the
+// allowed host path are what let the agent's stack mount the socket (stacks/agent/README.md); the release
+// only asks. grants and variables add to those lists (variables: ", KEY: value" text).
+type operatorConfig struct {
+	gitlab, lease, agentStack, sock, registry string
+	gid                                       uint32
+	gitlabVariables                           bool
+	grants                                    []string
+	variables                                 string
+}
+
+func (c operatorConfig) String() string {
+	grants := ""
+	for _, g := range c.grants {
+		grants += "  - " + g + "\n"
+	}
+	return fmt.Sprintf(`environment: e2e
+source: gitlab
+gitlab: {url: %s, project: sawmill/platform, variables: %t}
+interval: 2s
+jitter: 0.1
+timeout: 3m
+lease: {ttl: 6s, name: %s}
+tier: staging
+grants:
+  - {rule: docker_socket, stack: %s, service: agent}
+  - {rule: host_network, stack: %s, service: agent}
+%sallowed_host_paths: [%s]
+variables: {DOCKER_GID: "%d", DOCKER_SOCKET: %s%s}
+allowed_registries: [%s]
+trust:
+  rules:
+    - pattern: %s/**
+      authorities: [{name: release, key: cosign.pub}]
+`, c.gitlab, c.gitlabVariables, c.lease, c.agentStack, c.agentStack, grants, c.sock, c.gid, c.sock, c.variables, c.registry, c.registry)
+}
+
 // leaseWatch records every holder of the lease (Swarm config labels) over time.
 type leaseWatch struct {
 	mu      sync.Mutex
@@ -249,32 +320,13 @@ func waitUntil(t *testing.T, what string, timeout time.Duration, cond func() (bo
 // version is rolled back and the failure reported; `agent uninstall` leaves the demo stack running.
 func TestInstallAndSelfUpgrade(t *testing.T) {
 	dc := testenv.Docker(t)
-	host := os.Getenv(testenv.DockerHostEnv)
-	sock, ok := strings.CutPrefix(host, "unix://")
-	if !ok {
-		t.Skipf("the agent's service mounts the engine's socket: %s is not a Unix socket", host)
-	}
-	fi, err := os.Stat(sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	gid := fi.Sys().(*syscall.Stat_t).Gid
+	sock, gid := engineSocket(t)
 	ctx := context.Background()
 	reg := testenv.Registry(t)
 	key := testenv.NewKey(t)
 	bin := staticAgentBinary(t)
 	agentStack, demoStack, leaseName := randomName("agent"), randomName("demo"), randomName("lease")
-	t.Cleanup(func() {
-		removeStack(dc, agentStack) // first: the agent would put the demo back
-		removeStack(dc, demoStack)
-		for _, n := range []string{installConfigName, installGitLabToken, installWebhookName} {
-			_, _ = dc.SecretRemove(ctx, n, client.SecretRemoveOptions{})
-			_, _ = dc.ConfigRemove(ctx, n, client.ConfigRemoveOptions{})
-		}
-		_, _ = dc.ConfigRemove(ctx, leaseName, client.ConfigRemoveOptions{})
-		removeStackVolumes(dc, agentStack)
-		removeRegistryImages(dc, reg)
-	})
+	t.Cleanup(func() { removeInstalled(dc, agentStack, leaseName, reg, demoStack) })
 
 	unsigned := agentImage(t, bin, reg+"/agent:v0", "v0")
 	d1 := agentImage(t, bin, reg+"/agent:v1", "v1")
@@ -302,29 +354,11 @@ func TestInstallAndSelfUpgrade(t *testing.T) {
 	}
 	write("cosign.pub", key.PublicPEM)
 	tokenFile := write("gitlab-token", "glpat-e2e\n")
-	// The operator's agent.yaml: the grants and the allowed host path are what let the agent's stack mount
-	// the socket (stacks/agent/README.md); the release only asks.
-	cfgFile := write("agent.yaml", fmt.Sprintf(`environment: e2e
-source: gitlab
-gitlab: {url: %s, project: sawmill/platform, variables: true}
-interval: 2s
-jitter: 0.1
-timeout: 3m
-lease: {ttl: 6s, name: %s}
-tier: staging
-grants:
-  - {rule: docker_socket, stack: %s, service: agent}
-  - {rule: host_network, stack: %s, service: agent}
-  - {rule: published_ports, stack: %s, service: go_ingest}
-  - {rule: published_ports, stack: %s, service: live_py}
-allowed_host_paths: [%s]
-variables: {DOCKER_GID: "%d", DOCKER_SOCKET: %s, POSTGRES_IMAGE: %s, DEMO_PORT: "%d", DEMO_LIVE_PORT: "%d"}
-allowed_registries: [%s]
-trust:
-  rules:
-    - pattern: %s/**
-      authorities: [{name: test, key: cosign.pub}]
-`, srv.URL, leaseName, agentStack, agentStack, demoStack, demoStack, sock, gid, sock, demo.postgres, demoPort, livePort, reg, reg))
+	cfgFile := write("agent.yaml", operatorConfig{gitlab: srv.URL, lease: leaseName, agentStack: agentStack, sock: sock, gid: gid, registry: reg,
+		gitlabVariables: true,
+		grants:          []string{"{rule: published_ports, stack: " + demoStack + ", service: go_ingest}", "{rule: published_ports, stack: " + demoStack + ", service: live_py}"},
+		variables:       fmt.Sprintf(", POSTGRES_IMAGE: %s, DEMO_PORT: \"%d\", DEMO_LIVE_PORT: \"%d\"", demo.postgres, demoPort, livePort),
+	}.String())
 
 	var cmu sync.Mutex
 	commits := map[string]int{}

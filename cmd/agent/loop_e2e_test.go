@@ -13,7 +13,6 @@ import (
 	"regexp"
 	"sort"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -114,15 +113,7 @@ func TestWholeLoop(t *testing.T) {
 	started := time.Now()
 	dc := testenv.Docker(t)
 	host := os.Getenv(testenv.DockerHostEnv)
-	sock, ok := strings.CutPrefix(host, "unix://")
-	if !ok {
-		t.Skipf("the agent's service mounts the engine's socket: %s is not a Unix socket", host)
-	}
-	fi, err := os.Stat(sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	gid := fi.Sys().(*syscall.Stat_t).Gid
+	sock, gid := engineSocket(t)
 	root, err := filepath.Abs(filepath.Join("..", ".."))
 	if err != nil {
 		t.Fatal(err)
@@ -313,18 +304,7 @@ tool: {image: none, command: pipegen, agent: agent}
 		Finished: time.Now().UTC()}, files)
 
 	// The operator's files and the README's install command.
-	t.Cleanup(func() {
-		bg := context.Background()
-		removeStack(dc, agentStack)
-		removeStack(dc, webStack)
-		for _, n := range []string{installConfigName, installGitLabToken, installWebhookName} {
-			_, _ = dc.SecretRemove(bg, n, client.SecretRemoveOptions{})
-			_, _ = dc.ConfigRemove(bg, n, client.ConfigRemoveOptions{})
-		}
-		_, _ = dc.ConfigRemove(bg, leaseName, client.ConfigRemoveOptions{})
-		removeStackVolumes(dc, agentStack)
-		removeRegistryImages(dc, reg)
-	})
+	t.Cleanup(func() { removeInstalled(dc, agentStack, leaseName, reg, webStack) })
 	op := filepath.Join(work, "operator")
 	pub, err := os.ReadFile(filepath.Join(keys, "cosign.pub"))
 	if err != nil {
@@ -332,25 +312,7 @@ tool: {image: none, command: pipegen, agent: agent}
 	}
 	write(filepath.Join(op, "cosign.pub"), string(pub), 0o644)
 	write(filepath.Join(op, "gitlab-token"), "glpat-loop\n", 0o600)
-	write(filepath.Join(op, "agent.yaml"), fmt.Sprintf(`environment: e2e
-source: gitlab
-gitlab: {url: %s, project: sawmill/platform}
-interval: 2s
-jitter: 0.1
-timeout: 3m
-lease: {ttl: 6s, name: %s}
-tier: staging
-grants:
-  - {rule: docker_socket, stack: %s, service: agent}
-  - {rule: host_network, stack: %s, service: agent}
-allowed_host_paths: [%s]
-variables: {DOCKER_GID: "%d", DOCKER_SOCKET: %s}
-allowed_registries: [%s]
-trust:
-  rules:
-    - pattern: %s/**
-      authorities: [{name: release, key: cosign.pub}]
-`, srv.URL, leaseName, agentStack, agentStack, sock, gid, sock, reg, reg), 0o600)
+	write(filepath.Join(op, "agent.yaml"), operatorConfig{gitlab: srv.URL, lease: leaseName, agentStack: agentStack, sock: sock, gid: gid, registry: reg}.String(), 0o600)
 	install := exec.CommandContext(ctx, filepath.Join(bin, "agent"), "install", "--config", "agent.yaml", "--token-file", "gitlab-token", "--stack", agentStack)
 	install.Dir = op
 	install.Env = append(os.Environ(), "DOCKER_HOST="+host)
