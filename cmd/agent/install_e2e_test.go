@@ -177,6 +177,11 @@ func selfRelease(t *testing.T, commit, agentStack, agentRef, demoStack string, d
 // the engine pulled from the test registry reg.
 func removeInstalled(dc *client.Client, agentStack, leaseName, reg string, stacks ...string) {
 	ctx := context.Background()
+	// A running agent puts back what it finds missing of its own stack: `agent uninstall` takes the lease
+	// from it first (a no-op when the test uninstalled it already).
+	var out bytes.Buffer
+	_ = run(ctx, []string{"uninstall", "--stack", agentStack, "--lease-name", leaseName, "--lease-ttl", "6s"},
+		deps{stdout: &out, stderr: &out, connect: func() (swarm.Client, error) { return nopClose{dc}, nil }})
 	removeStack(dc, agentStack)
 	for _, s := range stacks {
 		removeStack(dc, s)

@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/moby/moby/client"
 
 	"github.com/sabeiro/sawmill/internal/manifest"
@@ -269,6 +271,24 @@ tool: {image: none, command: pipegen, agent: agent}
 		if !strings.Contains(string(output), want) {
 			t.Errorf("no %q in the pipeline's output", want)
 		}
+	}
+
+	// The agent's image as images/agent/Dockerfile describes it: nobody, its own probe (kept in Docker's image
+	// format; OCI's has no HEALTHCHECK).
+	ref, err := name.ParseReference(reg+"/sawmill/agent@"+signed["agent"], name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := remote.Image(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hc := cf.Config.Healthcheck; cf.Config.User != "65534:65534" || hc == nil || strings.Join(hc.Test, " ") != "CMD /agent healthcheck" {
+		t.Errorf("the agent image built by the pipeline: user %q, healthcheck %+v", cf.Config.User, hc)
 	}
 
 	// The deploy job's artifact: the release the agent fetches.
