@@ -249,7 +249,7 @@ tool: {image: none, command: pipegen, agent: agent}
 	if err != nil || strings.Contains(string(output), " FAIL ") {
 		t.Fatalf("gitlab-ci-local: %v\n%s", err, output)
 	}
-	// gitlab-ci-local's summary: every job of both pipelines, PASS or FAIL.
+	// gitlab-ci-local's summary lines: the jobs of both pipelines, all passed. E2E_DEBUG=1 logs every line.
 	var summary string
 	for _, l := range strings.Split(string(output), "\n") {
 		if strings.Contains(l, " PASS ") {
