@@ -3,7 +3,7 @@ SHELL := /bin/bash
 GO ?= go
 export PATH := $(CURDIR)/.tools/node_modules/.bin:$(HOME)/go/bin:$(PATH)
 
-.PHONY: build dist test test-go test-py fuzz faults demo demo-clean bench tools check-digests
+.PHONY: build dist test test-go test-py fuzz faults demo demo-clean bench tools check-digests e2e
 build:
 	CGO_ENABLED=0 $(GO) build -o bin/ ./cmd/...
 
@@ -57,6 +57,14 @@ fuzz:
 test-py:
 	images/live_py/test.sh
 	images/batch_etl/test.sh
+
+# The whole delivery loop on one machine (cmd/agent/loop_e2e_test.go, TestWholeLoop; `make test` runs it
+# too): gitlab-ci-local runs a monorepo's parent and child pipelines with pipelines/ and real buildah, cosign
+# and pipegen against a local registry (scanners stood in), then `agent install` puts the agent the pipeline
+# built on the private swarm and it deploys the release. Needs root (buildah, storage driver vfs).
+e2e: tools
+	SAWMILL_TEST_DOCKER_HOST=$${SAWMILL_TEST_DOCKER_HOST:-$$(hack/dockerd.sh start)} \
+	$(GO) test -count=1 -timeout 20m -run '^TestWholeLoop$$' -v ./cmd/agent/
 
 # The fault suite (cmd/agent/faults_test.go, faults_multinode_test.go): each fault FAULT_REPEAT times against the
 # private swarm, a 3-manager swarm in network namespaces (hack/multinode.sh), the

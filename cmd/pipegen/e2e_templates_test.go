@@ -129,7 +129,7 @@ echo '<testsuites/>'
 		"cosign sign --yes --recursive --new-bundle-format=false --use-signing-config=false --key " + keyFile + " " + reg + "/multi@" + rel.Images["multi"].Digest,
 		"trivy image --format template --template @/contrib/gitlab.tpl --output gl-container-scanning-report.json " + reg + "/app@" + app.Digest,
 		"trivy image --skip-db-update --exit-code 1 --severity HIGH,CRITICAL " + reg + "/app@" + app.Digest,
-		"cosign attest --yes --recursive --new-bundle-format=false --use-signing-config=false --key " + keyFile + " --type cyclonedx --predicate gl-sbom.cdx.json " + reg + "/app@" + app.Digest,
+		"cosign attest --yes --new-bundle-format=false --use-signing-config=false --key " + keyFile + " --type cyclonedx --predicate gl-sbom.cdx.json " + reg + "/app@" + app.Digest,
 		"image test app",
 		"trivy image --format cyclonedx --output gl-sbom.cdx.json " + reg + "/base@" + base.Digest,
 		"cosign sign --yes --recursive --new-bundle-format=false --use-signing-config=false --key " + keyFile + " " + reg + "/app@" + app.Digest,

@@ -8,10 +8,12 @@
 // digest. PostgresDebian is a PostgreSQL server with the upstream postgres image's interface (POSTGRES_*
 // environment, /docker-entrypoint-initdb.d, uid 999) and a bash entrypoint. LivePyDebian is images/live_py
 // (live.py and static/ in /app) on Debian's python3 and python3-psycopg2, with its Dockerfile's configuration.
+// GoDebian is a Go toolchain image (this machine's Go installation and a shell) that the repository's
+// Dockerfiles build FROM (GO_IMAGE) when buildah builds them offline (golang.go).
 //
 // In: a binary, or the machine's installed packages (and live_py's app directory); an image reference. Out:
 // the pushed image's digest. Imports go-containerregistry and the standard library; PostgresDebian and
-// LivePyDebian run dpkg and ldd.
+// LivePyDebian run dpkg and ldd, GoDebian runs go env.
 package imagebuild
 
 import (
