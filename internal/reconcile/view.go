@@ -29,8 +29,8 @@ type View struct {
 	Stacks  []StackView    `json:"stacks"`
 	Cycles  []Record       `json:"cycles"`
 	History []HistoryEntry `json:"history"`
-	// Key changes when the page's layout changes (a cycle, a stack, a service, the pin): the page reloads
-	// then, and otherwise updates its figures in place.
+	// Key changes when the page's layout changes (an outcome, a release, a stack, a service, the pin, the
+	// history): the page reloads then, and otherwise updates its figures (times, replicas, health) in place.
 	Key string `json:"view_key"`
 }
 
@@ -229,7 +229,12 @@ func (l *Loop) View(ctx context.Context) View {
 		}
 	}
 	h := sha256.New()
-	fmt.Fprintf(h, "%s|%s|%s|", v.Time.Format(time.RFC3339Nano), v.Outcome, v.Release)
+	// The cycles' times are not in it (the page updates them in place): an unchanged release's cycles do not
+	// redraw the page.
+	fmt.Fprintf(h, "%s|%s|%s|%v|%d|", v.Outcome, v.Release, v.Reason, v.Held, len(v.Cycles))
+	for _, c := range v.Cycles {
+		fmt.Fprintf(h, "%s %s %s|", c.Outcome, c.Release, c.Reason)
+	}
 	if v.Pin != nil {
 		fmt.Fprintf(h, "pin %s %s|", v.Pin.Release, v.Pin.Since)
 	}
