@@ -112,6 +112,21 @@ func TestDaemonRollbackPinAndStatusPage(t *testing.T) {
 		t.Fatalf("while pinned the swarm runs %s, want A", got)
 	}
 
+	// Drift while pinned: a change made outside the agent is put back to A, and counted.
+	svc, err := dc.ServiceInspect(context.Background(), name+"_web", client.ServiceInspectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := svc.Service.Spec
+	spec.TaskTemplate.ContainerSpec.Image = images["v2"]
+	if _, err := dc.ServiceUpdate(context.Background(), svc.Service.ID, client.ServiceUpdateOptions{Version: svc.Service.Version, Spec: spec}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the drift to be put back", 2*time.Minute, func() bool {
+		v := view()
+		return running() == images["v1"] && len(v.Stacks) == 1 && len(v.Stacks[0].Services) == 1 && v.Stacks[0].Services[0].Drift == 1
+	})
+
 	t.Run("status page in Chromium", func(t *testing.T) {
 		text, dom := browse(t, "http://"+statusAddr+"/", "status-page.png")
 		for _, want := range []string{
@@ -125,6 +140,7 @@ func TestDaemonRollbackPinAndStatusPage(t *testing.T) {
 			"v2 breaks checkout",                              // its reason
 			"newer than deployment-2",                         // when it lifts
 			"deployment-2",                                    // the history
+			" 1 (last ",                                       // drift put back once
 			"live: updated",                                   // the page's script read /status
 		} {
 			if !strings.Contains(text, want) {
@@ -173,6 +189,11 @@ type statusView struct {
 	Pin     *struct {
 		Release, Over, Reason string
 	} `json:"pin"`
+	Stacks []struct {
+		Services []struct {
+			Drift int `json:"drift_put_back"`
+		} `json:"services"`
+	} `json:"stacks"`
 	Cycles []struct {
 		Time    time.Time `json:"time"`
 		Outcome string    `json:"outcome"`
