@@ -28,11 +28,7 @@ func historyCmd(d deps) *cobra.Command {
 		Short: "List the releases the daemon rolled out (newest first), and the pin",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			dir, err := stateDirOf(cmd)
-			if err != nil {
-				return err
-			}
-			saved, err := reconcile.ReadSaved(dir)
+			_, saved, err := savedState(cmd)
 			if err != nil {
 				return err
 			}
@@ -99,11 +95,7 @@ agent history (deployment-12) or a commit (7 characters or more). The command wa
 (or no answer in time), 2 no such release, 3 refused by signatures or policies.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			dir, err := stateDirOf(cmd)
-			if err != nil {
-				return err
-			}
-			saved, err := reconcile.ReadSaved(dir)
+			dir, saved, err := savedState(cmd)
 			if err != nil {
 				return err
 			}
@@ -134,11 +126,7 @@ func unpinCmd(d deps) *cobra.Command {
 		Short: "Lift the pin of agent rollback: the daemon follows the newest release again",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			dir, err := stateDirOf(cmd)
-			if err != nil {
-				return err
-			}
-			saved, err := reconcile.ReadSaved(dir)
+			dir, saved, err := savedState(cmd)
 			if err != nil {
 				return err
 			}
@@ -191,6 +179,16 @@ func request(cmd *cobra.Command, d deps, dir string, req *reconcile.Request, wha
 		}
 		return exitError{code: code, err: fmt.Errorf("%s: %s: %s", what, a.Outcome, a.Reason)}
 	}
+}
+
+// savedState reads the state file of the daemon's state directory (stateDirOf).
+func savedState(cmd *cobra.Command) (string, reconcile.Saved, error) {
+	dir, err := stateDirOf(cmd)
+	if err != nil {
+		return "", reconcile.Saved{}, err
+	}
+	saved, err := reconcile.ReadSaved(dir)
+	return dir, saved, err
 }
 
 // stateDirFlags adds --config and --state-dir.
