@@ -219,6 +219,8 @@ func (l *Loop) Ready() bool {
 // it holds, so one agent stays the actor. It releases the lease when it stops.
 func (l *Loop) Run(ctx context.Context) error {
 	backoff := time.Duration(0)
+	requests, stopRequests := l.requestTicks()
+	defer stopRequests()
 	for {
 		rec := l.Cycle(ctx)
 		wait := l.Interval
@@ -235,7 +237,6 @@ func (l *Loop) Run(ctx context.Context) error {
 			defer t.Stop()
 			renew = t.C
 		}
-		requests := l.requestTicks()
 	wait:
 		for {
 			select {

@@ -186,11 +186,12 @@ func (l *Loop) History() []HistoryEntry {
 	return slices.Clone(l.history)
 }
 
-// requestTicks ticks every second while the loop waits, so a request (agent rollback, agent unpin) starts a
-// cycle at once; nil (never) without a request file.
-func (l *Loop) requestTicks() <-chan time.Time {
+// requestTicks ticks every second while the loop runs, so a request (agent rollback, agent unpin) starts a
+// cycle at once; nil (never) without a request file. stop stops the ticker.
+func (l *Loop) requestTicks() (ticks <-chan time.Time, stop func()) {
 	if l.RequestFile == "" {
-		return nil
+		return nil, func() {}
 	}
-	return time.Tick(time.Second)
+	t := time.NewTicker(time.Second)
+	return t.C, t.Stop
 }
