@@ -77,6 +77,9 @@ type GitLabConfig struct {
 	TokenEnv  string `mapstructure:"token_env"`
 	TokenFile string `mapstructure:"token_file"`
 	Variables bool   `mapstructure:"variables"`
+	// Deployments records every outcome as a deployment of the environment (running, then success or
+	// failed), besides the commit status.
+	Deployments bool `mapstructure:"deployments"`
 	// Timeout bounds every call to GitLab's API.
 	Timeout time.Duration `mapstructure:"timeout"`
 }
@@ -137,7 +140,7 @@ type LeaseConfig struct {
 func defaultConfig() Config {
 	return Config{
 		Source:       "gitlab",
-		GitLab:       GitLabConfig{TokenEnv: "SAWMILL_GITLAB_TOKEN", Timeout: 30 * time.Second},
+		GitLab:       GitLabConfig{TokenEnv: "SAWMILL_GITLAB_TOKEN", Timeout: 30 * time.Second, Deployments: true},
 		Git:          GitConfig{Ref: "main", Path: "release"},
 		Interval:     time.Minute,
 		Jitter:       0.1,

@@ -236,8 +236,39 @@ func startAgentProcess(t *testing.T, env []string, args ...string) *agentProcess
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait(); pw.Close() })
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		pw.Close()
+		if t.Failed() {
+			p.mu.Lock()
+			t.Logf("agent %s (pid %d):\n%s", strings.Join(args, " "), cmd.Process.Pid, p.out.String())
+			p.mu.Unlock()
+		}
+	})
 	return p
+}
+
+// metrics reads the agent's /metrics: each unlabelled sample by name.
+func (p *agentProcess) metrics() map[string]float64 {
+	c := http.Client{Timeout: time.Second}
+	r, err := c.Get("http://" + p.addr + "/metrics")
+	if err != nil {
+		return nil
+	}
+	defer r.Body.Close()
+	m := map[string]float64{}
+	s := bufio.NewScanner(r.Body)
+	for s.Scan() {
+		name, value, ok := strings.Cut(s.Text(), " ")
+		if !ok || strings.HasPrefix(name, "#") || strings.Contains(name, "{") {
+			continue
+		}
+		if v, err := strconv.ParseFloat(value, 64); err == nil {
+			m[name] = v
+		}
+	}
+	return m
 }
 
 func (p *agentProcess) status() map[string]any {

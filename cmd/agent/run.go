@@ -205,6 +205,7 @@ func setSource(loop *reconcile.Loop, cfg *Config, r *redact.Redactor) error {
 		src := &source.GitLab{Client: gc, Project: g.Project, Environment: cfg.Environment}
 		loop.Source = &source.Follow{GitLab: src, Dir: filepath.Join(cfg.StateDir, "releases")}
 		loop.Reporter = &report.GitLab{Client: gc, Project: g.Project}
+		loop.RecordDeployments = g.Deployments
 		if g.Variables {
 			loop.Vars = src
 		}

@@ -86,7 +86,7 @@ func (a *app) loadConfig(rf *repoFlags, fs *pflag.FlagSet) (pipeline.Config, str
 		"registry": d.Registry, "default_branch": d.DefaultBranch, "builder": d.Builder,
 		"scanners": d.Scanners, "severity_threshold": d.SeverityThreshold, "templates": d.Templates, "component": "", "max_needs": d.MaxNeeds,
 		"signing.mode": d.Signing.Mode, "signing.key_variable": d.Signing.KeyVariable,
-		"signing.issuer": d.Signing.Issuer, "signing.format": d.Signing.Format,
+		"signing.issuer": d.Signing.Issuer, "signing.format": d.Signing.Format, "signing.pipeline": d.Signing.Pipeline,
 		"signing.signing_config": "", "signing.trusted_root": "", "signing.fulcio_url": "", "signing.rekor_url": "",
 		"tool.image": d.Tool.Image, "tool.command": d.Tool.Command, "tool.agent": d.Tool.Agent,
 	} {
@@ -95,7 +95,7 @@ func (a *app) loadConfig(rf *repoFlags, fs *pflag.FlagSet) (pipeline.Config, str
 	// viper's AutomaticEnv reads os.Getenv; bind explicitly through getenv instead so the
 	// environment is an input like any other.
 	for _, k := range []string{"registry", "default_branch", "builder", "templates", "component", "max_needs", "severity_threshold",
-		"signing.mode", "signing.key_variable", "signing.issuer", "signing.format",
+		"signing.mode", "signing.key_variable", "signing.issuer", "signing.format", "signing.pipeline",
 		"signing.signing_config", "signing.trusted_root", "signing.fulcio_url", "signing.rekor_url",
 		"tool.image", "tool.command", "tool.agent"} {
 		env := "PIPEGEN_" + strings.ToUpper(strings.ReplaceAll(k, ".", "_"))

@@ -25,12 +25,7 @@ func TestEndToEndDefaultTemplates(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 
-	bin := t.TempDir()
-	for pkg, out := range map[string]string{".": "pipegen", "./testdata/pushrandom": "pushrandom"} {
-		if out, err := exec.CommandContext(ctx, "go", "build", "-o", filepath.Join(bin, out), pkg).CombinedOutput(); err != nil {
-			t.Fatalf("go build %s: %v\n%s", pkg, err, out)
-		}
-	}
+	bin := buildTools(ctx, t)
 	work := t.TempDir()
 	calls := filepath.Join(work, "calls.log")
 	shims := map[string]string{

@@ -11,7 +11,7 @@ import (
 
 func (a *app) generateCmd() *cobra.Command {
 	var rf repoFlags
-	var base, out, ref string
+	var base, out, ref, releaseOut, signEnv string
 	cmd := &cobra.Command{
 		Use:   "generate",
 		Short: "Write the child pipeline (YAML) for the changes since the base revision",
@@ -21,11 +21,29 @@ func (a *app) generateCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			pl, err := pipeline.BuildWith(p.repo, p.decisions, p.cfg, p.options())
+			opt := p.options()
+			opt.PipelineID = a.getenv("CI_PIPELINE_ID") // generate runs in the parent pipeline
+			pl, err := pipeline.BuildWith(p.repo, p.decisions, p.cfg, opt)
 			if err != nil {
 				return err
 			}
 			data := pl.Bytes()
+			// signing.pipeline parent: the release pipeline and the parent sign job's variables too,
+			// each decided before anything is written.
+			var relData, signData []byte
+			if p.cfg.Signing.Pipeline == "parent" {
+				if releaseOut == "" || signEnv == "" {
+					return usageError{fmt.Errorf("signing.pipeline parent: generate needs --release-output and --sign-env (the parent pipeline pipegen init writes passes them)")}
+				}
+				rel, err := pipeline.BuildRelease(p.repo, p.decisions, p.cfg, opt)
+				if err != nil {
+					return err
+				}
+				relData = rel.Bytes()
+				for _, v := range pipeline.ParentSignVars(p.repo, p.decisions, p.cfg, opt) {
+					signData = fmt.Appendf(signData, "%s=%s\n", v.Name, v.Value)
+				}
+			}
 			rebuilt := 0
 			for _, d := range p.decisions {
 				if d.Rebuild {
@@ -40,6 +58,15 @@ func (a *app) generateCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if relData != nil {
+				if err := writeFileAtomic(releaseOut, relData, 0o644); err != nil {
+					return err
+				}
+				if err := writeFileAtomic(signEnv, signData, 0o644); err != nil {
+					return err
+				}
+				a.log.Info("generated the release pipeline and the parent's sign list", "release_output", releaseOut, "sign_env", signEnv)
+			}
 			a.log.Info("generated", "jobs", len(pl.Jobs), "images_rebuilt", rebuilt, "images_reused", len(p.decisions)-rebuilt, "stacks", len(p.repo.Stacks), "output", outName(out))
 			return nil
 		},
@@ -48,6 +75,8 @@ func (a *app) generateCmd() *cobra.Command {
 	cmd.Flags().StringVar(&base, "base", "", baseHelp)
 	cmd.Flags().StringVar(&ref, "ref", "", refHelp)
 	cmd.Flags().StringVarP(&out, "output", "o", "", "output file (default stdout); written only on success")
+	cmd.Flags().StringVar(&releaseOut, "release-output", "", "signing.pipeline parent: file for the release pipeline (release and deploy jobs)")
+	cmd.Flags().StringVar(&signEnv, "sign-env", "", "signing.pipeline parent: dotenv file of the parent sign job's variables (SAWMILL_SIGN_IMAGES, signing settings)")
 	return cmd
 }
 

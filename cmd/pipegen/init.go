@@ -46,6 +46,9 @@ func (a *app) initCmd() *cobra.Command {
 			if o.Signing != "key" && o.Signing != "keyless" {
 				return usageError{fmt.Errorf("--signing %q: want key or keyless", o.Signing)}
 			}
+			if o.SignIn != "child" && o.SignIn != "parent" {
+				return usageError{fmt.Errorf("--signing-pipeline %q: want child or parent", o.SignIn)}
+			}
 			files, err := pipeline.InitFiles("pipelines", o)
 			if err != nil {
 				return err
@@ -84,6 +87,7 @@ func (a *app) initCmd() *cobra.Command {
 	cmd.Flags().StringVar(&o.Image, "image", "", "image of the generate, policy and release jobs, with pipegen, the agent, git and sh (default "+defaultToolImage()+")")
 	cmd.Flags().BoolVar(&o.SecurityTemplates, "security-templates", true, "include GitLab's SAST, Secret Detection and Dependency Scanning templates in .gitlab-ci.yml (they are fetched from the GitLab instance)")
 	cmd.Flags().StringVar(&o.Signing, "signing", "", "key or keyless (default: keyless on GitLab.com, i.e. CI_SERVER_URL unset or https://gitlab.com; key elsewhere)")
+	cmd.Flags().StringVar(&o.SignIn, "signing-pipeline", "child", "where images are signed: child (the generated pipeline's sign jobs) or parent (one sign job in .gitlab-ci.yml, after the build pipeline: keyless signing on GitLab versions whose child-pipeline ID tokens lack Fulcio's claims)")
 	cmd.Flags().StringVar(&o.Command, "command", "pipegen", "how jobs run pipegen")
 	cmd.Flags().StringVar(&o.Agent, "agent", "agent", "how jobs run the policy check")
 	return cmd

@@ -62,6 +62,10 @@ type Signing struct {
 	KeyVariable string `mapstructure:"key_variable" yaml:"key_variable"` // CI/CD variable holding the private key (mode key)
 	Issuer      string `mapstructure:"issuer" yaml:"issuer"`             // OIDC issuer the verifier expects (mode keyless)
 	Format      string `mapstructure:"format" yaml:"format"`             // bundle | legacy
+	// Pipeline says where images are signed: child (the generated pipeline's sign:<image> jobs) or
+	// parent (one sign job of the parent pipeline, after the child build pipeline: for GitLab
+	// versions whose child-pipeline ID tokens lack the claims Fulcio needs; docs/pipegen.md).
+	Pipeline string `mapstructure:"pipeline" yaml:"pipeline"`
 	// A self-hosted Sigstore (mode keyless): cosign's signing config and trusted root (file
 	// paths in the job, e.g. "$SIGSTORE_SIGNING_CONFIG" for a file-type variable), or the
 	// Fulcio and Rekor URLs. Empty: the public Sigstore (GitLab.com only).
@@ -84,6 +88,7 @@ var (
 	Whens      = []string{"automatic", "manual"}
 	Modes      = []string{"keyless", "key"}
 	Formats    = []string{"bundle", "legacy"}
+	SignIn     = []string{"child", "parent"}
 	Builders   = []string{"buildah", "buildkit"}
 	Scanners   = []string{"container_scanning", "sbom"}
 	Severities = []string{"none", "low", "medium", "high", "critical"}
@@ -93,7 +98,7 @@ var (
 func Defaults() Config {
 	return Config{
 		DefaultBranch:     "main",
-		Signing:           Signing{Mode: "keyless", KeyVariable: "COSIGN_PRIVATE_KEY", Issuer: "https://gitlab.com", Format: "bundle"},
+		Signing:           Signing{Mode: "keyless", KeyVariable: "COSIGN_PRIVATE_KEY", Issuer: "https://gitlab.com", Format: "bundle", Pipeline: "child"},
 		Builder:           "buildah",
 		Scanners:          slices.Clone(Scanners),
 		SeverityThreshold: "high",
@@ -157,6 +162,9 @@ func (c *Config) Validate() error {
 		errs = append(errs, err)
 	}
 	if err := oneOf("signing.format", c.Signing.Format, Formats); err != nil {
+		errs = append(errs, err)
+	}
+	if err := oneOf("signing.pipeline", c.Signing.Pipeline, SignIn); err != nil {
 		errs = append(errs, err)
 	}
 	if c.Signing.Mode == "key" && !varNameRE.MatchString(c.Signing.KeyVariable) {

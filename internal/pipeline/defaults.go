@@ -18,6 +18,8 @@ type InitOptions struct {
 	Command       string // how to run pipegen
 	Agent         string // how to run the policy check
 	Signing       string // key | keyless
+	// SignIn is where images are signed: child (default) or parent (signing.pipeline).
+	SignIn string
 	// SecurityTemplates includes GitLab's SAST, Secret Detection and Dependency Scanning
 	// templates in the parent pipeline.
 	SecurityTemplates bool

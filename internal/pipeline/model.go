@@ -20,10 +20,12 @@ type Pipeline struct {
 // Var is a CI/CD variable.
 type Var struct{ Name, Value string }
 
-// Need is one entry of a job's needs.
+// Need is one entry of a job's needs. Pipeline, when set, names another pipeline of the same
+// parent-child hierarchy (`needs:pipeline:job`, e.g. the parent's ID passed as a variable).
 type Need struct {
 	Job       string
 	Artifacts bool
+	Pipeline  string
 }
 
 // Rule is one entry of a job's rules.
@@ -83,6 +85,19 @@ type Options struct {
 	// MergeRequest: a merge request pipeline. The release is written and checked but never
 	// published, and there are no deploy jobs.
 	MergeRequest bool
+	// PipelineID is the ID of the parent pipeline that runs generate ($CI_PIPELINE_ID there);
+	// with signing.pipeline parent the images' tag carries it (ParentTag).
+	PipelineID string
+}
+
+// ParentTag is the tag the build pipeline pushes its images under with signing.pipeline parent:
+// the commit and the parent pipeline's ID, so that the parent's sign job finds exactly this
+// pipeline's images. Without a known ID, the ID the parent passes as SAWMILL_PARENT_PIPELINE_ID.
+func ParentTag(opt Options) string {
+	if opt.PipelineID != "" {
+		return "$CI_COMMIT_SHA-p" + opt.PipelineID
+	}
+	return "$CI_COMMIT_SHA-p$" + ParentPipelineVar
 }
 
 // RecordRepository is release.RecordRepository (this package does not import internal/release;
@@ -130,7 +145,89 @@ func Check(repo *discover.Repo, cfg Config) error {
 // It fails when a stack has an override for an environment the configuration does not
 // define, when two images map to the same variable name, or when an image has the name of
 // the channel record repository.
+//
+// With signing.pipeline parent it is the build pipeline only (build, scan, test, policy jobs):
+// the parent signs (ParentSignVars), then runs BuildRelease's pipeline.
 func BuildWith(repo *discover.Repo, decisions []discover.Decision, cfg Config, opt Options) (*Pipeline, error) {
+	p, err := buildAll(repo, decisions, cfg, opt)
+	if err != nil || cfg.Signing.Pipeline != "parent" {
+		return p, err
+	}
+	var jobs []Job
+	for _, j := range p.Jobs {
+		if j.Name != "release" && !strings.HasPrefix(j.Name, "deploy:") {
+			jobs = append(jobs, j)
+		}
+	}
+	p.Jobs = jobs
+	return p, nil
+}
+
+// ParentPipelineVar is the variable the parent passes to its child pipelines with its own
+// pipeline ID (signing.pipeline parent): the build child tags its images with it, the release
+// child needs the parent's sign job by it.
+const ParentPipelineVar = "SAWMILL_PARENT_PIPELINE_ID"
+
+// ParentSignJob is the parent pipeline's sign job (signing.pipeline parent).
+const ParentSignJob = "sign"
+
+// BuildRelease is the release pipeline of signing.pipeline parent: the release job, which
+// needs the parent's sign job (`needs:pipeline:job`: its dotenv report carries the digests it
+// signed), and the deploy jobs. The policy gates ran in the build pipeline, which the parent's
+// trigger waited for (strategy: depend) before it signed anything.
+func BuildRelease(repo *discover.Repo, decisions []discover.Decision, cfg Config, opt Options) (*Pipeline, error) {
+	if cfg.Signing.Pipeline != "parent" {
+		return nil, fmt.Errorf("a release pipeline of its own is only made with signing.pipeline parent")
+	}
+	p, err := buildAll(repo, decisions, cfg, opt)
+	if err != nil {
+		return nil, err
+	}
+	var jobs []Job
+	for _, j := range p.Jobs {
+		switch {
+		case j.Name == "release":
+			j.NoNeeds = false
+			j.Needs = []Need{{Pipeline: "$" + ParentPipelineVar, Job: ParentSignJob, Artifacts: true}}
+			jobs = append(jobs, j)
+		case strings.HasPrefix(j.Name, "deploy:"):
+			jobs = append(jobs, j)
+		}
+	}
+	p.Jobs = jobs
+	return p, nil
+}
+
+// ParentSignVars are the variables of the parent's sign job (signing.pipeline parent), for the
+// dotenv report of the generate job: SAWMILL_SIGN_IMAGES lists "<IMAGE>_DIGEST=<repository>"
+// for every image the build pipeline builds, SAWMILL_SIGN_TAG their tag, and the signing
+// settings. Values are written as they are; the sign job expands the references in them.
+func ParentSignVars(repo *discover.Repo, decisions []discover.Decision, cfg Config, opt Options) []Var {
+	rebuild := map[string]bool{}
+	for _, d := range decisions {
+		rebuild[d.Image] = d.Rebuild
+	}
+	var list []string
+	for _, im := range repo.Images {
+		if rebuild[im.Name] {
+			list = append(list, VarName(im.Name)+"_DIGEST="+cfg.Registry+"/"+im.Name)
+		}
+	}
+	vs := []Var{{"SAWMILL_SIGN_IMAGES", strings.Join(list, " ")}, {"SAWMILL_SIGN_TAG", ParentTag(opt)},
+		{"SAWMILL_SIGN_MODE", cfg.Signing.Mode}, {"SAWMILL_SIGN_FORMAT", cfg.Signing.Format}}
+	if cfg.Signing.Mode == "key" {
+		vs = append(vs, Var{"SAWMILL_SIGN_KEY_VARIABLE", cfg.Signing.KeyVariable})
+	}
+	for _, v := range []Var{{"SAWMILL_SIGNING_CONFIG", cfg.Signing.SigningConfig}, {"SAWMILL_TRUSTED_ROOT", cfg.Signing.TrustedRoot},
+		{"SAWMILL_FULCIO_URL", cfg.Signing.FulcioURL}, {"SAWMILL_REKOR_URL", cfg.Signing.RekorURL}} {
+		if v.Value != "" && cfg.Signing.Mode == "keyless" {
+			vs = append(vs, v)
+		}
+	}
+	return vs
+}
+
+func buildAll(repo *discover.Repo, decisions []discover.Decision, cfg Config, opt Options) (*Pipeline, error) {
 	if err := Check(repo, cfg); err != nil {
 		return nil, err
 	}
@@ -144,6 +241,13 @@ func BuildWith(repo *discover.Repo, decisions []discover.Decision, cfg Config, o
 	}
 
 	p := &Pipeline{Stages: Stages}
+	parent := cfg.Signing.Pipeline == "parent"
+	tag := "$CI_COMMIT_SHA"
+	if parent {
+		// Unique per pipeline: the parent's sign job resolves the digests the build pipeline
+		// pushed by this tag (a parent cannot read a child's artifacts, gitlab-org/gitlab#285100).
+		tag = ParentTag(opt)
+	}
 	if cfg.Component != "" {
 		p.Component = cfg.Component
 	} else {
@@ -154,7 +258,7 @@ func BuildWith(repo *discover.Repo, decisions []discover.Decision, cfg Config, o
 	p.Variables = []Var{
 		{"SAWMILL_REGISTRY", cfg.Registry},
 		{"SAWMILL_DEFAULT_BRANCH", cfg.DefaultBranch},
-		{"SAWMILL_TAG", "$CI_COMMIT_SHA"},
+		{"SAWMILL_TAG", tag},
 		{"SAWMILL_BUILDER", cfg.Builder},
 		{"SAWMILL_SIGN_MODE", cfg.Signing.Mode},
 		{"SAWMILL_SIGN_FORMAT", cfg.Signing.Format},
@@ -265,6 +369,9 @@ func BuildWith(repo *discover.Repo, decisions []discover.Decision, cfg Config, o
 		}
 		if cfg.Signing.Mode == "keyless" {
 			sign.IDTokens = []Var{{"SIGSTORE_ID_TOKEN", "sigstore"}}
+		}
+		if parent {
+			continue // the parent signs
 		}
 		p.Jobs = append(p.Jobs, sign)
 		signJobs = append(signJobs, sign.Name)

@@ -61,6 +61,10 @@ func (j Job) tree() mapping {
 	if !j.NoNeeds && j.Needs != nil {
 		needs := seq{}
 		for _, n := range j.Needs {
+			if n.Pipeline != "" {
+				needs = append(needs, mapping{{"pipeline", n.Pipeline}, {"job", n.Job}, {"artifacts", n.Artifacts}})
+				continue
+			}
 			needs = append(needs, mapping{{"job", n.Job}, {"artifacts", n.Artifacts}})
 		}
 		m = append(m, kv{"needs", needs})

@@ -110,6 +110,9 @@ type Loop struct {
 	HistoryKeep             int
 	// Replicas reads a stack's services' tasks now, by Swarm service name (the status page). Optional.
 	Replicas func(ctx context.Context, stack string) (map[string]Replicas, error)
+	// RecordDeployments also reports every outcome as a deployment of the environment (report.KindDeployment:
+	// running when a new release starts, then success or failed), through the same outbox.
+	RecordDeployments bool
 
 	trigger chan struct{}
 	nameKey []byte
@@ -137,6 +140,9 @@ type Record struct {
 	Time    time.Time `json:"time"`
 	Release string    `json:"release,omitempty"`
 	Commit  string    `json:"commit,omitempty"`
+	// Ref is the release's branch or tag (Tag: a tag), as GitLab recorded its deployment.
+	Ref string `json:"ref,omitempty"`
+	Tag bool   `json:"tag,omitempty"`
 	// Outcome: success, failed, refused, invalid, standby, or error (the source or the engine could not be
 	// reached; nothing changed).
 	Outcome outcome.Outcome `json:"outcome"`
@@ -333,6 +339,7 @@ func (l *Loop) Cycle(ctx context.Context) Record {
 			reason = string(rec.Outcome) + ": " + rec.Reason
 		}
 		l.outbox = append(l.outbox, report.Outcome{Environment: l.Environment, Commit: rec.Commit, State: report.State(state), Reason: reason})
+		l.queueDeployment(rec, report.State(state), reason)
 	}
 	keep := rec.Outcome != outcome.Error && rec.Outcome != outcome.Standby
 	l.afterCycle(rec, keep)
@@ -367,6 +374,17 @@ func (l *Loop) Cycle(ctx context.Context) Record {
 	}
 	l.Log.Log(ctx, level, "cycle", "outcome", string(rec.Outcome), "release", rec.Release, "commit", rec.Commit, "reason", rec.Reason, "held", rec.Held, "duration", elapsed.Round(time.Millisecond))
 	return rec
+}
+
+// queueDeployment queues rec as a deployment record of the environment in state, when RecordDeployments is
+// set and the release has a ref; it reports whether it did.
+func (l *Loop) queueDeployment(rec Record, state report.State, reason string) bool {
+	if !l.RecordDeployments || rec.Ref == "" || rec.Commit == "" {
+		return false
+	}
+	l.outbox = append(l.outbox, report.Outcome{Kind: report.KindDeployment, Environment: l.Environment, Commit: rec.Commit,
+		Ref: rec.Ref, Tag: rec.Tag, State: state, Reason: reason})
+	return true
 }
 
 // save writes the state file: rec and the queued reports.
@@ -429,7 +447,10 @@ func (l *Loop) cycle(ctx context.Context) Record {
 		held, holder, err := l.Lease.Acquire(actx)
 		acancel()
 		if err != nil {
+			// This agent cannot tell whether it still holds the lease: it does not act, and does not say it
+			// leads (a standby that can reach the swarm may be acting by now).
 			l.held = false
+			l.Metrics.Leader(false)
 			return Record{Outcome: outcome.Error, Reason: err.Error()}
 		}
 		l.Metrics.Leader(held)
@@ -451,7 +472,7 @@ func (l *Loop) cycle(ctx context.Context) Record {
 		if o := outcome.Of(err); o == outcome.Invalid {
 			rec := Record{Outcome: o, Release: key, Reason: err.Error()}
 			if re := (*source.ReleaseError)(nil); errors.As(err, &re) {
-				rec.Commit = re.Commit
+				rec.Commit, rec.Ref, rec.Tag = re.Commit, re.Ref, re.Tag
 			}
 			return rec
 		}
@@ -460,7 +481,10 @@ func (l *Loop) cycle(ctx context.Context) Record {
 	if rel, key, err = l.choose(rel, key); err != nil {
 		return Record{Outcome: outcome.Of(err), Release: key, Reason: err.Error()}
 	}
-	rec := Record{Release: key, Commit: rel.Manifest.Commit}
+	rec := Record{Release: key, Commit: rel.Manifest.Commit, Ref: rel.Ref, Tag: rel.Tag}
+	if rec.Ref == "" {
+		rec.Ref = rel.Manifest.Ref
+	}
 	env := l.Env
 	if l.Vars != nil {
 		vars, err := l.Vars.Variables(ctx, rel)
@@ -485,6 +509,9 @@ func (l *Loop) cycle(ctx context.Context) Record {
 		// The same release failed with the same inputs: rolling it out again would fail again, with downtime.
 		rec.Outcome, rec.Reason, rec.Held = outcome.Failed, last.Reason, true
 		return rec
+	}
+	if rec.Release != l.Last().Release && l.queueDeployment(rec, report.Running, "rolling out") {
+		l.flush(ctx) // the environment shows the rollout while it runs
 	}
 	stacks := l.Stacks
 	if len(stacks) == 0 {

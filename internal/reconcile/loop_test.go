@@ -73,9 +73,11 @@ func (l *fakeLease) RenewEvery() time.Duration     { return time.Second }
 type recorder struct {
 	nopRecorder
 	rejected []outcome.Outcome
+	leader   bool
 }
 
 func (r *recorder) Rejected(o outcome.Outcome) { r.rejected = append(r.rejected, o) }
+func (r *recorder) Leader(held bool)           { r.leader = held }
 
 func newLoop(t *testing.T, fx *fixture, src *fakeSource, rep *fakeReporter, state string) *Loop {
 	t.Helper()
@@ -388,6 +390,34 @@ func TestLoopLeaderStopsAtItsLocalDeadline(t *testing.T) {
 			t.Fatalf("the leader acted for %s without a lease (TTL 30s, local deadline 20s): %v", stopped, blocked.err)
 		}
 	})
+}
+
+// flakyLease is held until its engine stops answering (a partitioned or stopped manager).
+type flakyLease struct{ down bool }
+
+func (l *flakyLease) Acquire(context.Context) (bool, string, error) {
+	if l.down {
+		return false, "", errors.New("the swarm does not have a leader")
+	}
+	return true, "me", nil
+}
+func (l *flakyLease) Release(context.Context) error { return nil }
+func (l *flakyLease) RenewEvery() time.Duration     { return time.Second }
+
+// A leader whose engine stops answering does not act, and stops saying it leads: a standby elsewhere takes
+// over, and the metric (and whoever watches it) must not show two leaders.
+func TestLoopLeaderThatCannotReachItsEngineSaysSo(t *testing.T) {
+	fx := newFixture("registry.example/web:1", policy.ModeEnforce)
+	l := newLoop(t, fx, &fakeSource{commit: "abc"}, &fakeReporter{}, "")
+	lease := &flakyLease{}
+	l.Lease = lease
+	if rec := l.Cycle(context.Background()); rec.Outcome != outcome.Success || !l.Metrics.(*recorder).leader {
+		t.Fatalf("holding the lease: %+v, leader metric %v", rec, l.Metrics.(*recorder).leader)
+	}
+	lease.down = true
+	if rec := l.Cycle(context.Background()); rec.Outcome != outcome.Error || l.Metrics.(*recorder).leader {
+		t.Fatalf("engine gone: %+v, leader metric %v, want an error and not the leader", rec, l.Metrics.(*recorder).leader)
+	}
 }
 
 // Between cycles the leader renews its lease, so with an interval longer than the TTL it stays the leader.

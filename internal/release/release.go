@@ -261,8 +261,9 @@ func Publish(ctx context.Context, rel *Release, releaseJSON []byte, reg Registry
 			return fmt.Errorf("tag %s:%s -> %s: %w", img.Repository, rel.Channel, img.Digest, err)
 		}
 		// Every image of the release answers to the release's commit, reused ones included
-		// (rebuilt ones were pushed under it), e.g. the tools image `pipegen init` names.
-		if !img.Rebuilt && tagRE.MatchString(rel.Commit) {
+		// (rebuilt ones were pushed under it, or, with signing in the parent pipeline, under
+		// <commit>-p<pipeline>), e.g. the tools image `pipegen init` names.
+		if (!img.Rebuilt || img.Tag != rel.Commit) && tagRE.MatchString(rel.Commit) {
 			if err := reg.Tag(ctx, img.Repository, img.Digest, rel.Commit); err != nil {
 				return fmt.Errorf("tag %s:%s -> %s: %w", img.Repository, rel.Commit, img.Digest, err)
 			}

@@ -1,9 +1,12 @@
 // Package report sends the outcome of a rollout back to GitLab, so that the commit and the environment show
 // what really runs: a commit status with the name `sawmill/<environment>` on the release's commit, with the
-// reason on failure (signature, policy, convergence, timeout).
+// reason on failure (signature, policy, convergence, timeout); and (Kind KindDeployment) a deployment of the
+// environment that the agent creates and updates itself (running, then success or failed), so the
+// environment page shows the version actually running and a refused rollout as failed.
 //
-// In: an Outcome. Out: a call to GitLab's commit status API (POST /projects/:id/statuses/:sha) through
-// client-go. It imports client-go and the standard library.
+// In: an Outcome. Out: calls to GitLab's commit status API (POST /projects/:id/statuses/:sha) and Deployments
+// API (GET, POST /projects/:id/deployments, PUT /projects/:id/deployments/:id) through client-go. It imports
+// client-go and the standard library.
 package report
 
 import (
@@ -32,6 +35,11 @@ type Outcome struct {
 	State       State
 	// Reason is a short, secret-free summary (GitLab keeps 255 characters of it).
 	Reason string
+	// Kind says what is reported: a commit status (empty) or a deployment record (KindDeployment, which
+	// needs Ref and Tag).
+	Kind Kind `json:",omitempty"`
+	// Tag says Ref is a tag (deployment records).
+	Tag bool `json:",omitempty"`
 }
 
 // GitLab reports through the commit status API.
@@ -40,8 +48,12 @@ type GitLab struct {
 	Project string
 }
 
-// Report posts the outcome as the commit status `sawmill/<environment>`.
+// Report posts the outcome as the commit status `sawmill/<environment>`, or records it as a deployment of
+// the environment (KindDeployment).
 func (g *GitLab) Report(ctx context.Context, o Outcome) error {
+	if o.Kind == KindDeployment {
+		return g.deployment(ctx, o)
+	}
 	desc := o.Reason
 	if len(desc) > 255 {
 		desc = desc[:252] + "..."

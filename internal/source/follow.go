@@ -45,7 +45,7 @@ func (f *Follow) Latest(ctx context.Context) (*Release, string, error) {
 	rel, err := f.GitLab.Fetch(ctx, d, dir)
 	if err != nil {
 		os.RemoveAll(dir)
-		return nil, key, &ReleaseError{Commit: d.SHA, Err: err}
+		return nil, key, &ReleaseError{Commit: d.SHA, Ref: d.Ref, Tag: d.Tag, Err: err}
 	}
 	if f.cur != nil && f.cur.Dir != dir {
 		os.RemoveAll(f.cur.Dir)
@@ -55,9 +55,11 @@ func (f *Follow) Latest(ctx context.Context) (*Release, string, error) {
 }
 
 // ReleaseError is a release that was found but could not be read (an invalid release.json, a missing
-// artifact): Commit is the deployment's, so the failure can be reported on it.
+// artifact): Commit (and Ref, Tag) are the deployment's, so the failure can be reported on it.
 type ReleaseError struct {
 	Commit string
+	Ref    string
+	Tag    bool
 	Err    error
 }
 

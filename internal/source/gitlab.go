@@ -18,8 +18,9 @@ import (
 // MaxFileSize bounds every file read from GitLab (release.json and compose files).
 const MaxFileSize = 4 << 20
 
-// GitLab finds the release of one environment: the newest successful deployment of the environment names
-// its job (the `deploy:<env>` job of the generated pipeline, which carries the release as its artifact).
+// GitLab finds the release of one environment: the newest successful deployment of the environment that a
+// job created names that job (the `deploy:<env>` job of the generated pipeline, which carries the release as
+// its artifact).
 type GitLab struct {
 	Client      *gitlab.Client
 	Project     string // path ("group/project") or numeric ID
@@ -36,26 +37,41 @@ type Deployment struct {
 // ErrNoDeployment means the environment has no successful deployment yet: nothing to do.
 var ErrNoDeployment = errors.New("the environment has no successful deployment")
 
-// Latest returns the newest successful deployment of the environment.
+// latestPages bounds how far back Latest looks past deployments that no job created (the agent's own
+// records, report.KindDeployment: at most two per release) before it gives up.
+const latestPages = 5
+
+// Latest returns the newest successful deployment of the environment that a job created, newest by
+// deployment ID: GitLab numbers a deployment when it creates the job, so the ID orders deployments by
+// pipeline, not by when their jobs finished (an older pipeline's deploy job that finishes last does not
+// win), and a re-run of an old deploy job is a new job with a new, higher ID (the documented rollback).
+// Deployments created through the API (`deployable: null`, the agent's own records of what runs) are
+// skipped.
 func (g *GitLab) Latest(ctx context.Context) (*Deployment, error) {
-	ds, _, err := g.Client.Deployments.ListProjectDeployments(g.Project, &gitlab.ListProjectDeploymentsOptions{
-		ListOptions: gitlab.ListOptions{PerPage: 1, Page: 1},
+	opt := &gitlab.ListProjectDeploymentsOptions{
+		ListOptions: gitlab.ListOptions{PerPage: 20, Page: 1},
 		Environment: gitlab.Ptr(g.Environment),
 		Status:      gitlab.Ptr("success"),
-		OrderBy:     gitlab.Ptr("finished_at"),
+		OrderBy:     gitlab.Ptr("id"),
 		Sort:        gitlab.Ptr("desc"),
-	}, gitlab.WithContext(ctx))
-	if err != nil {
-		return nil, fmt.Errorf("gitlab: deployments of %s in %s: %w", g.Environment, g.Project, err)
 	}
-	if len(ds) == 0 {
-		return nil, fmt.Errorf("gitlab: %s in %s: %w", g.Environment, g.Project, ErrNoDeployment)
+	for range latestPages {
+		ds, resp, err := g.Client.Deployments.ListProjectDeployments(g.Project, opt, gitlab.WithContext(ctx))
+		if err != nil {
+			return nil, fmt.Errorf("gitlab: deployments of %s in %s: %w", g.Environment, g.Project, err)
+		}
+		for _, d := range ds {
+			if d.Deployable.ID == 0 {
+				continue // created through the API: a record, not a release
+			}
+			return &Deployment{ID: d.ID, JobID: d.Deployable.ID, PipelineID: d.Deployable.Pipeline.ID, SHA: d.SHA, Ref: d.Ref, Tag: d.Deployable.Tag}, nil
+		}
+		if resp == nil || resp.NextPage == 0 {
+			break
+		}
+		opt.Page = resp.NextPage
 	}
-	d := ds[0]
-	if d.Deployable.ID == 0 {
-		return nil, fmt.Errorf("gitlab: deployment %d of %s has no job", d.ID, g.Environment)
-	}
-	return &Deployment{ID: d.ID, JobID: d.Deployable.ID, PipelineID: d.Deployable.Pipeline.ID, SHA: d.SHA, Ref: d.Ref, Tag: d.Deployable.Tag}, nil
+	return nil, fmt.Errorf("gitlab: %s in %s: %w", g.Environment, g.Project, ErrNoDeployment)
 }
 
 // Fetch downloads the release of deployment d into dir (which must exist and be empty): release.json and

@@ -222,3 +222,42 @@ func TestOversizedArtifact(t *testing.T) {
 		t.Fatalf("Fetch: %v, want an invalid-input error about the size", err)
 	}
 }
+
+// The newest pipeline wins, not the deploy job that finished last: GitLab numbers deployments when it
+// creates the deploy job, so an older pipeline's job that finishes later has the lower ID. A re-run of an
+// old deploy job is a new deployment with the highest ID (the documented rollback), and the agent's own
+// records (created through the API, no job) are never taken for a release.
+func TestLatestIsTheNewestPipelineNotTheLastToFinish(t *testing.T) {
+	f, g := newFake(t)
+	ctx := context.Background()
+	late := time.Date(2026, 11, 27, 0, 0, 0, 0, time.UTC)
+	// Pipeline 20 (deployment 10) and the older pipeline 19 (deployment 9), whose deploy job finished last.
+	f.AddDeployment(testenv.Deployment{ID: 9, Job: 109, Pipeline: 19, Environment: "production", Status: "success", SHA: sha1, Finished: late.Add(time.Hour)}, nil)
+	f.AddDeployment(testenv.Deployment{ID: 10, Job: 110, Pipeline: 20, Environment: "production", Status: "success", SHA: sha2, Finished: late}, nil)
+	// The agent's record of what runs: newer, no job.
+	f.AddDeployment(testenv.Deployment{ID: 11, Environment: "production", Status: "success", SHA: sha2, Finished: late.Add(2 * time.Hour)}, nil)
+	d, err := g.Latest(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.ID != 10 || d.PipelineID != 20 {
+		t.Fatalf("latest is deployment %d of pipeline %d; want 10 of pipeline 20 (the newest pipeline), not the job that finished last", d.ID, d.PipelineID)
+	}
+	// An operator re-runs pipeline 19's deploy job: a new job, a new deployment, the rollback.
+	f.AddDeployment(testenv.Deployment{ID: 12, Job: 112, Pipeline: 19, Environment: "production", Status: "success", SHA: sha1, Finished: late.Add(3 * time.Hour)}, nil)
+	if d, err = g.Latest(ctx); err != nil || d.ID != 12 || d.SHA != sha1 {
+		t.Fatalf("after the re-run: latest %+v, %v; want the re-run's deployment 12 of %s", d, err, sha1)
+	}
+}
+
+// Only records of the agent (no job) in the environment: no release.
+func TestLatestSkipsRecordsOfTheAgent(t *testing.T) {
+	f, g := newFake(t)
+	g.Environment = "qa"
+	for i := range int64(45) {
+		f.AddDeployment(testenv.Deployment{ID: 100 + i, Environment: "qa", Status: "success", SHA: sha1}, nil)
+	}
+	if _, err := g.Latest(context.Background()); !errors.Is(err, ErrNoDeployment) {
+		t.Fatalf("err %v; want ErrNoDeployment", err)
+	}
+}

@@ -19,6 +19,9 @@ import (
 // headers and JSON error bodies:
 //
 //	GET  /api/v4/projects/:id/deployments                       (api/deployments: list project deployments)
+//	POST /api/v4/projects/:id/deployments                       (api/deployments: create a deployment)
+//	PUT  /api/v4/projects/:id/deployments/:deployment_id        (api/deployments: update a deployment; 403 for
+//	                                                             one a CI job created, as GitLab's lib/api/deployments.rb)
 //	GET  /api/v4/projects/:id/jobs/:job_id/artifacts/*path      (api/job_artifacts: download a single file by job ID)
 //	GET  /api/v4/projects/:id/variables                         (api/project_level_variables: list)
 //	POST /api/v4/projects/:id/statuses/:sha                     (api/commits: set the pipeline status of a commit)
@@ -45,7 +48,8 @@ type GitLab struct {
 	Requests atomic.Int64
 }
 
-// Deployment is a deployment of the fake.
+// Deployment is a deployment of the fake. Job 0 is a deployment created through the API (its `deployable` is
+// null), as the agent records what it rolled out.
 type Deployment struct {
 	ID, Job, Pipeline int64
 	Environment       string
@@ -93,6 +97,20 @@ func (g *GitLab) SetVariables(vs ...Variable) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.variables = vs
+}
+
+// Deployments returns the environment's deployments (all of them when environment is empty), oldest first:
+// the pipelines' and the ones the agent created, with their status now.
+func (g *GitLab) Deployments(environment string) []Deployment {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var out []Deployment
+	for _, d := range g.deployments {
+		if environment == "" || d.Environment == environment {
+			out = append(out, d)
+		}
+	}
+	return out
 }
 
 // Statuses returns the commit statuses posted so far.
@@ -144,6 +162,10 @@ func (g *GitLab) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case r.Method == http.MethodGet && rest == "deployments":
 		g.listDeployments(w, r)
+	case r.Method == http.MethodPost && rest == "deployments":
+		g.createDeployment(w, r)
+	case r.Method == http.MethodPut && strings.HasPrefix(rest, "deployments/"):
+		g.updateDeployment(w, r, strings.TrimPrefix(rest, "deployments/"))
 	case r.Method == http.MethodGet && rest == "variables":
 		g.listVariables(w, r)
 	case r.Method == http.MethodGet && strings.HasPrefix(rest, "repository/branches/"):
@@ -240,23 +262,115 @@ func (g *GitLab) listDeployments(w http.ResponseWriter, r *http.Request) {
 	lo, hi := paginate(w, r, len(sel))
 	out := []map[string]any{}
 	for _, d := range sel[lo:hi] {
-		fin := d.Finished.UTC().Format(time.RFC3339Nano)
-		ref := d.Ref
-		if ref == "" {
-			ref = "main"
-		}
-		out = append(out, map[string]any{
-			"id": d.ID, "iid": d.ID, "ref": ref, "sha": d.SHA, "status": d.Status,
-			"created_at": fin, "updated_at": fin, "user": map[string]any{"id": 1, "username": "operator", "name": "Operator", "state": "active"},
-			"environment": map[string]any{"id": 1, "name": d.Environment, "external_url": nil},
-			"deployable": map[string]any{
-				"id": d.Job, "status": d.Status, "stage": "deploy", "name": "deploy:" + d.Environment, "ref": ref, "tag": d.Tag,
-				"created_at": fin, "started_at": fin, "finished_at": fin,
-				"pipeline": map[string]any{"id": d.Pipeline, "sha": d.SHA, "ref": ref, "status": d.Status},
-			},
-		})
+		out = append(out, deploymentJSON(d))
 	}
 	_ = json.NewEncoder(w).Encode(out)
+}
+
+// deploymentJSON is a deployment as the API shows it; one created through the API has `"deployable": null`.
+func deploymentJSON(d Deployment) map[string]any {
+	fin := d.Finished.UTC().Format(time.RFC3339Nano)
+	ref := d.Ref
+	if ref == "" {
+		ref = "main"
+	}
+	m := map[string]any{
+		"id": d.ID, "iid": d.ID, "ref": ref, "sha": d.SHA, "status": d.Status,
+		"created_at": fin, "updated_at": fin, "user": map[string]any{"id": 1, "username": "operator", "name": "Operator", "state": "active"},
+		"environment": map[string]any{"id": 1, "name": d.Environment, "external_url": nil},
+		"deployable":  nil,
+	}
+	if d.Job != 0 {
+		m["deployable"] = map[string]any{
+			"id": d.Job, "status": d.Status, "stage": "deploy", "name": "deploy:" + d.Environment, "ref": ref, "tag": d.Tag,
+			"created_at": fin, "started_at": fin, "finished_at": fin,
+			"pipeline": map[string]any{"id": d.Pipeline, "sha": d.SHA, "ref": ref, "status": d.Status},
+		}
+	}
+	return m
+}
+
+// deploymentStatuses are the statuses "Create a deployment" and "Update a deployment" accept
+// (https://docs.gitlab.com/api/deployments/).
+var deploymentStatuses = map[string]bool{"running": true, "success": true, "failed": true, "canceled": true}
+
+// createDeployment is POST /projects/:id/deployments: environment, sha, ref, tag and status are required;
+// the answer is 201 with the deployment, `"deployable": null`.
+func (g *GitLab) createDeployment(w http.ResponseWriter, r *http.Request) {
+	body, ok := readParams(w, r)
+	if !ok {
+		return
+	}
+	for _, k := range []string{"environment", "sha", "ref", "tag", "status"} {
+		if _, ok := body[k]; !ok {
+			badRequest(w, k+" is missing")
+			return
+		}
+	}
+	env, _ := body["environment"].(string)
+	sha, _ := body["sha"].(string)
+	ref, _ := body["ref"].(string)
+	status, _ := body["status"].(string)
+	tag, _ := body["tag"].(bool)
+	if env == "" || sha == "" || ref == "" || !deploymentStatuses[status] {
+		badRequest(w, "environment, sha, ref or status is invalid")
+		return
+	}
+	// IDs above every other one, and above the ones tests give the pipelines' deployments (below 1000), so
+	// that a test can add a pipeline's deployment after the agent recorded one.
+	id := int64(1000)
+	for _, d := range g.deployments {
+		id = max(id, d.ID)
+	}
+	d := Deployment{ID: id + 1, Environment: env, Status: status, SHA: sha, Ref: ref, Tag: tag, Finished: time.Now()}
+	g.deployments = append(g.deployments, d)
+	w.WriteHeader(http.StatusCreated)
+	_ = json.NewEncoder(w).Encode(deploymentJSON(d))
+}
+
+// updateDeployment is PUT /projects/:id/deployments/:deployment_id with a status. A deployment that a CI job
+// created cannot be updated: 403 {"message":"403 Forbidden - Deployments created using GitLab CI can not be
+// updated using the API"}.
+func (g *GitLab) updateDeployment(w http.ResponseWriter, r *http.Request, idText string) {
+	id, err := strconv.ParseInt(idText, 10, 64)
+	if err != nil {
+		notFound(w)
+		return
+	}
+	body, ok := readParams(w, r)
+	if !ok {
+		return
+	}
+	status, _ := body["status"].(string)
+	if !deploymentStatuses[status] {
+		badRequest(w, "status does not have a valid value")
+		return
+	}
+	for i, d := range g.deployments {
+		if d.ID != id {
+			continue
+		}
+		if d.Job != 0 {
+			w.WriteHeader(http.StatusForbidden)
+			fmt.Fprint(w, `{"message":"403 Forbidden - Deployments created using GitLab CI can not be updated using the API"}`)
+			return
+		}
+		g.deployments[i].Status, g.deployments[i].Finished = status, time.Now()
+		_ = json.NewEncoder(w).Encode(deploymentJSON(g.deployments[i]))
+		return
+	}
+	notFound(w)
+}
+
+// readParams reads a JSON body (client-go sends JSON) into a map; a body that does not parse answers 400.
+func readParams(w http.ResponseWriter, r *http.Request) (map[string]any, bool) {
+	var body map[string]any
+	b, _ := io.ReadAll(r.Body)
+	if err := json.Unmarshal(b, &body); err != nil {
+		badRequest(w, "invalid JSON")
+		return nil, false
+	}
+	return body, true
 }
 
 func (g *GitLab) listVariables(w http.ResponseWriter, r *http.Request) {

@@ -1,0 +1,250 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/moby/moby/client"
+
+	"github.com/sabeiro/sawmill/internal/testing/testenv"
+)
+
+// The faults that need a swarm of their own: three managers, each a dockerd in a network namespace
+// (hack/multinode.sh), with an agent beside each engine as on three manager machines. A manager lost, a
+// partition healed, and a dockerd stopped and started again in the middle of a rollout: one agent acts at a
+// time, the stack is not touched by the faults, the rollout in flight finishes, nothing is lost or
+// duplicated, and GitLab is told the truth.
+func TestFaultMultiManager(t *testing.T) {
+	c := testenv.Multinode(t)
+	reg := c.Registry()
+	_, d1 := testenv.Image(t, reg+"/web:v1", "MESSAGE=v1")
+	_, d2 := testenv.Image(t, reg+"/web:v2", "MESSAGE=v2")
+	images := []string{reg + "/web:v1@" + d1, reg + "/web:v2@" + d2}
+	name := randomName("mn")
+	gl := testenv.NewGitLab("glpat-agent", "sawmill/platform")
+	gl.SetVariables(testenv.Variable{Key: "DB_PASSWORD", Value: "pw-0", Scope: "*"})
+	srv := httptest.NewServer(gl)
+	t.Cleanup(srv.Close)
+	const port = 18080 // published in host mode on every node, each in its own namespace
+	daemonEnv{t: t, url: srv.URL, name: name}.setenv()
+	global := "      mode: global\n"
+	commit := func(i int) string { return strings.Repeat(fmt.Sprint(i%10), 39) + "f" }
+	gl.AddDeployment(testenv.Deployment{ID: 1, Job: 11, Pipeline: 1, Environment: "staging", Status: "success", SHA: commit(0), Finished: time.Now()},
+		release(name, commit(0), images[0], port, global))
+
+	cfg := filepath.Join(t.TempDir(), "agent.yaml")
+	writeFile(t, cfg, fmt.Sprintf("lease: {ttl: 6s, name: sawmill-test-lease-%s}\n", name))
+	states := []string{"", t.TempDir(), t.TempDir(), t.TempDir()}
+	agents := make([]*agentProcess, 4) // agents[n] runs beside node n
+	startAgent := func(n int) {
+		agents[n] = startAgentProcess(t, []string{"DOCKER_HOST=" + c.Host(n)}, "--config", cfg, "--environment", "staging",
+			"--state-dir", states[n], "--policy-mode", "off", "--timeout", "2m", "--interval", "2s")
+	}
+	stopAgent := func(n int) {
+		_ = agents[n].cmd.Process.Signal(syscall.SIGKILL)
+		_ = agents[n].cmd.Wait()
+		agents[n] = nil
+	}
+	leaders := func() []int {
+		var l []int
+		for n := 1; n <= 3; n++ {
+			if agents[n] != nil && agents[n].leader() {
+				l = append(l, n)
+			}
+		}
+		return l
+	}
+	leader := func(not int) int {
+		t.Helper()
+		var l []int
+		waitFor(t, "one leader", 2*time.Minute, func() bool { l = leaders(); return len(l) == 1 && l[0] != not })
+		return l[0]
+	}
+	// serves is what node n's task answers on the published port: the hash of its secret, and the image
+	// the task runs.
+	serves := func(n int) string {
+		r, err := c.HTTPClient(n).Get(fmt.Sprintf("http://127.0.0.1:%d/secret/db_password", port))
+		if err != nil {
+			return err.Error()
+		}
+		b, _ := io.ReadAll(r.Body)
+		r.Body.Close()
+		return strings.TrimSpace(string(b)) + " " + runningImage(c.Docker(n), name+"_web", n)
+	}
+	everyNodeServes := func(want string, within time.Duration) {
+		t.Helper()
+		var got []string
+		deadline := time.Now().Add(within)
+		for time.Now().Before(deadline) {
+			got = []string{serves(1), serves(2), serves(3)}
+			if got[0] == want && got[1] == want && got[2] == want {
+				return
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		t.Fatalf("after %s the nodes serve %q, want %q on each", within, got, want)
+	}
+	statesOf := func(sha string) []string {
+		var s []string
+		for _, st := range gl.Statuses() {
+			if st.SHA == sha {
+				s = append(s, st.State)
+			}
+		}
+		return s
+	}
+	assertTold := func(sha string) {
+		t.Helper()
+		var s []string
+		waitFor(t, "GitLab told", time.Minute, func() bool { s = statesOf(sha); return len(s) > 0 && s[len(s)-1] == "success" })
+		if len(s) == 0 || s[len(s)-1] != "success" || strings.Contains(strings.Join(s, " "), "failed") {
+			t.Fatalf("GitLab was told %v for %s, want success and never failed", s, sha[:8])
+		}
+	}
+	// settled waits until agent n has finished a cycle begun after now, and returns that cycle's outcome.
+	settled := func(n int) string {
+		t.Helper()
+		var outcome string
+		before := cycles(agents[n])
+		waitFor(t, "a cycle of the leader", 2*time.Minute, func() bool {
+			if cycles(agents[n]) <= before {
+				return false
+			}
+			s := agents[n].status()
+			outcome, _ = s["outcome"].(string)
+			return true
+		})
+		return outcome
+	}
+
+	for n := 1; n <= 3; n++ {
+		startAgent(n)
+	}
+	l := leader(0)
+	want := sha("pw-0") + " " + images[0]
+	everyNodeServes(want, 3*time.Minute)
+	assertTold(commit(0))
+
+	t.Log("fault: a manager lost")
+	{
+		other := l%3 + 1
+		before := snapshot(t, c.Docker(other), name)
+		at := time.Now()
+		c.Crash(l) // the machine with its engine, its tasks and its agent
+		stopAgent(l)
+		next := leader(l)
+		took := time.Since(at)
+		if out := settled(next); out != "success" {
+			t.Fatalf("the new leader's cycle: %s, want success (nothing to change)", out)
+		}
+		if snapshot(t, c.Docker(next), name) != before {
+			t.Fatal("losing a manager changed the stack's objects")
+		}
+		c.Start(l)
+		waitFor(t, "the lost manager back", 2*time.Minute, func() bool { return c.NodeReady(next, l) })
+		startAgent(l)
+		everyNodeServes(want, 2*time.Minute)
+		if got := leaders(); len(got) != 1 || got[0] != next {
+			t.Fatalf("leaders after the manager came back: %v, want only %d", got, next)
+		}
+		assertTold(commit(0))
+		faultRow(t, "3 managers, 3 agents: the leader's machine lost (engine, tasks and agent killed)", 1,
+			"another agent took over; stack unchanged; the machine rejoined and its agent stands by", []time.Duration{took})
+		l = next
+	}
+
+	t.Log("fault: a partition healed")
+	{
+		other := l%3 + 1
+		before := snapshot(t, c.Docker(other), name)
+		at := time.Now()
+		c.Part(l)
+		next := leader(l)
+		took := time.Since(at)
+		if out := settled(next); out != "success" {
+			t.Fatalf("the new leader's cycle: %s, want success", out)
+		}
+		c.Heal(l)
+		healed := time.Now()
+		waitFor(t, "the partitioned manager back", 3*time.Minute, func() bool { return c.NodeReady(next, l) && c.NodeReady(l, l) })
+		rejoined := time.Since(healed)
+		everyNodeServes(want, 2*time.Minute)
+		settled(next)
+		if got := leaders(); len(got) != 1 || got[0] != next {
+			t.Fatalf("leaders after the partition healed: %v, want only %d", got, next)
+		}
+		if snapshot(t, c.Docker(next), name) != before {
+			t.Fatal("the partition changed the stack's objects")
+		}
+		assertTold(commit(0))
+		faultRow(t, "3 managers, 3 agents: the leader's machine cut off, then reconnected", 1,
+			fmt.Sprintf("another agent took over in %s; stack unchanged; rejoined %s after the heal; one leader", took.Round(100*time.Millisecond), rejoined.Round(time.Second)),
+			[]time.Duration{took + rejoined})
+		l = next
+	}
+
+	t.Log("fault: dockerd stopped mid-rollout")
+	{
+		rng := rand.New(rand.NewPCG(3, 4))
+		var recovery []time.Duration
+		for i := 1; i <= repeats(); i++ {
+			secret := fmt.Sprintf("pw-%d", i)
+			gl.SetVariables(testenv.Variable{Key: "DB_PASSWORD", Value: secret, Scope: "*"})
+			gl.AddDeployment(testenv.Deployment{ID: int64(1 + i), Job: int64(11 + i), Pipeline: int64(1 + i), Environment: "staging", Status: "success", SHA: commit(i), Finished: time.Now()},
+				release(name, commit(i), images[i%2], port, global))
+			time.Sleep(time.Duration(500+rng.IntN(2500)) * time.Millisecond) // the leader polls every 2 s
+			at := time.Now()
+			c.Stop(l) // the engine the acting agent talks to, gracefully (its tasks stop too)
+			c.Start(l)
+			want := sha(secret) + " " + images[i%2]
+			everyNodeServes(want, 4*time.Minute)
+			recovery = append(recovery, time.Since(at))
+			l = leader(0)
+			assertTold(commit(i))
+			assertSecretsClean(t, c.Docker(l), name)
+		}
+		faultRow(t, "3 managers: the acting agent's dockerd stopped and restarted mid-rollout", repeats(),
+			"the rollout finished on every node; no duplicate or orphaned secret; GitLab told success, never failed", recovery)
+	}
+	for n := 1; n <= 3; n++ {
+		if agents[n] != nil {
+			stopAgent(n)
+		}
+	}
+}
+
+// cycles is how many cycles the agent process has finished (its sync-duration histogram's count).
+func cycles(p *agentProcess) int {
+	return int(p.metrics()["sawmill_sync_duration_seconds_count"])
+}
+
+// runningImage is the image of the task of service that runs on node n (hostname node<n>), or what went wrong.
+func runningImage(dc *client.Client, service string, n int) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	tasks, err := dc.TaskList(ctx, client.TaskListOptions{Filters: make(client.Filters).Add("service", service).Add("desired-state", "running")})
+	if err != nil {
+		return err.Error()
+	}
+	nodes, err := dc.NodeList(ctx, client.NodeListOptions{})
+	if err != nil {
+		return err.Error()
+	}
+	var images []string
+	for _, task := range tasks.Items {
+		for _, node := range nodes.Items {
+			if node.ID == task.NodeID && node.Description.Hostname == fmt.Sprintf("node%d", n) && task.Status.State == "running" {
+				images = append(images, task.Spec.ContainerSpec.Image)
+			}
+		}
+	}
+	return strings.Join(images, ",")
+}
