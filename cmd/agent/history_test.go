@@ -25,6 +25,12 @@ func TestHistoryAndRollbackCommands(t *testing.T) {
 	if r.code != 0 || !strings.Contains(r.stdout, "pinned to deployment-3") || !strings.Contains(r.stdout, "deployment-2  bbbbbbbbbbbb  success  2026-11-30T04:00:00Z  yes") {
 		t.Fatalf("agent history: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
+	// --config names the state directory through its state_dir.
+	cfg := filepath.Join(t.TempDir(), "agent.yaml")
+	writeFile(t, cfg, "environment: staging\nstate_dir: "+state+"\n")
+	if r := runOffline(t, "history", "--config", cfg); r.code != 0 || !strings.Contains(r.stdout, "pinned to deployment-3") {
+		t.Fatalf("agent history --config: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
 	r = runOffline(t, "history", "--state-dir", state, "--json")
 	var out struct {
 		Pin     *reconcile.Pin
