@@ -50,6 +50,7 @@ func newRoot(d deps) *cobra.Command {
 	_ = v.BindPFlag("log_format", pf.Lookup("log-format"))
 
 	root.AddCommand(planCmd(v, d), applyCmd(v, d), checkCmd(v, d), renderCmd(v, d), runCmd(v, d), retryCmd(d))
+	root.AddCommand(historyCmd(d), rollbackCmd(d), unpinCmd(d))
 	root.AddCommand(healthcheckCmd(d), installCmd(v, d), uninstallCmd(d), versionCmd(d))
 	return root
 }

@@ -64,6 +64,9 @@ type Config struct {
 	// RegistryTimeout bounds the verification of one image (resolving it and fetching its signatures).
 	RegistryTimeout time.Duration       `mapstructure:"registry_timeout"`
 	Trust           *verify.TrustPolicy `mapstructure:"trust"`
+
+	// History: how many releases the agent keeps (agent history, agent rollback).
+	History HistoryConfig `mapstructure:"history"`
 }
 
 // GitLabConfig says where the releases and variables come from (source gitlab). The token itself only comes
@@ -118,6 +121,12 @@ type GrantConfig struct {
 	Environments []string `mapstructure:"environments"`
 }
 
+// HistoryConfig is the release history: Keep releases (with their files, for agent rollback) in the state
+// directory.
+type HistoryConfig struct {
+	Keep int `mapstructure:"keep"`
+}
+
 // LeaseConfig is the swarm lease that elects the one acting agent.
 type LeaseConfig struct {
 	TTL      time.Duration `mapstructure:"ttl"`
@@ -140,6 +149,7 @@ func defaultConfig() Config {
 		Listen:       "127.0.0.1:9090",
 		Webhook:      WebhookConfig{TokenEnv: "SAWMILL_WEBHOOK_TOKEN"},
 		StateDir:     "/var/lib/sawmill-agent",
+		History:      HistoryConfig{Keep: 20},
 		Lease:        LeaseConfig{TTL: 30 * time.Second, Name: "sawmill-agent-lease"},
 		LogLevel:     "info",
 		LogFormat:    "text",
@@ -236,6 +246,9 @@ func (c *Config) validate() error {
 	}
 	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
 		bad("tls", "needs both cert_file and key_file")
+	}
+	if c.History.Keep < 2 || c.History.Keep > 1000 {
+		bad("history.keep", "%d: must be between 2 and 1000 (a rollback needs an earlier release)", c.History.Keep)
 	}
 	if !c.Lease.Disabled && c.Lease.TTL < 3*time.Second {
 		bad("lease.ttl", "%s: must be at least 3s", c.Lease.TTL)

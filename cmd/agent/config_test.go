@@ -24,6 +24,8 @@ func TestRunConfigIsChecked(t *testing.T) {
 		"policy mode":  {"environment: staging\npolicy_mode: loud\n", []string{"policy_mode:", `"loud"`}},
 		"no env":       {"source: dir\ndir: /srv\n", []string{"environment: set it"}},
 		"bad duration": {"environment: staging\ninterval: soon\n", []string{"interval"}},
+		"history keep": {"environment: staging\nhistory: {keep: 1}\n", []string{"history.keep: 1: must be between 2 and 1000"}},
+		"history key":  {"environment: staging\nhistory: {kep: 5}\n", []string{`line 2: unknown key "history.kep"`}},
 	} {
 		t.Run(name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "agent.yaml")

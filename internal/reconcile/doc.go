@@ -16,6 +16,10 @@
 // what did not change: the loaded stack (MemoLoader, keyed by every option and every file of the release)
 // and each service's comparison (Flow.Differ).
 //
+// The loop also keeps the history of the releases it rolled out, with a copy of each in the state directory
+// (history.go), acts on the requests of agent rollback and agent unpin and holds the pin a rollback sets
+// (pin.go), and assembles the status page's view: stacks, services, cycles, history, pin (view.go).
+//
 // Nothing here prints: the Cycle and the Record carry what happened, and cmd/agent renders them. Errors are
 // classified by internal/fault; internal/outcome maps them to outcomes, exit codes and commit states.
 //

@@ -77,6 +77,8 @@ type fakeEvaluator struct {
 	calls *calls
 	deny  bool
 	input *policy.Input
+	// warn, when set, is the message of a warning on web.
+	warn string
 }
 
 func (f *fakeEvaluator) Evaluate(_ context.Context, in *policy.Input) (*policy.Report, error) {
@@ -85,6 +87,9 @@ func (f *fakeEvaluator) Evaluate(_ context.Context, in *policy.Input) (*policy.R
 	rep := &policy.Report{Stack: in.Stack}
 	if f.deny {
 		rep.Decisions = []policy.Decision{{Kind: policy.Deny, Rule: "no_socket", Service: "web", Message: "web mounts the socket"}}
+	}
+	if f.warn != "" {
+		rep.Decisions = append(rep.Decisions, policy.Decision{Kind: policy.Warn, Rule: "warn_latest", Service: "web", Message: f.warn})
 	}
 	return rep, nil
 }

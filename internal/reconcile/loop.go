@@ -103,6 +103,13 @@ type Loop struct {
 	// RetryFile, when it exists, asks the next cycle to roll out a release that failed before (agent retry
 	// writes it; the cycle removes it).
 	RetryFile string
+	// HistoryDir keeps a copy of every release of the history (agent rollback re-applies it); HistoryKeep is
+	// how many releases the history keeps (default DefaultHistoryKeep); RequestFile is where agent rollback
+	// and agent unpin leave a request, read at the start of a cycle. All optional.
+	HistoryDir, RequestFile string
+	HistoryKeep             int
+	// Replicas reads a stack's services' tasks now, by Swarm service name (the status page). Optional.
+	Replicas func(ctx context.Context, stack string) (map[string]Replicas, error)
 	// RecordDeployments also reports every outcome as a deployment of the environment (report.KindDeployment:
 	// running when a new release starts, then success or failed), through the same outbox.
 	RecordDeployments bool
@@ -114,6 +121,18 @@ type Loop struct {
 	mu      sync.Mutex
 	last    Record
 	ready   bool
+
+	// The history, the pin, the answer to the last request (all in the state file; dirty: not written yet),
+	// this cycle's choices, and what the status page shows.
+	history      []HistoryEntry
+	pin          *Pin
+	answer       *Answer
+	dirty        bool
+	turn         turn
+	cycles       []Record
+	stacks       []StackView
+	drift        map[string]driftCount
+	replicaCache replicaCache
 }
 
 // Record is the status of one cycle: /status, the state file and the report are made from it.
@@ -173,7 +192,9 @@ func (l *Loop) Init() error {
 			l.Log.Error("state file", "err", err)
 		}
 		l.last, l.outbox = st.Record, st.Outbox
+		l.history, l.pin, l.answer = st.History, st.Pin, st.Answer
 	}
+	l.drift = map[string]driftCount{}
 	return nil
 }
 
@@ -204,6 +225,8 @@ func (l *Loop) Ready() bool {
 // it holds, so one agent stays the actor. It releases the lease when it stops.
 func (l *Loop) Run(ctx context.Context) error {
 	backoff := time.Duration(0)
+	requests, stopRequests := l.requestTicks()
+	defer stopRequests()
 	for {
 		rec := l.Cycle(ctx)
 		wait := l.Interval
@@ -234,6 +257,13 @@ func (l *Loop) Run(ctx context.Context) error {
 				break wait
 			case <-renew:
 				l.renew(ctx)
+			case <-requests:
+				if l.RequestFile != "" {
+					if _, err := os.Stat(l.RequestFile); err == nil {
+						l.Log.Info("request received (agent rollback or unpin)")
+						break wait
+					}
+				}
 			}
 		}
 		timer.Stop()
@@ -312,10 +342,19 @@ func (l *Loop) Cycle(ctx context.Context) Record {
 		l.queueDeployment(rec, report.State(state), reason)
 	}
 	keep := rec.Outcome != outcome.Error && rec.Outcome != outcome.Standby
+	l.afterCycle(rec, keep)
 	if keep && (changed || rec.Fingerprint != prev.Fingerprint) {
 		l.save(rec)
 	} else if len(l.outbox) > 0 {
 		l.save(prev)
+	}
+	if l.dirty {
+		if keep {
+			l.save(rec)
+		} else {
+			st, _ := readState(l.StateFile, l.Now())
+			l.save(st.Record)
+		}
 	}
 	if !keep {
 		// An outage or a standby says nothing about what runs: the last real outcome stays on record for
@@ -354,7 +393,8 @@ func (l *Loop) save(rec Record) {
 		return
 	}
 	rec.ReportsPending = 0
-	if err := writeState(l.StateFile, state{Record: rec, Outbox: l.outbox}); err != nil {
+	l.dirty = false
+	if err := writeState(l.StateFile, state{Record: rec, Outbox: l.outbox, History: l.history, Pin: l.pin, Answer: l.answer}); err != nil {
 		l.Log.Error("state file", "err", err)
 	}
 }
@@ -438,6 +478,9 @@ func (l *Loop) cycle(ctx context.Context) Record {
 		}
 		return Record{Outcome: outcome.Error, Reason: "source: " + err.Error()}
 	}
+	if rel, key, err = l.choose(rel, key); err != nil {
+		return Record{Outcome: outcome.Of(err), Release: key, Reason: err.Error()}
+	}
 	rec := Record{Release: key, Commit: rel.Manifest.Commit, Ref: rel.Ref, Tag: rel.Tag}
 	if rec.Ref == "" {
 		rec.Ref = rel.Manifest.Ref
@@ -483,6 +526,7 @@ func (l *Loop) cycle(ctx context.Context) Record {
 			if c.Result != nil && c.Result.Plan != nil {
 				l.Metrics.Applied(c.Result.Plan)
 			}
+			l.seen(c, key)
 			if l.Show != nil {
 				l.Show(c)
 			}
@@ -497,6 +541,7 @@ func (l *Loop) cycle(ctx context.Context) Record {
 			l.Metrics.Rejected(o)
 		}
 	}
+	l.turn.ran = true
 	rec.Reason = strings.Join(failures, "; ")
 	return rec
 }

@@ -18,6 +18,10 @@ import (
 type state struct {
 	Record
 	Outbox []report.Outcome `json:"outbox,omitempty"`
+	// The releases rolled out (newest first), the pin, and the answer to the last request (history.go).
+	History []HistoryEntry `json:"history,omitempty"`
+	Pin     *Pin           `json:"pin,omitempty"`
+	Answer  *Answer        `json:"answer,omitempty"`
 }
 
 // readState reads the state file; a missing file is an empty state. A file that does not parse is moved

@@ -1,6 +1,7 @@
 // Package status is the agent's HTTP surface and metrics while it runs as a daemon: /healthz, /readyz,
-// /status (the last cycle's record), Prometheus /metrics and the GitLab webhook that triggers a cycle
-// (ParseEvent reads its body).
+// /status (the last cycle's record, and the loop's whole view: stacks, cycles, history, pin), the read-only
+// status page at / (html/template and a little JavaScript that polls /status, embedded), Prometheus /metrics
+// and the GitLab webhook that triggers a cycle (ParseEvent reads its body).
 //
 // In: the reconcile loop (through the small Loop interface declared here) and the webhook token. Out: an
 // http.Handler, and Metrics that the loop records into. It imports internal/reconcile (for its Record),
@@ -170,8 +171,8 @@ func ParseEvent(body []byte) (Event, error) {
 }
 
 // Options say what a handler serves. Webhook and Status select the endpoints (/healthz and /readyz are
-// always served); StatusToken, when set, must come as `Authorization: Bearer <token>` for /status and
-// /metrics; WebhookToken must come as X-Gitlab-Token (an empty one disables the webhook).
+// always served); StatusToken, when set, must come as `Authorization: Bearer <token>` for /status,
+// /metrics and the status page (/, /page.js, /page.css); WebhookToken must come as X-Gitlab-Token (an empty one disables the webhook).
 type Options struct {
 	Webhook, Status           bool
 	WebhookToken, StatusToken string
@@ -203,10 +204,10 @@ func Handler(d Loop, m *Metrics, o Options) http.Handler {
 				h.ServeHTTP(w, r)
 			})
 		}
-		mux.Handle("GET /status", guard(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-			w.Header().Set("Content-Type", "application/json")
-			_ = json.NewEncoder(w).Encode(d.Last())
-		})))
+		mux.Handle("GET /status", guard(statusJSON(d)))
+		if v, ok := d.(Viewer); ok {
+			pageHandlers(mux, v, guard)
+		}
 		mux.Handle("GET /metrics", guard(promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{})))
 	}
 	if o.Webhook {
