@@ -103,8 +103,11 @@ type Loop struct {
 	// RetryFile, when it exists, asks the next cycle to roll out a release that failed before (agent retry
 	// writes it; the cycle removes it).
 	RetryFile string
+	// Notifier is told every cycle's record and each stack's outcome (notify.go). Optional.
+	Notifier Notifier
 
 	trigger chan struct{}
+	stacks  []StackOutcome // this cycle's stacks, for the notifier
 	nameKey []byte
 	held    bool // this agent held the lease after the last cycle
 	outbox  []report.Outcome
@@ -321,6 +324,9 @@ func (l *Loop) Cycle(ctx context.Context) Record {
 	l.last = rec
 	l.ready = l.ready || rec.Outcome != outcome.Error
 	l.mu.Unlock()
+	if l.Notifier != nil {
+		l.Notifier.Notify(rec, l.stacks)
+	}
 
 	level := slog.LevelInfo
 	if rec.Outcome != outcome.Success && rec.Outcome != outcome.Standby {
@@ -384,6 +390,7 @@ func (l *Loop) safeCycle(ctx context.Context) (rec Record) {
 }
 
 func (l *Loop) cycle(ctx context.Context) Record {
+	l.stacks = nil
 	if l.Lease != nil {
 		actx, acancel := context.WithTimeout(ctx, l.Lease.RenewEvery())
 		held, holder, err := l.Lease.Acquire(actx)
@@ -451,8 +458,9 @@ func (l *Loop) cycle(ctx context.Context) Record {
 	rec.Outcome = outcome.Success
 	for _, name := range stacks {
 		files, err := rel.Files(name, l.Environment)
+		var c *Cycle
 		if err == nil {
-			c := l.Flow.Run(ctx, compose.Options{Files: files, Stack: name, Env: env, WorkDir: filepath.Dir(files[0]), Root: rel.Dir, Strict: true, NameKey: l.nameKey, Environment: l.Environment})
+			c = l.Flow.Run(ctx, compose.Options{Files: files, Stack: name, Env: env, WorkDir: filepath.Dir(files[0]), Root: rel.Dir, Strict: true, NameKey: l.nameKey, Environment: l.Environment})
 			if c.Result != nil && c.Result.Plan != nil {
 				l.Metrics.Applied(c.Result.Plan)
 			}
@@ -461,6 +469,7 @@ func (l *Loop) cycle(ctx context.Context) Record {
 			}
 			err = c.Err
 		}
+		l.stacks = append(l.stacks, stackOutcome(name, c, err))
 		if err != nil {
 			o := outcome.Of(err)
 			if o.Worse(rec.Outcome) {
