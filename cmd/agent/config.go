@@ -64,6 +64,9 @@ type Config struct {
 	// RegistryTimeout bounds the verification of one image (resolving it and fetching its signatures).
 	RegistryTimeout time.Duration       `mapstructure:"registry_timeout"`
 	Trust           *verify.TrustPolicy `mapstructure:"trust"`
+	// Notify are the notification targets, SOPS the age identity of SOPS-encrypted secrets (notify.go).
+	Notify []NotifyConfig `mapstructure:"notify"`
+	SOPS   SOPSConfig     `mapstructure:"sops"`
 }
 
 // GitLabConfig says where the releases and variables come from (source gitlab). The token itself only comes
@@ -254,6 +257,7 @@ func (c *Config) validate() error {
 			bad(fmt.Sprintf("grants[%d]", i), "needs rule, stack and service (service * for every service of the stack)")
 		}
 	}
+	errs = append(errs, c.validateNotify()...)
 	return errors.Join(errs...)
 }
 

@@ -228,6 +228,23 @@ func (n *Notifier) Start(ctx context.Context) {
 	}
 }
 
+// Drain waits until every queued event was delivered (or given up on), or ctx ends: `agent run --once`
+// sends what its cycle found before it exits.
+func (n *Notifier) Drain(ctx context.Context) {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if !slices.ContainsFunc(n.senders, func(s *sender) bool { return !s.idle() }) {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
 // Seed tells the notifier the outcome on record when the agent starts (the state file's), so that a
 // failure already notified by the previous process is not sent again.
 func (n *Notifier) Seed(outcome, reason string) {

@@ -22,6 +22,7 @@ type sender struct {
 
 	mu      sync.Mutex
 	queue   []Event
+	busy    bool // an event is being delivered
 	dropped int
 }
 
@@ -50,7 +51,15 @@ func (s *sender) next() (Event, bool) {
 	}
 	e := s.queue[0]
 	s.queue = s.queue[1:]
+	s.busy = true
 	return e, true
+}
+
+// idle reports whether nothing is queued or being delivered.
+func (s *sender) idle() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.queue) == 0 && !s.busy
 }
 
 func (s *sender) run(ctx context.Context) {
@@ -65,6 +74,9 @@ func (s *sender) run(ctx context.Context) {
 			}
 		}
 		s.deliver(ctx, e)
+		s.mu.Lock()
+		s.busy = false
+		s.mu.Unlock()
 	}
 }
 

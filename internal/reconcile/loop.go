@@ -105,6 +105,9 @@ type Loop struct {
 	RetryFile string
 	// Notifier is told every cycle's record and each stack's outcome (notify.go). Optional.
 	Notifier Notifier
+	// SOPS decrypts a release's SOPS-encrypted secret files (internal/sopsfile, with the agent's age
+	// identity); nil: a release with one is invalid.
+	SOPS compose.Decrypter
 
 	trigger chan struct{}
 	stacks  []StackOutcome // this cycle's stacks, for the notifier
@@ -460,7 +463,7 @@ func (l *Loop) cycle(ctx context.Context) Record {
 		files, err := rel.Files(name, l.Environment)
 		var c *Cycle
 		if err == nil {
-			c = l.Flow.Run(ctx, compose.Options{Files: files, Stack: name, Env: env, WorkDir: filepath.Dir(files[0]), Root: rel.Dir, Strict: true, NameKey: l.nameKey, Environment: l.Environment})
+			c = l.Flow.Run(ctx, compose.Options{Files: files, Stack: name, Env: env, WorkDir: filepath.Dir(files[0]), Root: rel.Dir, Strict: true, NameKey: l.nameKey, Environment: l.Environment, SOPS: l.SOPS})
 			if c.Result != nil && c.Result.Plan != nil {
 				l.Metrics.Applied(c.Result.Plan)
 			}

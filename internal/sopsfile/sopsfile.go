@@ -9,8 +9,8 @@
 // a key-service client that knows age alone. Only age recipients decrypt: a file whose data key only a KMS
 // or PGP key opens is an error.
 //
-// A file is SOPS-encrypted by its name (*.sops.yaml, *.sops.yml, *.sops.json, *.sops.env; any other name that
-// a compose secret marks with x-sawmill-sops is SOPS's binary format, or the format of its extension).
+// The file's extension says its format: .yaml/.yml, .json, .env (dotenv), anything else SOPS's binary format
+// (internal/compose decides which secret files are SOPS-encrypted: compose.IsSOPSFile, x-sawmill-sops).
 // Decrypted values stay in memory: the caller puts them in Swarm secrets, and the Redactor it is given learns
 // every value decrypted. SOPS's own loggers are silenced (they would write to stderr, unredacted).
 //
@@ -93,17 +93,6 @@ func New(identities string, r *redact.Redactor) (*Decrypter, error) {
 		return nil, errors.New("sops.age_key_file: no age identity in the file")
 	}
 	return &Decrypter{ids: ids, redact: r}, nil
-}
-
-// IsSOPS reports whether a file name says the file is SOPS-encrypted (*.sops.yaml, .yml, .json, .env).
-func IsSOPS(name string) bool {
-	base := strings.ToLower(filepath.Base(name))
-	for _, ext := range []string{".sops.yaml", ".sops.yml", ".sops.json", ".sops.env"} {
-		if strings.HasSuffix(base, ext) {
-			return true
-		}
-	}
-	return false
 }
 
 // storeFor is the SOPS store for a file name: YAML, JSON, dotenv, or SOPS's binary format (true).

@@ -146,11 +146,3 @@ func TestLoadRefusesAReadableKeyFile(t *testing.T) {
 		t.Fatalf("a bad key file: %v", err)
 	}
 }
-
-func TestIsSOPS(t *testing.T) {
-	for name, want := range map[string]bool{"a.sops.yaml": true, "dir/B.SOPS.YML": true, "x.sops.json": true, "x.sops.env": true, "x.yaml": false, "sops.yaml": false, "x.sops": false} {
-		if IsSOPS(name) != want {
-			t.Errorf("%s: %v", name, !want)
-		}
-	}
-}
