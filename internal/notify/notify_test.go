@@ -122,60 +122,54 @@ func TestRepeatedFailuresAreSentOnceThenTheRecovery(t *testing.T) {
 	})
 }
 
-// Another problem replaces the one in force: sent at once, with what it replaces and its count; an outage
-// or a standby changes nothing.
-func TestAnotherProblemIsSentWithThePrevious(t *testing.T) {
-	rcv := newReceiver(t)
-	synctest.Test(t, func(t *testing.T) {
-		n := newNotifier(t, []Target{{Name: "ops", Format: "webhook", URL: rcv.srv.URL}}, nil, half)
-		n.Start(t.Context())
-		n.Observe(Cycle{Outcome: "refused", Reason: "stack shop: policy denies privileged"})
-		n.Observe(Cycle{Outcome: "error", Reason: "source: GitLab unreachable"})
-		n.Observe(Cycle{Outcome: "standby", Reason: "agent b holds the lease"})
-		n.Observe(Cycle{Outcome: "refused", Reason: "stack shop: policy denies privileged"})
-		n.Observe(Cycle{Outcome: "invalid", Reason: "compose: bad"})
-		synctest.Wait()
-		ev := rcv.events(t)
-		if len(ev) != 2 || ev[0].Kind != Refusal || ev[1].Kind != Failure || ev[1].Previous != "refusal: stack shop: policy denies privileged" || ev[1].PreviousCount != 2 {
-			t.Fatalf("got %+v", ev)
-		}
-	})
-}
-
-// Seed: a failure on record when the agent starts is not sent again; its recovery is.
-func TestSeededFailureIsNotSentAgain(t *testing.T) {
-	rcv := newReceiver(t)
-	synctest.Test(t, func(t *testing.T) {
-		n := newNotifier(t, []Target{{Name: "ops", Format: "webhook", URL: rcv.srv.URL}}, nil, half)
-		n.Start(t.Context())
-		n.Seed("failed", "shop: rollout failed")
-		n.Observe(Cycle{Outcome: "failed", Reason: "shop: rollout failed"})
-		n.Observe(Cycle{Outcome: "success"})
-		synctest.Wait()
-		if ev := rcv.events(t); len(ev) != 1 || ev[0].Kind != Recovery || ev[0].Count != 2 {
-			t.Fatalf("got %+v", ev)
-		}
-	})
-}
-
-// Drift put back: once for the same services, again after a cycle that put nothing back.
-func TestDriftIsSentOncePerChange(t *testing.T) {
-	rcv := newReceiver(t)
-	synctest.Test(t, func(t *testing.T) {
-		n := newNotifier(t, []Target{{Name: "ops", Format: "webhook", URL: rcv.srv.URL, On: []Kind{Drift}}}, nil, half)
-		n.Start(t.Context())
-		drift := Cycle{Outcome: "success", Drift: []string{"shop/shop_web"}}
-		n.Observe(drift)
-		n.Observe(drift)
-		n.Observe(Cycle{Outcome: "refused", Reason: "denied"}) // not sent to a target on drift only
-		n.Observe(Cycle{Outcome: "success"})
-		n.Observe(drift)
-		synctest.Wait()
-		ev := rcv.events(t)
-		if len(ev) != 2 || ev[0].Kind != Drift || ev[0].Stack != "shop" || ev[0].Reason != "put back: shop/shop_web" || ev[1].Kind != Drift {
-			t.Fatalf("got %+v", ev)
-		}
-	})
+// What a sequence of cycles sends: another problem replaces the one in force (sent at once, with what it
+// replaces and its count); an outage or a standby changes nothing; a failure on record when the agent starts
+// (Seed) is not sent again, its recovery is; drift put back is sent once for the same services, again after a
+// cycle that put nothing back; a target gets only its kinds.
+func TestEventsOfCycles(t *testing.T) {
+	drift := Cycle{Outcome: "success", Drift: []string{"shop/shop_web"}}
+	for name, tc := range map[string]struct {
+		on     []Kind
+		seed   [2]string
+		cycles []Cycle
+		ok     func(ev []Event) bool
+	}{
+		"another problem": {cycles: []Cycle{
+			{Outcome: "refused", Reason: "stack shop: policy denies privileged"},
+			{Outcome: "error", Reason: "source: GitLab unreachable"},
+			{Outcome: "standby", Reason: "agent b holds the lease"},
+			{Outcome: "refused", Reason: "stack shop: policy denies privileged"},
+			{Outcome: "invalid", Reason: "compose: bad"},
+		}, ok: func(ev []Event) bool {
+			return len(ev) == 2 && ev[0].Kind == Refusal && ev[1].Kind == Failure &&
+				ev[1].Previous == "refusal: stack shop: policy denies privileged" && ev[1].PreviousCount == 2
+		}},
+		"seeded": {seed: [2]string{"failed", "shop: rollout failed"}, cycles: []Cycle{
+			{Outcome: "failed", Reason: "shop: rollout failed"}, {Outcome: "success"},
+		}, ok: func(ev []Event) bool { return len(ev) == 1 && ev[0].Kind == Recovery && ev[0].Count == 2 }},
+		"drift": {on: []Kind{Drift}, cycles: []Cycle{drift, drift, {Outcome: "refused", Reason: "denied"}, {Outcome: "success"}, drift},
+			ok: func(ev []Event) bool {
+				return len(ev) == 2 && ev[0].Kind == Drift && ev[0].Stack == "shop" && ev[0].Reason == "put back: shop/shop_web" && ev[1].Kind == Drift
+			}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			rcv := newReceiver(t)
+			synctest.Test(t, func(t *testing.T) {
+				n := newNotifier(t, []Target{{Name: "ops", Format: "webhook", URL: rcv.srv.URL, On: tc.on}}, nil, half)
+				n.Start(t.Context())
+				if tc.seed[0] != "" {
+					n.Seed(tc.seed[0], tc.seed[1])
+				}
+				for _, c := range tc.cycles {
+					n.Observe(c)
+				}
+				synctest.Wait()
+				if ev := rcv.events(t); !tc.ok(ev) {
+					t.Fatalf("got %+v", ev)
+				}
+			})
+		})
+	}
 }
 
 // A receiver answering 500 gets the event again after the backoff (jittered, doubling); a 400 is not retried.
