@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"filippo.io/age"
+	"github.com/moby/moby/client"
 
 	"github.com/sabeiro/sawmill/internal/sopsfile"
 	"github.com/sabeiro/sawmill/internal/testing/testenv"
@@ -38,6 +39,19 @@ func writeRelease(t *testing.T, dir, stackName, commit, image, compose string, m
 			t.Fatal(err)
 		}
 	}
+}
+
+// swarmStack is what a daemon test on the private swarm needs: the engine, the test service's image in the
+// test registry (pinned), and a stack name of its own (removed at the end, with its own lease).
+func swarmStack(t *testing.T, prefix string) (*client.Client, string, string) {
+	t.Helper()
+	dc := testenv.Docker(t)
+	reg := testenv.Registry(t)
+	_, digest := testenv.Image(t, reg+"/web:v1", "MESSAGE=v1")
+	name := randomName(prefix)
+	t.Cleanup(func() { removeStack(dc, name) })
+	t.Setenv("SAWMILL_LEASE_NAME", "sawmill-test-lease-"+name)
+	return dc, reg + "/web:v1@" + digest, name
 }
 
 // hookReceiver is a local HTTP server that records the notifications it is sent.
@@ -72,13 +86,7 @@ func (h *hookReceiver) got() []map[string]any {
 // the next release that deploys is one recovery, with the count of refused cycles. The webhook URL (a secret)
 // is never in the agent's output.
 func TestDaemonNotifiesARefusalOnceThenTheRecovery(t *testing.T) {
-	dc := testenv.Docker(t)
-	reg := testenv.Registry(t)
-	_, digest := testenv.Image(t, reg+"/web:v1", "MESSAGE=v1")
-	image := reg + "/web:v1@" + digest
-	name := randomName("ntf")
-	t.Cleanup(func() { removeStack(dc, name) })
-	t.Setenv("SAWMILL_LEASE_NAME", "sawmill-test-lease-"+name)
+	dc, image, name := swarmStack(t, "ntf")
 	hooks, url := newHookReceiver(t)
 	t.Setenv("SAWMILL_TEST_NOTIFY_URL", url)
 
@@ -139,13 +147,7 @@ notify:
 // its value is nowhere the agent writes: its output, its state directory, /status. A file the agent cannot
 // decrypt is exit 2 naming the file, and what runs is not touched.
 func TestSOPSSecretReachesTheService(t *testing.T) {
-	dc := testenv.Docker(t)
-	reg := testenv.Registry(t)
-	_, digest := testenv.Image(t, reg+"/web:v1", "MESSAGE=v1")
-	image := reg + "/web:v1@" + digest
-	name := randomName("sops")
-	t.Cleanup(func() { removeStack(dc, name) })
-	t.Setenv("SAWMILL_LEASE_NAME", "sawmill-test-lease-"+name)
+	dc, image, name := swarmStack(t, "sops")
 	port := testenv.FreePort(t)
 
 	id, err := age.GenerateX25519Identity()
