@@ -1,7 +1,8 @@
 // Package compose loads compose files with compose-go and converts the project into the stack model the way
 // `docker stack deploy` does: names `<stack>_<name>`, the namespace label, overlay networks by default, the
 // `deploy:` section, secrets and configs (with a content hash in their names, since Swarm cannot update them)
-// and the list of compose keys Swarm ignores.
+// and the list of compose keys Swarm ignores. A secret whose file is SOPS-encrypted takes its value from the
+// Decrypter the caller gives (Options.SOPS; sops.go).
 //
 // In: compose file paths, environment, profiles, a stack name. Out: *stack.Stack, or an error classified as
 // fault.Invalid that names the file, line and field. Reads the compose files and the files their secrets and

@@ -14,7 +14,8 @@
 // the newest release from the source, run the stacks, record the outcome in the state file, and report it to
 // GitLab. Its HTTP surface is internal/status. Between cycles of an unchanged release the daemon's flow reuses
 // what did not change: the loaded stack (MemoLoader, keyed by every option and every file of the release)
-// and each service's comparison (Flow.Differ).
+// and each service's comparison (Flow.Differ). Once a cycle's record is final the Loop tells its Notifier
+// (notify.go: the record and each stack's outcome and drift put back), which must only queue.
 //
 // Nothing here prints: the Cycle and the Record carry what happened, and cmd/agent renders them. Errors are
 // classified by internal/fault; internal/outcome maps them to outcomes, exit codes and commit states.
