@@ -204,6 +204,7 @@ func New(o Options) (*Notifier, error) {
 	if o.Client == nil {
 		o.Client = &http.Client{Timeout: o.Timeout}
 	}
+	o.Targets = slices.Clone(o.Targets) // the defaults below are filled in a copy
 	n := &Notifier{o: o}
 	for i, t := range o.Targets {
 		if !slices.Contains(Formats, t.Format) {
