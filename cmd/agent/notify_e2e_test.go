@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -49,8 +50,12 @@ func swarmStack(t *testing.T, prefix string) (*client.Client, string, string) {
 	reg := testenv.Registry(t)
 	_, digest := testenv.Image(t, reg+"/web:v1", "MESSAGE=v1")
 	name := randomName(prefix)
-	t.Cleanup(func() { removeStack(dc, name) })
-	t.Setenv("SAWMILL_LEASE_NAME", "sawmill-test-lease-"+name)
+	lease := "sawmill-test-lease-" + name
+	t.Cleanup(func() {
+		removeStack(dc, name)
+		_, _ = dc.ConfigRemove(context.Background(), lease, client.ConfigRemoveOptions{})
+	})
+	t.Setenv("SAWMILL_LEASE_NAME", lease)
 	return dc, reg + "/web:v1@" + digest, name
 }
 
