@@ -88,8 +88,8 @@ func (h *hookReceiver) got() []map[string]any {
 }
 
 // The daemon on the private swarm: a release refused by the policies, cycle after cycle, is one notification;
-// the next release that deploys is one recovery, with the count of refused cycles. The webhook URL (a secret)
-// is never in the agent's output.
+// the next release that deploys is one recovery, with the count of refused cycles; a change made outside the
+// agent is put back and notified once. The webhook URL (a secret) is never in the agent's output.
 func TestDaemonNotifiesARefusalOnceThenTheRecovery(t *testing.T) {
 	dc, image, name := swarmStack(t, "ntf")
 	hooks, url := newHookReceiver(t)
@@ -125,7 +125,7 @@ notify:
   - name: ops
     kind: webhook
     url_env: SAWMILL_TEST_NOTIFY_URL
-    on: [refusal, recovery, failure]
+    on: [refusal, recovery, failure, drift]
 `, rel))
 	// Warn mode would deploy it: enforce the policies by flag (a flag wins over the file).
 	d := startDaemon(t, dc, "--config", cfg, "--state-dir", t.TempDir(), "--policy-mode", "enforce", "--timeout", "2m")
@@ -137,11 +137,30 @@ notify:
 
 	writeRelease(t, rel, name, strings.Repeat("b", 40), image, compose(false), nil)
 	waitFor(t, "the recovery", 2*time.Minute, func() bool { return len(hooks.got()) >= 2 })
-	d.halt()
 	ev := hooks.got()
 	if len(ev) != 2 || ev[1]["kind"] != "recovery" || ev[1]["outcome"] != "success" || ev[1]["release"] != "commit-"+strings.Repeat("b", 40) ||
 		ev[1]["count"] != float64(refused()) || !strings.HasPrefix(fmt.Sprint(ev[1]["previous"]), "refusal: ") {
 		t.Fatalf("after %d refused cycles and a deployed release the receiver got %v", refused(), ev)
+	}
+
+	// Someone changes the service outside the agent: the next cycle puts it back, and says so once.
+	svc, err := dc.ServiceInspect(context.Background(), name+"_web", client.ServiceInspectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := svc.Service.Spec
+	cs := *spec.TaskTemplate.ContainerSpec
+	cs.Env = append(cs.Env, "INJECTED=1")
+	spec.TaskTemplate.ContainerSpec = &cs
+	if _, err := dc.ServiceUpdate(context.Background(), svc.Service.ID, client.ServiceUpdateOptions{Version: svc.Service.Version, Spec: spec}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the drift notification", 2*time.Minute, func() bool { return len(hooks.got()) >= 3 })
+	waitFor(t, "two more cycles", time.Minute, func() bool { return strings.Count(d.output(), "outcome=success") >= 3 })
+	d.halt()
+	ev = hooks.got()
+	if len(ev) != 3 || ev[2]["kind"] != "drift" || ev[2]["stack"] != name || ev[2]["reason"] != "put back: "+name+"/"+name+"_web" {
+		t.Fatalf("after the drift the receiver got %v", ev)
 	}
 	if strings.Contains(d.output(), "SECRET-PATH") {
 		t.Fatalf("the webhook URL is in the agent's output:\n%s", d.output())
