@@ -39,7 +39,8 @@ test-go:
 # -fuzzminimizetime keeps a short run fuzzing instead of shrinking each new interesting input.
 FUZZTIME ?= 10s
 FUZZ_TARGETS := FuzzParse:./internal/manifest FuzzLoad:./internal/compose FuzzTrustPolicy:./internal/verify \
-	FuzzConfig:./cmd/pipegen FuzzImageSpec:./internal/discover FuzzWebhook:./internal/status
+	FuzzConfig:./cmd/pipegen FuzzImageSpec:./internal/discover FuzzWebhook:./internal/status \
+	FuzzValue:./internal/sopsfile
 # Go's fuzzer can end a run with "context deadline exceeded" when -fuzztime runs out while it minimizes a new
 # interesting input; that is not a finding (no failing input is written) and does not fail the target.
 fuzz:

@@ -32,6 +32,8 @@ var allowed = map[string][]string{
 	"internal/source":   {"internal/fault", "internal/manifest"},
 	"internal/report":   {},
 	"internal/redact":   {},
+	"internal/notify":   {"internal/redact"},
+	"internal/sopsfile": {"internal/fault", "internal/redact"},
 	"internal/reconcile": {
 		"internal/compose", "internal/fault", "internal/manifest", "internal/outcome", "internal/plan", "internal/policy",
 		"internal/redact", "internal/report", "internal/source", "internal/stack", "internal/swarm", "internal/verify",

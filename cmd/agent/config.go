@@ -67,6 +67,9 @@ type Config struct {
 
 	// History: how many releases the agent keeps (agent history, agent rollback).
 	History HistoryConfig `mapstructure:"history"`
+	// Notify are the notification targets, SOPS the age identity of SOPS-encrypted secrets (notify.go).
+	Notify []NotifyConfig `mapstructure:"notify"`
+	SOPS   SOPSConfig     `mapstructure:"sops"`
 }
 
 // GitLabConfig says where the releases and variables come from (source gitlab). The token itself only comes
@@ -270,6 +273,7 @@ func (c *Config) validate() error {
 			bad(fmt.Sprintf("grants[%d]", i), "needs rule, stack and service (service * for every service of the stack)")
 		}
 	}
+	errs = append(errs, c.validateNotify()...)
 	return errors.Join(errs...)
 }
 

@@ -45,6 +45,15 @@ func runCmd(v *viper.Viper, d deps) *cobra.Command {
 			if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 				return fmt.Errorf("state directory: %w", err)
 			}
+			// The age identity and the notification targets' URLs are read (and checked) before anything runs.
+			sops, err := cfg.sopsDecrypter(d.redact)
+			if err != nil {
+				return err
+			}
+			targets, err := notifyTargets(cfg, d.redact)
+			if err != nil {
+				return err
+			}
 			c, err := d.connect()
 			if err != nil {
 				return err
@@ -97,8 +106,17 @@ func runCmd(v *viper.Viper, d deps) *cobra.Command {
 			if err := setSource(loop, cfg, d.redact); err != nil {
 				return err
 			}
+			loop.SOPS = sops
 			if err := loop.Init(); err != nil {
 				return usageError{err}
+			}
+			notifier, err := newNotifier(cfg, targets, d.redact, log, loop.Last())
+			if err != nil {
+				return err
+			}
+			if notifier != nil {
+				loop.Notifier = notifier
+				defer notifier.stop()
 			}
 
 			ctx := cmd.Context()

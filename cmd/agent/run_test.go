@@ -232,15 +232,15 @@ type agentDaemon struct {
 	done chan int
 	out  *bytes.Buffer
 	addr string
+	mu   *sync.Mutex // guards out
 }
 
 func startDaemon(t *testing.T, dc *client.Client, args ...string) *agentDaemon {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
-	d := &agentDaemon{stop: cancel, done: make(chan int, 1), out: &bytes.Buffer{}, addr: addr}
-	var mu sync.Mutex
-	w := writerFunc(func(p []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return d.out.Write(p) })
+	d := &agentDaemon{stop: cancel, done: make(chan int, 1), out: &bytes.Buffer{}, addr: addr, mu: &sync.Mutex{}}
+	w := writerFunc(func(p []byte) (int, error) { d.mu.Lock(); defer d.mu.Unlock(); return d.out.Write(p) })
 	go func() {
 		d.done <- run(ctx, skipVerifyUnlessTrusted(append([]string{"run", "--listen", addr}, args...)), deps{stdout: w, stderr: w, connect: func() (swarm.Client, error) { return nopClose{dc}, nil }})
 	}()

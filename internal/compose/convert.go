@@ -36,6 +36,8 @@ type converter struct {
 	nameKey []byte
 	// conf confines file reads to the release (Options.Root); nil: not confined.
 	conf *confinement
+	// sops decrypts SOPS-encrypted secret files (Options.SOPS); nil: they are refused.
+	sops Decrypter
 	// secret and config names by compose key, after hashing.
 	secretNames, configNames map[string]string
 }
@@ -150,12 +152,13 @@ type fileObject struct {
 	External                         bool
 	Labels                           map[string]string
 	Driver, TemplateDriver           string
+	Extensions                       types.Extensions
 }
 
 func secretObjects(in types.Secrets) map[string]fileObject {
 	out := make(map[string]fileObject, len(in))
 	for k, v := range in {
-		out[k] = fileObject{v.Name, v.File, v.Environment, v.Content, bool(v.External), v.Labels, v.Driver, v.TemplateDriver}
+		out[k] = fileObject{v.Name, v.File, v.Environment, v.Content, bool(v.External), v.Labels, v.Driver, v.TemplateDriver, v.Extensions}
 	}
 	return out
 }
@@ -163,7 +166,7 @@ func secretObjects(in types.Secrets) map[string]fileObject {
 func configObjects(in types.Configs) map[string]fileObject {
 	out := make(map[string]fileObject, len(in))
 	for k, v := range in {
-		out[k] = fileObject{v.Name, v.File, v.Environment, v.Content, bool(v.External), v.Labels, v.Driver, v.TemplateDriver}
+		out[k] = fileObject{v.Name, v.File, v.Environment, v.Content, bool(v.External), v.Labels, v.Driver, v.TemplateDriver, nil}
 	}
 	return out
 }
@@ -194,6 +197,15 @@ func (c *converter) objects(kind string, in map[string]fileObject, out *[]stack.
 			}
 			if err != nil {
 				return c.errf([]string{kind, key, "file"}, "cannot read %s: %v", o.File, err)
+			}
+			if kind == "secrets" {
+				if _, sops, _ := sopsSecret(o); sops && c.sops == nil && c.noValues {
+					c.warn("", kind+"."+key+".file", "", o.File+" is SOPS-encrypted: judged without its value")
+					break
+				}
+				if b, err = c.decrypt(key, o, b); err != nil {
+					return err
+				}
 			}
 			data = b
 		case o.Environment != "":

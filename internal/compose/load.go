@@ -1,7 +1,8 @@
 // Package compose loads compose files with compose-go and converts the project into the stack model the way
 // `docker stack deploy` does: names `<stack>_<name>`, the namespace label, overlay networks by default, the
 // `deploy:` section, secrets and configs (with a content hash in their names, since Swarm cannot update them)
-// and the list of compose keys Swarm ignores.
+// and the list of compose keys Swarm ignores. A secret whose file is SOPS-encrypted takes its value from the
+// Decrypter the caller gives (Options.SOPS; sops.go).
 //
 // In: compose file paths, environment, profiles, a stack name. Out: *stack.Stack, or an error classified as
 // fault.Invalid that names the file, line and field. Reads the compose files and the files their secrets and
@@ -63,6 +64,10 @@ type Options struct {
 	// (and a warning) instead of failing: for `agent check` and `agent render`, which judge the specs and
 	// never the values (a CI policy job has no production credentials). Never for apply.
 	WithoutValues bool
+	// SOPS decrypts the secrets whose file is SOPS-encrypted (*.sops.yaml, .yml, .json, .env, or a secret
+	// with x-sawmill-sops: its key path): their value is the decrypted file or the value at the key. Nil:
+	// such a secret is an error (under WithoutValues, a warning: judged without its value).
+	SOPS Decrypter
 }
 
 var stackName = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]*$`)
@@ -140,7 +145,7 @@ func loadProject(ctx context.Context, o Options) (*stack.Stack, *types.Project, 
 	if project.Name == "" || !stackName.MatchString(project.Name) {
 		return nil, nil, fault.InvalidErr(fmt.Errorf("compose %s: no valid stack name: give STACK or a top-level `name:`", strings.Join(o.Files, ", ")))
 	}
-	c := &converter{project: project, files: absAll(o.Files), noValues: o.WithoutValues, conf: conf, nameKey: o.NameKey, env: o.Environment}
+	c := &converter{project: project, files: absAll(o.Files), noValues: o.WithoutValues, conf: conf, nameKey: o.NameKey, env: o.Environment, sops: o.SOPS}
 	st, err := c.convert()
 	if err != nil {
 		return nil, nil, fault.InvalidErr(err)

@@ -14,7 +14,8 @@
 // the newest release from the source, run the stacks, record the outcome in the state file, and report it to
 // GitLab. Its HTTP surface is internal/status. Between cycles of an unchanged release the daemon's flow reuses
 // what did not change: the loaded stack (MemoLoader, keyed by every option and every file of the release)
-// and each service's comparison (Flow.Differ).
+// and each service's comparison (Flow.Differ). Once a cycle's record is final the Loop tells its Notifier
+// (notify.go: the record and each stack's outcome and drift put back), which must only queue.
 //
 // The loop also keeps the history of the releases it rolled out, with a copy of each in the state directory
 // (history.go), acts on the requests of agent rollback and agent unpin and holds the pin a rollback sets

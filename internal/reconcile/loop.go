@@ -113,14 +113,20 @@ type Loop struct {
 	// RecordDeployments also reports every outcome as a deployment of the environment (report.KindDeployment:
 	// running when a new release starts, then success or failed), through the same outbox.
 	RecordDeployments bool
+	// Notifier is told every cycle's record and each stack's outcome (notify.go). Optional.
+	Notifier Notifier
+	// SOPS decrypts a release's SOPS-encrypted secret files (internal/sopsfile, with the agent's age
+	// identity); nil: a release with one is invalid.
+	SOPS compose.Decrypter
 
-	trigger chan struct{}
-	nameKey []byte
-	held    bool // this agent held the lease after the last cycle
-	outbox  []report.Outcome
-	mu      sync.Mutex
-	last    Record
-	ready   bool
+	trigger  chan struct{}
+	outcomes []StackOutcome // this cycle's stacks, for the notifier
+	nameKey  []byte
+	held     bool // this agent held the lease after the last cycle
+	outbox   []report.Outcome
+	mu       sync.Mutex
+	last     Record
+	ready    bool
 
 	// The history, the pin, the answer to the last request (all in the state file; dirty: not written yet),
 	// this cycle's choices, and what the status page shows.
@@ -367,6 +373,9 @@ func (l *Loop) Cycle(ctx context.Context) Record {
 	l.last = rec
 	l.ready = l.ready || rec.Outcome != outcome.Error
 	l.mu.Unlock()
+	if l.Notifier != nil {
+		l.Notifier.Notify(rec, l.outcomes)
+	}
 
 	level := slog.LevelInfo
 	if rec.Outcome != outcome.Success && rec.Outcome != outcome.Standby {
@@ -442,6 +451,7 @@ func (l *Loop) safeCycle(ctx context.Context) (rec Record) {
 }
 
 func (l *Loop) cycle(ctx context.Context) Record {
+	l.outcomes = nil
 	if l.Lease != nil {
 		actx, acancel := context.WithTimeout(ctx, l.Lease.RenewEvery())
 		held, holder, err := l.Lease.Acquire(actx)
@@ -521,8 +531,9 @@ func (l *Loop) cycle(ctx context.Context) Record {
 	rec.Outcome = outcome.Success
 	for _, name := range stacks {
 		files, err := rel.Files(name, l.Environment)
+		var c *Cycle
 		if err == nil {
-			c := l.Flow.Run(ctx, compose.Options{Files: files, Stack: name, Env: env, WorkDir: filepath.Dir(files[0]), Root: rel.Dir, Strict: true, NameKey: l.nameKey, Environment: l.Environment})
+			c = l.Flow.Run(ctx, compose.Options{Files: files, Stack: name, Env: env, WorkDir: filepath.Dir(files[0]), Root: rel.Dir, Strict: true, NameKey: l.nameKey, Environment: l.Environment, SOPS: l.SOPS})
 			if c.Result != nil && c.Result.Plan != nil {
 				l.Metrics.Applied(c.Result.Plan)
 			}
@@ -532,6 +543,7 @@ func (l *Loop) cycle(ctx context.Context) Record {
 			}
 			err = c.Err
 		}
+		l.outcomes = append(l.outcomes, stackOutcome(name, c, err))
 		if err != nil {
 			o := outcome.Of(err)
 			if o.Worse(rec.Outcome) {

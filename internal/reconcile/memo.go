@@ -103,6 +103,7 @@ func memoKey(o compose.Options) ([sha256.Size]byte, error) {
 	str("environment:" + o.Environment)
 	str("namekey:" + string(o.NameKey))
 	str(fmt.Sprintf("limits:%d/%d strict:%t novalues:%t", o.MaxFileBytes, o.MaxTotalBytes, o.Strict, o.WithoutValues))
+	str(fmt.Sprintf("sops:%t", o.SOPS != nil))
 	var sum [sha256.Size]byte
 	if err := hashTree(h, o.Root); err != nil {
 		return sum, err
