@@ -26,10 +26,18 @@ import (
 func TestDaemonTakeoverRecordsNoDuplicate(t *testing.T) {
 	env := newDaemonEnv(t, testenv.Variable{Key: "DB_PASSWORD", Value: "pw-takeover", Scope: "*"})
 	gl, name := env.gl, env.name
-	// writes logs the agents' writes to the Deployments API: "POST <sha[:1]>=<status>", "PUT <id>=<status>".
+	// writes logs the agents' writes to the Deployments API: "POST <sha[:1]>=<status>", "PUT <status>";
+	// recordReads counts the reads of the environment's records (every status; the source's reads of
+	// successful deployments, every cycle, ask for status=success).
 	var mu sync.Mutex
 	var writes []string
+	recordReads := 0
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/deployments") && r.URL.Query().Get("status") == "" {
+			mu.Lock()
+			recordReads++
+			mu.Unlock()
+		}
 		if r.Method != http.MethodGet && strings.Contains(r.URL.Path, "/deployments") {
 			body, _ := io.ReadAll(r.Body)
 			r.Body = io.NopCloser(bytes.NewReader(body))
@@ -46,6 +54,11 @@ func TestDaemonTakeoverRecordsNoDuplicate(t *testing.T) {
 		gl.ServeHTTP(w, r)
 	}))
 	t.Cleanup(srv.Close)
+	reads := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return recordReads
+	}
 	logged := func() string {
 		mu.Lock()
 		defer mu.Unlock()
@@ -90,7 +103,11 @@ func TestDaemonTakeoverRecordsNoDuplicate(t *testing.T) {
 	_ = first.cmd.Wait()
 	waitFor(t, "the standby to take over", time.Minute, second.leader)
 	waitFor(t, "the standby to run release a", time.Minute, deployed(second, "a"))
-	time.Sleep(5 * time.Second) // a few more cycles of the new leader
+	before := reads()
+	time.Sleep(5 * time.Second) // a few more cycles of the new leader: no-op cycles
+	if got := reads(); got != before {
+		t.Errorf("the leader's no-op cycles read the environment's records %d times, want none", got-before)
+	}
 	if got := records(); got != "a=success" {
 		t.Errorf("after the takeover the environment lists %q, want a=success only", got)
 	}
