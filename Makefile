@@ -87,10 +87,13 @@ check-digests:
 	$(GO) run ./hack/digests
 
 # Tools the tests run as independent peers: gitlab-ci-local (GitLab CI interpreter), conftest (the same
-# policies through another engine), the cosign CLI (signature interop; a cold build takes minutes).
+# policies through another engine), the cosign CLI (signature interop; a cold build takes minutes), the
+# ORAS CLI (signing.pipeline parent's resolve and sbom jobs, in the pipegen end-to-end tests).
 CONFTEST_VERSION ?= v0.71.1
 COSIGN_VERSION ?= v3.1.3
+ORAS_VERSION ?= v1.3.0
 tools:
 	[ -x .tools/node_modules/.bin/gitlab-ci-local ] || npm install --no-audit --no-fund --prefix .tools gitlab-ci-local@4.62.0
 	command -v conftest >/dev/null || $(GO) install github.com/open-policy-agent/conftest@$(CONFTEST_VERSION)
 	command -v cosign >/dev/null || $(GO) install github.com/sigstore/cosign/v3/cmd/cosign@$(COSIGN_VERSION)
+	command -v oras >/dev/null || $(GO) install oras.land/oras/cmd/oras@$(ORAS_VERSION)

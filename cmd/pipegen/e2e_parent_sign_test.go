@@ -2,6 +2,10 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,15 +18,20 @@ import (
 )
 
 // TestEndToEndParentSigning: signing.pipeline parent, as `pipegen init --signing-pipeline parent`
-// writes it. Under gitlab-ci-local (stand-ins for buildah and cosign, as in
-// TestEndToEndDefaultTemplates) the parent runs generate, the build pipeline (which pushes every
-// image as <commit>-p<parent pipeline>), then its own sign job, which resolves those tags and
-// signs the digests in the parent pipeline, and exports them. gitlab-ci-local ignores
-// `needs:pipeline:job` ("pipeline key not supported"), so the release pipeline's link to the sign
-// job is checked in the generated YAML instead: its release job needs the parent's sign job by
+// writes it. Under gitlab-ci-local (stand-ins for buildah and trivy; the real cosign and ORAS
+// CLIs, with a key the test generates, against the test registry) the parent runs generate, the
+// build pipeline (which pushes every image as <commit>-p<parent pipeline> and, in sbom:<image>,
+// its SBOM as the OCI artifact <repository>:sha256-<hex>.sbom), then its resolve job (the tag's
+// digest and the SBOM, read back from the registry) and its sign job, which signs every digest
+// and attests its SBOM in the parent pipeline. The test then verifies, with cosign and the public
+// key, the signature and the CycloneDX attestation of each digest the build pipeline pushed, and
+// that the attested SBOM is that image's. gitlab-ci-local ignores `needs:pipeline:job`
+// ("pipeline key not supported"), so the release pipeline's link to the sign job is checked in
+// the generated YAML instead: its release job needs the parent's sign job by
 // $SAWMILL_PARENT_PIPELINE_ID, and no sign job is left in any child pipeline.
 func TestEndToEndParentSigning(t *testing.T) {
 	gcl := gitlabCILocal(t)
+	cosign, oras := tool(t, "cosign"), tool(t, "oras")
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
 	bin := buildTools(ctx, t)
@@ -38,18 +47,13 @@ case "$1" in push)
   echo "$ref $(cat "$file")" >> ` + pushed + `
 esac
 `,
+		// trivy: every report it writes is a CycloneDX document naming the scanned reference.
 		"trivy": `#!/bin/sh
-while [ $# -gt 0 ]; do [ "$1" = --output ] && echo '{}' > "$2"; shift; done
-`,
-		// cosign: "triangulate --type digest REF" answers REPO@DIGEST for what buildah pushed.
-		"cosign": `#!/bin/sh
-echo "cosign $*" >> ` + calls + `
-if [ "$1" = triangulate ]; then
-  for a in "$@"; do ref=$a; done
-  d=$(awk -v r="$ref" '$1 == r {print $2}' ` + pushed + `)
-  [ -n "$d" ] || { echo "no such tag $ref" >&2; exit 1; }
-  echo "${ref%:*}@$d"
-fi
+for a in "$@"; do ref=$a; done
+while [ $# -gt 0 ]; do
+  [ "$1" = --output ] && printf '{"bomFormat":"CycloneDX","specVersion":"1.6","metadata":{"component":{"name":"%s"}}}' "$ref" > "$2"
+  shift
+done
 `,
 		"fake-agent": `#!/bin/sh
 echo '<testsuites/>'
@@ -60,7 +64,25 @@ echo '<testsuites/>'
 			t.Fatal(err)
 		}
 	}
-	reg := testenv.Registry(t) + "/sawmill/platform"
+	for name, p := range map[string]string{"cosign": cosign, "oras": oras} {
+		if err := os.Symlink(p, filepath.Join(bin, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A key pair of this test (cosign generate-key-pair; the password is random too).
+	keys := t.TempDir()
+	password := randomHex(t)
+	gen := exec.CommandContext(ctx, cosign, "generate-key-pair")
+	gen.Dir, gen.Env = keys, append(os.Environ(), "COSIGN_PASSWORD="+password)
+	if out, err := gen.CombinedOutput(); err != nil {
+		t.Fatalf("cosign generate-key-pair: %v\n%s", err, out)
+	}
+	privateKey, err := os.ReadFile(filepath.Join(keys, "cosign.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// localhost: ORAS talks plain HTTP to localhost only (cosign to loopback addresses too).
+	reg := strings.Replace(testenv.Registry(t), "127.0.0.1:", "localhost:", 1) + "/sawmill/platform"
 	r := &gitRepo{T: t, Dir: filepath.Join(work, "repo")}
 	os.MkdirAll(r.Dir, 0o755)
 	r.Git("init", "-q", "-b", "main")
@@ -69,21 +91,27 @@ echo '<testsuites/>'
 		t.Fatal(res.stderr)
 	}
 	cfg, _ := os.ReadFile(filepath.Join(r.Dir, "pipegen.yaml"))
+	if !strings.Contains(string(cfg), "sbom") {
+		t.Fatalf("pipegen init's pipegen.yaml does not turn the sbom scanner on:\n%s", cfg)
+	}
+	keyYAML, _ := yaml.Marshal(map[string]any{"COSIGN_PRIVATE_KEY": map[string]any{"type": "file", "values": map[string]string{"*": string(privateKey)}}})
 	r.Write(map[string]string{
 		"pipegen.yaml":                 strings.Replace(string(cfg), "  format: bundle", "  format: legacy", 1),
 		"images/app/Dockerfile":        "FROM scratch\n",
 		"images/web/Dockerfile":        "FROM scratch\n",
 		"stacks/platform/compose.yaml": "services:\n  app:\n    image: ${REGISTRY}/app:latest\n",
 		".gitignore":                   ".gitlab-ci-local/\n.gitlab-ci-local-variables.yml\n",
-		".gitlab-ci-local-variables.yml": "CI_COMMIT_REF_PROTECTED: \"true\"\n" +
-			"COSIGN_PRIVATE_KEY:\n  type: file\n  values:\n    \"*\": \"not a real key: the cosign stand-in records its arguments\"\n",
+		// No transparency log offline (SAWMILL_TLOG_UPLOAD=false).
+		".gitlab-ci-local-variables.yml": "CI_COMMIT_REF_PROTECTED: \"true\"\nSAWMILL_TLOG_UPLOAD: \"false\"\nCOSIGN_PASSWORD: \"" + password + "\"\n" + string(keyYAML),
 	})
 	sha := r.Commit("initial")
 
 	// The whole parent runs. gitlab-ci-local does not implement needs:pipeline:job: it says so
 	// and runs the release pipeline's release job without the sign job's digests, which then
-	// fails for that reason alone; every other job must pass.
-	cmd := exec.CommandContext(ctx, gcl, "--force-shell-executor", "--no-color")
+	// fails for that reason alone; every other job must pass. --shell-isolation: each job in a
+	// directory of its own, with only the artifacts of the jobs it needs, as on GitLab (every
+	// scan job writes gl-sbom.cdx.json).
+	cmd := exec.CommandContext(ctx, gcl, "--force-shell-executor", "--shell-isolation", "--no-color")
 	cmd.Dir = r.Dir
 	cmd.Env = append(os.Environ(), "PATH="+bin+string(os.PathListSeparator)+os.Getenv("PATH"))
 	output, _ := cmd.CombinedOutput()
@@ -93,13 +121,15 @@ echo '<testsuites/>'
 			t.Fatalf("a job failed: %q\n%s", line, output)
 		}
 	}
-	for _, job := range []string{"PASS  generate", "PASS  pipeline", "PASS  sign"} {
+	for _, job := range []string{"PASS  generate", "PASS  pipeline", "PASS  resolve", "PASS  sign", "PASS  [pipeline] -> sbom:app", "PASS  [pipeline] -> sbom:web"} {
 		if !strings.Contains(string(output), job) {
 			t.Fatalf("no %q in\n%s", job, output)
 		}
 	}
-	raw, _ := os.ReadFile(calls)
-	log := string(raw)
+	// cosign v3 warns of commands it removes in v4 ("Command ... is deprecated").
+	if strings.Contains(string(output), "triangulate") || strings.Contains(string(output), "is deprecated") {
+		t.Errorf("the jobs use a cosign command deprecated for removal:\n%s", output)
+	}
 	pushes, _ := os.ReadFile(pushed)
 	digests := map[string]string{}
 	for _, line := range strings.Split(strings.TrimSpace(string(pushes)), "\n") {
@@ -109,19 +139,26 @@ echo '<testsuites/>'
 	if len(digests) != 2 {
 		t.Fatalf("pushed %v, want app and web", digests)
 	}
+	// What a verifier sees in the registry: each digest signed with the test's key, and its SBOM
+	// attested (CycloneDX), the SBOM of that very image.
+	pub := filepath.Join(keys, "cosign.pub")
 	for ref, d := range digests {
-		repo, tag, _ := strings.Cut(strings.TrimPrefix(ref, reg+"/"), ":")
-		if !strings.HasPrefix(tag, sha+"-p") {
+		repo, tag, _ := strings.Cut(ref, ":"+sha)
+		if !strings.HasPrefix(tag, "-p") {
 			t.Errorf("the build pipeline pushed %s, want the tag %s-p<parent pipeline>", ref, sha)
 		}
-		sign := "cosign sign --yes --recursive --new-bundle-format=false --use-signing-config=false --key "
-		i := strings.Index(log, sign)
-		if i < 0 || !strings.Contains(log, reg+"/"+repo+"@"+d+"\n") {
-			t.Errorf("the parent did not sign %s@%s:\n%s", repo, d, log)
+		signed := repo + "@" + d
+		if out, err := exec.CommandContext(ctx, cosign, "verify", "--key", pub, "--insecure-ignore-tlog=true", signed).CombinedOutput(); err != nil {
+			t.Errorf("cosign verify %s: %v\n%s", signed, err, out)
 		}
-	}
-	if !strings.Contains(string(output), "sign") || strings.Count(log, "cosign sign ") != 2 {
-		t.Errorf("want two signatures, by the parent's sign job:\n%s\n%s", log, output)
+		out, err := exec.CommandContext(ctx, cosign, "verify-attestation", "--key", pub, "--insecure-ignore-tlog=true", "--type", "cyclonedx", signed).Output()
+		if err != nil {
+			t.Errorf("cosign verify-attestation %s: %v\n%s", signed, err, out)
+			continue
+		}
+		if got := attestedComponent(t, out); got != signed {
+			t.Errorf("the SBOM attested to %s is of %q", signed, got)
+		}
 	}
 	// The sign job's dotenv report: the digests it signed, for the release pipeline.
 	env := artifact(t, r.Dir, "sign.env")
@@ -132,8 +169,8 @@ echo '<testsuites/>'
 		}
 	}
 
-	// The generated pipelines: no sign job in the build pipeline; the release pipeline's release
-	// job needs the parent's sign job.
+	// The generated pipelines: no sign job in the build pipeline, an sbom job per image; the
+	// release pipeline's release job needs the parent's sign job.
 	var child, rel map[string]any
 	if err := yaml.Unmarshal([]byte(artifact(t, r.Dir, "child.yml")), &child); err != nil {
 		t.Fatal(err)
@@ -144,6 +181,11 @@ echo '<testsuites/>'
 	for name := range child {
 		if strings.HasPrefix(name, "sign:") || name == "release" || strings.HasPrefix(name, "deploy:") {
 			t.Errorf("the build pipeline has %s", name)
+		}
+	}
+	for _, name := range []string{"sbom:app", "sbom:web"} {
+		if _, ok := child[name]; !ok {
+			t.Errorf("the build pipeline has no %s", name)
 		}
 	}
 	release, _ := rel["release"].(map[string]any)
@@ -158,6 +200,61 @@ echo '<testsuites/>'
 	if _, ok := rel["deploy:staging"]; !ok {
 		t.Errorf("the release pipeline has no deploy:staging: %v", rel)
 	}
+}
+
+// tool finds a CLI the test runs (make tools installs them); missing, the test fails under
+// CI=true and is skipped otherwise.
+func tool(t *testing.T, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err == nil {
+		return p
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("%s not found in PATH (run make tools)", name)
+	}
+	t.Skipf("%s not found in PATH (run make tools)", name)
+	return ""
+}
+
+// randomHex is 16 random bytes, hex-encoded.
+func randomHex(t *testing.T) string {
+	t.Helper()
+	b := make([]byte, 16)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(b)
+}
+
+// attestedComponent reads the output of cosign verify-attestation (one DSSE envelope per line)
+// and returns the metadata.component.name of the CycloneDX predicate of the first one.
+func attestedComponent(t *testing.T, out []byte) string {
+	t.Helper()
+	line, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
+	var env struct{ Payload string }
+	if err := json.Unmarshal([]byte(line), &env); err != nil {
+		t.Fatalf("cosign verify-attestation printed %q: %v", out, err)
+	}
+	raw, err := base64.StdEncoding.DecodeString(env.Payload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var statement struct {
+		PredicateType string `json:"predicateType"`
+		Predicate     struct {
+			Metadata struct {
+				Component struct{ Name string }
+			}
+		}
+	}
+	if err := json.Unmarshal(raw, &statement); err != nil {
+		t.Fatal(err)
+	}
+	if statement.PredicateType != "https://cyclonedx.org/bom" {
+		t.Errorf("attested predicate type %q, want https://cyclonedx.org/bom", statement.PredicateType)
+	}
+	return statement.Predicate.Metadata.Component.Name
 }
 
 // artifact returns the content of the first file called name that gitlab-ci-local kept of a job.

@@ -77,7 +77,8 @@ const ComponentPath = "templates/sawmill-jobs.yml"
 // replaced in the template text by `$[[ inputs.<name> ]]`.
 var componentInputs = []struct{ name, description, image string }{
 	{"trivy_image", "image of the scan jobs (trivy, with /contrib/gitlab.tpl)", "aquasec/trivy:0.67.2"},
-	{"cosign_image", "image of the sign jobs (cosign v3 and a POSIX shell)", "cgr.dev/chainguard/cosign:latest-dev"},
+	{"cosign_image", "image of the sign jobs (cosign v3 and a POSIX shell)", "ghcr.io/sigstore/cosign/cosign:v3.1.3-dev"},
+	{"oras_image", "image of the sbom jobs (ORAS and a POSIX shell; signing.pipeline parent)", "ghcr.io/oras-project/oras:v1.3.0"},
 }
 
 // Component returns the CI/CD component file: a spec:inputs header, then the job templates
@@ -104,11 +105,12 @@ func Component() ([]byte, error) {
 	}
 	out := b.Bytes()
 	for _, in := range componentInputs {
-		old := []byte("name: " + in.image + "\n")
+		// The image, as a job's image name or as the default of the variable that names it.
+		old := []byte(": " + in.image + "\n")
 		if !bytes.Contains(out, old) {
 			return nil, fmt.Errorf("component: no image %s in the templates", in.image)
 		}
-		out = bytes.ReplaceAll(out, old, []byte("name: $[[ inputs."+in.name+" ]]\n"))
+		out = bytes.ReplaceAll(out, old, []byte(": $[[ inputs."+in.name+" ]]\n"))
 	}
 	return out, nil
 }

@@ -200,8 +200,9 @@ func BuildRelease(repo *discover.Repo, decisions []discover.Decision, cfg Config
 
 // ParentSignVars are the variables of the parent's sign job (signing.pipeline parent), for the
 // dotenv report of the generate job: SAWMILL_SIGN_IMAGES lists "<IMAGE>_DIGEST=<repository>"
-// for every image the build pipeline builds, SAWMILL_SIGN_TAG their tag, and the signing
-// settings. Values are written as they are; the sign job expands the references in them.
+// for every image the build pipeline builds, SAWMILL_SIGN_TAG their tag (the parent's resolve
+// job resolves it to the digests), SAWMILL_SIGN_SBOM whether their SBOMs wait in the registry
+// (sbom:<image> jobs), and the signing settings. Values are written as they are; the sign job expands the references in them.
 func ParentSignVars(repo *discover.Repo, decisions []discover.Decision, cfg Config, opt Options) []Var {
 	rebuild := map[string]bool{}
 	for _, d := range decisions {
@@ -217,6 +218,9 @@ func ParentSignVars(repo *discover.Repo, decisions []discover.Decision, cfg Conf
 		{"SAWMILL_SIGN_MODE", cfg.Signing.Mode}, {"SAWMILL_SIGN_FORMAT", cfg.Signing.Format}}
 	if cfg.Signing.Mode == "key" {
 		vs = append(vs, Var{"SAWMILL_SIGN_KEY_VARIABLE", cfg.Signing.KeyVariable})
+	}
+	if cfg.scanner("sbom") {
+		vs = append(vs, Var{"SAWMILL_SIGN_SBOM", "true"}) // the resolve job fetches the SBOMs sbom:<image> pushed
 	}
 	for _, v := range []Var{{"SAWMILL_SIGNING_CONFIG", cfg.Signing.SigningConfig}, {"SAWMILL_TRUSTED_ROOT", cfg.Signing.TrustedRoot},
 		{"SAWMILL_FULCIO_URL", cfg.Signing.FulcioURL}, {"SAWMILL_REKOR_URL", cfg.Signing.RekorURL}} {
@@ -371,6 +375,17 @@ func buildAll(repo *discover.Repo, decisions []discover.Decision, cfg Config, op
 			sign.IDTokens = []Var{{"SIGSTORE_ID_TOKEN", "sigstore"}}
 		}
 		if parent {
+			if cfg.scanner("sbom") {
+				// The parent's sign job cannot read scan:<image>'s SBOM: it goes to the registry.
+				p.Jobs = append(p.Jobs, Job{
+					Name:          "sbom:" + im.Name,
+					Extends:       ".sawmill-sbom-push",
+					Stage:         "sign",
+					Needs:         []Need{{Job: build.Name, Artifacts: true}, {Job: "scan:" + im.Name, Artifacts: true}},
+					Variables:     cloneVars(common),
+					Interruptible: &yes,
+				})
+			}
 			continue // the parent signs
 		}
 		p.Jobs = append(p.Jobs, sign)

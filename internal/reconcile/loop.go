@@ -128,6 +128,10 @@ type Loop struct {
 	last     Record
 	ready    bool
 
+	// deploymentsChecked: GitLab's deployment records were read since this agent started or took the lease
+	// (alreadyShown).
+	deploymentsChecked bool
+
 	// The history, the pin, the answer to the last request (all in the state file; dirty: not written yet),
 	// this cycle's choices, and what the status page shows.
 	history      []HistoryEntry
@@ -464,6 +468,9 @@ func (l *Loop) cycle(ctx context.Context) Record {
 			return Record{Outcome: outcome.Error, Reason: err.Error()}
 		}
 		l.Metrics.Leader(held)
+		if held && !l.held {
+			l.deploymentsChecked = false // taken over: another agent may have recorded this release
+		}
 		l.held = held
 		if !held {
 			return Record{Outcome: outcome.Standby, Reason: "agent " + holder + " holds the lease"}
@@ -520,7 +527,7 @@ func (l *Loop) cycle(ctx context.Context) Record {
 		rec.Outcome, rec.Reason, rec.Held = outcome.Failed, last.Reason, true
 		return rec
 	}
-	if rec.Release != l.Last().Release && l.queueDeployment(rec, report.Running, "rolling out") {
+	if rec.Release != l.Last().Release && !l.alreadyShown(ctx, rec) && l.queueDeployment(rec, report.Running, "rolling out") {
 		l.flush(ctx) // the environment shows the rollout while it runs
 	}
 	stacks := l.Stacks

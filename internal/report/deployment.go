@@ -102,3 +102,16 @@ func (g *GitLab) records(ctx context.Context, env string) ([]*gitlab.Deployment,
 	}
 	return out, nil
 }
+
+// Shows reports whether the environment's newest deployment record that no job created (the agent's, of
+// any agent) is already of o's commit and ref and running or successful: an agent that just took the lease
+// over, or restarted without its state, then records nothing for a release that already runs (the page would
+// otherwise list it twice). A failed record does not count: rolling that release out again is news.
+func (g *GitLab) Shows(ctx context.Context, o Outcome) (bool, error) {
+	records, err := g.records(ctx, o.Environment)
+	if err != nil || len(records) == 0 {
+		return false, err
+	}
+	d := records[0]
+	return d.SHA == o.Commit && d.Ref == o.Ref && (d.Status == string(Running) || d.Status == string(Success)), nil
+}
