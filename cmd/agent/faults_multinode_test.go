@@ -6,6 +6,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http/httptest"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -81,16 +82,34 @@ func TestFaultMultiManager(t *testing.T) {
 	}
 	everyNodeServes := func(want string, within time.Duration) {
 		t.Helper()
-		var got []string
+		var got, trace []string
 		deadline := time.Now().Add(within)
-		for time.Now().Before(deadline) {
+		for i := 0; time.Now().Before(deadline); i++ {
 			got = []string{serves(1), serves(2), serves(3)}
 			if got[0] == want && got[1] == want && got[2] == want {
 				return
 			}
+			if i%10 == 0 { // what the swarm says, every 2 s, for the failure message
+				for n := 1; n <= 3; n++ {
+					out, err := exec.Command("docker", "-H", c.Host(n), "service", "inspect", "--format",
+						"{{.Spec.TaskTemplate.ContainerSpec.Image}} prev={{if .PreviousSpec}}{{.PreviousSpec.TaskTemplate.ContainerSpec.Image}}{{end}} {{json .UpdateStatus}}", name+"_web").CombinedOutput()
+					if err == nil {
+						ps, _ := exec.Command("docker", "-H", c.Host(n), "service", "ps", "--format", "{{.Node}}:{{.Image}}:{{.DesiredState}}:{{.CurrentState}}", "-f", "desired-state=running", name+"_web").CombinedOutput()
+						trace = append(trace, fmt.Sprintf("%s node%d: %s%s", time.Now().Format("15:04:05"), n, out, ps))
+						break
+					}
+				}
+			}
 			time.Sleep(200 * time.Millisecond)
 		}
-		t.Fatalf("after %s the nodes serve %q, want %q on each", within, got, want)
+		t.Logf("the swarm during the wait:\n%s", strings.Join(trace, ""))
+		t.Errorf("after %s the nodes serve %q, want %q on each", within, got, want)
+		for n := 1; n <= 3; n++ {
+			out, _ := exec.Command("docker", "-H", c.Host(n), "service", "ps", "--no-trunc", "--format", "{{.Name}} {{.Node}} {{.Image}} desired={{.DesiredState}} {{.CurrentState}} {{.Error}}", name+"_web").CombinedOutput()
+			us, _ := exec.Command("docker", "-H", c.Host(n), "service", "inspect", "--format", "{{json .UpdateStatus}}", name+"_web").CombinedOutput()
+			t.Logf("node %d sees:\n%s%s", n, out, us)
+		}
+		t.FailNow()
 	}
 	statesOf := func(sha string) []string {
 		var s []string
