@@ -32,6 +32,7 @@ func historyCmd(d deps) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			saved.Pin = swarmPinOr(cmd, d, saved.Pin)
 			if asJSON, _ := cmd.Flags().GetBool("json"); asJSON {
 				history := saved.History
 				if history == nil {
@@ -124,11 +125,24 @@ func unpinCmd(d deps) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "unpin [--wait 5m] [--config agent.yaml | --state-dir DIR]",
 		Short: "Lift the pin of agent rollback: the daemon follows the newest release again",
+		Long: `With the lease (the default), unpin removes the swarm's pin, from any agent's task: the acting agent
+follows the newest release from its next cycle (--wait does not apply). With lease.disabled, it asks the
+daemon through its state directory and waits for its answer.`,
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			dir, saved, err := savedState(cmd)
 			if err != nil {
 				return err
+			}
+			// The swarm's pin is the one every agent holds to: removing it unpins whichever agent acts.
+			if was, reached, err := unpinSwarm(cmd, d); err != nil {
+				return err
+			} else if reached && was == "" {
+				fmt.Fprintln(d.stdout, "not pinned: the daemon follows the newest release")
+				return nil
+			} else if reached {
+				fmt.Fprintf(d.stdout, "unpinned from %s: the acting agent follows the newest release from its next cycle\n", was)
+				return nil
 			}
 			if saved.Pin == nil {
 				fmt.Fprintln(d.stdout, "not pinned: the daemon follows the newest release")

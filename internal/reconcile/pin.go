@@ -1,6 +1,7 @@
 package reconcile
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"time"
@@ -26,7 +27,7 @@ type turn struct {
 // choose handles a pending request (agent rollback, agent unpin) and the pin, and returns the release this
 // cycle rolls out: the source's newest (rel, key) or a kept release of the history. A rollback or a pinned
 // release goes through every step as any release does (signatures, policies), re-checked from its copy.
-func (l *Loop) choose(rel *source.Release, key string) (*source.Release, string, error) {
+func (l *Loop) choose(ctx context.Context, rel *source.Release, key string) (*source.Release, string, error) {
 	l.turn = turn{rel: rel, latest: key}
 	req, err := takeRequest(l.RequestFile)
 	switch {
@@ -70,6 +71,12 @@ func (l *Loop) choose(rel *source.Release, key string) (*source.Release, string,
 		return rel, key, nil
 	}
 	kept, err := keptRelease(l.HistoryDir, target)
+	if err != nil && l.turn.rollback == nil {
+		// A pin another agent set (read from the swarm): this agent may not have kept the release.
+		if kept, err = l.refetch(ctx, target, err); err != nil && outcome.Of(err) == outcome.Error {
+			return nil, target.Release, fmt.Errorf("pinned release: %w", err)
+		}
+	}
 	if err != nil {
 		if l.turn.rollback != nil {
 			l.answerRequest(l.turn.rollback, target.Release, outcome.Invalid, err.Error())
@@ -96,6 +103,7 @@ func (l *Loop) setPin(p *Pin) {
 	l.pin = p
 	l.mu.Unlock()
 	l.dirty = true
+	l.savePin(p)
 }
 
 // afterCycle records the cycle in the history (a release rolled out, or a new outcome of it), keeps the

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
@@ -34,6 +35,19 @@ type Lease struct {
 	// TTL is how long a lease lasts without renewal (default 30s). Agents' clocks must agree to well within it.
 	TTL time.Duration
 	Now func() time.Time
+
+	mu       sync.Mutex
+	listed   []swarm.Config
+	listedAt time.Time
+}
+
+// Listed returns the configs whose names start with the lease's name (the lease itself, and the pin that
+// internal/reconcile keeps beside it), as the last Acquire's list call returned them, and when it listed them
+// (zero: never). Reading the pin from it costs no API call of its own.
+func (l *Lease) Listed() ([]swarm.Config, time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.listed, l.listedAt
 }
 
 const (
@@ -67,6 +81,9 @@ func (l *Lease) Acquire(ctx context.Context) (held bool, holder string, err erro
 	if err != nil {
 		return false, "", fmt.Errorf("lease: %w", err)
 	}
+	l.mu.Lock()
+	l.listed, l.listedAt = list.Items, now
+	l.mu.Unlock()
 	var cur *swarm.Config
 	for i := range list.Items {
 		if list.Items[i].Spec.Name == l.Name { // the filter matches prefixes
