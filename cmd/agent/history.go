@@ -128,7 +128,7 @@ func unpinCmd(d deps) *cobra.Command {
 		Long: `With the lease (the default), unpin removes the swarm's pin, from any agent's task: the acting agent
 follows the newest release from its next cycle (--wait does not apply). With lease.disabled, it asks the
 daemon through its state directory and waits for its answer.`,
-		Args:  cobra.NoArgs,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			dir, saved, err := savedState(cmd)
 			if err != nil {
