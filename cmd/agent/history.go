@@ -91,7 +91,8 @@ func rollbackCmd(d deps) *cobra.Command {
 		Short: "Re-apply an earlier release (default: the previous successful one) and pin the environment there",
 		Long: `The daemon re-applies the release through the same verification and policies, and pins the environment
 there: it does not roll forward until a newer deployment arrives or agent unpin. RELEASE is a release of
-agent history (deployment-12) or a commit (7 characters or more). The command waits for the daemon's answer
+agent history (deployment-12) or a commit (7 characters or more); a deployment that is not in this agent's
+history (another agent rolled it out) is fetched from GitLab again by the daemon. The command waits for the daemon's answer
 (--wait 0: it only leaves the request) and exits as apply does: 0 rolled back and pinned, 1 the rollout failed
 (or no answer in time), 2 no such release, 3 refused by signatures or policies.`,
 		Args: cobra.NoArgs,
@@ -102,7 +103,12 @@ agent history (deployment-12) or a commit (7 characters or more). The command wa
 			}
 			to, _ := cmd.Flags().GetString("to")
 			h, err := reconcile.FindRelease(saved.History, to)
-			if err != nil {
+			switch {
+			case err != nil && strings.HasPrefix(to, "deployment-"):
+				// Not in this agent's history (another agent rolled it out): the daemon fetches that
+				// deployment from GitLab again, or answers that it cannot.
+				h = reconcile.HistoryEntry{Release: to, Kept: true}
+			case err != nil:
 				return usageError{err}
 			}
 			if !h.Kept {

@@ -6,6 +6,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/sabeiro/sawmill/internal/fault"
 	"github.com/sabeiro/sawmill/internal/source"
 )
 
@@ -67,12 +68,12 @@ func (l *Loop) savePin(p *Pin) {
 	l.pinUnsaved = false
 }
 
-// refetch gets a pinned release this agent did not keep (kerr) from the source again, keeps it in the
+// refetch gets a release this agent did not keep (kerr) from the source again, keeps it in the
 // history directory and returns the kept copy: it is checked as every release is (signatures, policies).
 func (l *Loop) refetch(ctx context.Context, h HistoryEntry, kerr error) (*source.Release, error) {
 	f, ok := l.Source.(Refetcher)
 	if !ok {
-		return nil, fmt.Errorf("%w; the source cannot fetch an earlier release again", kerr)
+		return nil, fault.InvalidErr(fmt.Errorf("%w; the source cannot fetch an earlier release again", kerr))
 	}
 	l.Log.Info("the pinned release is not kept here: fetching it from the source", "release", h.Release)
 	rel, err := f.Release(ctx, h.Release)
