@@ -30,7 +30,7 @@ func TestPinEncodingRoundTrips(t *testing.T) {
 		t.Fatal(err)
 	}
 	p, seq, err := DecodePin(b, "staging")
-	if err != nil || seq != 3 || !samePin(p, samePinOf(samplePin())) {
+	if err != nil || seq != 3 || !samePin(p, samplePin()) {
 		t.Fatalf("decoded %+v seq %d: %v", p, seq, err)
 	}
 	// A pin of another environment is not this agent's.
@@ -44,8 +44,6 @@ func TestPinEncodingRoundTrips(t *testing.T) {
 		t.Fatal("a reason with a control character was encoded")
 	}
 }
-
-func samePinOf(p *Pin) *Pin { return p }
 
 // Every way a pin config's data can be wrong is refused, with what is wrong.
 func TestPinDecodeRefuses(t *testing.T) {
