@@ -114,6 +114,9 @@ history (another agent rolled it out) is fetched from GitLab again by the daemon
 			if !h.Kept {
 				return usageError{fmt.Errorf("release %s was not kept in %s: it cannot be rolled back to (re-run its deploy job in GitLab instead)", h.Release, dir)}
 			}
+			if err := checkActing(cmd, d, dir); err != nil {
+				return err
+			}
 			reason, _ := cmd.Flags().GetString("reason")
 			req := &reconcile.Request{Action: reconcile.ActionRollback, To: h.Release, Reason: reason}
 			return request(cmd, d, dir, req, "rollback to "+h.Release)

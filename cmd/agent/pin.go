@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -125,4 +126,36 @@ func swarmPinOr(cmd *cobra.Command, d deps, local *reconcile.Pin) *reconcile.Pin
 		return local
 	}
 	return p
+}
+
+// checkActing refuses to leave a request with a standby: with the lease, only the agent holding it reads
+// requests, and one left with a standby would wait until that agent acts. The agent of the state directory
+// dir is named as holderID names it (this host, dir's holder file); nothing is checked when the lease is
+// disabled, the agent never ran with the lease, or nobody holds it now.
+func checkActing(cmd *cobra.Command, d deps, dir string) error {
+	s, err := leaseOf(cmd)
+	if err != nil || s.Lease.Disabled {
+		return err
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "holder"))
+	if err != nil {
+		return nil
+	}
+	host, _ := os.Hostname()
+	me := host + "/" + strings.TrimSpace(string(b))
+	c, err := d.connect()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(cmd.Context(), time.Minute)
+	defer cancel()
+	holder, err := swarm.LeaseHolder(ctx, c, s.Lease.Name, time.Now())
+	if err != nil {
+		return err
+	}
+	if holder != "" && holder != me {
+		return usageError{fmt.Errorf("this agent (%s) stands by: %s holds the lease %s; run agent rollback in that agent's task (sawmill_leader 1)", me, holder, s.Lease.Name)}
+	}
+	return nil
 }

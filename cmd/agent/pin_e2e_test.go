@@ -92,6 +92,10 @@ func TestPinHoldsAcrossAgents(t *testing.T) {
 	deploy(2, "v2")
 	waitFor(t, "B to run", 2*time.Minute, func() bool { return running() == images["v2"] && leader.status()["release"] == "deployment-2" })
 
+	// A rollback asked of the standby is refused (exit 2): it would wait until that agent acts.
+	if r := runAgent(t, dc, "rollback", "--config", cfg, "--state-dir", states[other], "--to", "deployment-1"); r.code != 2 || !strings.Contains(r.stderr, "stands by") {
+		t.Fatalf("rollback through the standby: exit %d, want 2 (it stands by)\n%s", r.code, r.stderr)
+	}
 	// Rollback through the leader's state directory: A runs, pinned, and the pin is in the swarm.
 	if r := runAgent(t, dc, "rollback", "--state-dir", states[leader], "--reason", "v2 breaks checkout", "--wait", "2m"); r.code != 0 || !strings.Contains(r.stdout, "rolled back to deployment-1") {
 		t.Fatalf("agent rollback: exit %d", r.code)

@@ -154,3 +154,22 @@ func (l *Lease) RenewEvery() time.Duration {
 	l.defaults()
 	return l.TTL / 3
 }
+
+// LeaseHolder returns the agent that holds the lease name now, "" when nobody does (no lease, released,
+// or expired at now): agent rollback checks that it asks the acting agent.
+func LeaseHolder(ctx context.Context, c LeaseClient, name string, now time.Time) (string, error) {
+	list, err := c.ConfigList(ctx, client.ConfigListOptions{Filters: make(client.Filters).Add("name", name)})
+	if err != nil {
+		return "", fmt.Errorf("lease: %w", err)
+	}
+	for _, cfg := range list.Items {
+		if cfg.Spec.Name != name {
+			continue
+		}
+		expires, _ := strconv.ParseInt(cfg.Spec.Labels[labelLeaseExpires], 10, 64)
+		if now.UnixMilli() < expires {
+			return cfg.Spec.Labels[labelLeaseHolder], nil
+		}
+	}
+	return "", nil
+}
