@@ -24,13 +24,7 @@ import (
 func TestPinHoldsAcrossAgents(t *testing.T) {
 	env := newDaemonEnv(t, testenv.Variable{Key: "DB_PASSWORD", Value: "pw-pin", Scope: "*"})
 	dc, reg, port, name, gl := env.dc, env.reg, env.port, env.name, env.gl
-	key := testenv.NewKey(t)
-	images := map[string]string{}
-	for _, v := range []string{"v1", "v2", "v3"} {
-		_, d := testenv.Image(t, reg+"/web:"+v, "MESSAGE="+v)
-		key.Sign(t, reg+"/web@"+d)
-		images[v] = reg + "/web:" + v + "@" + d
-	}
+	images, key := signedImages(t, reg)
 	leaseName := "sawmill-test-lease-" + name
 	t.Cleanup(func() {
 		l, _ := dc.ConfigList(context.Background(), client.ConfigListOptions{Filters: make(client.Filters).Add("name", leaseName)})
@@ -42,19 +36,8 @@ func TestPinHoldsAcrossAgents(t *testing.T) {
 	pem := strings.ReplaceAll(strings.TrimSpace(key.PublicPEM), "\n", "\n            ")
 	writeFile(t, cfg, fmt.Sprintf("environment: staging\nlease: {ttl: 6s, name: %s}\nhistory: {keep: 5}\ntrust:\n  rules:\n    - pattern: %q\n      authorities:\n        - name: release-key\n          key: |\n            %s\n",
 		leaseName, reg+"/**", pem))
-	base := time.Now()
-	deploy := func(id int64, v string) {
-		commit := strings.Repeat(fmt.Sprint(id), 40)
-		gl.AddDeployment(testenv.Deployment{ID: id, Job: 10 + id, Pipeline: id, Environment: "staging", Status: "success", SHA: commit,
-			Finished: base.Add(time.Duration(id) * time.Minute)}, release(name, commit, images[v], port, ""))
-	}
-	running := func() string {
-		svc, err := dc.ServiceInspect(context.Background(), name+"_web", client.ServiceInspectOptions{})
-		if err != nil {
-			return ""
-		}
-		return svc.Service.Spec.TaskTemplate.ContainerSpec.Image
-	}
+	deploy := deployer(gl, name, port, images)
+	running := func() string { return serviceImage(dc, name+"_web") }
 	pinConfigs := func() int {
 		l, _ := dc.ConfigList(context.Background(), client.ConfigListOptions{Filters: make(client.Filters).Add("name", leaseName+".pin-")})
 		return len(l.Items)
@@ -164,4 +147,39 @@ func TestPinHoldsAcrossAgents(t *testing.T) {
 	if r := runAgent(t, dc, "unpin", "--config", cfg, "--state-dir", states[leader]); r.code != 0 || !strings.Contains(r.stdout, "not pinned") {
 		t.Fatalf("unpin when not pinned: exit %d\n%s", r.code, r.stdout)
 	}
+}
+
+// signedImages builds web:v1, v2 and v3 in the test registry reg, signs each with a new key, and returns them
+// pinned to their digests by version, with the key.
+func signedImages(t *testing.T, reg string) (map[string]string, testenv.Key) {
+	t.Helper()
+	key := testenv.NewKey(t)
+	images := map[string]string{}
+	for _, v := range []string{"v1", "v2", "v3"} {
+		_, d := testenv.Image(t, reg+"/web:"+v, "MESSAGE="+v)
+		key.Sign(t, reg+"/web@"+d)
+		images[v] = reg + "/web:" + v + "@" + d
+	}
+	return images, key
+}
+
+// deployer returns deploy(id, v): a successful deployment id to staging (job 10+id, commit id repeated) of
+// the release of stack name whose web service runs images[v]; it returns the commit.
+func deployer(gl *testenv.GitLab, name string, port int, images map[string]string) func(id int64, v string) string {
+	base := time.Now()
+	return func(id int64, v string) string {
+		commit := strings.Repeat(fmt.Sprint(id), 40)
+		gl.AddDeployment(testenv.Deployment{ID: id, Job: 10 + id, Pipeline: id, Environment: "staging", Status: "success", SHA: commit,
+			Finished: base.Add(time.Duration(id) * time.Minute)}, release(name, commit, images[v], port, ""))
+		return commit
+	}
+}
+
+// serviceImage is the image the swarm's service runs ("" when there is no such service).
+func serviceImage(dc *client.Client, service string) string {
+	svc, err := dc.ServiceInspect(context.Background(), service, client.ServiceInspectOptions{})
+	if err != nil {
+		return ""
+	}
+	return svc.Service.Spec.TaskTemplate.ContainerSpec.Image
 }
