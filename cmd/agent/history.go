@@ -148,6 +148,11 @@ daemon through its state directory and waits for its answer.`,
 				return err
 			} else if reached && was == "" {
 				fmt.Fprintln(d.stdout, "not pinned: the daemon follows the newest release")
+				if saved.Pin != nil {
+					lease, _ := leaseOf(cmd)
+					fmt.Fprintf(d.stderr, "note: the swarm has no pin beside the lease %s, but this agent's state file still names %s (it was lifted while this agent stood by, and is cleared when it acts; if the lease has another name, --config names it)\n",
+						lease.Lease.Name, saved.Pin.Release)
+				}
 				return nil
 			} else if reached {
 				fmt.Fprintf(d.stdout, "unpinned from %s: the acting agent follows the newest release from its next cycle\n", was)
