@@ -32,6 +32,7 @@ func historyCmd(d deps) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			saved.Pin = swarmPinOr(cmd, d, saved.Pin)
 			if asJSON, _ := cmd.Flags().GetBool("json"); asJSON {
 				history := saved.History
 				if history == nil {
@@ -90,7 +91,8 @@ func rollbackCmd(d deps) *cobra.Command {
 		Short: "Re-apply an earlier release (default: the previous successful one) and pin the environment there",
 		Long: `The daemon re-applies the release through the same verification and policies, and pins the environment
 there: it does not roll forward until a newer deployment arrives or agent unpin. RELEASE is a release of
-agent history (deployment-12) or a commit (7 characters or more). The command waits for the daemon's answer
+agent history (deployment-12) or a commit (7 characters or more); a deployment that is not in this agent's
+history (another agent rolled it out) is fetched from GitLab again by the daemon. The command waits for the daemon's answer
 (--wait 0: it only leaves the request) and exits as apply does: 0 rolled back and pinned, 1 the rollout failed
 (or no answer in time), 2 no such release, 3 refused by signatures or policies.`,
 		Args: cobra.NoArgs,
@@ -101,11 +103,19 @@ agent history (deployment-12) or a commit (7 characters or more). The command wa
 			}
 			to, _ := cmd.Flags().GetString("to")
 			h, err := reconcile.FindRelease(saved.History, to)
-			if err != nil {
+			switch {
+			case err != nil && strings.HasPrefix(to, "deployment-"):
+				// Not in this agent's history (another agent rolled it out): the daemon fetches that
+				// deployment from GitLab again, or answers that it cannot.
+				h = reconcile.HistoryEntry{Release: to, Kept: true}
+			case err != nil:
 				return usageError{err}
 			}
 			if !h.Kept {
 				return usageError{fmt.Errorf("release %s was not kept in %s: it cannot be rolled back to (re-run its deploy job in GitLab instead)", h.Release, dir)}
+			}
+			if err := checkActing(cmd, d, dir); err != nil {
+				return err
 			}
 			reason, _ := cmd.Flags().GetString("reason")
 			req := &reconcile.Request{Action: reconcile.ActionRollback, To: h.Release, Reason: reason}
@@ -124,11 +134,29 @@ func unpinCmd(d deps) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "unpin [--wait 5m] [--config agent.yaml | --state-dir DIR]",
 		Short: "Lift the pin of agent rollback: the daemon follows the newest release again",
-		Args:  cobra.NoArgs,
+		Long: `With the lease (the default), unpin removes the swarm's pin, from any agent's task: the acting agent
+follows the newest release from its next cycle (--wait does not apply). With lease.disabled, it asks the
+daemon through its state directory and waits for its answer.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			dir, saved, err := savedState(cmd)
 			if err != nil {
 				return err
+			}
+			// The swarm's pin is the one every agent holds to: removing it unpins whichever agent acts.
+			if was, reached, err := unpinSwarm(cmd, d); err != nil {
+				return err
+			} else if reached && was == "" {
+				fmt.Fprintln(d.stdout, "not pinned: the daemon follows the newest release")
+				if saved.Pin != nil {
+					lease, _ := leaseOf(cmd)
+					fmt.Fprintf(d.stderr, "note: the swarm has no pin beside the lease %s, but this agent's state file still names %s (it was lifted while this agent stood by, and is cleared when it acts; if the lease has another name, --config names it)\n",
+						lease.Lease.Name, saved.Pin.Release)
+				}
+				return nil
+			} else if reached {
+				fmt.Fprintf(d.stdout, "unpinned from %s: the acting agent follows the newest release from its next cycle\n", was)
+				return nil
 			}
 			if saved.Pin == nil {
 				fmt.Fprintln(d.stdout, "not pinned: the daemon follows the newest release")

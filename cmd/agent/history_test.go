@@ -13,6 +13,9 @@ import (
 // agent history, rollback and unpin read the daemon's state directory; rollback checks the release before it
 // asks, and its exit code says what happened.
 func TestHistoryAndRollbackCommands(t *testing.T) {
+	// Without the lease the pin is the one agent's own: the commands read and ask its state directory only
+	// (with the lease, history and unpin read the swarm's pin: TestPinHoldsAcrossAgents).
+	t.Setenv("SAWMILL_LEASE_DISABLED", "true")
 	state := t.TempDir()
 	writeFile(t, filepath.Join(state, reconcile.StateFileName), `{"time":"2026-11-30T05:00:00Z","release":"deployment-3","outcome":"success",
 "history":[

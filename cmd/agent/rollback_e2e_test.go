@@ -31,33 +31,15 @@ func TestDaemonRollbackPinAndStatusPage(t *testing.T) {
 	state := t.TempDir()
 
 	// Three signed images: A, B, C.
-	key := testenv.NewKey(t)
-	images := map[string]string{}
-	for _, v := range []string{"v1", "v2", "v3"} {
-		_, d := testenv.Image(t, reg+"/web:"+v, "MESSAGE="+v)
-		key.Sign(t, reg+"/web@"+d)
-		images[v] = reg + "/web:" + v + "@" + d
-	}
+	images, key := signedImages(t, reg)
 	statusAddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	cfg := filepath.Join(t.TempDir(), "agent.yaml")
 	pem := strings.ReplaceAll(strings.TrimSpace(key.PublicPEM), "\n", "\n            ")
 	writeFile(t, cfg, fmt.Sprintf("history: {keep: 5}\nstatus: {listen: %q}\ntrust:\n  rules:\n    - pattern: %q\n      authorities:\n        - name: release-key\n          key: |\n            %s\n",
 		statusAddr, reg+"/**", pem))
 
-	base := time.Now()
-	deploy := func(id int64, v string) string {
-		commit := strings.Repeat(fmt.Sprint(id), 40)
-		gl.AddDeployment(testenv.Deployment{ID: id, Job: 10 + id, Pipeline: id, Environment: "staging", Status: "success", SHA: commit,
-			Finished: base.Add(time.Duration(id) * time.Minute)}, release(name, commit, images[v], port, ""))
-		return commit
-	}
-	running := func() string {
-		svc, err := dc.ServiceInspect(context.Background(), name+"_web", client.ServiceInspectOptions{})
-		if err != nil {
-			return ""
-		}
-		return svc.Service.Spec.TaskTemplate.ContainerSpec.Image
-	}
+	deploy := deployer(gl, name, port, images)
+	running := func() string { return serviceImage(dc, name+"_web") }
 	view := func() statusView {
 		var v statusView
 		resp, err := http.Get("http://" + statusAddr + "/status")

@@ -100,7 +100,9 @@ func runCmd(v *viper.Viper, d deps) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				loop.Lease = &swarm.Lease{Client: c, Holder: holder, TTL: cfg.Lease.TTL, Name: cfg.Lease.Name}
+				lease := &swarm.Lease{Client: c, Holder: holder, TTL: cfg.Lease.TTL, Name: cfg.Lease.Name}
+				loop.Lease = lease
+				loop.Pins = swarmPins(c, cfg.Lease.Name, cfg.Environment, lease)
 			}
 			loop.Revision = revision(flow)
 			if err := setSource(loop, cfg, d.redact); err != nil {

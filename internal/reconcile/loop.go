@@ -108,6 +108,9 @@ type Loop struct {
 	// and agent unpin leave a request, read at the start of a cycle. All optional.
 	HistoryDir, RequestFile string
 	HistoryKeep             int
+	// Pins keeps the pin in the swarm (SwarmPins), so that it holds whichever agent takes the lease over;
+	// nil: the pin is this agent's own (its state file). Optional.
+	Pins PinStore
 	// Replicas reads a stack's services' tasks now, by Swarm service name (the status page). Optional.
 	Replicas func(ctx context.Context, stack string) (map[string]Replicas, error)
 	// RecordDeployments also reports every outcome as a deployment of the environment (report.KindDeployment:
@@ -136,6 +139,7 @@ type Loop struct {
 	// this cycle's choices, and what the status page shows.
 	history      []HistoryEntry
 	pin          *Pin
+	pinUnsaved   bool // the pin could not be written to Pins: written again next cycle
 	answer       *Answer
 	dirty        bool
 	turn         turn
@@ -495,7 +499,10 @@ func (l *Loop) cycle(ctx context.Context) Record {
 		}
 		return Record{Outcome: outcome.Error, Reason: "source: " + err.Error()}
 	}
-	if rel, key, err = l.choose(rel, key); err != nil {
+	if err := l.loadPin(ctx); err != nil {
+		return Record{Outcome: outcome.Error, Reason: err.Error()}
+	}
+	if rel, key, err = l.choose(ctx, rel, key); err != nil {
 		return Record{Outcome: outcome.Of(err), Release: key, Reason: err.Error()}
 	}
 	rec := Record{Release: key, Commit: rel.Manifest.Commit, Ref: rel.Ref, Tag: rel.Tag}

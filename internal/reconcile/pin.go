@@ -1,8 +1,10 @@
 package reconcile
 
 import (
+	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/sabeiro/sawmill/internal/fault"
@@ -26,8 +28,9 @@ type turn struct {
 // choose handles a pending request (agent rollback, agent unpin) and the pin, and returns the release this
 // cycle rolls out: the source's newest (rel, key) or a kept release of the history. A rollback or a pinned
 // release goes through every step as any release does (signatures, policies), re-checked from its copy.
-func (l *Loop) choose(rel *source.Release, key string) (*source.Release, string, error) {
+func (l *Loop) choose(ctx context.Context, rel *source.Release, key string) (*source.Release, string, error) {
 	l.turn = turn{rel: rel, latest: key}
+	var notHere error // the release asked for is not in this agent's history
 	req, err := takeRequest(l.RequestFile)
 	switch {
 	case err != nil:
@@ -45,7 +48,12 @@ func (l *Loop) choose(rel *source.Release, key string) (*source.Release, string,
 		}
 	case req != nil:
 		h, ferr := FindRelease(l.history, req.To)
-		if ferr == nil && !h.Kept {
+		_, refetchable := l.Source.(Refetcher)
+		if ferr != nil && refetchable && strings.HasPrefix(req.To, "deployment-") && releaseKeyRe.MatchString(req.To) {
+			// Not in this agent's history (another agent rolled it out): fetched again from the source below.
+			notHere, h, ferr = ferr, HistoryEntry{Release: req.To}, nil
+		}
+		if ferr == nil && !h.Kept && !refetchable {
 			ferr = fmt.Errorf("release %s was not kept: it cannot be rolled back to", h.Release)
 		}
 		if ferr != nil {
@@ -71,10 +79,26 @@ func (l *Loop) choose(rel *source.Release, key string) (*source.Release, string,
 	}
 	kept, err := keptRelease(l.HistoryDir, target)
 	if err != nil {
+		// Not kept here (a pin another agent set, read from the swarm; a release another agent rolled out):
+		// fetched again from the source, then kept.
+		if kept, err = l.refetch(ctx, target, err); err == nil {
+			target.Commit, target.DeploymentID, target.JobID, target.Ref, target.Tag = kept.Manifest.Commit, kept.DeploymentID, kept.JobID, kept.Ref, kept.Tag
+			if l.turn.rollback != nil {
+				l.turn.target = target
+			}
+		}
+	}
+	if err != nil {
 		if l.turn.rollback != nil {
+			if notHere != nil {
+				err = fmt.Errorf("%w; %w", notHere, err)
+			}
 			l.answerRequest(l.turn.rollback, target.Release, outcome.Invalid, err.Error())
 			l.turn.rollback = nil
 			return rel, key, nil
+		}
+		if outcome.Of(err) == outcome.Error {
+			return nil, target.Release, fmt.Errorf("pinned release: %w", err) // transient: tried again next cycle
 		}
 		return nil, target.Release, fault.InvalidErr(fmt.Errorf("pinned release: %w (agent unpin follows the newest release again)", err))
 	}
@@ -96,6 +120,7 @@ func (l *Loop) setPin(p *Pin) {
 	l.pin = p
 	l.mu.Unlock()
 	l.dirty = true
+	l.savePin(p)
 }
 
 // afterCycle records the cycle in the history (a release rolled out, or a new outcome of it), keeps the

@@ -6,6 +6,9 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
+
+	"github.com/sabeiro/sawmill/internal/fault"
 )
 
 // Latest is a source of the newest release. Key identifies a release, so that callers can tell a new one
@@ -52,6 +55,33 @@ func (f *Follow) Latest(ctx context.Context) (*Release, string, error) {
 	}
 	f.cur, f.curID = rel, d.ID
 	return rel, key, nil
+}
+
+// Release fetches an earlier release of the environment again by its key (deployment-<id>), into a new
+// directory under Dir that the caller owns (and removes): the release of a pin that another agent set.
+func (f *Follow) Release(ctx context.Context, key string) (*Release, error) {
+	n, ok := strings.CutPrefix(key, "deployment-")
+	id, err := strconv.ParseInt(n, 10, 64)
+	if !ok || err != nil || id <= 0 {
+		return nil, fault.InvalidErr(fmt.Errorf("release %q is not a GitLab deployment", key))
+	}
+	d, err := f.GitLab.Deployment(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(f.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("release directory: %w", err)
+	}
+	dir, err := os.MkdirTemp(f.Dir, "fetched-")
+	if err != nil {
+		return nil, fmt.Errorf("release directory: %w", err)
+	}
+	rel, err := f.GitLab.Fetch(ctx, d, dir)
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	return rel, nil
 }
 
 // ReleaseError is a release that was found but could not be read (an invalid release.json, a missing

@@ -144,3 +144,25 @@ func (c *capped) Write(p []byte) (int, error) {
 	}
 	return c.b.Write(p)
 }
+
+// Deployment returns deployment id of the environment, when it is a successful deployment that a job
+// created (GET /projects/:id/deployments/:deployment_id): a pinned release is fetched again by its
+// deployment, and only GitLab says which job carries its release.
+func (g *GitLab) Deployment(ctx context.Context, id int64) (*Deployment, error) {
+	d, resp, err := g.Client.Deployments.GetProjectDeployment(g.Project, id, gitlab.WithContext(ctx))
+	if err != nil {
+		if resp != nil && resp.StatusCode == http.StatusNotFound {
+			return nil, fault.InvalidErr(fmt.Errorf("gitlab: deployment %d of %s does not exist", id, g.Project))
+		}
+		return nil, fmt.Errorf("gitlab: deployment %d of %s: %w", id, g.Project, err)
+	}
+	switch {
+	case d.Environment == nil || d.Environment.Name != g.Environment:
+		return nil, fault.InvalidErr(fmt.Errorf("gitlab: deployment %d is not of environment %s", id, g.Environment))
+	case d.Status != "success":
+		return nil, fault.InvalidErr(fmt.Errorf("gitlab: deployment %d is %s, not success", id, d.Status))
+	case d.Deployable.ID == 0:
+		return nil, fault.InvalidErr(fmt.Errorf("gitlab: deployment %d was not made by a job: it carries no release", id))
+	}
+	return &Deployment{ID: d.ID, JobID: d.Deployable.ID, PipelineID: d.Deployable.Pipeline.ID, SHA: d.SHA, Ref: d.Ref, Tag: d.Deployable.Tag}, nil
+}

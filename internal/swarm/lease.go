@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
@@ -34,6 +35,19 @@ type Lease struct {
 	// TTL is how long a lease lasts without renewal (default 30s). Agents' clocks must agree to well within it.
 	TTL time.Duration
 	Now func() time.Time
+
+	mu       sync.Mutex
+	listed   []swarm.Config
+	listedAt time.Time
+}
+
+// Listed returns the configs whose names start with the lease's name (the lease itself, and the pin that
+// internal/reconcile keeps beside it), as the last Acquire's list call returned them, and when it listed them
+// (zero: never). Reading the pin from it costs no API call of its own.
+func (l *Lease) Listed() ([]swarm.Config, time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.listed, l.listedAt
 }
 
 const (
@@ -67,6 +81,9 @@ func (l *Lease) Acquire(ctx context.Context) (held bool, holder string, err erro
 	if err != nil {
 		return false, "", fmt.Errorf("lease: %w", err)
 	}
+	l.mu.Lock()
+	l.listed, l.listedAt = list.Items, now
+	l.mu.Unlock()
 	var cur *swarm.Config
 	for i := range list.Items {
 		if list.Items[i].Spec.Name == l.Name { // the filter matches prefixes
@@ -136,4 +153,23 @@ func (l *Lease) Release(ctx context.Context) error {
 func (l *Lease) RenewEvery() time.Duration {
 	l.defaults()
 	return l.TTL / 3
+}
+
+// LeaseHolder returns the agent that holds the lease name now, "" when nobody does (no lease, released,
+// or expired at now): agent rollback checks that it asks the acting agent.
+func LeaseHolder(ctx context.Context, c LeaseClient, name string, now time.Time) (string, error) {
+	list, err := c.ConfigList(ctx, client.ConfigListOptions{Filters: make(client.Filters).Add("name", name)})
+	if err != nil {
+		return "", fmt.Errorf("lease: %w", err)
+	}
+	for _, cfg := range list.Items {
+		if cfg.Spec.Name != name {
+			continue
+		}
+		expires, _ := strconv.ParseInt(cfg.Spec.Labels[labelLeaseExpires], 10, 64)
+		if now.UnixMilli() < expires {
+			return cfg.Spec.Labels[labelLeaseHolder], nil
+		}
+	}
+	return "", nil
 }

@@ -20,6 +20,7 @@ import (
 //
 //	GET  /api/v4/projects/:id/deployments                       (api/deployments: list project deployments)
 //	POST /api/v4/projects/:id/deployments                       (api/deployments: create a deployment)
+//	GET  /api/v4/projects/:id/deployments/:deployment_id        (api/deployments: get a specific deployment)
 //	PUT  /api/v4/projects/:id/deployments/:deployment_id        (api/deployments: update a deployment; 403 for
 //	                                                             one a CI job created, as GitLab's lib/api/deployments.rb)
 //	GET  /api/v4/projects/:id/jobs/:job_id/artifacts/*path      (api/job_artifacts: download a single file by job ID)
@@ -164,6 +165,8 @@ func (g *GitLab) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		g.listDeployments(w, r)
 	case r.Method == http.MethodPost && rest == "deployments":
 		g.createDeployment(w, r)
+	case r.Method == http.MethodGet && strings.HasPrefix(rest, "deployments/"):
+		g.getDeployment(w, strings.TrimPrefix(rest, "deployments/"))
 	case r.Method == http.MethodPut && strings.HasPrefix(rest, "deployments/"):
 		g.updateDeployment(w, r, strings.TrimPrefix(rest, "deployments/"))
 	case r.Method == http.MethodGet && rest == "variables":
@@ -265,6 +268,17 @@ func (g *GitLab) listDeployments(w http.ResponseWriter, r *http.Request) {
 		out = append(out, deploymentJSON(d))
 	}
 	_ = json.NewEncoder(w).Encode(out)
+}
+
+// getDeployment is GET /projects/:id/deployments/:deployment_id: the deployment, or 404.
+func (g *GitLab) getDeployment(w http.ResponseWriter, id string) {
+	for _, d := range g.deployments {
+		if strconv.FormatInt(d.ID, 10) == id {
+			_ = json.NewEncoder(w).Encode(deploymentJSON(d))
+			return
+		}
+	}
+	notFound(w)
 }
 
 // deploymentJSON is a deployment as the API shows it; one created through the API has `"deployable": null`.
