@@ -15,19 +15,18 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"syscall"
 
+	"github.com/sabeiro/sawmill/cmd/internal/startgc"
 	"github.com/sabeiro/sawmill/internal/outcome"
 	"github.com/sabeiro/sawmill/internal/redact"
 	"github.com/sabeiro/sawmill/internal/swarm"
 )
 
 func main() {
-	// GOGC in the environment wins; else the command's measured setting (gcPercent).
-	if os.Getenv("GOGC") == "" {
-		debug.SetGCPercent(gcPercent(os.Args[1:]))
-	}
+	// GOGC in the environment wins; else the command's measured setting (gcPercent). Until here the
+	// collector was off (cmd/internal/startgc: package initialisation).
+	startgc.Restore(gcPercent(os.Args[1:]))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, os.Args[1:], deps{stdout: os.Stdout, stderr: os.Stderr, connect: connectDocker})
 	stop()

@@ -119,6 +119,13 @@ func loadProject(ctx context.Context, o Options) (*stack.Stack, *types.Project, 
 			}
 		}))
 	}
+	if texts, err := readAll(o.Files); err == nil {
+		opts = append(opts, cli.WithLoadOptions(func(lo *loader.Options) {
+			if lo.Interpolate != nil {
+				lo.Interpolate.TypeCastMapping = castFilter(lo.Interpolate.TypeCastMapping, texts)
+			}
+		}))
+	}
 	opts = append(opts,
 		cli.WithEnv(env),
 		cli.WithEnvFiles(), // the .env of the working directory, as docker compose reads it
@@ -152,6 +159,27 @@ func loadProject(ctx context.Context, o Options) (*stack.Stack, *types.Project, 
 	}
 	st.Environment = o.Environment
 	return st, project, nil
+}
+
+// castFilter narrows compose-go's interpolation casts to a load's files (usedCasts; a test compares it with
+// the whole table).
+var castFilter = usedCasts
+
+// readAll reads files (for usedCasts; compose-go reads them again, from the page cache). Only regular files: a
+// pipe cannot be read twice.
+func readAll(files []string) ([][]byte, error) {
+	out := make([][]byte, len(files))
+	for i, f := range files {
+		if fi, err := os.Stat(f); err != nil || !fi.Mode().IsRegular() {
+			return nil, fmt.Errorf("%s: not a regular file", f)
+		}
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = b
+	}
+	return out, nil
 }
 
 func absAll(files []string) []string {

@@ -13,6 +13,7 @@ import (
 	"runtime/debug"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sabeiro/sawmill/internal/compose"
@@ -147,6 +148,9 @@ type Loop struct {
 	stacks       []StackView
 	drift        map[string]driftCount
 	replicaCache replicaCache
+
+	// renewedAt is when the last successful renewal of the lease started (UnixNano of Now; 0: never).
+	renewedAt atomic.Int64
 }
 
 // Record is the status of one cycle: /status, the state file and the report are made from it.
@@ -241,6 +245,14 @@ func (l *Loop) Run(ctx context.Context) error {
 	backoff := time.Duration(0)
 	requests, stopRequests := l.requestTicks()
 	defer stopRequests()
+	// One ticker for the whole loop (one per cycle, stopped only when Run returned, piled up: a timer and a
+	// deferred call per cycle).
+	var renew <-chan time.Time
+	if l.Lease != nil {
+		t := time.NewTicker(l.Lease.RenewEvery())
+		defer t.Stop()
+		renew = t.C
+	}
 	for {
 		rec := l.Cycle(ctx)
 		wait := l.Interval
@@ -251,12 +263,6 @@ func (l *Loop) Run(ctx context.Context) error {
 			backoff = 0
 		}
 		timer := time.NewTimer(l.jittered(wait))
-		var renew <-chan time.Time
-		if l.Lease != nil {
-			t := time.NewTicker(l.Lease.RenewEvery())
-			defer t.Stop()
-			renew = t.C
-		}
 	wait:
 		for {
 			select {
@@ -291,10 +297,14 @@ func (l *Loop) renew(ctx context.Context) {
 	}
 	rctx, cancel := context.WithTimeout(ctx, l.Lease.RenewEvery())
 	defer cancel()
+	start := l.Now()
 	held, holder, err := l.Lease.Acquire(rctx)
 	if err != nil {
 		l.Log.Warn("renewing the lease", "err", err)
 		return // the next cycle tries again, and stands by if it cannot
+	}
+	if held {
+		l.renewedAt.Store(start.UnixNano())
 	}
 	if !held {
 		l.Log.Warn("lost the lease", "holder", holder)
@@ -461,29 +471,36 @@ func (l *Loop) safeCycle(ctx context.Context) (rec Record) {
 func (l *Loop) cycle(ctx context.Context) Record {
 	l.outcomes = nil
 	if l.Lease != nil {
-		actx, acancel := context.WithTimeout(ctx, l.Lease.RenewEvery())
-		held, holder, err := l.Lease.Acquire(actx)
-		acancel()
-		if err != nil {
-			// This agent cannot tell whether it still holds the lease: it does not act, and does not say it
-			// leads (a standby that can reach the swarm may be acting by now).
-			l.held = false
-			l.Metrics.Leader(false)
-			return Record{Outcome: outcome.Error, Reason: err.Error()}
-		}
-		l.Metrics.Leader(held)
-		if held && !l.held {
-			l.deploymentsChecked = false // taken over: another agent may have recorded this release
-		}
-		l.held = held
-		if !held {
-			return Record{Outcome: outcome.Standby, Reason: "agent " + holder + " holds the lease"}
+		// A holder that renewed less than RenewEvery ago holds the lease for two thirds of the TTL at least:
+		// the cycle goes on without a renewal of its own (two API calls, one a Raft write), and keepLease
+		// renews it on the schedule of the last renewal.
+		if !l.leaseFresh() {
+			actx, acancel := context.WithTimeout(ctx, l.Lease.RenewEvery())
+			start := l.Now()
+			held, holder, err := l.Lease.Acquire(actx)
+			acancel()
+			if err != nil {
+				// This agent cannot tell whether it still holds the lease: it does not act, and does not say it
+				// leads (a standby that can reach the swarm may be acting by now).
+				l.held = false
+				l.Metrics.Leader(false)
+				return Record{Outcome: outcome.Error, Reason: err.Error()}
+			}
+			l.Metrics.Leader(held)
+			if held && !l.held {
+				l.deploymentsChecked = false // taken over: another agent may have recorded this release
+			}
+			l.held = held
+			if !held {
+				return Record{Outcome: outcome.Standby, Reason: "agent " + holder + " holds the lease"}
+			}
+			l.renewedAt.Store(start.UnixNano())
 		}
 		// A rollout can outlast the lease: renew it while the cycle runs, and stop the cycle if it is lost.
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithCancel(ctx)
 		defer cancel()
-		go l.keepLease(ctx, cancel)
+		go l.keepLease(ctx, cancel, time.Unix(0, l.renewedAt.Load()))
 	}
 	rel, key, err := l.Source.Latest(ctx)
 	if err != nil {
@@ -572,20 +589,27 @@ func (l *Loop) cycle(ctx context.Context) Record {
 	return rec
 }
 
+// leaseFresh reports whether this agent holds the lease from a renewal that started less than RenewEvery ago.
+func (l *Loop) leaseFresh() bool {
+	at := l.renewedAt.Load()
+	return l.held && at != 0 && l.Now().Sub(time.Unix(0, at)) < l.Lease.RenewEvery()
+}
+
 // keepLease renews the lease while a cycle runs. The holder keeps a local deadline: two thirds of the TTL
 // after the start of its last successful renewal (the rest is the margin for the agents' clocks); when it
 // cannot renew before then (the engine hangs, the network is cut), or another agent holds the lease, it
 // cancels the cycle, so that two agents never act at once.
-func (l *Loop) keepLease(ctx context.Context, cancel context.CancelFunc) {
+func (l *Loop) keepLease(ctx context.Context, cancel context.CancelFunc, lastOK time.Time) {
 	every := l.Lease.RenewEvery()
-	t := time.NewTicker(every)
+	// The first renewal is due every after the last one (lastOK, at most every ago), then every every.
+	t := time.NewTimer(min(max(every-l.Now().Sub(lastOK), 0), every))
 	defer t.Stop()
-	lastOK := l.Now()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+			t.Reset(every)
 			start := l.Now()
 			rctx, rcancel := context.WithTimeout(ctx, every)
 			held, holder, err := l.Lease.Acquire(rctx)
@@ -596,6 +620,7 @@ func (l *Loop) keepLease(ctx context.Context, cancel context.CancelFunc) {
 			switch {
 			case err == nil && held:
 				lastOK = start
+				l.renewedAt.Store(start.UnixNano())
 				continue
 			case err == nil:
 				l.Log.Error("lost the lease; stopping this cycle", "holder", holder)

@@ -407,17 +407,20 @@ func (l *flakyLease) RenewEvery() time.Duration     { return time.Second }
 // A leader whose engine stops answering does not act, and stops saying it leads: a standby elsewhere takes
 // over, and the metric (and whoever watches it) must not show two leaders.
 func TestLoopLeaderThatCannotReachItsEngineSaysSo(t *testing.T) {
-	fx := newFixture("registry.example/web:1", policy.ModeEnforce)
-	l := newLoop(t, fx, &fakeSource{commit: "abc"}, &fakeReporter{}, "")
-	lease := &flakyLease{}
-	l.Lease = lease
-	if rec := l.Cycle(context.Background()); rec.Outcome != outcome.Success || !l.Metrics.(*recorder).leader {
-		t.Fatalf("holding the lease: %+v, leader metric %v", rec, l.Metrics.(*recorder).leader)
-	}
-	lease.down = true
-	if rec := l.Cycle(context.Background()); rec.Outcome != outcome.Error || l.Metrics.(*recorder).leader {
-		t.Fatalf("engine gone: %+v, leader metric %v, want an error and not the leader", rec, l.Metrics.(*recorder).leader)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		fx := newFixture("registry.example/web:1", policy.ModeEnforce)
+		l := newLoop(t, fx, &fakeSource{commit: "abc"}, &fakeReporter{}, "")
+		lease := &flakyLease{}
+		l.Lease = lease
+		if rec := l.Cycle(context.Background()); rec.Outcome != outcome.Success || !l.Metrics.(*recorder).leader {
+			t.Fatalf("holding the lease: %+v, leader metric %v", rec, l.Metrics.(*recorder).leader)
+		}
+		lease.down = true
+		time.Sleep(2 * time.Second) // past the renewal period: the next cycle renews
+		if rec := l.Cycle(context.Background()); rec.Outcome != outcome.Error || l.Metrics.(*recorder).leader {
+			t.Fatalf("engine gone: %+v, leader metric %v, want an error and not the leader", rec, l.Metrics.(*recorder).leader)
+		}
+	})
 }
 
 // Between cycles the leader renews its lease, so with an interval longer than the TTL it stays the leader.

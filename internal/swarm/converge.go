@@ -33,6 +33,9 @@ func (a *Applier) converge(ctx context.Context, targets []target) []Failure {
 	var lastErr error
 	var last *round
 	for len(pending) > 0 {
+		// The next look: after Poll, or as soon as a service that waits only for its tasks' stability window
+		// has them all past it (a poll period later would add up to Poll to every rollout).
+		wait := a.Poll
 		r, err := a.observe(ctx, sortedIDs(pending))
 		if err != nil {
 			lastErr = err
@@ -46,7 +49,10 @@ func (a *Applier) converge(ctx context.Context, targets []target) []Failure {
 					delete(pending, id)
 					continue
 				}
-				done, reason := a.check(t, svc, r.tasks[id])
+				done, reason, stableAt := a.check(t, svc, r.tasks[id])
+				if !stableAt.IsZero() {
+					wait = min(wait, max(stableAt.Sub(a.Now()), time.Millisecond))
+				}
 				switch {
 				case reason != "":
 					failures = append(failures, Failure{Service: t.name, Reason: reason})
@@ -79,7 +85,7 @@ func (a *Applier) converge(ctx context.Context, targets []target) []Failure {
 				failures = append(failures, Failure{Service: pending[id].name, Reason: "interrupted: " + ctx.Err().Error()})
 			}
 			return failures
-		case <-time.After(a.Poll):
+		case <-time.After(wait):
 		}
 	}
 	sort.Slice(failures, func(i, j int) bool { return failures[i].Service < failures[j].Service })
@@ -121,23 +127,26 @@ func (a *Applier) observe(ctx context.Context, ids []string) (*round, error) {
 	return r, nil
 }
 
-// check judges one service from one round: converged, failed (with the reason), or neither yet.
-func (a *Applier) check(t target, svc swarm.Service, tasks []swarm.Task) (done bool, failure string) {
+// check judges one service from one round: converged, failed (with the reason), or neither yet. stableAt,
+// when not zero, is when the service converges unless something changes: every task it needs runs, and the
+// last of them has run for the stability window then.
+func (a *Applier) check(t target, svc swarm.Service, tasks []swarm.Task) (done bool, failure string, stableAt time.Time) {
 	since := t.since
 	if us := svc.UpdateStatus; us != nil && (us.StartedAt == nil || !us.StartedAt.Before(since)) {
 		switch us.State {
 		case swarm.UpdateStatePaused:
-			return false, "update paused by Swarm: " + us.Message + taskError(tasks, svc, since)
+			return false, "update paused by Swarm: " + us.Message + taskError(tasks, svc, since), time.Time{}
 		case swarm.UpdateStateRollbackStarted, swarm.UpdateStateRollbackPaused, swarm.UpdateStateRollbackCompleted:
-			return false, "Swarm rolled the update back (" + string(us.State) + "): " + us.Message + taskError(tasks, svc, since)
+			return false, "Swarm rolled the update back (" + string(us.State) + "): " + us.Message + taskError(tasks, svc, since), time.Time{}
 		}
 	}
 	want := taskJSON(svc.Spec.TaskTemplate)
 	// A task counts as running once it has stayed up for the stability window: without a healthcheck the
 	// engine reports a task running before it notices the process exited at once (Swarm itself judges an
 	// update only after its monitor period). With a healthcheck, running already means healthy.
-	stable := a.Now().Add(-stability(svc.Spec))
-	failed, running, desired := 0, 0, 0
+	window := stability(svc.Spec)
+	stable := a.Now().Add(-window)
+	failed, running, warming, desired := 0, 0, 0, 0
 	var lastErr string
 	for _, task := range tasks {
 		if taskJSON(task.Spec) != want {
@@ -154,24 +163,38 @@ func (a *Applier) check(t target, svc swarm.Service, tasks []swarm.Task) (done b
 		}
 		if task.DesiredState == swarm.TaskStateRunning {
 			desired++
-			if task.Status.State == swarm.TaskStateRunning && !task.Status.Timestamp.After(stable) {
-				running++
+			if task.Status.State == swarm.TaskStateRunning {
+				if !task.Status.Timestamp.After(stable) {
+					running++
+				} else {
+					warming++ // running, not for the window yet
+					if at := task.Status.Timestamp.Add(window); at.After(stableAt) {
+						stableAt = at
+					}
+				}
 			}
 		}
 	}
 	if failed >= failureLimit(svc.Spec, a.MaxTaskFailures) {
-		return false, fmt.Sprintf("%d task(s) of the new version failed: %s", failed, lastErr)
+		return false, fmt.Sprintf("%d task(s) of the new version failed: %s", failed, lastErr), time.Time{}
 	}
 	if us := svc.UpdateStatus; t.updated && us != nil && us.State == swarm.UpdateStateUpdating {
-		return false, ""
+		return false, "", time.Time{}
 	}
+	up := running + warming
 	switch n := replicas(svc.Spec.Mode); {
 	case n == 0: // a job: it runs to completion on its own schedule
-		return true, ""
+		return true, "", time.Time{}
 	case n > 0:
-		return running == n && desired == running, ""
+		if warming > 0 && up == n && desired == up {
+			return false, "", stableAt
+		}
+		return running == n && desired == running, "", time.Time{}
 	default: // global: one task per eligible node
-		return running > 0 && desired == running, ""
+		if warming > 0 && desired == up {
+			return false, "", stableAt
+		}
+		return running > 0 && desired == running, "", time.Time{}
 	}
 }
 
