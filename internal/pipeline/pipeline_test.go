@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -635,5 +637,34 @@ none:
 `
 	if got := string(p.Bytes()); got != want {
 		t.Errorf("rendered:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+// A pipeline large enough to be rendered in chunks (three processors: chunks of uneven job kinds, the last
+// shorter) is the same bytes as rendered in one pass.
+func TestChunkedRenderSameBytes(t *testing.T) {
+	yes := true
+	p := &Pipeline{Includes: []string{"t.yml"}, Stages: Stages, Variables: []Var{{"A", "b"}}}
+	for i := range parallelJobs*2 + 1 {
+		j := Job{Name: fmt.Sprintf("build:img%04d", i), Extends: ".build", Stage: "build", Variables: []Var{{"N", strconv.Itoa(i)}}}
+		if i%3 == 1 {
+			j.Needs = []Need{{Job: fmt.Sprintf("build:img%04d", i-1), Artifacts: true}}
+			j.Interruptible = &yes
+		}
+		if i%7 == 0 {
+			j.Dotenv = "x.env"
+		}
+		p.Jobs = append(p.Jobs, j)
+	}
+	prev := runtime.GOMAXPROCS(3)
+	chunked := p.Bytes()
+	runtime.GOMAXPROCS(1)
+	onePass := p.Bytes()
+	runtime.GOMAXPROCS(prev)
+	if !bytes.Equal(chunked, onePass) {
+		t.Fatalf("chunked rendering differs from one pass (%d vs %d bytes)", len(chunked), len(onePass))
+	}
+	if n := bytes.Count(onePass, []byte("\n\n\"build:img")); n != len(p.Jobs) {
+		t.Fatalf("%d jobs after a blank line, want %d", n, len(p.Jobs))
 	}
 }

@@ -3,8 +3,10 @@ package pipeline
 import (
 	"bytes"
 	"io"
+	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // A small YAML emitter: block mappings, sequences and scalars, nothing else, written straight
@@ -111,7 +113,43 @@ func (p *Pipeline) emit(b *bytes.Buffer) {
 			b.WriteByte('\n')
 		}
 	}
-	for i, j := range p.Jobs {
+	p.emitJobs(b)
+}
+
+// parallelJobs is the number of jobs from which emitJobs renders on every processor.
+const parallelJobs = 512
+
+// emitJobs writes the jobs (top-level entries after "stages"), a blank line between two. A large
+// pipeline is rendered in one contiguous chunk of jobs per processor, each into its own buffer,
+// joined in order: the same bytes as one pass.
+func (p *Pipeline) emitJobs(b *bytes.Buffer) {
+	chunks := min(runtime.GOMAXPROCS(0), 4)
+	if len(p.Jobs) < parallelJobs || chunks < 2 {
+		p.emitRange(b, 0, len(p.Jobs))
+		return
+	}
+	per := (len(p.Jobs) + chunks - 1) / chunks
+	bufs := make([]bytes.Buffer, chunks)
+	var wg sync.WaitGroup
+	for k := 1; k < chunks; k++ {
+		wg.Go(func() {
+			lo, hi := min(k*per, len(p.Jobs)), min((k+1)*per, len(p.Jobs))
+			bufs[k].Grow(512 * (hi - lo))
+			p.emitRange(&bufs[k], lo, hi)
+		})
+	}
+	p.emitRange(b, 0, min(per, len(p.Jobs)))
+	wg.Wait()
+	for k := 1; k < chunks; k++ {
+		b.Write(bufs[k].Bytes())
+	}
+}
+
+// emitRange writes jobs lo to hi-1 as entries of the top-level mapping (never its first).
+func (p *Pipeline) emitRange(b *bytes.Buffer, lo, hi int) {
+	top := &block{b: b, started: true}
+	for i := lo; i < hi; i++ {
+		j := &p.Jobs[i]
 		j.emit(top.mapping(j.Name))
 		if i < len(p.Jobs)-1 {
 			b.WriteByte('\n')
