@@ -668,3 +668,21 @@ func TestChunkedRenderSameBytes(t *testing.T) {
 		t.Fatalf("%d jobs after a blank line, want %d", n, len(p.Jobs))
 	}
 }
+
+// The quoting fast path writes what strconv.Quote writes; indentation deeper than the spaces constant is whole.
+func TestQuotedAndIndent(t *testing.T) {
+	for _, s := range []string{"", "build:img0001", "a b", "~", " ", "say \"hi\"", `a\b`, "tab\there", "é", "\x7f", "line\n", "\u212a", "\xff"} {
+		var b bytes.Buffer
+		writeQuoted(&b, s)
+		if got, want := b.String(), strconv.Quote(s); got != want {
+			t.Errorf("writeQuoted(%q) = %s, want %s", s, got, want)
+		}
+	}
+	for _, n := range []int{0, 1, len(spaces), len(spaces) + 1, 3*len(spaces) + 5} {
+		var b bytes.Buffer
+		indent(&b, n)
+		if b.String() != strings.Repeat(" ", n) {
+			t.Errorf("indent(%d) wrote %q", n, b.String())
+		}
+	}
+}

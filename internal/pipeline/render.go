@@ -228,10 +228,14 @@ func (p *Pipeline) Bytes() []byte {
 	return b.Bytes()
 }
 
+const spaces = "                                "
+
 func indent(b *bytes.Buffer, n int) {
-	for range n {
-		b.WriteByte(' ')
+	for n > len(spaces) {
+		b.WriteString(spaces)
+		n -= len(spaces)
 	}
+	b.WriteString(spaces[:n])
 }
 
 var reserved = map[string]bool{"true": true, "false": true, "yes": true, "no": true, "on": true, "off": true, "y": true, "n": true, "null": true}
@@ -306,7 +310,7 @@ func writeKey(b *bytes.Buffer, k string) {
 		b.WriteString(k)
 		return
 	}
-	b.Write(strconv.AppendQuote(b.AvailableBuffer(), k))
+	writeQuoted(b, k)
 }
 
 // writeString writes v plain when it reads back as the same string, else double quoted.
@@ -315,5 +319,19 @@ func writeString(b *bytes.Buffer, v string) {
 		b.WriteString(v)
 		return
 	}
-	b.Write(strconv.AppendQuote(b.AvailableBuffer(), v))
+	writeQuoted(b, v)
+}
+
+// writeQuoted writes strconv.Quote(s): a string of printable ASCII without '"' or '\\' (most quoted keys,
+// such as "build:img0001") is s between quotes, without the rune by rune escaping.
+func writeQuoted(b *bytes.Buffer, s string) {
+	for i := range len(s) {
+		if c := s[i]; c < ' ' || c > '~' || c == '"' || c == '\\' {
+			b.Write(strconv.AppendQuote(b.AvailableBuffer(), s))
+			return
+		}
+	}
+	b.WriteByte('"')
+	b.WriteString(s)
+	b.WriteByte('"')
 }
