@@ -10,7 +10,7 @@
 // (docs/benchmarks.md).
 //
 // The package imports only runtime/debug and os, so Go's initialisation order (dependencies first, then by
-// import path) runs it before most of those libraries (in the agent: after ~1.5 MB of the init allocations,
+// import path) runs it before most of those libraries (in the agent: after ~2 MB of the init allocations,
 // distribution/reference's among them; before jsonschema, govalidator and OPA).
 package startgc
 
