@@ -168,9 +168,12 @@ func (a *app) plan(ctx context.Context, rf *repoFlags, fs *pflag.FlagSet, base, 
 		repo, scanErr = discover.Scan(root, discover.Options{Registries: []string{cfg.Registry}})
 	}()
 	var pick basePick
-	ri := a.refInfo(ctx, git, cfg, ref)
+	explicit := base != "" || a.getenv("PIPEGEN_BASE") != ""
+	// With an explicit base no channel is read: the ref is not needed, so git is not asked for the
+	// branch (one git process less beside the scan).
+	ri := a.refInfo(ctx, git, cfg, ref, !explicit)
 	switch {
-	case base != "" || a.getenv("PIPEGEN_BASE") != "":
+	case explicit:
 		why := "--base"
 		if base == "" {
 			base, why = a.getenv("PIPEGEN_BASE"), "PIPEGEN_BASE"

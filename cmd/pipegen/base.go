@@ -28,17 +28,18 @@ type basePick struct {
 
 // refInfo is what the pipeline runs for, from GitLab's predefined variables or git.
 type refInfo struct {
-	ref          string // branch or tag (CI_COMMIT_REF_NAME)
+	ref          string // branch or tag (CI_COMMIT_REF_NAME); unset with an explicit base, which reads no channel
 	fallback     string // the branch whose release is the fallback: the MR's target, else default_branch
 	mergeRequest bool   // a merge request pipeline: never publishes, never deploys
 }
 
-func (a *app) refInfo(ctx context.Context, git discover.Git, cfg pipeline.Config, flagRef string) refInfo {
+// refInfo: the ref is --ref, else CI_COMMIT_REF_NAME, else (askGit) the checked-out branch.
+func (a *app) refInfo(ctx context.Context, git discover.Git, cfg pipeline.Config, flagRef string, askGit bool) refInfo {
 	ri := refInfo{ref: flagRef, fallback: cfg.DefaultBranch}
 	if ri.ref == "" {
 		ri.ref = a.getenv("CI_COMMIT_REF_NAME")
 	}
-	if ri.ref == "" {
+	if ri.ref == "" && askGit {
 		ri.ref = git.Branch(ctx)
 	}
 	if a.getenv("CI_PIPELINE_SOURCE") == "merge_request_event" || a.getenv("CI_MERGE_REQUEST_IID") != "" {

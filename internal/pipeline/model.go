@@ -239,12 +239,14 @@ func buildAll(repo *discover.Repo, decisions []discover.Decision, cfg Config, op
 	for _, e := range cfg.Environments {
 		envNames = append(envNames, e.Name)
 	}
-	rebuild := map[string]bool{}
+	rebuild := make(map[string]bool, len(decisions))
 	for _, d := range decisions {
 		rebuild[d.Image] = d.Rebuild
 	}
 
-	p := &Pipeline{Stages: Stages}
+	// Capacity for the usual jobs (build, scan, sign per image; a few per stack and environment; the
+	// release), so that the slice of ~200-byte jobs is not copied at every doubling.
+	p := &Pipeline{Stages: Stages, Jobs: make([]Job, 0, 3*len(repo.Images)+(2+len(cfg.Environments))*len(repo.Stacks)+8)}
 	parent := cfg.Signing.Pipeline == "parent"
 	tag := "$CI_COMMIT_SHA"
 	if parent {

@@ -3,112 +3,214 @@ package pipeline
 import (
 	"bytes"
 	"io"
+	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 )
 
-// A small YAML emitter: ordered mappings, sequences and scalars, nothing else. Strings are
-// written plain when that cannot change their meaning, else double quoted; output depends on
-// the input only.
+// A small YAML emitter: block mappings, sequences and scalars, nothing else, written straight
+// into one buffer (no intermediate tree: pipegen renders ~3,000 jobs, and boxing every key and
+// value cost more than writing them). Strings are written plain when that cannot change their
+// meaning, else double quoted; output depends on the input only.
 
-type kv struct {
-	k string
-	v any
+// block is a mapping being written at indentation ind; its first key continues the current line
+// (after "- " or the parent key's indentation), the next ones start indented.
+type block struct {
+	b       *bytes.Buffer
+	ind     int
+	started bool
 }
-type mapping []kv
-type seq []any
 
-// Tree converts the pipeline to an ordered tree of mapping / seq / string / bool.
-func (p *Pipeline) tree() mapping {
-	var top mapping
+func (m *block) key(k string) {
+	if m.started {
+		indent(m.b, m.ind)
+	}
+	m.started = true
+	writeKey(m.b, k)
+	m.b.WriteByte(':')
+}
+
+// str writes k: v.
+func (m *block) str(k, v string) {
+	m.key(k)
+	m.b.WriteByte(' ')
+	writeString(m.b, v)
+	m.b.WriteByte('\n')
+}
+
+// flag writes k: true|false.
+func (m *block) flag(k string, v bool) {
+	m.key(k)
+	m.b.WriteByte(' ')
+	m.b.WriteString(strconv.FormatBool(v))
+	m.b.WriteByte('\n')
+}
+
+// mapping starts a non-empty mapping under k.
+func (m *block) mapping(k string) *block {
+	m.key(k)
+	m.b.WriteByte('\n')
+	indent(m.b, m.ind+2)
+	return &block{b: m.b, ind: m.ind + 2}
+}
+
+// seq starts a sequence of n items under k (an empty one is written "[]" and has no items).
+func (m *block) seq(k string, n int) {
+	m.key(k)
+	if n == 0 {
+		m.b.WriteString(" []\n")
+		return
+	}
+	m.b.WriteByte('\n')
+}
+
+// item starts a non-empty mapping item of a sequence under one of m's keys.
+func (m *block) item() *block {
+	indent(m.b, m.ind+2)
+	m.b.WriteString("- ")
+	return &block{b: m.b, ind: m.ind + 4}
+}
+
+// strItem writes a string item of a sequence under one of m's keys.
+func (m *block) strItem(v string) {
+	indent(m.b, m.ind+2)
+	m.b.WriteString("- ")
+	writeString(m.b, v)
+	m.b.WriteByte('\n')
+}
+
+func (m *block) strSeq(k string, ss []string) {
+	m.seq(k, len(ss))
+	for _, s := range ss {
+		m.strItem(s)
+	}
+}
+
+func (m *block) vars(k string, vs []Var) {
+	v := m.mapping(k)
+	for _, x := range vs {
+		v.str(x.Name, x.Value)
+	}
+}
+
+// emit writes the pipeline's top-level mapping: a blank line after each mapping but the last entry.
+func (p *Pipeline) emit(b *bytes.Buffer) {
+	top := &block{b: b}
 	if p.Component != "" {
-		top = append(top, kv{"include", seq{mapping{{"component", p.Component}}}})
+		top.seq("include", 1)
+		top.item().str("component", p.Component)
 	} else if len(p.Includes) > 0 {
-		var inc seq
+		top.seq("include", len(p.Includes))
 		for _, f := range p.Includes {
-			inc = append(inc, mapping{{"local", f}})
+			top.item().str("local", f)
 		}
-		top = append(top, kv{"include", inc})
 	}
-	top = append(top, kv{"stages", strSeq(p.Stages)})
+	top.strSeq("stages", p.Stages)
 	if len(p.Variables) > 0 {
-		top = append(top, kv{"variables", vars(p.Variables)})
-	}
-	for _, j := range p.Jobs {
-		top = append(top, kv{j.Name, j.tree()})
-	}
-	return top
-}
-
-func strSeq(ss []string) seq {
-	s := make(seq, 0, len(ss))
-	for _, x := range ss {
-		s = append(s, x)
-	}
-	return s
-}
-
-func vars(vs []Var) mapping {
-	m := make(mapping, 0, len(vs))
-	for _, v := range vs {
-		m = append(m, kv{v.Name, v.Value})
-	}
-	return m
-}
-
-func (j Job) tree() mapping {
-	m := mapping{{"extends", j.Extends}, {"stage", j.Stage}}
-	if !j.NoNeeds && j.Needs != nil {
-		needs := seq{}
-		for _, n := range j.Needs {
-			if n.Pipeline != "" {
-				needs = append(needs, mapping{{"pipeline", n.Pipeline}, {"job", n.Job}, {"artifacts", n.Artifacts}})
-				continue
-			}
-			needs = append(needs, mapping{{"job", n.Job}, {"artifacts", n.Artifacts}})
+		top.vars("variables", p.Variables)
+		if len(p.Jobs) > 0 {
+			b.WriteByte('\n')
 		}
-		m = append(m, kv{"needs", needs})
+	}
+	p.emitJobs(b)
+}
+
+// parallelJobs is the number of jobs from which emitJobs renders on every processor.
+const parallelJobs = 512
+
+// emitJobs writes the jobs (top-level entries after "stages"), a blank line between two. A large
+// pipeline is rendered in one contiguous chunk of jobs per processor, each into its own buffer,
+// joined in order: the same bytes as one pass.
+func (p *Pipeline) emitJobs(b *bytes.Buffer) {
+	chunks := min(runtime.GOMAXPROCS(0), 4)
+	if len(p.Jobs) < parallelJobs || chunks < 2 {
+		p.emitRange(b, 0, len(p.Jobs))
+		return
+	}
+	per := (len(p.Jobs) + chunks - 1) / chunks
+	bufs := make([]bytes.Buffer, chunks)
+	var wg sync.WaitGroup
+	for k := 1; k < chunks; k++ {
+		wg.Go(func() {
+			lo, hi := min(k*per, len(p.Jobs)), min((k+1)*per, len(p.Jobs))
+			bufs[k].Grow(512 * (hi - lo))
+			p.emitRange(&bufs[k], lo, hi)
+		})
+	}
+	p.emitRange(b, 0, min(per, len(p.Jobs)))
+	wg.Wait()
+	for k := 1; k < chunks; k++ {
+		b.Write(bufs[k].Bytes())
+	}
+}
+
+// emitRange writes jobs lo to hi-1 as entries of the top-level mapping (never its first).
+func (p *Pipeline) emitRange(b *bytes.Buffer, lo, hi int) {
+	top := &block{b: b, started: true}
+	for i := lo; i < hi; i++ {
+		j := &p.Jobs[i]
+		j.emit(top.mapping(j.Name))
+		if i < len(p.Jobs)-1 {
+			b.WriteByte('\n')
+		}
+	}
+}
+
+func (j *Job) emit(m *block) {
+	m.str("extends", j.Extends)
+	m.str("stage", j.Stage)
+	if !j.NoNeeds && j.Needs != nil {
+		m.seq("needs", len(j.Needs))
+		for _, n := range j.Needs {
+			it := m.item()
+			if n.Pipeline != "" {
+				it.str("pipeline", n.Pipeline)
+			}
+			it.str("job", n.Job)
+			it.flag("artifacts", n.Artifacts)
+		}
 	}
 	if len(j.Variables) > 0 {
-		m = append(m, kv{"variables", vars(j.Variables)})
+		m.vars("variables", j.Variables)
 	}
 	if len(j.IDTokens) > 0 {
-		var t mapping
+		t := m.mapping("id_tokens")
 		for _, v := range j.IDTokens {
-			t = append(t, kv{v.Name, mapping{{"aud", v.Value}}})
+			t.mapping(v.Name).str("aud", v.Value)
 		}
-		m = append(m, kv{"id_tokens", t})
 	}
 	if j.Environment != nil {
-		m = append(m, kv{"environment", mapping{{"name", j.Environment.Name}, {"deployment_tier", j.Environment.Tier}}})
+		e := m.mapping("environment")
+		e.str("name", j.Environment.Name)
+		e.str("deployment_tier", j.Environment.Tier)
 	}
 	if j.ResourceGroup != "" {
-		m = append(m, kv{"resource_group", j.ResourceGroup})
+		m.str("resource_group", j.ResourceGroup)
 	}
 	if len(j.Rules) > 0 {
-		var r seq
+		m.seq("rules", len(j.Rules))
 		for _, x := range j.Rules {
-			r = append(r, mapping{{"if", x.If}, {"when", x.When}})
+			it := m.item()
+			it.str("if", x.If)
+			it.str("when", x.When)
 		}
-		m = append(m, kv{"rules", r})
 	}
 	if j.AllowFailure != nil {
-		m = append(m, kv{"allow_failure", *j.AllowFailure})
+		m.flag("allow_failure", *j.AllowFailure)
 	}
 	if j.Interruptible != nil {
-		m = append(m, kv{"interruptible", *j.Interruptible})
+		m.flag("interruptible", *j.Interruptible)
 	}
 	if j.Dotenv != "" || len(j.Paths) > 0 {
-		var a mapping
+		a := m.mapping("artifacts")
 		if len(j.Paths) > 0 {
-			a = append(a, kv{"paths", strSeq(j.Paths)})
+			a.strSeq("paths", j.Paths)
 		}
 		if j.Dotenv != "" {
-			a = append(a, kv{"reports", mapping{{"dotenv", j.Dotenv}}})
+			a.mapping("reports").str("dotenv", j.Dotenv)
 		}
-		m = append(m, kv{"artifacts", a})
 	}
-	return m
 }
 
 // Render writes the pipeline as YAML.
@@ -122,78 +224,42 @@ func (p *Pipeline) Bytes() []byte {
 	var b bytes.Buffer
 	b.Grow(1024 + 512*len(p.Jobs))
 	b.WriteString("# Generated by pipegen. Do not edit: change the repository layout, pipegen.yaml or the templates.\n")
-	emitMapping(&b, p.tree(), 0)
+	p.emit(&b)
 	return b.Bytes()
 }
 
+const spaces = "                                "
+
 func indent(b *bytes.Buffer, n int) {
-	for range n {
-		b.WriteByte(' ')
+	for n > len(spaces) {
+		b.WriteString(spaces)
+		n -= len(spaces)
 	}
-}
-
-func emitMapping(b *bytes.Buffer, m mapping, ind int) {
-	for i, e := range m {
-		if i > 0 {
-			indent(b, ind)
-		}
-		b.WriteString(key(e.k))
-		b.WriteByte(':')
-		emitValue(b, e.v, ind)
-		if ind == 0 && i < len(m)-1 {
-			if _, ok := e.v.(mapping); ok {
-				b.WriteByte('\n') // a blank line between top-level jobs
-			}
-		}
-	}
-}
-
-// emitValue writes " scalar\n" or "\n" followed by the nested block at ind+2.
-func emitValue(b *bytes.Buffer, v any, ind int) {
-	switch x := v.(type) {
-	case mapping:
-		if len(x) == 0 {
-			b.WriteString(" {}\n")
-			return
-		}
-		b.WriteByte('\n')
-		indent(b, ind+2)
-		emitMapping(b, x, ind+2)
-	case seq:
-		if len(x) == 0 {
-			b.WriteString(" []\n")
-			return
-		}
-		b.WriteByte('\n')
-		for _, it := range x {
-			indent(b, ind+2)
-			b.WriteString("-")
-			switch y := it.(type) {
-			case mapping:
-				if len(y) == 0 {
-					b.WriteString(" {}\n")
-					continue
-				}
-				b.WriteByte(' ')
-				emitMapping(b, y, ind+4)
-			default:
-				b.WriteByte(' ')
-				b.WriteString(scalar(y))
-				b.WriteByte('\n')
-			}
-		}
-	default:
-		b.WriteByte(' ')
-		b.WriteString(scalar(x))
-		b.WriteByte('\n')
-	}
+	b.WriteString(spaces[:n])
 }
 
 var reserved = map[string]bool{"true": true, "false": true, "yes": true, "no": true, "on": true, "off": true, "y": true, "n": true, "null": true}
 
 // reservedWord is reserved[strings.ToLower(s)] without lowering the strings longer than every reserved word
 // (most keys and values: pipegen renders a few hundred thousand of them).
-func reservedWord(s string) bool { return len(s) <= len("false") && reserved[strings.ToLower(s)] }
+// An ASCII string is lowered on the stack; any other goes through strings.ToLower as before.
+func reservedWord(s string) bool {
+	if len(s) > len("false") {
+		return false
+	}
+	var low [len("false")]byte
+	for i := range len(s) {
+		c := s[i]
+		if c >= 0x80 {
+			return reserved[strings.ToLower(s)]
+		}
+		if c >= 'A' && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		low[i] = c
+	}
+	return reserved[string(low[:len(s)])]
+}
 
 func letter(c byte) bool { return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' }
 func digit(c byte) bool  { return c >= '0' && c <= '9' }
@@ -238,24 +304,34 @@ func plainValue(v string) bool {
 	return !reservedWord(v)
 }
 
-func key(k string) string {
+// writeKey writes k plain when it reads back as the same key, else double quoted.
+func writeKey(b *bytes.Buffer, k string) {
 	if plainKey(k) {
-		return k
+		b.WriteString(k)
+		return
 	}
-	return strconv.Quote(k)
+	writeQuoted(b, k)
 }
 
-func scalar(v any) string {
-	switch x := v.(type) {
-	case bool:
-		return strconv.FormatBool(x)
-	case int:
-		return strconv.Itoa(x)
-	case string:
-		if plainValue(x) {
-			return x
-		}
-		return strconv.Quote(x)
+// writeString writes v plain when it reads back as the same string, else double quoted.
+func writeString(b *bytes.Buffer, v string) {
+	if plainValue(v) {
+		b.WriteString(v)
+		return
 	}
-	panic("pipeline: unsupported YAML value")
+	writeQuoted(b, v)
+}
+
+// writeQuoted writes strconv.Quote(s): a string of printable ASCII without '"' or '\\' (most quoted keys,
+// such as "build:img0001") is s between quotes, without the rune by rune escaping.
+func writeQuoted(b *bytes.Buffer, s string) {
+	for i := range len(s) {
+		if c := s[i]; c < ' ' || c > '~' || c == '"' || c == '\\' {
+			b.Write(strconv.AppendQuote(b.AvailableBuffer(), s))
+			return
+		}
+	}
+	b.WriteByte('"')
+	b.WriteString(s)
+	b.WriteByte('"')
 }

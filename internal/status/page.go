@@ -8,6 +8,7 @@ import (
 	"html/template"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/sabeiro/sawmill/internal/reconcile"
@@ -22,7 +23,7 @@ type Viewer interface {
 //go:embed page
 var pageFiles embed.FS
 
-var pageTemplate = template.Must(template.New("page.html").Funcs(template.FuncMap{
+var pageFuncs = template.FuncMap{
 	"time": func(t time.Time) string {
 		if t.IsZero() {
 			return "never"
@@ -30,7 +31,13 @@ var pageTemplate = template.Must(template.New("page.html").Funcs(template.FuncMa
 		return t.UTC().Format("2006-01-02 15:04:05 UTC")
 	},
 	"join": strings.Join,
-}).ParseFS(pageFiles, "page/page.html"))
+}
+
+// pageTemplate is parsed once, when the daemon sets up its handlers (pageHandlers), not in init: the agent's
+// other commands skipped it (0.9 M instructions of the 72 M of `agent version`).
+var pageTemplate = sync.OnceValue(func() *template.Template {
+	return template.Must(template.New("page.html").Funcs(pageFuncs).ParseFS(pageFiles, "page/page.html"))
+})
 
 // pageCSP lets the page load only its own script and style and read /status: no inline script, nothing
 // from elsewhere.
@@ -38,9 +45,10 @@ const pageCSP = "default-src 'none'; script-src 'self'; style-src 'self'; connec
 
 // pageHandlers serves the status page (/), its script and style, through guard.
 func pageHandlers(mux *http.ServeMux, v Viewer, guard func(http.Handler) http.Handler) {
+	page := pageTemplate()
 	mux.Handle("GET /{$}", guard(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var b bytes.Buffer
-		if err := pageTemplate.Execute(&b, v.View(r.Context())); err != nil {
+		if err := page.Execute(&b, v.View(r.Context())); err != nil {
 			http.Error(w, "status page: "+err.Error(), http.StatusInternalServerError)
 			return
 		}

@@ -39,3 +39,33 @@ func TestEnvironmentWins(t *testing.T) {
 		t.Fatalf("child: %v\n%s", err, out)
 	}
 }
+
+// OffWithLimit: without GOGC or GOMEMLIMIT the collector stays off under the soft limit; with GOMEMLIMIT the
+// environment's limit stays and the target is percent; with GOGC nothing changes. Each case in a child
+// process (the runtime's settings are global).
+func TestOffWithLimit(t *testing.T) {
+	if c := os.Getenv("STARTGC_LIMIT_CHILD"); c != "" {
+		OffWithLimit(64<<20, 400)
+		percent := debug.SetGCPercent(100)
+		limit := debug.SetMemoryLimit(-1)
+		want := map[string][2]int64{"none": {-1, 64 << 20}, "memlimit": {400, 32 << 20}, "gogc": {50, 1<<63 - 1}}[c]
+		if int64(percent) != want[0] || limit != want[1] {
+			t.Fatalf("%s: GC percent %d, memory limit %d; want %d, %d", c, percent, limit, want[0], want[1])
+		}
+		return
+	}
+	for c, env := range map[string][]string{"none": nil, "memlimit": {"GOMEMLIMIT=32MiB"}, "gogc": {"GOGC=50"}} {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestOffWithLimit$", "-test.count=1", "-test.v")
+		var base []string
+		for _, kv := range os.Environ() {
+			if !strings.HasPrefix(kv, "GOGC=") && !strings.HasPrefix(kv, "GOMEMLIMIT=") {
+				base = append(base, kv)
+			}
+		}
+		cmd.Env = append(append(base, "STARTGC_LIMIT_CHILD="+c), env...)
+		out, err := cmd.CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "--- PASS: TestOffWithLimit") {
+			t.Fatalf("%s: child: %v\n%s", c, err, out)
+		}
+	}
+}
