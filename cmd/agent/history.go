@@ -97,11 +97,19 @@ history (another agent rolled it out) is fetched from GitLab again by the daemon
 (or no answer in time), 2 no such release, 3 refused by signatures or policies.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			to, _ := cmd.Flags().GetString("to")
+			reason, _ := cmd.Flags().GetString("reason")
+			// With the lease, the request travels through the swarm: any agent's task reaches the acting agent.
+			if sp, done, err := sharedPin(cmd, d, true); err != nil {
+				return err
+			} else if sp != nil {
+				defer done()
+				return rollbackShared(cmd, d, sp, &reconcile.Request{Action: reconcile.ActionRollback, To: to, Reason: reason})
+			}
 			dir, saved, err := savedState(cmd)
 			if err != nil {
 				return err
 			}
-			to, _ := cmd.Flags().GetString("to")
 			h, err := reconcile.FindRelease(saved.History, to)
 			switch {
 			case err != nil && strings.HasPrefix(to, "deployment-"):
@@ -117,7 +125,6 @@ history (another agent rolled it out) is fetched from GitLab again by the daemon
 			if err := checkActing(cmd, d, dir); err != nil {
 				return err
 			}
-			reason, _ := cmd.Flags().GetString("reason")
 			req := &reconcile.Request{Action: reconcile.ActionRollback, To: h.Release, Reason: reason}
 			return request(cmd, d, dir, req, "rollback to "+h.Release)
 		},
@@ -196,17 +203,21 @@ func request(cmd *cobra.Command, d deps, dir string, req *reconcile.Request, wha
 		if err != nil || saved.Answer == nil || saved.Answer.ID != req.ID {
 			continue
 		}
-		a := saved.Answer
-		if a.Outcome == outcome.Success {
-			fmt.Fprintf(d.stdout, "%s: %s\n", what, a.Reason)
-			return nil
-		}
-		code := a.Outcome.Row().Exit
-		if code == 0 {
-			code = 1
-		}
-		return exitError{code: code, err: fmt.Errorf("%s: %s: %s", what, a.Outcome, a.Reason)}
+		return answered(d, what, saved.Answer)
 	}
+}
+
+// answered prints the daemon's answer a and returns its outcome as the exit code (0 only for success).
+func answered(d deps, what string, a *reconcile.Answer) error {
+	if a.Outcome == outcome.Success {
+		fmt.Fprintf(d.stdout, "%s: %s\n", what, a.Reason)
+		return nil
+	}
+	code := a.Outcome.Row().Exit
+	if code == 0 {
+		code = 1
+	}
+	return exitError{code: code, err: fmt.Errorf("%s: %s: %s", what, a.Outcome, a.Reason)}
 }
 
 // savedState reads the state file of the daemon's state directory (stateDirOf).

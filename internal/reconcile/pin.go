@@ -31,7 +31,7 @@ type turn struct {
 func (l *Loop) choose(ctx context.Context, rel *source.Release, key string) (*source.Release, string, error) {
 	l.turn = turn{rel: rel, latest: key}
 	var notHere error // the release asked for is not in this agent's history
-	req, err := takeRequest(l.RequestFile)
+	req, err := l.nextRequest(ctx)
 	switch {
 	case err != nil:
 		l.Log.Error("request", "err", err)
@@ -113,6 +113,9 @@ func (l *Loop) answerRequest(req *Request, release string, o outcome.Outcome, re
 	l.answer = a
 	l.mu.Unlock()
 	l.dirty = true
+	if req.shared {
+		l.answerShared(a)
+	}
 }
 
 func (l *Loop) setPin(p *Pin) {
@@ -173,6 +176,7 @@ func (l *Loop) afterCycle(rec Record, keep bool) {
 	l.history = trimHistory(l.HistoryDir, append([]HistoryEntry{e}, l.history...), l.HistoryKeep, l.pin)
 	l.mu.Unlock()
 	l.dirty = true
+	l.shareHistory()
 }
 
 // maxCycles is how many cycles the status page lists.

@@ -61,6 +61,9 @@ type SwarmPins struct {
 	Listed func() ([]swarm.Config, time.Time)
 	MaxAge time.Duration
 	Now    func() time.Time
+
+	// historySeq is the sequence of the swarm's history this agent last read or wrote (swarmhistory.go).
+	historySeq int64
 }
 
 // pinDoc is the config data: the schema, the environment, the sequence (also in the name) and the pin.
