@@ -75,8 +75,9 @@ func TestPinHoldsAcrossAgents(t *testing.T) {
 	deploy(2, "v2")
 	waitFor(t, "B to run", 2*time.Minute, func() bool { return running() == images["v2"] && leader.status()["release"] == "deployment-2" })
 
-	// A rollback asked of the standby is refused (exit 2): it would wait until that agent acts.
-	if r := runAgent(t, dc, "rollback", "--config", cfg, "--state-dir", states[other], "--to", "deployment-1"); r.code != 2 || !strings.Contains(r.stderr, "stands by") {
+	// A rollback left in the standby's state directory (no --config: the environment is unknown, so it is not
+	// sent through the swarm) is refused (exit 2): it would wait until that agent acts.
+	if r := runAgent(t, dc, "rollback", "--state-dir", states[other], "--to", "deployment-1"); r.code != 2 || !strings.Contains(r.stderr, "stands by") {
 		t.Fatalf("rollback through the standby: exit %d, want 2 (it stands by)\n%s", r.code, r.stderr)
 	}
 	// Rollback through the leader's state directory: A runs, pinned, and the pin is in the swarm.
