@@ -94,7 +94,12 @@ there: it does not roll forward until a newer deployment arrives or agent unpin.
 agent history (deployment-12) or a commit (7 characters or more); a deployment that is not in this agent's
 history (another agent rolled it out) is fetched from GitLab again by the daemon. The command waits for the daemon's answer
 (--wait 0: it only leaves the request) and exits as apply does: 0 rolled back and pinned, 1 the rollout failed
-(or no answer in time), 2 no such release, 3 refused by signatures or policies.`,
+(or no answer in time), 2 no such release, 3 refused by signatures or policies.
+
+With the lease and the environment known (--config, or $SAWMILL_ENVIRONMENT), the request goes through the
+swarm (a config <lease>.request-<id> beside the lease): run it in any agent's task, a standby's included;
+the agent holding the lease acts and answers. With lease.disabled (or no environment), it is left in the
+state directory, which must be the acting agent's.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			to, _ := cmd.Flags().GetString("to")

@@ -199,6 +199,7 @@ func (s *SwarmPins) SaveHistory(ctx context.Context, h []HistoryEntry) (int64, e
 		Annotations: swarm.Annotations{Name: s.historyName(next), Labels: labels}, Data: data}}); err != nil {
 		return 0, fmt.Errorf("history: create %s: %w", s.historyName(next), err)
 	}
+	defer s.wrote()
 	for _, c := range configs {
 		if _, err := s.Client.ConfigRemove(ctx, c.ID, client.ConfigRemoveOptions{}); err != nil {
 			return next, fmt.Errorf("history: remove %s: %w", c.Spec.Name, err)

@@ -262,6 +262,7 @@ func (s *SwarmPins) Take(ctx context.Context, now time.Time) (*Request, error) {
 		}
 	}
 	c, id := configs[i], ids[i]
+	defer s.wrote()
 	if _, err := s.Client.ConfigRemove(ctx, c.ID, client.ConfigRemoveOptions{}); err != nil {
 		return nil, fmt.Errorf("request: remove %s (not acted on): %w", c.Spec.Name, err)
 	}
@@ -296,6 +297,7 @@ func (s *SwarmPins) Answer(ctx context.Context, a *Answer) error {
 		Annotations: swarm.Annotations{Name: s.answerName(a.ID), Labels: labels}, Data: data}}); err != nil {
 		return fmt.Errorf("answer: create %s: %w", s.answerName(a.ID), err)
 	}
+	s.wrote()
 	return nil
 }
 

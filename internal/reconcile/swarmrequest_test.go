@@ -282,9 +282,10 @@ func TestSwarmRequestsOnTheSwarm(t *testing.T) {
 		}
 	}
 	listed = listNow()
+	before = cc.lists.Load()
 	back, seq, err := pins.LoadHistory(ctx)
-	if err != nil || seq != 2 || len(back) != 2 || back[1].Release != "deployment-1" {
-		t.Fatalf("history: %+v seq %d %v", back, seq, err)
+	if err != nil || seq != 2 || len(back) != 2 || back[1].Release != "deployment-1" || cc.lists.Load() != before {
+		t.Fatalf("history: %+v seq %d %v (%d list calls of its own)", back, seq, err, cc.lists.Load()-before)
 	}
 	if cs, _ := pins.historyConfigs(listed); len(cs) != 1 {
 		t.Fatalf("%d history configs, want 1", len(cs))
