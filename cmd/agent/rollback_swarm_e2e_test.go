@@ -24,59 +24,9 @@ import (
 // old leader rolled back to), read from the history the agents share in the swarm: with only its own
 // history it would have none.
 func TestRollbackThroughTheSwarm(t *testing.T) {
-	env := newDaemonEnv(t, testenv.Variable{Key: "DB_PASSWORD", Value: "pw-rollback", Scope: "*"})
-	dc, reg, port, name, gl := env.dc, env.reg, env.port, env.name, env.gl
-	images, key := signedImages(t, reg)
-	leaseName := "sawmill-test-lease-" + name
-	ours := func(infix string) []string {
-		l, _ := dc.ConfigList(context.Background(), client.ConfigListOptions{Filters: make(client.Filters).Add("name", leaseName+infix)})
-		var names []string
-		for _, c := range l.Items {
-			names = append(names, c.Spec.Name)
-		}
-		return names
-	}
-	t.Cleanup(func() {
-		l, _ := dc.ConfigList(context.Background(), client.ConfigListOptions{Filters: make(client.Filters).Add("name", leaseName)})
-		for _, c := range l.Items {
-			_, _ = dc.ConfigRemove(context.Background(), c.ID, client.ConfigRemoveOptions{})
-		}
-	})
-	cfg := filepath.Join(t.TempDir(), "agent.yaml")
-	pem := strings.ReplaceAll(strings.TrimSpace(key.PublicPEM), "\n", "\n            ")
-	writeFile(t, cfg, fmt.Sprintf("environment: staging\nlease: {ttl: 6s, name: %s}\nhistory: {keep: 5}\ntrust:\n  rules:\n    - pattern: %q\n      authorities:\n        - name: release-key\n          key: |\n            %s\n",
-		leaseName, reg+"/**", pem))
-	deploy := deployer(gl, name, port, images)
-	running := func() string { return serviceImage(dc, name+"_web") }
-	pinOf := func(a *agentProcess) string {
-		if p, ok := a.status()["pin"].(map[string]any); ok {
-			r, _ := p["release"].(string)
-			return r
-		}
-		return ""
-	}
-
-	deploy(1, "v1")
-	envVars := []string{"DOCKER_HOST=" + os.Getenv("SAWMILL_TEST_DOCKER_HOST")}
-	states := map[*agentProcess]string{}
-	var agents []*agentProcess
-	for range 2 {
-		state := t.TempDir()
-		a := startAgentProcess(t, envVars, "--config", cfg, "--skip-verify=false", "--environment", "staging", "--state-dir", state,
-			"--policy-mode", "warn", "--timeout", "2m", "--interval", "1s")
-		states[a], agents = state, append(agents, a)
-	}
-	var leader, standby *agentProcess
-	waitFor(t, "one leader", 2*time.Minute, func() bool {
-		if agents[0].leader() != agents[1].leader() {
-			leader, standby = agents[0], agents[1]
-			if agents[1].leader() {
-				leader, standby = agents[1], agents[0]
-			}
-			return true
-		}
-		return false
-	})
+	p := startAgentPair(t, "pw-rollback")
+	dc, images, cfg, deploy, running, pinOf, states, ours := p.dc, p.images, p.cfg, p.deploy, p.running, p.pinOf, p.states, p.configs
+	leader, standby := p.leader, p.other
 	waitFor(t, "1 to run", 2*time.Minute, func() bool { return running() == images["v1"] })
 	deploy(2, "v2")
 	waitFor(t, "2 to run", 2*time.Minute, func() bool { return running() == images["v2"] && leader.status()["release"] == "deployment-2" })
@@ -132,4 +82,77 @@ func TestRollbackThroughTheSwarm(t *testing.T) {
 	if h := runAgent(t, dc, "history", "--config", cfg, "--state-dir", states[standby]); h.code != 0 || !strings.Contains(h.stdout, "deployment-2 ") {
 		t.Fatalf("agent history of the new leader: exit %d\n%s", h.code, h.stdout)
 	}
+}
+
+// agentPair is two agents as their own processes (as on two managers: each its own task and state
+// directory) following GitLab's staging deployments of one stack, with a lease of the test's own and
+// signatures verified (startAgentPair); deployment 1 is made before they start.
+type agentPair struct {
+	dc            *client.Client
+	name, lease   string
+	images        map[string]string
+	cfg           string
+	deploy        func(id int64, v string) string
+	states        map[*agentProcess]string
+	leader, other *agentProcess
+}
+
+// running is the image the stack's web service runs.
+func (p *agentPair) running() string { return serviceImage(p.dc, p.name+"_web") }
+
+// pinOf is the release an agent's /status says is pinned ("" none).
+func (p *agentPair) pinOf(a *agentProcess) string {
+	if pin, ok := a.status()["pin"].(map[string]any); ok {
+		r, _ := pin["release"].(string)
+		return r
+	}
+	return ""
+}
+
+// configs lists the names of the swarm's configs named <lease><infix>...
+func (p *agentPair) configs(infix string) []string {
+	l, _ := p.dc.ConfigList(context.Background(), client.ConfigListOptions{Filters: make(client.Filters).Add("name", p.lease+infix)})
+	var names []string
+	for _, c := range l.Items {
+		names = append(names, c.Spec.Name)
+	}
+	return names
+}
+
+func startAgentPair(t *testing.T, password string) *agentPair {
+	t.Helper()
+	env := newDaemonEnv(t, testenv.Variable{Key: "DB_PASSWORD", Value: password, Scope: "*"})
+	dc, reg := env.dc, env.reg
+	images, key := signedImages(t, reg)
+	p := &agentPair{dc: dc, images: images, cfg: filepath.Join(t.TempDir(), "agent.yaml"), deploy: deployer(env.gl, env.name, env.port, images),
+		states: map[*agentProcess]string{}, name: env.name, lease: "sawmill-test-lease-" + env.name}
+	t.Cleanup(func() {
+		l, _ := dc.ConfigList(context.Background(), client.ConfigListOptions{Filters: make(client.Filters).Add("name", p.lease)})
+		for _, c := range l.Items {
+			_, _ = dc.ConfigRemove(context.Background(), c.ID, client.ConfigRemoveOptions{})
+		}
+	})
+	pem := strings.ReplaceAll(strings.TrimSpace(key.PublicPEM), "\n", "\n            ")
+	writeFile(t, p.cfg, fmt.Sprintf("environment: staging\nlease: {ttl: 6s, name: %s}\nhistory: {keep: 5}\ntrust:\n  rules:\n    - pattern: %q\n      authorities:\n        - name: release-key\n          key: |\n            %s\n",
+		p.lease, reg+"/**", pem))
+	p.deploy(1, "v1")
+	envVars := []string{"DOCKER_HOST=" + os.Getenv("SAWMILL_TEST_DOCKER_HOST")}
+	var agents []*agentProcess
+	for range 2 {
+		state := t.TempDir()
+		a := startAgentProcess(t, envVars, "--config", p.cfg, "--skip-verify=false", "--environment", "staging", "--state-dir", state,
+			"--policy-mode", "warn", "--timeout", "2m", "--interval", "1s")
+		p.states[a], agents = state, append(agents, a)
+	}
+	waitFor(t, "one leader", 2*time.Minute, func() bool {
+		if agents[0].leader() != agents[1].leader() {
+			p.leader, p.other = agents[0], agents[1]
+			if agents[1].leader() {
+				p.leader, p.other = agents[1], agents[0]
+			}
+			return true
+		}
+		return false
+	})
+	return p
 }
