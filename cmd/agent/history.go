@@ -124,9 +124,10 @@ state directory, which must be the acting agent's.`,
 			case err != nil:
 				return usageError{err}
 			}
-			// A deployment this agent did not keep (another agent rolled it out: the history is shared through the
-			// swarm) is fetched from GitLab again by the daemon.
-			if !h.Kept && !strings.HasPrefix(h.Release, "deployment-") {
+			// With the lease, a deployment this agent did not keep (another agent rolled it out: the history is
+			// shared through the swarm) is fetched from GitLab again by the daemon.
+			lease, _ := leaseOf(cmd)
+			if !h.Kept && (lease.Lease.Disabled || !strings.HasPrefix(h.Release, "deployment-")) {
 				return usageError{fmt.Errorf("release %s was not kept in %s: it cannot be rolled back to (re-run its deploy job in GitLab instead)", h.Release, dir)}
 			}
 			if err := checkActing(cmd, d, dir); err != nil {
