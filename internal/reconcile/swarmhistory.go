@@ -75,18 +75,11 @@ func EncodeHistory(h []HistoryEntry, env string, seq int64) ([]byte, error) {
 // 100 entries each with a release key (agreeing with its deployment ID), a commit in hex, a known outcome, a
 // time, and bounded text without control characters. Kept is false in every entry returned.
 func DecodeHistory(b []byte, env string) ([]HistoryEntry, int64, error) {
-	if len(b) > MaxHistorySize {
-		return nil, 0, fmt.Errorf("history: more than %d bytes", MaxHistorySize)
-	}
 	var d historyDoc
-	if err := strictJSON(b, &d); err != nil {
-		return nil, 0, fmt.Errorf("history: %w", err)
+	if err := readDoc(b, MaxHistorySize, "history", &d, func() (string, string) { return d.Schema, d.Environment }, HistorySchema, env); err != nil {
+		return nil, 0, err
 	}
 	switch {
-	case d.Schema != HistorySchema:
-		return nil, 0, fmt.Errorf("history: schema %q, want %q", d.Schema, HistorySchema)
-	case d.Environment != env:
-		return nil, 0, fmt.Errorf("history: of environment %q, not %q", d.Environment, env)
 	case d.Seq <= 0:
 		return nil, 0, fmt.Errorf("history: sequence %d is not positive", d.Seq)
 	case len(d.History) > maxSharedEntries:

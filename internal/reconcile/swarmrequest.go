@@ -93,19 +93,11 @@ func EncodeRequest(r *Request, env string, t time.Time) ([]byte, error) {
 // one JSON object of RequestSchema and nothing after it, no unknown field, the environment env, a time, and
 // a request that passes CheckRequest.
 func DecodeRequest(b []byte, env string) (*Request, error) {
-	if len(b) > MaxRequestSize {
-		return nil, fmt.Errorf("request: more than %d bytes", MaxRequestSize)
-	}
 	var d requestDoc
-	if err := strictJSON(b, &d); err != nil {
-		return nil, fmt.Errorf("request: %w", err)
+	if err := readDoc(b, MaxRequestSize, "request", &d, func() (string, string) { return d.Schema, d.Environment }, RequestSchema, env); err != nil {
+		return nil, err
 	}
-	switch {
-	case d.Schema != RequestSchema:
-		return nil, fmt.Errorf("request: schema %q, want %q", d.Schema, RequestSchema)
-	case d.Environment != env:
-		return nil, fmt.Errorf("request: of environment %q, not %q", d.Environment, env)
-	case d.Time.IsZero():
+	if d.Time.IsZero() {
 		return nil, errors.New("request: no time")
 	}
 	if err := CheckRequest(d.Request); err != nil {
@@ -131,19 +123,12 @@ func EncodeAnswer(a *Answer, env string) ([]byte, error) {
 // DecodeAnswer reads and checks an answer config's data for environment env (the CLI reads it: whoever
 // controls the swarm writes it).
 func DecodeAnswer(b []byte, env string) (*Answer, error) {
-	if len(b) > MaxAnswerSize {
-		return nil, fmt.Errorf("answer: more than %d bytes", MaxAnswerSize)
-	}
 	var d answerDoc
-	if err := strictJSON(b, &d); err != nil {
-		return nil, fmt.Errorf("answer: %w", err)
+	if err := readDoc(b, MaxAnswerSize, "answer", &d, func() (string, string) { return d.Schema, d.Environment }, AnswerSchema, env); err != nil {
+		return nil, err
 	}
 	a := d.Answer
 	switch {
-	case d.Schema != AnswerSchema:
-		return nil, fmt.Errorf("answer: schema %q, want %q", d.Schema, AnswerSchema)
-	case d.Environment != env:
-		return nil, fmt.Errorf("answer: of environment %q, not %q", d.Environment, env)
 	case a == nil:
 		return nil, errors.New("answer: none")
 	case !requestIDRe.MatchString(a.ID):
@@ -174,6 +159,24 @@ func oneLine(s string, n int) string {
 		s = strings.ToValidUTF8(s[:n-3], "") + "..."
 	}
 	return s
+}
+
+// readDoc decodes config data b of at most limit bytes into v (strictJSON), then checks its schema and
+// environment (header, read after decoding); what names the document in errors.
+func readDoc(b []byte, limit int, what string, v any, header func() (schema, env string), schema, env string) error {
+	if len(b) > limit {
+		return fmt.Errorf("%s: more than %d bytes", what, limit)
+	}
+	if err := strictJSON(b, v); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	switch gotSchema, gotEnv := header(); {
+	case gotSchema != schema:
+		return fmt.Errorf("%s: schema %q, want %q", what, gotSchema, schema)
+	case gotEnv != env:
+		return fmt.Errorf("%s: of environment %q, not %q", what, gotEnv, env)
+	}
+	return nil
 }
 
 // strictJSON decodes one JSON object into v: no unknown field, nothing after it.
