@@ -126,12 +126,6 @@ func startAgentPair(t *testing.T, password string) *agentPair {
 	images, key := signedImages(t, reg)
 	p := &agentPair{dc: dc, images: images, cfg: filepath.Join(t.TempDir(), "agent.yaml"), deploy: deployer(env.gl, env.name, env.port, images),
 		states: map[*agentProcess]string{}, name: env.name, lease: "sawmill-test-lease-" + env.name}
-	t.Cleanup(func() {
-		l, _ := dc.ConfigList(context.Background(), client.ConfigListOptions{Filters: make(client.Filters).Add("name", p.lease)})
-		for _, c := range l.Items {
-			_, _ = dc.ConfigRemove(context.Background(), c.ID, client.ConfigRemoveOptions{})
-		}
-	})
 	pem := strings.ReplaceAll(strings.TrimSpace(key.PublicPEM), "\n", "\n            ")
 	writeFile(t, p.cfg, fmt.Sprintf("environment: staging\nlease: {ttl: 6s, name: %s}\nhistory: {keep: 5}\ntrust:\n  rules:\n    - pattern: %q\n      authorities:\n        - name: release-key\n          key: |\n            %s\n",
 		p.lease, reg+"/**", pem))
