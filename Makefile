@@ -40,7 +40,8 @@ test-go:
 FUZZTIME ?= 10s
 FUZZ_TARGETS := FuzzParse:./internal/manifest FuzzLoad:./internal/compose FuzzTrustPolicy:./internal/verify \
 	FuzzConfig:./cmd/pipegen FuzzImageSpec:./internal/discover FuzzWebhook:./internal/status \
-	FuzzValue:./internal/sopsfile FuzzDecodePin:./internal/reconcile FuzzParseRecord:./internal/release
+	FuzzValue:./internal/sopsfile FuzzDecodePin:./internal/reconcile FuzzParseRecord:./internal/release \
+	FuzzDecodeRequest:./internal/reconcile
 # Go's fuzzer can end a run with "context deadline exceeded" when -fuzztime runs out while it minimizes a new
 # interesting input; that is not a finding (no failing input is written) and does not fail the target.
 fuzz:

@@ -484,7 +484,8 @@ func removeStack(ctx context.Context, dc *client.Client, stack, lease string) er
 		return err
 	}
 	for _, c := range configs.Items {
-		if c.Spec.Labels["com.docker.stack.namespace"] == stack || c.Spec.Name == lease || c.Spec.Name == lease+"-bare" {
+		// The lease's own configs beside it too (<lease>.history-<n>, the pin, requests and answers).
+		if c.Spec.Labels["com.docker.stack.namespace"] == stack || c.Spec.Name == lease || c.Spec.Name == lease+"-bare" || strings.HasPrefix(c.Spec.Name, lease+".") {
 			if _, err := dc.ConfigRemove(ctx, c.ID, client.ConfigRemoveOptions{}); err != nil {
 				errs = append(errs, err)
 			}

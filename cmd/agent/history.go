@@ -94,14 +94,27 @@ there: it does not roll forward until a newer deployment arrives or agent unpin.
 agent history (deployment-12) or a commit (7 characters or more); a deployment that is not in this agent's
 history (another agent rolled it out) is fetched from GitLab again by the daemon. The command waits for the daemon's answer
 (--wait 0: it only leaves the request) and exits as apply does: 0 rolled back and pinned, 1 the rollout failed
-(or no answer in time), 2 no such release, 3 refused by signatures or policies.`,
+(or no answer in time), 2 no such release, 3 refused by signatures or policies.
+
+With the lease and the environment known (--config, or $SAWMILL_ENVIRONMENT), the request goes through the
+swarm (a config <lease>.request-<id> beside the lease): run it in any agent's task, a standby's included;
+the agent holding the lease acts and answers. With lease.disabled (or no environment), it is left in the
+state directory, which must be the acting agent's.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			to, _ := cmd.Flags().GetString("to")
+			reason, _ := cmd.Flags().GetString("reason")
+			// With the lease, the request travels through the swarm: any agent's task reaches the acting agent.
+			if sp, done, err := sharedPin(cmd, d, true); err != nil {
+				return err
+			} else if sp != nil {
+				defer done()
+				return rollbackShared(cmd, d, sp, &reconcile.Request{Action: reconcile.ActionRollback, To: to, Reason: reason})
+			}
 			dir, saved, err := savedState(cmd)
 			if err != nil {
 				return err
 			}
-			to, _ := cmd.Flags().GetString("to")
 			h, err := reconcile.FindRelease(saved.History, to)
 			switch {
 			case err != nil && strings.HasPrefix(to, "deployment-"):
@@ -111,13 +124,15 @@ history (another agent rolled it out) is fetched from GitLab again by the daemon
 			case err != nil:
 				return usageError{err}
 			}
-			if !h.Kept {
+			// With the lease, a deployment this agent did not keep (another agent rolled it out: the history is
+			// shared through the swarm) is fetched from GitLab again by the daemon.
+			lease, _ := leaseOf(cmd)
+			if !h.Kept && (lease.Lease.Disabled || !strings.HasPrefix(h.Release, "deployment-")) {
 				return usageError{fmt.Errorf("release %s was not kept in %s: it cannot be rolled back to (re-run its deploy job in GitLab instead)", h.Release, dir)}
 			}
 			if err := checkActing(cmd, d, dir); err != nil {
 				return err
 			}
-			reason, _ := cmd.Flags().GetString("reason")
 			req := &reconcile.Request{Action: reconcile.ActionRollback, To: h.Release, Reason: reason}
 			return request(cmd, d, dir, req, "rollback to "+h.Release)
 		},
@@ -196,17 +211,21 @@ func request(cmd *cobra.Command, d deps, dir string, req *reconcile.Request, wha
 		if err != nil || saved.Answer == nil || saved.Answer.ID != req.ID {
 			continue
 		}
-		a := saved.Answer
-		if a.Outcome == outcome.Success {
-			fmt.Fprintf(d.stdout, "%s: %s\n", what, a.Reason)
-			return nil
-		}
-		code := a.Outcome.Row().Exit
-		if code == 0 {
-			code = 1
-		}
-		return exitError{code: code, err: fmt.Errorf("%s: %s: %s", what, a.Outcome, a.Reason)}
+		return answered(d, what, saved.Answer)
 	}
+}
+
+// answered prints the daemon's answer a and returns its outcome as the exit code (0 only for success).
+func answered(d deps, what string, a *reconcile.Answer) error {
+	if a.Outcome == outcome.Success {
+		fmt.Fprintf(d.stdout, "%s: %s\n", what, a.Reason)
+		return nil
+	}
+	code := a.Outcome.Row().Exit
+	if code == 0 {
+		code = 1
+	}
+	return exitError{code: code, err: fmt.Errorf("%s: %s: %s", what, a.Outcome, a.Reason)}
 }
 
 // savedState reads the state file of the daemon's state directory (stateDirOf).

@@ -159,3 +159,51 @@ func checkActing(cmd *cobra.Command, d deps, dir string) error {
 	}
 	return nil
 }
+
+// rollbackShared leaves req as a request config beside the lease, where the agent holding the lease finds
+// it (whichever agent's task this runs in), and waits (--wait) for that agent's answer config. The release is
+// resolved by the acting agent: its history is the swarm's (an empty --to: the previous successful release).
+func rollbackShared(cmd *cobra.Command, d deps, sp *reconcile.SwarmPins, req *reconcile.Request) error {
+	req.ID = reconcile.NewRequestID()
+	if err := reconcile.CheckRequest(req); err != nil {
+		return usageError{err}
+	}
+	what := "rollback to " + req.To
+	if req.To == "" {
+		what = "rollback to the previous successful release"
+	}
+	ctx, cancel := context.WithTimeout(cmd.Context(), time.Minute)
+	err := sp.Submit(ctx, req, time.Now())
+	cancel()
+	if err != nil {
+		return err
+	}
+	name := sp.RequestConfig(req.ID)
+	wait, _ := cmd.Flags().GetDuration("wait")
+	if wait <= 0 {
+		fmt.Fprintf(d.stdout, "%s requested: the agent holding the lease %s reads it within seconds (swarm config %s)\n", what, sp.Name, name)
+		return nil
+	}
+	ctx, cancel = context.WithTimeout(cmd.Context(), wait)
+	defer cancel()
+	t := time.NewTicker(500 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return exitError{code: 1, err: fmt.Errorf("%s: no answer from the agent holding the lease %s within %s; the request stays queued as the swarm config %s until an agent takes it (docker config rm %s cancels it)",
+				what, sp.Name, wait, name, name)}
+		case <-t.C:
+		}
+		a, err := sp.ReadAnswer(ctx, req.ID)
+		if err != nil {
+			if ctx.Err() != nil {
+				continue
+			}
+			return exitError{code: 1, err: fmt.Errorf("%s: %w", what, err)}
+		}
+		if a != nil {
+			return answered(d, what, a)
+		}
+	}
+}

@@ -3,8 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -22,61 +20,16 @@ import (
 // again, verified again), cycle after cycle; a newer deployment C lifts the pin and C runs. Then agent unpin,
 // run with another agent's state directory, lifts a pin the acting agent set.
 func TestPinHoldsAcrossAgents(t *testing.T) {
-	env := newDaemonEnv(t, testenv.Variable{Key: "DB_PASSWORD", Value: "pw-pin", Scope: "*"})
-	dc, reg, port, name, gl := env.dc, env.reg, env.port, env.name, env.gl
-	images, key := signedImages(t, reg)
-	leaseName := "sawmill-test-lease-" + name
-	t.Cleanup(func() {
-		l, _ := dc.ConfigList(context.Background(), client.ConfigListOptions{Filters: make(client.Filters).Add("name", leaseName)})
-		for _, c := range l.Items {
-			_, _ = dc.ConfigRemove(context.Background(), c.ID, client.ConfigRemoveOptions{})
-		}
-	})
-	cfg := filepath.Join(t.TempDir(), "agent.yaml")
-	pem := strings.ReplaceAll(strings.TrimSpace(key.PublicPEM), "\n", "\n            ")
-	writeFile(t, cfg, fmt.Sprintf("environment: staging\nlease: {ttl: 6s, name: %s}\nhistory: {keep: 5}\ntrust:\n  rules:\n    - pattern: %q\n      authorities:\n        - name: release-key\n          key: |\n            %s\n",
-		leaseName, reg+"/**", pem))
-	deploy := deployer(gl, name, port, images)
-	running := func() string { return serviceImage(dc, name+"_web") }
-	pinConfigs := func() int {
-		l, _ := dc.ConfigList(context.Background(), client.ConfigListOptions{Filters: make(client.Filters).Add("name", leaseName+".pin-")})
-		return len(l.Items)
-	}
-	pinOf := func(a *agentProcess) string {
-		if p, ok := a.status()["pin"].(map[string]any); ok {
-			r, _ := p["release"].(string)
-			return r
-		}
-		return ""
-	}
-
-	deploy(1, "v1")
-	envVars := []string{"DOCKER_HOST=" + os.Getenv("SAWMILL_TEST_DOCKER_HOST")}
-	states := map[*agentProcess]string{}
-	var agents []*agentProcess
-	for range 2 {
-		state := t.TempDir()
-		a := startAgentProcess(t, envVars, "--config", cfg, "--skip-verify=false", "--environment", "staging", "--state-dir", state,
-			"--policy-mode", "warn", "--timeout", "2m", "--interval", "1s")
-		states[a], agents = state, append(agents, a)
-	}
-	var leader, other *agentProcess
-	waitFor(t, "one leader", 2*time.Minute, func() bool {
-		if agents[0].leader() != agents[1].leader() {
-			leader, other = agents[0], agents[1]
-			if agents[1].leader() {
-				leader, other = agents[1], agents[0]
-			}
-			return true
-		}
-		return false
-	})
+	p := startAgentPair(t, "pw-pin")
+	dc, images, cfg, deploy, running, pinOf, states, leader, other := p.dc, p.images, p.cfg, p.deploy, p.running, p.pinOf, p.states, p.leader, p.other
+	pinConfigs := func() int { return len(p.configs(".pin-")) }
 	waitFor(t, "A to run", 2*time.Minute, func() bool { return running() == images["v1"] })
 	deploy(2, "v2")
 	waitFor(t, "B to run", 2*time.Minute, func() bool { return running() == images["v2"] && leader.status()["release"] == "deployment-2" })
 
-	// A rollback asked of the standby is refused (exit 2): it would wait until that agent acts.
-	if r := runAgent(t, dc, "rollback", "--config", cfg, "--state-dir", states[other], "--to", "deployment-1"); r.code != 2 || !strings.Contains(r.stderr, "stands by") {
+	// A rollback left in the standby's state directory (no --config: the environment is unknown, so it is not
+	// sent through the swarm) is refused (exit 2): it would wait until that agent acts.
+	if r := runAgent(t, dc, "rollback", "--state-dir", states[other], "--to", "deployment-1"); r.code != 2 || !strings.Contains(r.stderr, "stands by") {
 		t.Fatalf("rollback through the standby: exit %d, want 2 (it stands by)\n%s", r.code, r.stderr)
 	}
 	// Rollback through the leader's state directory: A runs, pinned, and the pin is in the swarm.

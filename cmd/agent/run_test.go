@@ -69,6 +69,7 @@ func newDaemonEnv(t *testing.T, vars ...testenv.Variable) daemonEnv {
 	_, d1 := testenv.Image(t, reg+"/web:v1", "MESSAGE=v1")
 	name := randomName("shop")
 	t.Cleanup(func() { removeStack(dc, name) })
+	t.Cleanup(func() { removeLease(dc, "sawmill-test-lease-"+name) })
 	gl := testenv.NewGitLab("glpat-agent", "sawmill/platform")
 	gl.SetVariables(vars...)
 	srv := httptest.NewServer(gl)
@@ -76,6 +77,16 @@ func newDaemonEnv(t *testing.T, vars ...testenv.Variable) daemonEnv {
 	e := daemonEnv{t: t, dc: dc, gl: gl, url: srv.URL, reg: reg, image: reg + "/web:v1@" + d1, name: name, port: testenv.FreePort(t)}
 	e.setenv()
 	return e
+}
+
+// removeLease removes the test's lease and the configs beside it (<lease>.pin-, .history-, .request-, .answer-).
+func removeLease(dc *client.Client, lease string) {
+	l, _ := dc.ConfigList(context.Background(), client.ConfigListOptions{Filters: make(client.Filters).Add("name", lease)})
+	for _, c := range l.Items {
+		if c.Spec.Name == lease || strings.HasPrefix(c.Spec.Name, lease+".") {
+			_, _ = dc.ConfigRemove(context.Background(), c.ID, client.ConfigRemoveOptions{})
+		}
+	}
 }
 
 func (e daemonEnv) setenv() {

@@ -20,8 +20,10 @@
 // The loop also keeps the history of the releases it rolled out, with a copy of each in the state directory
 // (history.go), acts on the requests of agent rollback and agent unpin and holds the pin a rollback sets
 // (pin.go), keeps that pin in the swarm beside the lease so that it holds whichever agent acts, fetching a
-// pinned release it did not keep from the source again (swarmpin.go, pinshare.go), and assembles the status
-// page's view: stacks, services, cycles, history, pin (view.go).
+// pinned release it did not keep from the source again (swarmpin.go, pinshare.go), takes the requests that
+// agent rollback leaves in the swarm from any agent's task and answers there (swarmrequest.go), shares the
+// history through the swarm so a rollback's default target survives a takeover (swarmhistory.go), and
+// assembles the status page's view: stacks, services, cycles, history, pin (view.go).
 //
 // Nothing here prints: the Cycle and the Record carry what happened, and cmd/agent renders them. Errors are
 // classified by internal/fault; internal/outcome maps them to outcomes, exit codes and commit states.

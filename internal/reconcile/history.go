@@ -87,6 +87,8 @@ type Request struct {
 	// successful release.
 	To     string `json:"to,omitempty"`
 	Reason string `json:"reason,omitempty"`
+	// shared: the request came through the swarm (SwarmPins.Take), and is answered there.
+	shared bool
 }
 
 // Answer is the daemon's answer to the last request, in the state file.
@@ -160,9 +162,7 @@ func FindRelease(history []HistoryEntry, to string) (HistoryEntry, error) {
 // SubmitRequest writes req as the request file of stateDir, only if no request is pending: the file appears
 // whole (written aside, then linked), and at most one request waits at a time. It fills req.ID.
 func SubmitRequest(stateDir string, req *Request) error {
-	id := make([]byte, 8)
-	_, _ = rand.Read(id)
-	req.ID = hex.EncodeToString(id)
+	req.ID = NewRequestID()
 	b, err := json.Marshal(req)
 	if err != nil {
 		return err
@@ -186,6 +186,13 @@ func SubmitRequest(stateDir string, req *Request) error {
 		return fmt.Errorf("request: %w", err)
 	}
 	return nil
+}
+
+// NewRequestID returns a random request ID (16 hex digits).
+func NewRequestID() string {
+	id := make([]byte, 8)
+	_, _ = rand.Read(id)
+	return hex.EncodeToString(id)
 }
 
 // takeRequest reads and removes the request file; nil when there is none. A request that does not parse

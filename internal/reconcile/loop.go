@@ -277,6 +277,10 @@ func (l *Loop) Run(ctx context.Context) error {
 				break wait
 			case <-renew:
 				l.renew(ctx)
+				if l.sharedRequestPending() {
+					l.Log.Info("request received through the swarm (agent rollback)")
+					break wait
+				}
 			case <-requests:
 				if l.RequestFile != "" {
 					if _, err := os.Stat(l.RequestFile); err == nil {

@@ -31,7 +31,7 @@ type turn struct {
 func (l *Loop) choose(ctx context.Context, rel *source.Release, key string) (*source.Release, string, error) {
 	l.turn = turn{rel: rel, latest: key}
 	var notHere error // the release asked for is not in this agent's history
-	req, err := takeRequest(l.RequestFile)
+	req, err := l.nextRequest(ctx)
 	switch {
 	case err != nil:
 		l.Log.Error("request", "err", err)
@@ -67,6 +67,13 @@ func (l *Loop) choose(ctx context.Context, rel *source.Release, key string) (*so
 		l.Log.Info("a newer release arrived: the pin lifts", "pinned", p.Release, "newest", key)
 		l.setPin(nil)
 	}
+	return l.target(ctx, rel, key, notHere)
+}
+
+// target returns the release this cycle rolls out, once the request is handled: the rollback's, else the
+// pin's, else the source's newest. A rollback whose release cannot be had is answered, and the cycle goes on
+// as if it had not been asked (the pin, if any, holds).
+func (l *Loop) target(ctx context.Context, rel *source.Release, key string, notHere error) (*source.Release, string, error) {
 	var target HistoryEntry
 	switch {
 	case l.turn.rollback != nil:
@@ -95,7 +102,7 @@ func (l *Loop) choose(ctx context.Context, rel *source.Release, key string) (*so
 			}
 			l.answerRequest(l.turn.rollback, target.Release, outcome.Invalid, err.Error())
 			l.turn.rollback = nil
-			return rel, key, nil
+			return l.target(ctx, rel, key, nil)
 		}
 		if outcome.Of(err) == outcome.Error {
 			return nil, target.Release, fmt.Errorf("pinned release: %w", err) // transient: tried again next cycle
@@ -113,6 +120,9 @@ func (l *Loop) answerRequest(req *Request, release string, o outcome.Outcome, re
 	l.answer = a
 	l.mu.Unlock()
 	l.dirty = true
+	if req.shared {
+		l.answerShared(a)
+	}
 }
 
 func (l *Loop) setPin(p *Pin) {
@@ -173,6 +183,7 @@ func (l *Loop) afterCycle(rec Record, keep bool) {
 	l.history = trimHistory(l.HistoryDir, append([]HistoryEntry{e}, l.history...), l.HistoryKeep, l.pin)
 	l.mu.Unlock()
 	l.dirty = true
+	l.shareHistory()
 }
 
 // maxCycles is how many cycles the status page lists.

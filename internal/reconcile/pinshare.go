@@ -24,6 +24,7 @@ func (l *Loop) loadPin(ctx context.Context) error {
 	if l.Pins == nil {
 		return nil
 	}
+	l.loadSharedHistory(ctx)
 	if l.pinUnsaved {
 		if err := l.Pins.Save(ctx, l.Pinned()); err != nil {
 			l.Log.Error("the pin is still not written to the swarm (an agent taking the lease over would not know it); retried next cycle", "err", err)

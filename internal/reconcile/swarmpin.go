@@ -61,6 +61,14 @@ type SwarmPins struct {
 	Listed func() ([]swarm.Config, time.Time)
 	MaxAge time.Duration
 	Now    func() time.Time
+
+	// own is the list this store made itself when the lease's was stale, and when (list).
+	own   []swarm.Config
+	ownAt time.Time
+	// wroteAt is when this store last wrote to the swarm (wrote).
+	wroteAt time.Time
+	// historySeq is the sequence of the swarm's history this agent last read or wrote (swarmhistory.go).
+	historySeq int64
 }
 
 // pinDoc is the config data: the schema, the environment, the sequence (also in the name) and the pin.
@@ -169,13 +177,24 @@ func (s *SwarmPins) list(ctx context.Context, fresh bool) ([]swarm.Config, error
 		if maxAge <= 0 {
 			maxAge = 10 * time.Second
 		}
-		if l, at := s.Listed(); !at.IsZero() && now().Sub(at) <= maxAge {
+		// A list made before this store's last write does not show it: not used.
+		if l, at := s.Listed(); !at.IsZero() && now().Sub(at) <= maxAge && at.After(s.wroteAt) {
 			return l, nil
 		}
+		if !s.ownAt.IsZero() && now().Sub(s.ownAt) <= maxAge && s.ownAt.After(s.wroteAt) {
+			return s.own, nil // this cycle's own list: the pin, the requests and the history share one call
+		}
 	}
-	l, err := s.Client.ConfigList(ctx, client.ConfigListOptions{Filters: make(client.Filters).Add("name", s.Name+".pin-")})
+	// The lease's name as prefix: the pin, the requests, the answers and the history in one call.
+	l, err := s.Client.ConfigList(ctx, client.ConfigListOptions{Filters: make(client.Filters).Add("name", s.Name)})
 	if err != nil {
 		return nil, fmt.Errorf("pin: list the swarm's configs: %w", err)
+	}
+	if s.Listed != nil {
+		s.own, s.ownAt = l.Items, time.Now()
+		if s.Now != nil {
+			s.ownAt = s.Now()
+		}
 	}
 	return l.Items, nil
 }
@@ -235,12 +254,22 @@ func (s *SwarmPins) Save(ctx context.Context, p *Pin) error {
 			return fmt.Errorf("pin: create %s: %w", s.pinName(next), err)
 		}
 	}
+	defer s.wrote()
 	for _, c := range configs {
 		if _, err := s.Client.ConfigRemove(ctx, c.ID, client.ConfigRemoveOptions{}); err != nil {
 			return fmt.Errorf("pin: remove %s: %w", c.Spec.Name, err)
 		}
 	}
 	return nil
+}
+
+// wrote records that this store wrote to the swarm now: the lists made before are not used again.
+func (s *SwarmPins) wrote() {
+	if s.Now != nil {
+		s.wroteAt = s.Now()
+	} else {
+		s.wroteAt = time.Now()
+	}
 }
 
 // Names lists the names of the swarm's pin configs (one call), without reading them.
