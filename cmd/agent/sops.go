@@ -32,7 +32,8 @@ const sopsHelperName = "sawmill-sops"
 // sopsHelperTimeout bounds one run of the helper.
 const sopsHelperTimeout = time.Minute
 
-// helperDecrypter is a compose.Decrypter that asks the helper for every value; r learns each value returned.
+// helperDecrypter is a compose.Decrypter that asks the helper for every value; redact learns each value
+// returned (and each value inside a whole file returned).
 type helperDecrypter struct {
 	helper  string
 	keyFile string
@@ -135,8 +136,9 @@ type helperRequest struct {
 }
 
 type helperAnswer struct {
-	Value []byte `json:"value"`
-	Error string `json:"error"`
+	Value  []byte   `json:"value"`
+	Error  string   `json:"error"`
+	Redact []string `json:"redact"`
 }
 
 // Value runs the helper for the value at key of the SOPS file name (data its content). The helper's errors
@@ -169,7 +171,8 @@ func (d *helperDecrypter) Value(name string, data []byte, key string) ([]byte, e
 		return nil, fault.InvalidErr(errors.New(a.Error))
 	}
 	if d.redact != nil {
-		d.redact.Add(string(a.Value))
+		// The value, and for a whole file each value in it.
+		d.redact.Add(append(a.Redact, string(a.Value))...)
 	}
 	return a.Value, nil
 }

@@ -59,7 +59,7 @@ func ageKeyFile(t *testing.T) (string, *age.X25519Identity) {
 }
 
 // The agent's decrypter runs the real helper: the value at a key, the whole file, each value learned by the
-// redactor; a file for another identity is an invalid-input error naming the file, with no value in it.
+// redactor (each value inside a whole file too, and no other value of a file); a file for another identity is an invalid-input error naming the file, with no value in it.
 func TestSOPSHelperDecrypter(t *testing.T) {
 	keyFile, id := ageKeyFile(t)
 	r := redact.New()
@@ -68,7 +68,8 @@ func TestSOPSHelperDecrypter(t *testing.T) {
 		t.Fatal(err)
 	}
 	value := "pw-" + randomName("")
-	plain := "db:\n  user: shop\n  password: " + value + "\n"
+	token := "tok-" + randomName("")
+	plain := "db:\n  user: shop\n  password: " + value + "\n  token: " + token + "\n"
 	enc := func(to *age.X25519Identity) []byte {
 		b, err := sopsfile.Encrypt("db.sops.yaml", []byte(plain), to.Recipient().String())
 		if err != nil {
@@ -85,9 +86,15 @@ func TestSOPSHelperDecrypter(t *testing.T) {
 	if out := r.String("the password is " + value); strings.Contains(out, value) {
 		t.Fatalf("the redactor did not learn the value: %s", out)
 	}
+	if out := r.String(token); out != token {
+		t.Fatalf("the agent learned a value of the file it did not ask for: %s", out)
+	}
 	whole, err := d.Value("stacks/shop/db.sops.yaml", data, "")
 	if err != nil || !strings.Contains(string(whole), "password: "+value) || strings.Contains(string(whole), "sops:") {
 		t.Fatalf("the whole file: %q, %v", whole, err)
+	}
+	if out := r.String("token " + token); strings.Contains(out, token) {
+		t.Fatalf("with the whole file, the redactor did not learn each value in it: %s", out)
 	}
 
 	other, _ := age.GenerateX25519Identity()

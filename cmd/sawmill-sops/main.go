@@ -10,7 +10,9 @@
 //     "key": "db.password"}. name is the file's name (its extension says its format); key a path of
 //     mapping keys ("" for the whole file).
 //   - stdout: one JSON answer per request, in order, one per line: {"value": "<base64>"} or
-//     {"error": "..."}. An error names the file and never holds a value (internal/sopsfile's errors).
+//     {"error": "..."}. An error names the file and never holds a value (internal/sopsfile's errors). The
+//     answer for a whole file (key "") also lists, in "redact", every value of the file (each a substring of
+//     the file the agent receives), for the agent's redactor.
 //
 // It logs nothing; stderr says only what went wrong with the protocol. Exit codes: 0 every request was
 // answered (an answer may be an error); 1 the input is not a stream of requests, or stdout failed (answers
@@ -40,6 +42,8 @@ type Request struct {
 type Answer struct {
 	Value []byte `json:"value,omitempty"` // base64 in JSON
 	Error string `json:"error,omitempty"`
+	// Redact are the file's values, when the whole file is the value.
+	Redact []string `json:"redact,omitempty"`
 }
 
 func main() {
@@ -90,9 +94,17 @@ func answer(identities map[string]*sopsfile.Decrypter, req Request) Answer {
 		}
 		identities[req.AgeKeyFile] = d
 	}
+	var learned []string
+	d.SetLearner(func(values ...string) { learned = append(learned, values...) })
+	defer d.SetLearner(nil)
 	v, err := d.Value(req.Name, req.Data, req.Key)
 	if err != nil {
 		return Answer{Error: err.Error()}
 	}
-	return Answer{Value: v}
+	a := Answer{Value: v}
+	if req.Key == "" {
+		// Only for a whole file: the other values of a file whose one key is asked for stay here.
+		a.Redact = learned
+	}
+	return a
 }
