@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Release assets (make dist; the assets:build job of pipelines/assets.yml on a tag): static linux/amd64 and
-# linux/arm64 binaries of agent and pipegen, a CycloneDX SBOM of each (cyclonedx-gomod, from the binary's
-# build information), SHA256SUMS over all of them, and the systemd unit. Out: dist/out/.
+# linux/arm64 binaries of agent, sawmill-sops (the agent's SOPS helper, installed beside it as sawmill-sops)
+# and pipegen, a CycloneDX SBOM of each (cyclonedx-gomod, from the binary's build information), SHA256SUMS
+# over all of them, and the systemd unit. Out: dist/out/.
 # VERSION (default: git describe) is stamped into the agent (agent version).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +13,7 @@ out=dist/out
 rm -rf "$out" && mkdir -p "$out"
 for p in $PLATFORMS; do
 	os=${p%/*} arch=${p#*/}
-	for cmd in agent pipegen; do
+	for cmd in agent sawmill-sops pipegen; do
 		bin="$out/$cmd-$os-$arch"
 		CGO_ENABLED=0 GOOS=$os GOARCH=$arch go build -trimpath -ldflags "-s -w -X main.version=$VERSION" -o "$bin" "./cmd/$cmd"
 		if [ "${SBOM:-true}" = true ]; then

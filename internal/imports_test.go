@@ -18,7 +18,8 @@ import (
 const module = "github.com/sabeiro/sawmill/"
 
 // allowed lists, for every package of the project, the project's packages its non-test files may import.
-// cmd/* may import anything but test support; internal/testing/... and hack/... may import anything.
+// cmd/* may import anything but test support (and cmd/agent not internal/sopsfile: cmd/sawmill-sops does);
+// internal/testing/... and hack/... may import anything.
 var allowed = map[string][]string{
 	"internal/fault":    {},
 	"internal/stack":    {},
@@ -98,6 +99,9 @@ func TestImportRules(t *testing.T) {
 				// test support and tools may use anything
 			case strings.HasPrefix(imp, "internal/testing/"):
 				t.Errorf("%s imports %s: test support is for tests (and hack/) only", file, imp)
+			case pkg == "cmd/agent" && imp == "internal/sopsfile":
+				// the SOPS library links every cloud KMS SDK: the agent runs cmd/sawmill-sops instead
+				t.Errorf("%s imports %s: the agent decrypts SOPS files with its helper cmd/sawmill-sops (cmd/agent/sops.go)", file, imp)
 			case strings.HasPrefix(pkg, "cmd/"):
 			case strings.HasPrefix(pkg, "images/"):
 				// an image's code stays inside its image

@@ -1,10 +1,13 @@
 package main
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net/http/httptest"
 	"os"
@@ -17,6 +20,8 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/moby/moby/client"
 
@@ -290,6 +295,9 @@ tool: {image: none, command: pipegen, agent: agent}
 	if hc := cf.Config.Healthcheck; cf.Config.User != "65534:65534" || hc == nil || strings.Join(hc.Test, " ") != "CMD /agent healthcheck" {
 		t.Errorf("the agent image built by the pipeline: user %q, healthcheck %+v", cf.Config.User, hc)
 	}
+	if files := imageFiles(t, img); !files["agent"] || !files["sawmill-sops"] {
+		t.Errorf("the agent image built by the pipeline lacks /agent or its SOPS helper /sawmill-sops")
+	}
 
 	// The deploy job's artifact: the release the agent fetches.
 	files := map[string]string{}
@@ -439,5 +447,24 @@ func removeRegistryImages(dc *client.Client, reg string) {
 				break
 			}
 		}
+	}
+}
+
+// imageFiles are the paths of an image's files (its layers flattened), without the leading "/".
+func imageFiles(t *testing.T, img v1.Image) map[string]bool {
+	t.Helper()
+	rc := mutate.Extract(img)
+	defer rc.Close()
+	files := map[string]bool{}
+	tr := tar.NewReader(rc)
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return files
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		files[strings.TrimPrefix(strings.TrimPrefix(h.Name, "./"), "/")] = true
 	}
 }

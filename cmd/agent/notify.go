@@ -15,7 +15,6 @@ import (
 	"github.com/sabeiro/sawmill/internal/outcome"
 	"github.com/sabeiro/sawmill/internal/reconcile"
 	"github.com/sabeiro/sawmill/internal/redact"
-	"github.com/sabeiro/sawmill/internal/sopsfile"
 )
 
 // NotifyConfig is one notification target of agent.yaml's `notify:` list. Its URL is a secret (a Slack or
@@ -37,6 +36,9 @@ type NotifyConfig struct {
 type SOPSConfig struct {
 	// AgeKeyFile is the agent's age identity file (AGE-SECRET-KEY-1... lines), readable by the agent only.
 	AgeKeyFile string `mapstructure:"age_key_file"`
+	// Helper is the decrypting helper cmd/sawmill-sops (sops.go); empty: sawmill-sops next to the agent's
+	// executable, else in PATH.
+	Helper string `mapstructure:"helper"`
 }
 
 // validateNotify checks the notify targets, naming the key of each error.
@@ -164,7 +166,7 @@ func (c *Config) sopsDecrypter(r *redact.Redactor) (compose.Decrypter, error) {
 	if c.SOPS.AgeKeyFile == "" {
 		return nil, nil
 	}
-	d, err := sopsfile.Load(c.SOPS.AgeKeyFile, r)
+	d, err := newSOPSDecrypter(c.SOPS, r)
 	if err != nil {
 		return nil, usageError{err}
 	}

@@ -206,7 +206,7 @@ secrets:
 	writeRelease(t, rel, name, strings.Repeat("c", 40), image, compose, map[string][]byte{"db.sops.yaml": encrypted(id)})
 	state := t.TempDir()
 	cfg := filepath.Join(t.TempDir(), "agent.yaml")
-	writeFile(t, cfg, fmt.Sprintf("environment: staging\nsource: dir\ndir: %s\ninterval: 1h\nskip_verify: true\npolicy_mode: off\nsops: {age_key_file: %s}\n", rel, keyFile))
+	writeFile(t, cfg, fmt.Sprintf("environment: staging\nsource: dir\ndir: %s\ninterval: 1h\nskip_verify: true\npolicy_mode: off\nsops: {age_key_file: %s, helper: %s}\n", rel, keyFile, sopsHelperBinary(t)))
 
 	d := startDaemon(t, dc, "--config", cfg, "--state-dir", state, "--timeout", "2m")
 	waitFor(t, "the release deployed", 2*time.Minute, func() bool { return d.status(t)["outcome"] == "success" })

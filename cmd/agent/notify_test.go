@@ -22,6 +22,11 @@ func TestNotifyAndSOPSConfigIsChecked(t *testing.T) {
 	if err := os.Chmod(readable, 0o644); err != nil {
 		t.Fatal(err)
 	}
+	private := filepath.Join(dir, "private.key")
+	writeFile(t, private, id.String()+"\n")
+	if err := os.Chmod(private, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	urlFile := filepath.Join(dir, "url")
 	writeFile(t, urlFile, "ftp://hooks.example/T0/SECRET-PATH\n")
 	t.Setenv("SAWMILL_TEST_EMPTY_URL", "")
@@ -42,6 +47,7 @@ func TestNotifyAndSOPSConfigIsChecked(t *testing.T) {
 		"sops readable": {"sops: {age_key_file: " + readable + "}\n", []string{"sops.age_key_file:", "readable by others (mode 0644)"}},
 		"sops missing":  {"sops: {age_key_file: " + filepath.Join(dir, "nope") + "}\n", []string{"sops.age_key_file:", "no such file"}},
 		"sops key":      {"sops: {age_kee_file: x}\n", []string{`unknown key "sops.age_kee_file"`}},
+		"sops helper":   {"sops: {age_key_file: " + private + ", helper: " + filepath.Join(dir, "no-helper") + "}\n", []string{"sops.helper:", "no such file"}},
 	} {
 		t.Run(name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "agent.yaml")

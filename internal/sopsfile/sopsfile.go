@@ -1,5 +1,6 @@
 // Package sopsfile decrypts the SOPS-encrypted files a release carries, with the agent's age identity, for
-// compose secrets (internal/compose asks it through compose.Options.SOPS).
+// compose secrets. Its user is cmd/sawmill-sops, the helper the agent runs (the SOPS library links every cloud
+// KMS SDK, which the agent does not link); internal/compose asks for the values through compose.Options.SOPS.
 //
 // It uses the SOPS library (github.com/getsops/sops/v3: its stores parse the file, its tree decryption and
 // AES-GCM cipher decrypt the values and check the file's MAC) and its age key source (filippo.io/age) for the
@@ -11,8 +12,8 @@
 //
 // The file's extension says its format: .yaml/.yml, .json, .env (dotenv), anything else SOPS's binary format
 // (internal/compose decides which secret files are SOPS-encrypted: compose.IsSOPSFile, x-sawmill-sops).
-// Decrypted values stay in memory: the caller puts them in Swarm secrets, and the Redactor it is given learns
-// every value decrypted. SOPS's own loggers are silenced (they would write to stderr, unredacted).
+// Decrypted values stay in memory: the caller puts them in Swarm secrets, and the Redactor it is given (or the
+// learner of SetLearner) learns every value decrypted. SOPS's own loggers are silenced (they would write to stderr, unredacted).
 //
 // It imports the SOPS library, filippo.io/age (through it), internal/redact and internal/fault.
 package sopsfile
@@ -52,8 +53,8 @@ func init() {
 
 // Decrypter decrypts SOPS files with one age identity.
 type Decrypter struct {
-	ids    sopsage.ParsedIdentities
-	redact *redact.Redactor
+	ids   sopsage.ParsedIdentities
+	learn func(values ...string) // nil: no value is learned
 }
 
 // Load reads the agent's age identity file (one or more AGE-SECRET-KEY-1... lines, # comments). The file must
@@ -92,8 +93,16 @@ func New(identities string, r *redact.Redactor) (*Decrypter, error) {
 	if len(ids) == 0 {
 		return nil, errors.New("sops.age_key_file: no age identity in the file")
 	}
-	return &Decrypter{ids: ids, redact: r}, nil
+	d := &Decrypter{ids: ids}
+	if r != nil {
+		d.learn = r.Add
+	}
+	return d, nil
 }
+
+// SetLearner makes add, instead of the Redactor given to Load or New, learn every value decrypted from now on
+// (as the Redactor would: each scalar of the file, and the whole file when it is asked for); nil: none.
+func (d *Decrypter) SetLearner(add func(values ...string)) { d.learn = add }
 
 // storeFor is the SOPS store for a file name: YAML, JSON, dotenv, or SOPS's binary format (true).
 func storeFor(name string) (sops.Store, bool) {
@@ -155,16 +164,16 @@ func (d *Decrypter) value(name string, data []byte, key string) ([]byte, error) 
 	if err != nil || stored != mac {
 		return nil, errors.New("its MAC does not match its content: the file was modified")
 	}
-	if d.redact != nil {
-		learn(d.redact, tree.Branches)
+	if d.learn != nil {
+		learn(d.learn, tree.Branches)
 	}
 	if key == "" {
 		out, err := st.EmitPlainFile(tree.Branches)
 		if err != nil {
 			return nil, errors.New("cannot write the decrypted file in its format")
 		}
-		if d.redact != nil && !binary {
-			d.redact.Add(string(out))
+		if d.learn != nil && !binary {
+			d.learn(string(out))
 		}
 		return out, nil
 	}
@@ -219,8 +228,8 @@ func find(b sops.TreeBranch, key string) (any, bool) {
 	return nil, false
 }
 
-// learn teaches r every scalar of a decrypted tree.
-func learn(r *redact.Redactor, branches sops.TreeBranches) {
+// learn teaches add every scalar of a decrypted tree.
+func learn(add func(values ...string), branches sops.TreeBranches) {
 	var walk func(v any)
 	walk = func(v any) {
 		switch n := v.(type) {
@@ -235,7 +244,7 @@ func learn(r *redact.Redactor, branches sops.TreeBranches) {
 		case sops.Comment:
 		default:
 			if b, err := sops.ToBytes(n); err == nil {
-				r.Add(string(b))
+				add(string(b))
 			}
 		}
 	}
