@@ -18,6 +18,11 @@ type target struct {
 	updated, created bool
 	// since is when the rollout started: tasks and update states older than that are not its own.
 	since time.Time
+	// reissues counts the re-issues of a stalled Swarm update (reissuedAt the last); previous is the spec
+	// from before the rollout once a re-issue made Swarm's own previous spec the new one.
+	reissues   int
+	reissuedAt time.Time
+	previous   *swarm.ServiceSpec
 }
 
 // converge waits until every target runs its new spec with every task running (Swarm reports a task with a
@@ -50,6 +55,21 @@ func (a *Applier) converge(ctx context.Context, targets []target) []Failure {
 					continue
 				}
 				done, reason, stableAt := a.check(t, svc, r.tasks[id])
+				if idle, ok := stalled(t, svc, r.tasks[id], a.Now()); ok && !done && reason == "" && t.reissues < maxReissues {
+					if err := a.reissue(ctx, &t, svc, r.tasks[id], idle); err != nil {
+						a.Log.Error("Swarm's update stalled; the re-issue failed", "service", t.name, "err", err)
+					} else {
+						// The time Swarm's updater stood still does not count against the timeout.
+						deadline = deadline.Add(idle)
+						pending[id] = t
+						for i := range targets { // the rollback needs the spec from before the rollout
+							if targets[i].id == id {
+								targets[i] = t
+							}
+						}
+						continue
+					}
+				}
 				if !stableAt.IsZero() {
 					wait = min(wait, max(stableAt.Sub(a.Now()), time.Millisecond))
 				}
@@ -268,6 +288,18 @@ func (a *Applier) rollback(ctx context.Context, targets []target, failures []Fai
 			continue
 		}
 		svc := r.Service
+		if t.previous != nil {
+			// The update was re-issued: Swarm's previous spec is the new version, so write the one from
+			// before the rollout.
+			if _, err := a.Client.ServiceUpdate(ctx, t.id, client.ServiceUpdateOptions{Version: svc.Version, Spec: *t.previous, QueryRegistry: false}); err != nil {
+				a.Log.Error("rollback failed", "service", t.name, "err", err)
+				out.notDone = append(out.notDone, t.name+" (the rollback was refused: "+err.Error()+")")
+				continue
+			}
+			a.Log.Warn("service rolled back (to the spec from before the re-issued update)", "service", t.name)
+			waiting = append(waiting, t)
+			continue
+		}
 		if us := svc.UpdateStatus; us != nil && (us.State == swarm.UpdateStateRollbackStarted || us.State == swarm.UpdateStateRollbackCompleted) {
 			waiting = append(waiting, t)
 			continue

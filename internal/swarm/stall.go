@@ -1,0 +1,85 @@
+package swarm
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/moby/moby/api/types/swarm"
+	"github.com/moby/moby/client"
+)
+
+// maxReissues is how many times one rollout re-issues a stalled Swarm update.
+const maxReissues = 2
+
+// stallMargin is how long past the update monitor and delay Swarm's updater may do nothing before the agent
+// takes its update for stalled.
+const stallMargin = 30 * time.Second
+
+// stalled reports whether Swarm's update of svc has stopped making progress: the update is still "updating"
+// (started by this rollout), a task still has to be replaced or to come up, and no task of the service was
+// created or changed state for the update's monitor and delay plus stallMargin. Swarm's updater waits
+// without a deadline for the task it started on a slot; when the manager that ran the update or the node of
+// that task restarts at the wrong moment it can wait for ever (moby/moby#35564, #37493). idle is how long
+// nothing happened.
+func stalled(t target, svc swarm.Service, tasks []swarm.Task, now time.Time) (idle time.Duration, ok bool) {
+	us := svc.UpdateStatus
+	if !t.updated || us == nil || us.State != swarm.UpdateStateUpdating {
+		return 0, false
+	}
+	last := t.since
+	if us.StartedAt != nil && us.StartedAt.After(last) {
+		last = *us.StartedAt
+	}
+	if t.reissuedAt.After(last) {
+		last = t.reissuedAt
+	}
+	want := taskJSON(svc.Spec.TaskTemplate)
+	remaining := false
+	for _, task := range tasks {
+		if task.CreatedAt.After(last) {
+			last = task.CreatedAt
+		}
+		if task.Status.Timestamp.After(last) {
+			last = task.Status.Timestamp
+		}
+		if task.DesiredState == swarm.TaskStateRunning && (taskJSON(task.Spec) != want || task.Status.State != swarm.TaskStateRunning) {
+			remaining = true
+		}
+	}
+	if !remaining {
+		return 0, false
+	}
+	period := stallMargin
+	if u := svc.Spec.UpdateConfig; u != nil {
+		period += u.Delay
+	}
+	if u := svc.Spec.UpdateConfig; u != nil && u.Monitor > 0 {
+		period += u.Monitor
+	} else {
+		period += 5 * time.Second
+	}
+	idle = now.Sub(last)
+	return idle, idle >= period
+}
+
+// reissue writes the service's spec again with TaskTemplate.ForceUpdate raised, as operators do with a
+// stalled update (`docker service update --force`): Swarm starts a new update, and its updater with it. The
+// spec Swarm would roll back to is the re-issued one from then on, so t keeps the spec from before the
+// rollout for the agent's own rollback.
+func (a *Applier) reissue(ctx context.Context, t *target, svc swarm.Service, tasks []swarm.Task, idle time.Duration) error {
+	spec := svc.Spec
+	spec.TaskTemplate.ForceUpdate++
+	if _, err := a.Client.ServiceUpdate(ctx, svc.ID, client.ServiceUpdateOptions{Version: svc.Version, Spec: spec, QueryRegistry: false}); err != nil {
+		return fmt.Errorf("re-issue the update of %s: %w", t.name, err)
+	}
+	if t.previous == nil && svc.PreviousSpec != nil {
+		p := *svc.PreviousSpec
+		t.previous = &p
+	}
+	t.reissues++
+	t.reissuedAt = a.Now()
+	a.Log.Warn("Swarm's update stalled: re-issued it (force update)", "service", t.name, "idle", idle.Round(time.Second).String(),
+		"reissue", t.reissues, "tasks", describe(tasks))
+	return nil
+}
