@@ -82,9 +82,11 @@ func TestFaultMultiManager(t *testing.T) {
 		return strings.TrimSpace(string(b)) + " " + runningImage(c.Docker(n), name+"_web", n)
 	}
 	// everyNodeServes waits until every node serves want (true), or until or, when given, holds (false).
+	var trace []string // what the swarm said during the last wait
 	everyNodeServes := func(want string, within time.Duration, or func(got []string) bool) bool {
 		t.Helper()
-		var got, trace []string
+		var got []string
+		trace = nil
 		deadline := time.Now().Add(within)
 		for i := 0; time.Now().Before(deadline); i++ {
 			got = []string{serves(1), serves(2), serves(3)}
@@ -92,6 +94,7 @@ func TestFaultMultiManager(t *testing.T) {
 				return true
 			}
 			if or != nil && or(got) {
+				t.Logf("the swarm during the wait:\n%s", strings.Join(trace, ""))
 				return false
 			}
 			if i%10 == 0 { // what the swarm says, every 2 s, for the failure message
@@ -225,7 +228,7 @@ func TestFaultMultiManager(t *testing.T) {
 	{
 		rng := rand.New(rand.NewPCG(3, 4))
 		var recovery []time.Duration
-		stalled := 0
+		stalled, reissued := 0, 0
 		prev := want
 		for i := 1; i <= repeats(); i++ {
 			secret := fmt.Sprintf("pw-%d", i)
@@ -244,8 +247,13 @@ func TestFaultMultiManager(t *testing.T) {
 				s := statesOf(commit(i))
 				return got[0] == prev && got[1] == prev && got[2] == prev && len(s) > 0 && s[len(s)-1] == "failed"
 			}
+			before := reissues(agents)
 			finished := everyNodeServes(want, 5*time.Minute, rolledBack)
 			recovery = append(recovery, time.Since(at))
+			if n := reissues(agents) - before; n > 0 {
+				reissued++
+				t.Logf("repetition %d: the agent re-issued Swarm's stalled update %d time(s); the swarm during the wait:\n%s", i, n, strings.Join(trace, ""))
+			}
 			l = leader(0)
 			if finished {
 				assertTold(commit(i))
@@ -260,8 +268,8 @@ func TestFaultMultiManager(t *testing.T) {
 			assertSecretsClean(t, c.Docker(l), name)
 		}
 		faultRow(t, "3 managers: the acting agent's dockerd stopped and restarted mid-rollout", repeats(),
-			fmt.Sprintf("%d of %d rollouts finished on every node, GitLab told success; %d stalled in Swarm's updater, were rolled back by the agent at its deadline, every node serving the previous release, GitLab told failed; no duplicate or orphaned secret",
-				repeats()-stalled, repeats(), stalled), recovery)
+			fmt.Sprintf("%d of %d rollouts finished on every node, GitLab told success (%d of them after the agent re-issued Swarm's stalled update); %d stalled in Swarm's updater, were rolled back by the agent at its deadline, every node serving the previous release, GitLab told failed; no duplicate or orphaned secret",
+				repeats()-stalled, repeats(), reissued, stalled), recovery)
 	}
 	for n := 1; n <= 3; n++ {
 		if agents[n] != nil {
@@ -296,4 +304,17 @@ func runningImage(dc *client.Client, service string, n int) string {
 		}
 	}
 	return strings.Join(images, ",")
+}
+
+// reissues is how many times the running agents re-issued a stalled Swarm update (from their logs).
+func reissues(agents []*agentProcess) int {
+	n := 0
+	for _, p := range agents {
+		if p != nil {
+			p.mu.Lock()
+			n += strings.Count(p.out.String(), "re-issued it (force update)")
+			p.mu.Unlock()
+		}
+	}
+	return n
 }

@@ -21,11 +21,11 @@ const stallMargin = 30 * time.Second
 // created or changed state for the update's monitor and delay plus stallMargin. Swarm's updater waits
 // without a deadline for the task it started on a slot; when the manager that ran the update or the node of
 // that task restarts at the wrong moment it can wait for ever (moby/moby#35564, #37493). idle is how long
-// nothing happened.
-func stalled(t target, svc swarm.Service, tasks []swarm.Task, now time.Time) (idle time.Duration, ok bool) {
+// nothing happened, period how long that must be for a stall.
+func stalled(t target, svc swarm.Service, tasks []swarm.Task, now time.Time) (idle, period time.Duration, ok bool) {
 	us := svc.UpdateStatus
 	if !t.updated || us == nil || us.State != swarm.UpdateStateUpdating {
-		return 0, false
+		return 0, 0, false
 	}
 	last := t.since
 	if us.StartedAt != nil && us.StartedAt.After(last) {
@@ -48,9 +48,9 @@ func stalled(t target, svc swarm.Service, tasks []swarm.Task, now time.Time) (id
 		}
 	}
 	if !remaining {
-		return 0, false
+		return 0, 0, false
 	}
-	period := stallMargin
+	period = stallMargin
 	if u := svc.Spec.UpdateConfig; u != nil {
 		period += u.Delay
 	}
@@ -60,7 +60,7 @@ func stalled(t target, svc swarm.Service, tasks []swarm.Task, now time.Time) (id
 		period += 5 * time.Second
 	}
 	idle = now.Sub(last)
-	return idle, idle >= period
+	return idle, period, idle >= period
 }
 
 // reissue writes the service's spec again with TaskTemplate.ForceUpdate raised, as operators do with a

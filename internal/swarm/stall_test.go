@@ -46,7 +46,7 @@ func TestStalledUpdateIsDetected(t *testing.T) {
 		at   time.Duration
 		want bool
 	}{{20 * time.Second, false}, {46 * time.Second, false}, {47 * time.Second, true}, {2 * time.Minute, true}} {
-		if idle, got := stalled(tg, svc, tasks, start.Add(c.at)); got != c.want {
+		if idle, _, got := stalled(tg, svc, tasks, start.Add(c.at)); got != c.want {
 			t.Errorf("at %s (idle %s): stalled %v, want %v", c.at, idle, got, c.want)
 		}
 	}
@@ -55,25 +55,25 @@ func TestStalledUpdateIsDetected(t *testing.T) {
 	// task changed state lately, or the service was created (no update), or the update is not this rollout's.
 	completed := svc
 	completed.UpdateStatus = &swarm.UpdateStatus{State: swarm.UpdateStateCompleted, StartedAt: &start}
-	if _, ok := stalled(tg, completed, tasks, late); ok {
+	if _, _, ok := stalled(tg, completed, tasks, late); ok {
 		t.Error("a completed update taken for stalled")
 	}
 	allNew := append(tasks[:2:2], task("new3", "node3", v2.TaskTemplate, swarm.TaskStateRunning, start.Add(20*time.Second)))
-	if _, ok := stalled(tg, svc, allNew, late); ok {
+	if _, _, ok := stalled(tg, svc, allNew, late); ok {
 		t.Error("an update whose tasks all run the new version taken for stalled")
 	}
 	moving := append(tasks[:3:3], task("new3", "node3", v2.TaskTemplate, swarm.TaskStatePreparing, late.Add(-10*time.Second)))
-	if _, ok := stalled(tg, svc, moving, late); ok {
+	if _, _, ok := stalled(tg, svc, moving, late); ok {
 		t.Error("an update with a task that changed 10 s ago taken for stalled")
 	}
 	created := tg
 	created.updated, created.created = false, true
-	if _, ok := stalled(created, svc, tasks, late); ok {
+	if _, _, ok := stalled(created, svc, tasks, late); ok {
 		t.Error("a created service taken for stalled")
 	}
 	reissued := tg
 	reissued.reissuedAt = late.Add(-time.Second)
-	if _, ok := stalled(reissued, svc, tasks, late); ok {
+	if _, _, ok := stalled(reissued, svc, tasks, late); ok {
 		t.Error("an update re-issued a second ago taken for stalled")
 	}
 }
