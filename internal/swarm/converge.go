@@ -310,6 +310,12 @@ func (a *Applier) rollback(ctx context.Context, targets []target, failures []Fai
 		if svc.PreviousSpec == nil {
 			continue
 		}
+		if sameButForced(svc.Spec, *svc.PreviousSpec) {
+			// Another agent re-issued this update: Swarm's previous spec is the new version itself.
+			a.Log.Error("rollback: the previous spec is the re-issued update itself", "service", t.name)
+			out.notDone = append(out.notDone, t.name+" (its previous spec is the re-issued update of another agent: roll back with agent rollback)")
+			continue
+		}
 		if _, err := a.Client.ServiceUpdate(ctx, t.id, client.ServiceUpdateOptions{
 			Version: svc.Version, Spec: svc.Spec, Rollback: "previous", QueryRegistry: false,
 		}); err != nil {

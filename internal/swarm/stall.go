@@ -2,6 +2,7 @@ package swarm
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"time"
 
@@ -82,4 +83,12 @@ func (a *Applier) reissue(ctx context.Context, t *target, svc swarm.Service, tas
 	a.Log.Warn("Swarm's update stalled: re-issued it (force update)", "service", t.name, "idle", idle.Round(time.Second).String(),
 		"reissue", t.reissues, "tasks", describe(tasks))
 	return nil
+}
+
+// sameButForced reports whether two specs differ in ForceUpdate alone.
+func sameButForced(a, b swarm.ServiceSpec) bool {
+	a.TaskTemplate.ForceUpdate, b.TaskTemplate.ForceUpdate = 0, 0
+	ja, _ := json.Marshal(a)
+	jb, _ := json.Marshal(b)
+	return string(ja) == string(jb)
 }

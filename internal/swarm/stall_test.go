@@ -182,3 +182,18 @@ func TestAStallThatStaysFailsAndRollsBackToTheSpecBefore(t *testing.T) {
 		}
 	})
 }
+
+// An agent that takes over a rollout another agent re-issued has no spec from before it: Swarm's previous
+// spec is the new version with another ForceUpdate. Rolling back to it would claim a rollback that is none.
+func TestNoRollbackToAReissuedSpec(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c, a, tg := stalledRollout(false)
+		forced := c.svc.Spec
+		forced.TaskTemplate.ForceUpdate = 1
+		c.svc.PreviousSpec, c.svc.Spec = &c.svc.Spec, forced
+		rb := a.rollback(context.Background(), []target{tg}, []Failure{{Service: "s_web", Reason: "timeout"}})
+		if len(rb.rolledBack) != 0 || len(rb.notDone) != 1 || !strings.Contains(rb.notDone[0], "re-issued") || len(c.updates) != 0 {
+			t.Fatalf("rollback %+v, writes %d", rb, len(c.updates))
+		}
+	})
+}
