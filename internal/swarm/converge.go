@@ -27,8 +27,9 @@ type target struct {
 
 // converge waits until every target runs its new spec with every task running (Swarm reports a task with a
 // healthcheck as running only once it is healthy), or fails them: a paused update, a Swarm auto-rollback, too
-// many failed tasks of the new version, or the timeout. A Swarm update that stalls (see stalled) is re-issued,
-// at most maxReissues times, and the timeout grows by the time it took to tell. It returns the failures, none
+// many failed tasks of the new version, or the timeout. A Swarm update that stalls, or that Swarm paused for a
+// task that ended without failing (its node stopped), is re-issued instead (see reissuable), at most
+// maxReissues times, and the timeout grows by the time it took to tell a stall. It returns the failures, none
 // on success.
 func (a *Applier) converge(ctx context.Context, targets []target) []Failure {
 	deadline := a.Now().Add(a.Timeout)
@@ -57,13 +58,13 @@ func (a *Applier) converge(ctx context.Context, targets []target) []Failure {
 					continue
 				}
 				done, reason, stableAt := a.check(t, svc, r.tasks[id])
-				if idle, period, ok := stalled(t, svc, r.tasks[id], a.Now()); ok && !done && reason == "" && t.reissues < maxReissues {
-					if err := a.reissue(ctx, &t, svc, r.tasks[id], idle); err != nil {
-						a.Log.Error("Swarm's update stalled; the re-issue failed", "service", t.name, "err", err)
+				if why, extra := a.reissuable(t, svc, r.tasks[id], done, reason); why != "" && t.reissues < maxReissues {
+					if err := a.reissue(ctx, &t, svc, r.tasks[id], why); err != nil {
+						a.Log.Error("the re-issue of Swarm's update failed", "service", t.name, "err", err)
 					} else {
 						// The time it took to tell that Swarm's updater stood still does not count
 						// against the timeout.
-						deadline = deadline.Add(period)
+						deadline = deadline.Add(extra)
 						pending[id] = t
 						for i := range targets { // the rollback needs the spec from before the rollout
 							if targets[i].id == id {

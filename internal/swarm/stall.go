@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/moby/moby/api/types/swarm"
@@ -64,11 +65,48 @@ func stalled(t target, svc swarm.Service, tasks []swarm.Task, now time.Time) (id
 	return idle, period, idle >= period
 }
 
+// reissuable says why Swarm's update of t should be re-issued rather than waited for or failed (empty: it
+// should not), and by how much that extends the deadline: the update stalled (see stalled), or Swarm paused it
+// for a task of this rollout that ended without failing (shut down or orphaned: its node's engine stopped, as
+// when a manager restarts mid-update), which says nothing about the release. A task that failed, was rejected
+// or exited still fails the rollout at once.
+func (a *Applier) reissuable(t target, svc swarm.Service, tasks []swarm.Task, done bool, failure string) (why string, extra time.Duration) {
+	if us := svc.UpdateStatus; t.updated && us != nil && us.State == swarm.UpdateStatePaused && (us.StartedAt == nil || !us.StartedAt.Before(t.since)) {
+		if task, ok := pausedFor(us.Message, tasks); ok && !taskFailed(task, svc.Spec.Mode) && task.Status.State != swarm.TaskStateRunning {
+			return "was paused for task " + task.ID + ", which did not fail (" + taskReason(task) + ")", 0
+		}
+		return "", 0
+	}
+	if done || failure != "" {
+		return "", 0
+	}
+	if idle, period, ok := stalled(t, svc, tasks, a.Now()); ok {
+		return "stalled (no task created or changed for " + idle.Round(time.Second).String() + ")", period
+	}
+	return "", 0
+}
+
+// pausedFor finds the task Swarm names in the message of a paused update ("update paused due to failure or
+// early termination of task <id>").
+func pausedFor(message string, tasks []swarm.Task) (swarm.Task, bool) {
+	i := strings.LastIndex(message, "task ")
+	if i < 0 {
+		return swarm.Task{}, false
+	}
+	id := strings.TrimSpace(message[i+len("task "):])
+	for _, t := range tasks {
+		if t.ID == id {
+			return t, true
+		}
+	}
+	return swarm.Task{}, false
+}
+
 // reissue writes the service's spec again with TaskTemplate.ForceUpdate raised, as operators do with a
 // stalled update (`docker service update --force`): Swarm starts a new update, and its updater with it. The
 // spec Swarm would roll back to is the re-issued one from then on, so t keeps the spec from before the
 // rollout for the agent's own rollback.
-func (a *Applier) reissue(ctx context.Context, t *target, svc swarm.Service, tasks []swarm.Task, idle time.Duration) error {
+func (a *Applier) reissue(ctx context.Context, t *target, svc swarm.Service, tasks []swarm.Task, why string) error {
 	spec := svc.Spec
 	spec.TaskTemplate.ForceUpdate++
 	if _, err := a.Client.ServiceUpdate(ctx, svc.ID, client.ServiceUpdateOptions{Version: svc.Version, Spec: spec, QueryRegistry: false}); err != nil {
@@ -80,8 +118,7 @@ func (a *Applier) reissue(ctx context.Context, t *target, svc swarm.Service, tas
 	}
 	t.reissues++
 	t.reissuedAt = a.Now()
-	a.Log.Warn("Swarm's update stalled: re-issued it (force update)", "service", t.name, "idle", idle.Round(time.Second).String(),
-		"reissue", t.reissues, "tasks", describe(tasks))
+	a.Log.Warn("Swarm's update "+why+": re-issued it (force update)", "service", t.name, "reissue", t.reissues, "tasks", describe(tasks))
 	return nil
 }
 

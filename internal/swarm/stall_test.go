@@ -197,3 +197,30 @@ func TestNoRollbackToAReissuedSpec(t *testing.T) {
 		}
 	})
 }
+
+// Swarm pauses an update when a task of the new version ends early. A task that ended because its node's
+// engine stopped (shut down, not failed) says nothing about the release: the update is re-issued. One that
+// failed fails the rollout at once, with no write.
+func TestPausedForATaskThatDidNotFail(t *testing.T) {
+	for _, c := range []struct {
+		state   swarm.TaskState
+		reissue bool
+	}{{swarm.TaskStateShutdown, true}, {swarm.TaskStateOrphaned, true}, {swarm.TaskStateFailed, false}} {
+		synctest.Test(t, func(t *testing.T) {
+			cl, a, tg := stalledRollout(true)
+			now := time.Now()
+			ended := task("ended", "node3", cl.svc.Spec.TaskTemplate, c.state, now.Add(time.Second))
+			ended.DesiredState = swarm.TaskStateShutdown
+			cl.tasks = append(cl.tasks, ended)
+			cl.svc.UpdateStatus = &swarm.UpdateStatus{State: swarm.UpdateStatePaused, StartedAt: &now,
+				Message: "update paused due to failure or early termination of task ended"}
+			f := a.converge(context.Background(), []target{tg})
+			switch {
+			case c.reissue && (len(f) != 0 || len(cl.updates) != 1 || cl.updates[0].Spec.TaskTemplate.ForceUpdate != 1):
+				t.Errorf("%s: failures %v, %d writes; want converged after one re-issue", c.state, f, len(cl.updates))
+			case !c.reissue && (len(f) != 1 || !strings.Contains(f[0].Reason, "update paused by Swarm") || len(cl.updates) != 0):
+				t.Errorf("%s: failures %v, %d writes; want the pause to fail the rollout, no write", c.state, f, len(cl.updates))
+			}
+		})
+	}
+}
