@@ -159,6 +159,9 @@ func (a *Applier) check(t target, svc swarm.Service, tasks []swarm.Task) (done b
 	if us := svc.UpdateStatus; us != nil && (us.StartedAt == nil || !us.StartedAt.Before(since)) {
 		switch us.State {
 		case swarm.UpdateStatePaused:
+			if task, ok := pausedFor(us.Message, tasks); ok {
+				return false, "update paused by Swarm: " + us.Message + " (" + taskReason(task) + ")", time.Time{}
+			}
 			return false, "update paused by Swarm: " + us.Message + taskError(tasks, svc, since), time.Time{}
 		case swarm.UpdateStateRollbackStarted, swarm.UpdateStateRollbackPaused, swarm.UpdateStateRollbackCompleted:
 			return false, "Swarm rolled the update back (" + string(us.State) + "): " + us.Message + taskError(tasks, svc, since), time.Time{}
