@@ -258,7 +258,7 @@ func TestFaultMultiManager(t *testing.T) {
 			n := reissues(agents) - before
 			if n > 0 {
 				reissued++
-				t.Logf("repetition %d: the agent re-issued Swarm's stalled or paused update %d time(s); the swarm during the wait:\n%s", i, n, strings.Join(trace, ""))
+				t.Logf("repetition %d: the agent re-issued Swarm's stalled or paused update %d time(s):\n%s\nthe swarm during the wait:\n%s", i, n, reissueLines(agents, n), strings.Join(trace, ""))
 			}
 			l = leader(0)
 			if finished {
@@ -336,4 +336,22 @@ func reissues(agents []*agentProcess) int {
 func multinodeCase(name string) bool {
 	v := os.Getenv("FAULT_MULTINODE_CASES")
 	return v == "" || slices.Contains(strings.Split(v, ","), name)
+}
+
+// reissueLines are the last n re-issue lines of the running agents' logs.
+func reissueLines(agents []*agentProcess, n int) string {
+	var lines []string
+	for _, p := range agents {
+		if p != nil {
+			p.mu.Lock()
+			for l := range strings.Lines(p.out.String()) {
+				if strings.Contains(l, "re-issued it (force update)") {
+					lines = append(lines, l)
+				}
+			}
+			p.mu.Unlock()
+		}
+	}
+	slices.Sort(lines) // by their time
+	return strings.Join(lines[max(0, len(lines)-n):], "")
 }
