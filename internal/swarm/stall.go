@@ -22,7 +22,7 @@ const stallMargin = 30 * time.Second
 // (started by this rollout), a task still has to be replaced or to come up, and no task of the service was
 // created or changed state for the update's monitor and delay plus stallMargin. Swarm's updater waits
 // without a deadline for the task it started on a slot; when the manager that ran the update or the node of
-// that task restarts at the wrong moment it can wait for ever (moby/moby#35564, #37493). idle is how long
+// that task restarts at the wrong moment it can wait for ever (moby/swarmkit#1720, moby/moby#35564). idle is how long
 // nothing happened, period how long that must be for a stall.
 func stalled(t target, svc swarm.Service, tasks []swarm.Task, now time.Time) (idle, period time.Duration, ok bool) {
 	us := svc.UpdateStatus
