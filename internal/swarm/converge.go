@@ -18,7 +18,7 @@ type target struct {
 	updated, created bool
 	// since is when the rollout started: tasks and update states older than that are not its own.
 	since time.Time
-	// reissues counts the re-issues of a stalled Swarm update (reissuedAt the last); previous is the spec
+	// reissues counts the re-issues of a stalled or paused Swarm update (reissuedAt the last); previous is the spec
 	// from before the rollout once a re-issue made Swarm's own previous spec the new one.
 	reissues   int
 	reissuedAt time.Time

@@ -11,7 +11,7 @@ import (
 	"github.com/moby/moby/client"
 )
 
-// maxReissues is how many times one rollout re-issues a stalled Swarm update.
+// maxReissues is how many times one rollout re-issues a stalled or wrongly paused Swarm update.
 const maxReissues = 2
 
 // stallMargin is how long past the update monitor and delay Swarm's updater may do nothing before the agent
@@ -22,8 +22,8 @@ const stallMargin = 30 * time.Second
 // (started by this rollout), a task still has to be replaced or to come up, and no task of the service was
 // created or changed state for the update's monitor and delay plus stallMargin. Swarm's updater waits
 // without a deadline for the task it started on a slot; when the manager that ran the update or the node of
-// that task restarts at the wrong moment it can wait for ever (moby/swarmkit#1720, moby/moby#35564). idle is how long
-// nothing happened, period how long that must be for a stall.
+// that task restarts at the wrong moment it can wait for ever (moby/swarmkit#1720, moby/moby#35564). idle is
+// how long nothing happened, period how long that must be for a stall.
 func stalled(t target, svc swarm.Service, tasks []swarm.Task, now time.Time) (idle, period time.Duration, ok bool) {
 	us := svc.UpdateStatus
 	if !t.updated || us == nil || us.State != swarm.UpdateStateUpdating {
