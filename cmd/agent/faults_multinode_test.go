@@ -82,9 +82,9 @@ func TestFaultMultiManager(t *testing.T) {
 		r.Body.Close()
 		return strings.TrimSpace(string(b)) + " " + runningImage(c.Docker(n), name+"_web", n)
 	}
-	// everyNodeServes waits until every node serves want; it fails the test if they do not within the time.
+	// everyNodeServes waits until every node serves want (true), or until or, when given, holds (false).
 	var trace []string // what the swarm said during the last wait
-	everyNodeServes := func(want string, within time.Duration) {
+	everyNodeServes := func(want string, within time.Duration, or func(got []string) bool) bool {
 		t.Helper()
 		var got []string
 		trace = nil
@@ -92,7 +92,11 @@ func TestFaultMultiManager(t *testing.T) {
 		for i := 0; time.Now().Before(deadline); i++ {
 			got = []string{serves(1), serves(2), serves(3)}
 			if got[0] == want && got[1] == want && got[2] == want {
-				return
+				return true
+			}
+			if or != nil && or(got) {
+				t.Logf("the swarm during the wait:\n%s", strings.Join(trace, ""))
+				return false
 			}
 			if i%10 == 0 { // what the swarm says, every 2 s, for the failure message
 				for n := 1; n <= 3; n++ {
@@ -115,6 +119,7 @@ func TestFaultMultiManager(t *testing.T) {
 			t.Logf("node %d sees:\n%s%s", n, out, us)
 		}
 		t.FailNow()
+		return false
 	}
 	statesOf := func(sha string) []string {
 		var s []string
@@ -154,7 +159,7 @@ func TestFaultMultiManager(t *testing.T) {
 	}
 	l := leader(0)
 	want := sha("pw-0") + " " + images[0]
-	everyNodeServes(want, 3*time.Minute)
+	everyNodeServes(want, 3*time.Minute, nil)
 	assertTold(commit(0))
 
 	if multinodeCase("lost") {
@@ -177,7 +182,7 @@ func TestFaultMultiManager(t *testing.T) {
 			c.Start(l)
 			waitFor(t, "the lost manager back", 2*time.Minute, func() bool { return c.NodeReady(next, l) })
 			startAgent(l)
-			everyNodeServes(want, 2*time.Minute)
+			everyNodeServes(want, 2*time.Minute, nil)
 			if got := leaders(); len(got) != 1 || got[0] != next {
 				t.Fatalf("leaders after the manager came back: %v, want only %d", got, next)
 			}
@@ -206,7 +211,7 @@ func TestFaultMultiManager(t *testing.T) {
 			healed := time.Now()
 			waitFor(t, "the partitioned manager back", 3*time.Minute, func() bool { return c.NodeReady(next, l) && c.NodeReady(l, l) })
 			rejoined := time.Since(healed)
-			everyNodeServes(want, 2*time.Minute)
+			everyNodeServes(want, 2*time.Minute, nil)
 			settled(next)
 			if got := leaders(); len(got) != 1 || got[0] != next {
 				t.Fatalf("leaders after the partition healed: %v, want only %d", got, next)
@@ -242,7 +247,7 @@ func TestFaultMultiManager(t *testing.T) {
 			// The rollout finishes on every node, even when Swarm's update stalls or is paused for the task the
 			// restart shut down: the agent re-issues it (docs/reliability.md).
 			before := reissues(agents)
-			everyNodeServes(want, 5*time.Minute)
+			everyNodeServes(want, 5*time.Minute, nil)
 			recovery = append(recovery, time.Since(at))
 			n := reissues(agents) - before
 			if n > 0 {
