@@ -245,9 +245,10 @@ func TestFaultMultiManager(t *testing.T) {
 			c.Stop(l) // the engine the acting agent talks to, gracefully (its tasks stop too)
 			c.Start(l)
 			want := sha(secret) + " " + images[i%2]
-			// Either the rollout finishes on every node, or (Swarm's updater can stall while a manager restarts:
-			// docs/reliability.md) the agent rolls it back when its deadline runs out: then every node must
-			// serve the previous release again and GitLab must have been told failed, never success.
+			// Either the rollout finishes on every node (the agent re-issues an update that Swarm stalls or
+			// pauses for the task the restart shut down), or (the restarted node may reject every task:
+			// docs/reliability.md) the agent rolls it back: then every node must serve the previous release
+			// again and GitLab must have been told failed, never success.
 			rolledBack := func(got []string) bool {
 				s := statesOf(commit(i))
 				return got[0] == prev && got[1] == prev && got[2] == prev && len(s) > 0 && s[len(s)-1] == "failed"
@@ -280,7 +281,7 @@ func TestFaultMultiManager(t *testing.T) {
 			assertSecretsClean(t, c.Docker(l), name)
 		}
 		faultRow(t, "3 managers: the acting agent's dockerd stopped and restarted mid-rollout", repeats(),
-			fmt.Sprintf("%d of %d rollouts finished on every node, GitLab told success (%d of them after the agent re-issued Swarm's stalled or paused update); %d stalled in Swarm's updater, were rolled back by the agent at its deadline, every node serving the previous release, GitLab told failed; no duplicate or orphaned secret",
+			fmt.Sprintf("%d of %d rollouts finished on every node, GitLab told success (%d of them after the agent re-issued Swarm's stalled or paused update); %d did not finish and were rolled back by the agent, every node serving the previous release, GitLab told failed; no duplicate or orphaned secret",
 				repeats()-stalled, repeats(), reissued, stalled), recovery)
 	}
 	for n := 1; n <= 3; n++ {
