@@ -239,11 +239,14 @@ func image(spec swarm.ServiceSpec) string {
 }
 
 // Normalize rewrites an observed spec into the form the converter produces: object references by name (the
-// engine stores IDs), network targets by name.
+// engine stores IDs), network targets by name, no forced-update counter.
 func Normalize(spec swarm.ServiceSpec, netNames map[string]string) swarm.ServiceSpec {
 	b, _ := json.Marshal(spec)
 	var out swarm.ServiceSpec
 	_ = json.Unmarshal(b, &out) // a deep copy
+	// A forced update (`docker service update --force`, or the agent re-issuing a stalled update) changes
+	// nothing the agent writes.
+	out.TaskTemplate.ForceUpdate = 0
 	if cs := out.TaskTemplate.ContainerSpec; cs != nil {
 		for _, s := range cs.Secrets {
 			s.SecretID = ""

@@ -285,3 +285,20 @@ func TestObjectsOfOthersAreConflicts(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A forced update (the agent re-issuing a stalled Swarm update, or `docker service update --force`) raises
+// TaskTemplate.ForceUpdate: that is no change to roll out again, nor drift.
+func TestForceUpdateIsNoChange(t *testing.T) {
+	w := &stack.Stack{Name: "s", Networks: []stack.Network{network("s")}, Services: []stack.Service{svc("s", "web", "web:1", "")}}
+	o := observe(w)
+	o.Services[0].Spec.TaskTemplate.ForceUpdate = 2
+	for name, compute := range map[string]func(w, o *stack.Stack) (*Plan, error){"Compute": Compute, "Differ": new(Differ).Compute} {
+		p, err := compute(w, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.Writes() {
+			t.Fatalf("%s: a forced update planned %+v", name, p.Changes)
+		}
+	}
+}

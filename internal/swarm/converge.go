@@ -18,11 +18,19 @@ type target struct {
 	updated, created bool
 	// since is when the rollout started: tasks and update states older than that are not its own.
 	since time.Time
+	// reissues counts the re-issues of a stalled or paused Swarm update (reissuedAt the last); previous is the spec
+	// from before the rollout once a re-issue made Swarm's own previous spec the new one.
+	reissues   int
+	reissuedAt time.Time
+	previous   *swarm.ServiceSpec
 }
 
 // converge waits until every target runs its new spec with every task running (Swarm reports a task with a
 // healthcheck as running only once it is healthy), or fails them: a paused update, a Swarm auto-rollback, too
-// many failed tasks of the new version, or the timeout. It returns the failures, none on success.
+// many failed tasks of the new version, or the timeout. A Swarm update that stalls, or that Swarm paused for a
+// task that ended without failing (its node stopped), is re-issued instead (see reissuable), at most
+// maxReissues times, and the timeout grows by the time it took to tell a stall. It returns the failures, none
+// on success.
 func (a *Applier) converge(ctx context.Context, targets []target) []Failure {
 	deadline := a.Now().Add(a.Timeout)
 	pending := map[string]target{}
@@ -50,6 +58,22 @@ func (a *Applier) converge(ctx context.Context, targets []target) []Failure {
 					continue
 				}
 				done, reason, stableAt := a.check(t, svc, r.tasks[id])
+				if why, extra := a.reissuable(t, svc, r.tasks[id], done, reason); why != "" && t.reissues < maxReissues {
+					if err := a.reissue(ctx, &t, svc, r.tasks[id], why); err != nil {
+						a.Log.Error("the re-issue of Swarm's update failed", "service", t.name, "err", err)
+					} else {
+						// The time it took to tell that Swarm's updater stood still does not count
+						// against the timeout.
+						deadline = deadline.Add(extra)
+						pending[id] = t
+						for i := range targets { // the rollback needs the spec from before the rollout
+							if targets[i].id == id {
+								targets[i] = t
+							}
+						}
+						continue
+					}
+				}
 				if !stableAt.IsZero() {
 					wait = min(wait, max(stableAt.Sub(a.Now()), time.Millisecond))
 				}
@@ -135,6 +159,9 @@ func (a *Applier) check(t target, svc swarm.Service, tasks []swarm.Task) (done b
 	if us := svc.UpdateStatus; us != nil && (us.StartedAt == nil || !us.StartedAt.Before(since)) {
 		switch us.State {
 		case swarm.UpdateStatePaused:
+			if task, ok := pausedFor(us.Message, tasks); ok {
+				return false, "update paused by Swarm: " + us.Message + " (" + taskReason(task) + ")", time.Time{}
+			}
 			return false, "update paused by Swarm: " + us.Message + taskError(tasks, svc, since), time.Time{}
 		case swarm.UpdateStateRollbackStarted, swarm.UpdateStateRollbackPaused, swarm.UpdateStateRollbackCompleted:
 			return false, "Swarm rolled the update back (" + string(us.State) + "): " + us.Message + taskError(tasks, svc, since), time.Time{}
@@ -268,11 +295,29 @@ func (a *Applier) rollback(ctx context.Context, targets []target, failures []Fai
 			continue
 		}
 		svc := r.Service
+		if t.previous != nil {
+			// The update was re-issued: Swarm's previous spec is the new version, so write the one from
+			// before the rollout.
+			if _, err := a.Client.ServiceUpdate(ctx, t.id, client.ServiceUpdateOptions{Version: svc.Version, Spec: *t.previous, QueryRegistry: false}); err != nil {
+				a.Log.Error("rollback failed", "service", t.name, "err", err)
+				out.notDone = append(out.notDone, t.name+" (the rollback was refused: "+err.Error()+")")
+				continue
+			}
+			a.Log.Warn("service rolled back (to the spec from before the re-issued update)", "service", t.name)
+			waiting = append(waiting, t)
+			continue
+		}
 		if us := svc.UpdateStatus; us != nil && (us.State == swarm.UpdateStateRollbackStarted || us.State == swarm.UpdateStateRollbackCompleted) {
 			waiting = append(waiting, t)
 			continue
 		}
 		if svc.PreviousSpec == nil {
+			continue
+		}
+		if sameButForced(svc.Spec, *svc.PreviousSpec) {
+			// Another agent re-issued this update: Swarm's previous spec is the new version itself.
+			a.Log.Error("rollback: the previous spec is the re-issued update itself", "service", t.name)
+			out.notDone = append(out.notDone, t.name+" (its previous spec is the re-issued update of another agent: roll back with agent rollback)")
 			continue
 		}
 		if _, err := a.Client.ServiceUpdate(ctx, t.id, client.ServiceUpdateOptions{
