@@ -23,11 +23,13 @@ demo-clean:
 
 # The test harness: a private swarm-mode dockerd (hack/dockerd.sh) unless SAWMILL_TEST_DOCKER_HOST already
 # points at an engine the tests may use, and a private PostgreSQL (hack/postgres.sh) unless
-# SAWMILL_TEST_PG_DSN names one.
+# SAWMILL_TEST_PG_DSN names one. Of the 3-manager fault cases it runs the lost manager only: the partition and
+# the restarted dockerd do not recover every time yet (docs/reliability.md); `make faults` runs them all.
 test: tools
 	SAWMILL_TEST_DOCKER_HOST=$${SAWMILL_TEST_DOCKER_HOST:-$$(hack/dockerd.sh start)} \
 	SAWMILL_TEST_PG_DSN=$${SAWMILL_TEST_PG_DSN:-$$(hack/postgres.sh start)} \
-	SAWMILL_TEST_MULTINODE=$${SAWMILL_TEST_MULTINODE:-$(CURDIR)/hack/multinode.sh} $(MAKE) test-go fuzz test-py
+	SAWMILL_TEST_MULTINODE=$${SAWMILL_TEST_MULTINODE:-$(CURDIR)/hack/multinode.sh} \
+	FAULT_MULTINODE_CASES=$${FAULT_MULTINODE_CASES-lost} $(MAKE) test-go fuzz test-py
 
 test-go:
 	$(GO) vet ./...
