@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -248,9 +249,15 @@ func (l *Loop) loadSharedHistory(ctx context.Context) {
 	}
 	sp.historySeq = seq
 	l.mu.Lock()
-	l.history = trimHistory(l.HistoryDir, mergeHistory(l.history, h, l.HistoryDir), l.HistoryKeep, l.pin)
+	merged := trimHistory(l.HistoryDir, mergeHistory(l.history, h, l.HistoryDir), l.HistoryKeep, l.pin)
+	changed := !reflect.DeepEqual(merged, l.history)
+	l.history = merged
 	l.mu.Unlock()
-	l.dirty = true
+	// Only a history that gained something is written: an agent that reads back what it shared itself (a
+	// restart, every `run --once`) leaves its state file alone.
+	if changed {
+		l.dirty = true
+	}
 }
 
 // shareHistory writes this agent's history to the swarm after it changed; a failure is logged (the next
