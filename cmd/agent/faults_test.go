@@ -180,32 +180,33 @@ func TestFaultRegistryStalls(t *testing.T) {
 	faultRow(t, "registry stalls mid-blob", repeats(), "error (transient, not refused); swarm and GitLab unchanged; next cycle verifies and succeeds", recovery)
 }
 
-var (
-	agentBinOnce sync.Once
-	agentBin     string
-	agentBinErr  error
-)
+// builds holds, by package, the build of a binary the tests run as a process: one per test process.
+var builds sync.Map // package path -> func() (string, error)
+
+// buildOnce builds the Go package pkg (a path relative to cmd/agent) into a binary named name, once per test
+// process, and returns its path.
+func buildOnce(t *testing.T, pkg, name string) string {
+	t.Helper()
+	build, _ := builds.LoadOrStore(pkg, sync.OnceValues(func() (string, error) {
+		dir, err := os.MkdirTemp("", "sawmill-bin")
+		if err != nil {
+			return "", err
+		}
+		bin := filepath.Join(dir, name)
+		if out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput(); err != nil {
+			return "", fmt.Errorf("go build %s: %v\n%s", pkg, err, out)
+		}
+		return bin, nil
+	}))
+	bin, err := build.(func() (string, error))()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bin
+}
 
 // agentBinary builds the agent once per test process, for the faults that need a real process to kill.
-func agentBinary(t *testing.T) string {
-	t.Helper()
-	agentBinOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "sawmill-agent-bin")
-		if err != nil {
-			agentBinErr = err
-			return
-		}
-		agentBin = filepath.Join(dir, "agent")
-		out, err := exec.Command("go", "build", "-o", agentBin, ".").CombinedOutput()
-		if err != nil {
-			agentBinErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if agentBinErr != nil {
-		t.Fatal(agentBinErr)
-	}
-	return agentBin
-}
+func agentBinary(t *testing.T) string { return buildOnce(t, ".", "agent") }
 
 // agentProcess is the agent running as its own process.
 type agentProcess struct {

@@ -1,12 +1,9 @@
 package main
 
 import (
-	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 
 	"filippo.io/age"
@@ -16,33 +13,9 @@ import (
 	"github.com/sabeiro/sawmill/internal/sopsfile"
 )
 
-var (
-	sopsHelperOnce sync.Once
-	sopsHelperBin  string
-	sopsHelperErr  error
-)
-
 // sopsHelperBinary builds cmd/sawmill-sops once per test process: the in-process agent of the tests finds it
 // through sops.helper.
-func sopsHelperBinary(t *testing.T) string {
-	t.Helper()
-	sopsHelperOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "sawmill-sops-bin")
-		if err != nil {
-			sopsHelperErr = err
-			return
-		}
-		sopsHelperBin = filepath.Join(dir, sopsHelperName)
-		out, err := exec.Command("go", "build", "-o", sopsHelperBin, "../sawmill-sops").CombinedOutput()
-		if err != nil {
-			sopsHelperErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if sopsHelperErr != nil {
-		t.Fatal(sopsHelperErr)
-	}
-	return sopsHelperBin
-}
+func sopsHelperBinary(t *testing.T) string { return buildOnce(t, "../sawmill-sops", sopsHelperName) }
 
 // ageKeyFile writes a new age identity to a file readable by its owner only.
 func ageKeyFile(t *testing.T) (string, *age.X25519Identity) {
