@@ -129,15 +129,7 @@ func (s *SwarmPins) historyName(seq int64) string {
 
 // historyConfigs returns the history configs of list (exact names <Name>.history-<n>) and their sequences.
 func (s *SwarmPins) historyConfigs(list []swarm.Config) (configs []swarm.Config, seqs []int64) {
-	cs, ns := s.named(list, ".history-")
-	for i, c := range cs {
-		seq, err := strconv.ParseInt(ns[i], 10, 64)
-		if err != nil || seq <= 0 || strconv.FormatInt(seq, 10) != ns[i] {
-			continue
-		}
-		configs, seqs = append(configs, c), append(seqs, seq)
-	}
-	return configs, seqs
+	return s.sequenced(list, ".history-")
 }
 
 // LoadHistory reads the swarm's history (the config with the highest sequence) from the lease's last list

@@ -154,13 +154,16 @@ func (s *SwarmPins) pinName(seq int64) string { return s.Name + ".pin-" + strcon
 
 // pinConfigs returns the pin configs among list (exact names <Name>.pin-<n>), with their sequences.
 func (s *SwarmPins) pinConfigs(list []swarm.Config) (configs []swarm.Config, seqs []int64) {
-	for _, c := range list {
-		n, ok := strings.CutPrefix(c.Spec.Name, s.Name+".pin-")
-		if !ok {
-			continue
-		}
-		seq, err := strconv.ParseInt(n, 10, 64)
-		if err != nil || seq <= 0 || strconv.FormatInt(seq, 10) != n {
+	return s.sequenced(list, ".pin-")
+}
+
+// sequenced returns the configs of list named <Name><infix><n>, n a positive integer written as such, with
+// their sequences.
+func (s *SwarmPins) sequenced(list []swarm.Config, infix string) (configs []swarm.Config, seqs []int64) {
+	cs, ns := s.named(list, infix)
+	for i, c := range cs {
+		seq, err := strconv.ParseInt(ns[i], 10, 64)
+		if err != nil || seq <= 0 || strconv.FormatInt(seq, 10) != ns[i] {
 			continue
 		}
 		configs, seqs = append(configs, c), append(seqs, seq)

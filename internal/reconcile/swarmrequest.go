@@ -195,8 +195,7 @@ func strictJSON(b []byte, v any) error {
 func (s *SwarmPins) requestName(id string) string { return s.Name + ".request-" + id }
 func (s *SwarmPins) answerName(id string) string  { return s.Name + ".answer-" + id }
 
-// named returns the configs of list named <Name><infix><id> with their IDs; ids that are not 16 hex digits
-// are returned with ok false.
+// named returns the configs of list named <Name><infix><id> with their IDs (the callers check the IDs).
 func (s *SwarmPins) named(list []swarm.Config, infix string) (configs []swarm.Config, ids []string) {
 	for _, c := range list {
 		if id, ok := strings.CutPrefix(c.Spec.Name, s.Name+infix); ok {
