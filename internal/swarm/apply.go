@@ -39,12 +39,33 @@ type Result struct {
 	// RolledBack run their previous version again (its tasks running and healthy); Removed were created by
 	// this apply, did not converge and are gone; NotRolledBack did not get back, each with the reason.
 	RolledBack, Removed, NotRolledBack []string
+	// Degraded converged on every node but nodes that cannot run tasks at all (each "service: node …: why"):
+	// a fault of those nodes, not of the release, which Swarm places there once they can.
+	Degraded []string
 }
 
 // Failure is one service that did not converge.
 type Failure struct {
 	Service string `json:"service"`
 	Reason  string `json:"reason"`
+	// NodeFault: the service runs on the other nodes; nodes that cannot run tasks at all held it up.
+	NodeFault bool `json:"node_fault,omitempty"`
+}
+
+// NodeFaultError is a rollout held up only by nodes that cannot run tasks at all (their engine rejects every
+// task: an overlay network it cannot join, a bind source it lacks) while the new version runs on the
+// others. Nothing is rolled back (those nodes would reject the previous version too) and nothing is
+// concluded about the release: the error is transient, and the next cycle resumes the rollout.
+type NodeFaultError struct {
+	Failures []Failure
+}
+
+func (e *NodeFaultError) Error() string {
+	parts := make([]string, len(e.Failures))
+	for i, f := range e.Failures {
+		parts[i] = f.Service + ": " + f.Reason
+	}
+	return "rollout held up by nodes that cannot run tasks (a fault of the nodes, not of the release; not rolled back, resumed once they can): " + strings.Join(parts, "; ")
 }
 
 // RolloutError is returned when services did not converge; it says which run their previous version again.
@@ -77,6 +98,17 @@ func (e *RolloutError) Error() string {
 func (a *Applier) fail(ctx context.Context, res *Result, targets []target, failures []Failure) error {
 	if err := ctx.Err(); err != nil {
 		return fault.TransientErr(fmt.Errorf("rollout interrupted (%w): the next run resumes it", err))
+	}
+	nodeFaults := 0
+	for _, f := range failures {
+		if f.NodeFault {
+			nodeFaults++
+		}
+	}
+	if nodeFaults == len(failures) {
+		res.Failures = failures
+		a.Log.Error("rollout held up by nodes that cannot run tasks: not rolled back", "failures", len(failures))
+		return fault.TransientErr(&NodeFaultError{Failures: failures})
 	}
 	rb := a.rollback(ctx, targets, failures)
 	res.Failures, res.RolledBack, res.Removed, res.NotRolledBack = failures, rb.rolledBack, rb.removed, rb.notDone
@@ -116,7 +148,9 @@ func (a *Applier) Apply(ctx context.Context, p *plan.Plan) (*Result, error) {
 		}
 		// Nothing to write, but an update started earlier (by an agent that was stopped mid-rollout, say)
 		// is still rolling: wait for it like for one of ours.
-		if failures := a.converge(ctx, inflight); len(failures) > 0 {
+		failures, degraded := a.converge(ctx, inflight)
+		res.Degraded = degraded
+		if len(failures) > 0 {
 			return res, a.fail(ctx, res, inflight, failures)
 		}
 		return res, nil
@@ -218,7 +252,9 @@ func (a *Applier) Apply(ctx context.Context, p *plan.Plan) (*Result, error) {
 		a.Log.Info("service updated", "stack", p.Stack, "service", s.Name, "image", image(spec), "fields", strings.Join(c.Fields, ","))
 	}
 
-	if failures := a.converge(ctx, touched); len(failures) > 0 {
+	failures, degraded := a.converge(ctx, touched)
+	res.Degraded = degraded
+	if len(failures) > 0 {
 		return res, a.fail(ctx, res, touched, failures)
 	}
 

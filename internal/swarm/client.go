@@ -24,6 +24,7 @@ type Reader interface {
 	ServiceList(ctx context.Context, o client.ServiceListOptions) (client.ServiceListResult, error)
 	ServiceInspect(ctx context.Context, id string, o client.ServiceInspectOptions) (client.ServiceInspectResult, error)
 	TaskList(ctx context.Context, o client.TaskListOptions) (client.TaskListResult, error)
+	NodeList(ctx context.Context, o client.NodeListOptions) (client.NodeListResult, error)
 	NetworkList(ctx context.Context, o client.NetworkListOptions) (client.NetworkListResult, error)
 	SecretList(ctx context.Context, o client.SecretListOptions) (client.SecretListResult, error)
 	ConfigList(ctx context.Context, o client.ConfigListOptions) (client.ConfigListResult, error)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/moby/moby/api/types/swarm"
@@ -27,17 +28,19 @@ type target struct {
 
 // converge waits until every target runs its new spec with every task running (Swarm reports a task with a
 // healthcheck as running only once it is healthy), or fails them: a paused update, a Swarm auto-rollback, too
-// many failed tasks of the new version, or the timeout. A Swarm update that stalls, or that Swarm paused for a
+// many failed tasks of the new version, or the timeout. Nodes that cannot run tasks at all while the new
+// version runs on the others (see nodeFaults) do not fail a rollout: a service that runs on every other node
+// converges and is returned in degraded (with those nodes), and a failure they cause is marked NodeFault. A Swarm update that stalls, or that Swarm paused for a
 // task that ended without failing (its node stopped), is re-issued instead (see reissuable), at most
 // maxReissues times, and the timeout grows by the time it took to tell a stall. It returns the failures, none
 // on success.
-func (a *Applier) converge(ctx context.Context, targets []target) []Failure {
+func (a *Applier) converge(ctx context.Context, targets []target) (failures []Failure, degraded []string) {
 	deadline := a.Now().Add(a.Timeout)
 	pending := map[string]target{}
 	for _, t := range targets {
 		pending[t.id] = t
 	}
-	var failures []Failure
+	faults := map[string]string{} // the node fault each service's last check saw
 	var lastErr error
 	var last *round
 	for len(pending) > 0 {
@@ -57,7 +60,8 @@ func (a *Applier) converge(ctx context.Context, targets []target) []Failure {
 					delete(pending, id)
 					continue
 				}
-				done, reason, stableAt := a.check(t, svc, r.tasks[id])
+				done, reason, stableAt, nodeFault := a.check(t, svc, r.tasks[id], r.nodes)
+				faults[id] = nodeFault
 				if why, extra := a.reissuable(t, svc, r.tasks[id], done, reason); why != "" && t.reissues < maxReissues {
 					if err := a.reissue(ctx, &t, svc, r.tasks[id], why); err != nil {
 						a.Log.Error("the re-issue of Swarm's update failed", "service", t.name, "err", err)
@@ -79,7 +83,11 @@ func (a *Applier) converge(ctx context.Context, targets []target) []Failure {
 				}
 				switch {
 				case reason != "":
-					failures = append(failures, Failure{Service: t.name, Reason: reason})
+					failures = append(failures, Failure{Service: t.name, Reason: reason, NodeFault: nodeFault != ""})
+					delete(pending, id)
+				case done && nodeFault != "":
+					a.Log.Warn("service converged on every node but those that cannot run tasks (a fault of the node, not of the release)", "service", t.name, "nodes", nodeFault)
+					degraded = append(degraded, t.name+": "+nodeFault)
 					delete(pending, id)
 				case done:
 					a.Log.Info("service converged", "service", t.name)
@@ -99,7 +107,10 @@ func (a *Applier) converge(ctx context.Context, targets []target) []Failure {
 				if lastErr != nil {
 					state += " (last engine error: " + lastErr.Error() + ")"
 				}
-				failures = append(failures, Failure{Service: pending[id].name, Reason: fmt.Sprintf("did not converge within %s: %s", a.Timeout, state)})
+				if faults[id] != "" {
+					state += "; it runs on every other node: " + faults[id]
+				}
+				failures = append(failures, Failure{Service: pending[id].name, Reason: fmt.Sprintf("did not converge within %s: %s", a.Timeout, state), NodeFault: faults[id] != ""})
 			}
 			break
 		}
@@ -108,18 +119,20 @@ func (a *Applier) converge(ctx context.Context, targets []target) []Failure {
 			for _, id := range sortedIDs(pending) {
 				failures = append(failures, Failure{Service: pending[id].name, Reason: "interrupted: " + ctx.Err().Error()})
 			}
-			return failures
+			return failures, degraded
 		case <-time.After(wait):
 		}
 	}
 	sort.Slice(failures, func(i, j int) bool { return failures[i].Service < failures[j].Service })
-	return failures
+	sort.Strings(degraded)
+	return failures, degraded
 }
 
-// round is one look at the services being rolled out: two API calls, whatever their number.
+// round is one look at the services being rolled out: three API calls, whatever their number.
 type round struct {
 	services map[string]swarm.Service
 	tasks    map[string][]swarm.Task
+	nodes    map[string]swarm.Node
 }
 
 func (a *Applier) observe(ctx context.Context, ids []string) (*round, error) {
@@ -131,7 +144,14 @@ func (a *Applier) observe(ctx context.Context, ids []string) (*round, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list tasks: %w", err)
 	}
-	r := &round{services: map[string]swarm.Service{}, tasks: map[string][]swarm.Task{}}
+	nodes, err := a.Client.NodeList(ctx, client.NodeListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("list nodes: %w", err)
+	}
+	r := &round{services: map[string]swarm.Service{}, tasks: map[string][]swarm.Task{}, nodes: map[string]swarm.Node{}}
+	for _, n := range nodes.Items {
+		r.nodes[n.ID] = n
+	}
 	want := map[string]bool{}
 	for _, id := range ids {
 		want[id] = true
@@ -153,29 +173,25 @@ func (a *Applier) observe(ctx context.Context, ids []string) (*round, error) {
 
 // check judges one service from one round: converged, failed (with the reason), or neither yet. stableAt,
 // when not zero, is when the service converges unless something changes: every task it needs runs, and the
-// last of them has run for the stability window then.
-func (a *Applier) check(t target, svc swarm.Service, tasks []swarm.Task) (done bool, failure string, stableAt time.Time) {
+// last of them has run for the stability window then. nodeFault, when set, names nodes that cannot run
+// tasks at all while the new version runs on others (see nodeFaults): a failure with it is a fault of those
+// nodes, not of the release, and done with it means the release runs on every node but those.
+func (a *Applier) check(t target, svc swarm.Service, tasks []swarm.Task, nodes map[string]swarm.Node) (done bool, failure string, stableAt time.Time, nodeFault string) {
 	since := t.since
-	if us := svc.UpdateStatus; us != nil && (us.StartedAt == nil || !us.StartedAt.Before(since)) {
-		switch us.State {
-		case swarm.UpdateStatePaused:
-			if task, ok := pausedFor(us.Message, tasks); ok {
-				return false, "update paused by Swarm: " + us.Message + " (" + taskReason(task) + ")", time.Time{}
-			}
-			return false, "update paused by Swarm: " + us.Message + taskError(tasks, svc, since), time.Time{}
-		case swarm.UpdateStateRollbackStarted, swarm.UpdateStateRollbackPaused, swarm.UpdateStateRollbackCompleted:
-			return false, "Swarm rolled the update back (" + string(us.State) + "): " + us.Message + taskError(tasks, svc, since), time.Time{}
-		}
-	}
 	want := taskJSON(svc.Spec.TaskTemplate)
 	// A task counts as running once it has stayed up for the stability window: without a healthcheck the
 	// engine reports a task running before it notices the process exited at once (Swarm itself judges an
 	// update only after its monitor period). With a healthcheck, running already means healthy.
 	window := stability(svc.Spec)
 	stable := a.Now().Add(-window)
+	faulty, why := nodeFaults(tasks, want, since)
 	failed, running, warming, desired := 0, 0, 0, 0
 	var lastErr string
+	up := map[string]bool{} // nodes where a task of the new version runs
 	for _, task := range tasks {
+		if faulty[task.NodeID] {
+			continue // a node that cannot run tasks says nothing about the release
+		}
 		if taskJSON(task.Spec) != want {
 			if task.DesiredState == swarm.TaskStateRunning {
 				desired++ // an old task still has to be replaced
@@ -191,6 +207,7 @@ func (a *Applier) check(t target, svc swarm.Service, tasks []swarm.Task) (done b
 		if task.DesiredState == swarm.TaskStateRunning {
 			desired++
 			if task.Status.State == swarm.TaskStateRunning {
+				up[task.NodeID] = true
 				if !task.Status.Timestamp.After(stable) {
 					running++
 				} else {
@@ -202,27 +219,129 @@ func (a *Applier) check(t target, svc swarm.Service, tasks []swarm.Task) (done b
 			}
 		}
 	}
+	if len(faulty) > 0 {
+		nodeFault = describeNodes(faulty, why, nodes)
+	}
+	if us := svc.UpdateStatus; us != nil && (us.StartedAt == nil || !us.StartedAt.Before(since)) {
+		switch us.State {
+		case swarm.UpdateStatePaused:
+			task, ok := pausedFor(us.Message, tasks)
+			if ok && faulty[task.NodeID] {
+				// Swarm's updater stopped at a node that cannot run tasks: the nodes after it in its order
+				// may still run the old version.
+				return false, "update paused by Swarm at a node that cannot run tasks: " + nodeFault, time.Time{}, nodeFault
+			}
+			if ok {
+				return false, "update paused by Swarm: " + us.Message + " (" + taskReason(task) + ")", time.Time{}, ""
+			}
+			return false, "update paused by Swarm: " + us.Message + taskError(tasks, svc, since), time.Time{}, ""
+		case swarm.UpdateStateRollbackStarted, swarm.UpdateStateRollbackPaused, swarm.UpdateStateRollbackCompleted:
+			return false, "Swarm rolled the update back (" + string(us.State) + "): " + us.Message + taskError(tasks, svc, since), time.Time{}, ""
+		}
+	}
 	if failed >= failureLimit(svc.Spec, a.MaxTaskFailures) {
-		return false, fmt.Sprintf("%d task(s) of the new version failed: %s", failed, lastErr), time.Time{}
+		return false, fmt.Sprintf("%d task(s) of the new version failed: %s", failed, lastErr), time.Time{}, ""
 	}
 	if us := svc.UpdateStatus; t.updated && us != nil && us.State == swarm.UpdateStateUpdating {
-		return false, "", time.Time{}
+		return false, "", time.Time{}, nodeFault
 	}
-	up := running + warming
-	switch n := replicas(svc.Spec.Mode); {
+	n := replicas(svc.Spec.Mode)
+	if n < 0 {
+		// Global: one task per node that can take one. Swarm keeps no task wanted running on a node
+		// whose task failed until its restart delay passes, so counting the tasks wanted running is not
+		// enough: every ready, active node the service has tasks on (and that can run tasks) must run it.
+		for node := range eligible(tasks, nodes, since) {
+			if !up[node] && !faulty[node] {
+				return false, "", time.Time{}, nodeFault
+			}
+		}
+	}
+	all := running + warming
+	switch {
 	case n == 0: // a job: it runs to completion on its own schedule
-		return true, "", time.Time{}
+		return true, "", time.Time{}, ""
 	case n > 0:
-		if warming > 0 && up == n && desired == up {
-			return false, "", stableAt
+		if warming > 0 && all == n && desired == all {
+			return false, "", stableAt, nodeFault
 		}
-		return running == n && desired == running, "", time.Time{}
-	default: // global: one task per eligible node
-		if warming > 0 && desired == up {
-			return false, "", stableAt
+		return running == n && desired == running, "", time.Time{}, nodeFault
+	default: // global
+		if warming > 0 && desired == all {
+			return false, "", stableAt, nodeFault
 		}
-		return running > 0 && desired == running, "", time.Time{}
+		return running > 0 && desired == running, "", time.Time{}, nodeFault
 	}
+}
+
+// nodeFaults finds the nodes that cannot run tasks: a task of the new version (created since) was rejected
+// there (the engine could not start it: a network it cannot join, a bind source it lacks), none of the new
+// version runs there, and it runs on another node. Such a node would reject the previous version as well:
+// its fault is not the release's. A task that started and failed (its process exited) is never a node
+// fault, so a release that crashes fails on the other nodes all the same. why holds each node's newest
+// rejection.
+func nodeFaults(tasks []swarm.Task, want string, since time.Time) (faulty map[string]bool, why map[string]string) {
+	rejected, running := map[string]string{}, map[string]bool{}
+	for _, task := range tasks { // newest first
+		if taskJSON(task.Spec) != want || task.NodeID == "" {
+			continue
+		}
+		if task.Status.State == swarm.TaskStateRejected && task.CreatedAt.After(since) {
+			if _, ok := rejected[task.NodeID]; !ok {
+				rejected[task.NodeID] = taskReason(task)
+			}
+		}
+		if task.DesiredState == swarm.TaskStateRunning && task.Status.State == swarm.TaskStateRunning {
+			running[task.NodeID] = true
+		}
+	}
+	for node := range rejected {
+		if running[node] {
+			delete(rejected, node)
+		}
+	}
+	if len(rejected) == 0 || len(running) == 0 {
+		return nil, nil
+	}
+	faulty = map[string]bool{}
+	for node := range rejected {
+		faulty[node] = true
+	}
+	return faulty, rejected
+}
+
+// eligible is the set of nodes that should run a task of a global service: those with a task created since
+// the rollout began or wanted running, and ready and active (a down, drained or paused node gets no new
+// task). Without the node list every such node counts.
+func eligible(tasks []swarm.Task, nodes map[string]swarm.Node, since time.Time) map[string]bool {
+	out := map[string]bool{}
+	for _, task := range tasks {
+		if task.NodeID == "" || (!task.CreatedAt.After(since) && task.DesiredState != swarm.TaskStateRunning) {
+			continue
+		}
+		if nodes != nil {
+			n, ok := nodes[task.NodeID]
+			if !ok || n.Status.State != swarm.NodeStateReady || n.Spec.Availability != swarm.NodeAvailabilityActive {
+				continue
+			}
+		}
+		out[task.NodeID] = true
+	}
+	return out
+}
+
+// describeNodes names the faulty nodes (hostnames where known) with their newest rejection, in a stable
+// order.
+func describeNodes(faulty map[string]bool, why map[string]string, nodes map[string]swarm.Node) string {
+	var parts []string
+	for id := range faulty {
+		name := id
+		if n, ok := nodes[id]; ok && n.Description.Hostname != "" {
+			name = n.Description.Hostname
+		}
+		parts = append(parts, "node "+name+": "+why[id])
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, "; ")
 }
 
 // stability is how long a task must have been running to count: the update monitor (Swarm's default 5s)
@@ -334,9 +453,9 @@ func (a *Applier) rollback(ctx context.Context, targets []target, failures []Fai
 	// rollback gets a budget of its own.
 	deadline := a.Now().Add(a.Timeout + time.Minute)
 	for _, t := range waiting {
-		done, why := false, ""
+		done, why, missing := false, "", ""
 		for !done && a.Now().Before(deadline) && ctx.Err() == nil {
-			if done, why = a.rolledBack(ctx, t); done || why != "" {
+			if done, why, missing = a.rolledBack(ctx, t); done || why != "" {
 				break
 			}
 			select {
@@ -350,7 +469,11 @@ func (a *Applier) rollback(ctx context.Context, targets []target, failures []Fai
 		case why != "":
 			out.notDone = append(out.notDone, t.name+" ("+why+")")
 		default:
-			out.notDone = append(out.notDone, t.name+" (the previous version is not running again after "+(a.Timeout+time.Minute).String()+")")
+			msg := "the previous version is not running again after " + (a.Timeout + time.Minute).String()
+			if missing != "" {
+				msg += ": " + missing
+			}
+			out.notDone = append(out.notDone, t.name+" ("+msg+")")
 		}
 	}
 	sort.Strings(out.rolledBack)
@@ -366,30 +489,30 @@ type rollbackResult struct {
 	rolledBack, removed, notDone []string
 }
 
-// taskJSON is what identifies the version of a task's spec. The engine shows tasks with fewer fields than
-// services (no restart policy, runtime or stop grace period), and network attachments with details of its
-// own, so those are left out; everything else of the task template is compared.
 // rolledBack reports whether a service's rollback finished: every task runs the spec the service has now
-// (Swarm's "rollback completed" alone is not enough: its tasks may still be starting). why is set when the
-// rollback cannot finish (Swarm paused it).
-func (a *Applier) rolledBack(ctx context.Context, t target) (done bool, why string) {
+// (Swarm's "rollback completed" alone is not enough: its tasks may still be starting), and for a global service
+// on every node that should run one (a node whose task was rejected and waits for its restart has no task
+// wanted running: counting those would call a node that serves nothing rolled back). why is set when the
+// rollback cannot finish (Swarm paused it); missing names a node that runs no task yet.
+func (a *Applier) rolledBack(ctx context.Context, t target) (done bool, why, missing string) {
 	r, err := a.Client.ServiceInspect(ctx, t.id, client.ServiceInspectOptions{})
 	if err != nil {
-		return false, ""
+		return false, "", ""
 	}
 	svc := r.Service
 	if us := svc.UpdateStatus; us != nil && us.State == swarm.UpdateStateRollbackPaused {
 		a.Log.Error("Swarm paused the rollback", "service", t.name, "message", us.Message)
-		return false, "Swarm paused the rollback: " + us.Message
+		return false, "Swarm paused the rollback: " + us.Message, ""
 	}
 	if us := svc.UpdateStatus; us != nil && us.State != swarm.UpdateStateRollbackCompleted && us.State != swarm.UpdateStateCompleted {
-		return false, ""
+		return false, "", ""
 	}
 	tasks, err := a.Client.TaskList(ctx, client.TaskListOptions{Filters: make(client.Filters).Add("service", svc.ID)})
 	if err != nil {
-		return false, ""
+		return false, "", ""
 	}
 	want, running, desired := taskJSON(svc.Spec.TaskTemplate), 0, 0
+	up := map[string]bool{}
 	for _, task := range tasks.Items {
 		if task.DesiredState != swarm.TaskStateRunning {
 			continue
@@ -397,12 +520,36 @@ func (a *Applier) rolledBack(ctx context.Context, t target) (done bool, why stri
 		desired++
 		if taskJSON(task.Spec) == want && task.Status.State == swarm.TaskStateRunning {
 			running++
+			up[task.NodeID] = true
 		}
 	}
 	n := replicas(svc.Spec.Mode)
-	return desired == running && (n < 0 || running == n), ""
+	if n < 0 {
+		nodes, err := a.Client.NodeList(ctx, client.NodeListOptions{})
+		if err != nil {
+			return false, "", ""
+		}
+		byID := map[string]swarm.Node{}
+		for _, nd := range nodes.Items {
+			byID[nd.ID] = nd
+		}
+		var none []string
+		for node := range eligible(tasks.Items, byID, t.since) {
+			if !up[node] {
+				none = append(none, describeNodes(map[string]bool{node: true}, map[string]string{node: "runs no task of the previous version"}, byID))
+			}
+		}
+		if len(none) > 0 {
+			sort.Strings(none)
+			return false, "", strings.Join(none, "; ")
+		}
+	}
+	return desired == running && (n < 0 || running == n), "", ""
 }
 
+// taskJSON is what identifies the version of a task's spec. The engine shows tasks with fewer fields than
+// services (no restart policy, runtime or stop grace period), and network attachments with details of its
+// own, so those are left out; everything else of the task template is compared.
 func taskJSON(t swarm.TaskSpec) string {
 	t.RestartPolicy = nil
 	t.Runtime = ""

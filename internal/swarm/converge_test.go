@@ -46,7 +46,7 @@ func TestConvergeEndsWhenTheStabilityWindowEnds(t *testing.T) {
 		start := time.Now()
 		c := &oneTaskClient{svc: swarm.Service{ID: "svc1", Spec: spec}, runningAt: start.Add(300 * time.Millisecond)}
 		a := &Applier{Client: c, Log: slog.New(slog.DiscardHandler), Timeout: time.Minute, Poll: 2 * time.Second, MaxTaskFailures: 3, Now: time.Now}
-		if f := a.converge(context.Background(), []target{{id: "svc1", name: "s_web", created: true, since: start}}); len(f) != 0 {
+		if f, _ := a.converge(context.Background(), []target{{id: "svc1", name: "s_web", created: true, since: start}}); len(f) != 0 {
 			t.Fatalf("failures %v", f)
 		}
 		if took := time.Since(start); took != 5300*time.Millisecond {
@@ -56,4 +56,8 @@ func TestConvergeEndsWhenTheStabilityWindowEnds(t *testing.T) {
 			t.Fatalf("%d looks in 5.3s at a poll of 2s", c.looks)
 		}
 	})
+}
+
+func (c *oneTaskClient) NodeList(context.Context, client.NodeListOptions) (client.NodeListResult, error) {
+	return client.NodeListResult{}, nil
 }

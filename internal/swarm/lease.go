@@ -25,7 +25,8 @@ type LeaseClient interface {
 // Lease elects the one agent that acts on a swarm. It is a Swarm config whose labels name the holder and
 // when the lease expires; taking or renewing it is an update with the config's version, which the managers'
 // Raft log orders, so of two agents racing for it exactly one wins, whichever managers they talk to.
-// A holder that goes away loses the lease when it expires, and a standby takes over.
+// A holder that goes away loses the lease a renewal period after it expires (until then only the holder
+// may take it back), and a standby takes over.
 type Lease struct {
 	Client LeaseClient
 	// Name of the config (default sawmill-agent-lease).
@@ -105,7 +106,11 @@ func (l *Lease) Acquire(ctx context.Context) (held bool, holder string, err erro
 	}
 	holder = cur.Spec.Labels[labelLeaseHolder]
 	expires, _ := strconv.ParseInt(cur.Spec.Labels[labelLeaseExpires], 10, 64)
-	if holder != l.Holder && now.UnixMilli() < expires {
+	// For a renewal period past its expiry a lease can be taken back only by its holder: a holder that
+	// could not renew while the managers elected a Raft leader (after a partition heals, say) keeps it,
+	// rather than whichever agent's write the engines take first once they answer again. A released lease
+	// (no holder) is free at once.
+	if holder != l.Holder && holder != "" && now.UnixMilli() < expires+l.RenewEvery().Milliseconds() {
 		return false, holder, nil
 	}
 	spec := cur.Spec

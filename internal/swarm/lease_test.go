@@ -62,18 +62,36 @@ func TestLeaseOneHolderAndTakeover(t *testing.T) {
 		t.Fatalf("while the lease is valid only its holder renews it; holders %v, want [%s]", w, holder)
 	}
 
-	// The holder goes away: after the TTL the others race again and one takes over.
+	// The holder goes away. Just past the TTL only it may take the lease back (for a renewal period: a
+	// holder that could not renew while the managers re-elected keeps it); after that the others race
+	// again and one takes over.
 	clock.Add((11 * time.Second).Milliseconds())
 	var others []*Lease
+	var gone *Lease
 	for _, a := range agents {
 		if a.Holder != holder {
 			others = append(others, a)
+		} else {
+			gone = a
 		}
 	}
 	agents = others
+	if w := race(); len(w) != 0 {
+		t.Fatalf("within a renewal period of the expiry others took the lease: %v", w)
+	}
+	clock.Add((3 * time.Second).Milliseconds())
 	w := race()
 	if len(w) != 1 || w[0] == holder {
 		t.Fatalf("takeover after expiry: holders %v", w)
+	}
+	// The holder that went away cannot take it back from the new one.
+	if held, _, err := gone.Acquire(ctx); err != nil || held {
+		t.Fatalf("the old holder took the lease back from %s (held %v, err %v)", w[0], held, err)
+	}
+	// The new holder misses its renewals past the TTL but is back within the renewal period: it keeps it.
+	clock.Add((12 * time.Second).Milliseconds())
+	if w2 := race(); len(w2) != 1 || w2[0] != w[0] {
+		t.Fatalf("a holder back within a renewal period of its lease's expiry: holders %v, want [%s]", w2, w[0])
 	}
 
 	// Release hands over without waiting for the TTL.

@@ -68,12 +68,19 @@ func stalled(t target, svc swarm.Service, tasks []swarm.Task, now time.Time) (id
 // reissuable says why Swarm's update of t should be re-issued rather than waited for or failed (empty: it
 // should not), and by how much that extends the deadline: the update stalled (see stalled), or Swarm paused it
 // for a task of this rollout that ended without failing (shut down or orphaned: its node's engine stopped, as
-// when a manager restarts mid-update), which says nothing about the release. A task that failed, was rejected
+// when a manager restarts mid-update), which says nothing about the release, or for a task a node rejected
+// when that node runs the new version now (it could not run tasks, and recovered). A task that failed, was rejected
 // or exited still fails the rollout at once.
 func (a *Applier) reissuable(t target, svc swarm.Service, tasks []swarm.Task, done bool, failure string) (why string, extra time.Duration) {
 	if us := svc.UpdateStatus; t.updated && us != nil && us.State == swarm.UpdateStatePaused && (us.StartedAt == nil || !us.StartedAt.Before(t.since)) {
-		if task, ok := pausedFor(us.Message, tasks); ok && !taskFailed(task, svc.Spec.Mode) && task.Status.State != swarm.TaskStateRunning {
+		task, ok := pausedFor(us.Message, tasks)
+		if ok && !taskFailed(task, svc.Spec.Mode) && task.Status.State != swarm.TaskStateRunning {
 			return "was paused for task " + task.ID + ", which did not fail (" + taskReason(task) + ")", 0
+		}
+		if ok && task.Status.State == swarm.TaskStateRejected && runsOn(tasks, task.NodeID, taskJSON(svc.Spec.TaskTemplate)) {
+			// The node rejected the task (it could not run tasks at all: see nodeFaults) and runs the new
+			// version now: it recovered, and the update can go on.
+			return "was paused for task " + task.ID + ", rejected by a node that runs the new version now (" + taskReason(task) + ")", 0
 		}
 		return "", 0
 	}
@@ -84,6 +91,16 @@ func (a *Applier) reissuable(t target, svc swarm.Service, tasks []swarm.Task, do
 		return "stalled (no task created or changed for " + idle.Round(time.Second).String() + ")", period
 	}
 	return "", 0
+}
+
+// runsOn reports whether a task of the spec want runs on node.
+func runsOn(tasks []swarm.Task, node, want string) bool {
+	for _, t := range tasks {
+		if t.NodeID == node && t.DesiredState == swarm.TaskStateRunning && t.Status.State == swarm.TaskStateRunning && taskJSON(t.Spec) == want {
+			return true
+		}
+	}
+	return false
 }
 
 // pausedFor finds the task Swarm names in the message of a paused update ("update paused due to failure or

@@ -138,7 +138,7 @@ func TestConvergeReissuesAStalledUpdate(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		c, a, tg := stalledRollout(true)
 		start := time.Now()
-		if f := a.converge(context.Background(), []target{tg}); len(f) != 0 {
+		if f, _ := a.converge(context.Background(), []target{tg}); len(f) != 0 {
 			t.Fatalf("failures %v", f)
 		}
 		if len(c.updates) != 1 {
@@ -162,7 +162,7 @@ func TestAStallThatStaysFailsAndRollsBackToTheSpecBefore(t *testing.T) {
 		c, a, tg := stalledRollout(false)
 		start := time.Now()
 		targets := []target{tg}
-		f := a.converge(context.Background(), targets)
+		f, _ := a.converge(context.Background(), targets)
 		if len(f) != 1 || !strings.Contains(f[0].Reason, "did not converge within 2m0s") {
 			t.Fatalf("failures %v", f)
 		}
@@ -214,7 +214,7 @@ func TestPausedForATaskThatDidNotFail(t *testing.T) {
 			cl.tasks = append(cl.tasks, ended)
 			cl.svc.UpdateStatus = &swarm.UpdateStatus{State: swarm.UpdateStatePaused, StartedAt: &now,
 				Message: "update paused due to failure or early termination of task ended"}
-			f := a.converge(context.Background(), []target{tg})
+			f, _ := a.converge(context.Background(), []target{tg})
 			switch {
 			case c.reissue && (len(f) != 0 || len(cl.updates) != 1 || cl.updates[0].Spec.TaskTemplate.ForceUpdate != 1):
 				t.Errorf("%s: failures %v, %d writes; want converged after one re-issue", c.state, f, len(cl.updates))
@@ -223,4 +223,24 @@ func TestPausedForATaskThatDidNotFail(t *testing.T) {
 			}
 		})
 	}
+}
+
+// NodeList: every node a task is on, ready and active.
+func (c *stallClient) NodeList(context.Context, client.NodeListOptions) (client.NodeListResult, error) {
+	return client.NodeListResult{Items: readyNodes(c.tasks)}, nil
+}
+
+func readyNodes(tasks []swarm.Task) []swarm.Node {
+	seen := map[string]bool{}
+	var out []swarm.Node
+	for _, t := range tasks {
+		if t.NodeID != "" && !seen[t.NodeID] {
+			seen[t.NodeID] = true
+			n := swarm.Node{ID: t.NodeID, Status: swarm.NodeStatus{State: swarm.NodeStateReady}}
+			n.Spec.Availability = swarm.NodeAvailabilityActive
+			n.Description.Hostname = t.NodeID
+			out = append(out, n)
+		}
+	}
+	return out
 }
