@@ -1,5 +1,5 @@
 #!/bin/bash
-# multinode.sh up | down | start N | stop N | crash N | part N | heal N | dk N docker-args...
+# multinode.sh up | down | start N | stop N | crash N | part N | heal N | vxblock N VNI | vxclear N | dk N docker-args...
 # A 3-manager Docker Swarm on one host, for the fault suite (cmd/agent/faults_multinode_test.go): node N is a
 # dockerd in network namespace mn-nN (10.213.0.1N, on a bridge in namespace mn-hub) with its own mount, UTS
 # and PID namespaces. Traffic stays between these namespaces. Needs root, iproute2, util-linux, docker.io.
@@ -40,6 +40,12 @@ stop() {  # graceful; falls back to killing the whole PID namespace
 crash() { kill -9 "$(cat $B/node$1/node.pid)"; }   # dockerd+containerd+shims+containers all die
 part()  { ip -n mn-hub link set veth$1 down; }      # or: ip netns exec mn-nN iptables -I INPUT -i eth0 -j DROP (+OUTPUT -o eth0)
 heal()  { ip -n mn-hub link set veth$1 up; }
+# vxblock: a VXLAN interface with the overlay network's VNI left in node N's namespace, as a restarted engine
+# can leave one (moby/libnetwork#1765): the node's engine then rejects every task on that network ("error
+# creating vxlan interface: file exists"). vxclear: the operator's repair, every VXLAN interface of the node's
+# own namespace deleted (the engine's live ones are in the overlay's sandbox namespaces).
+vxblock() { ip -n mn-n$1 link add sawmill-vx type vxlan id $2 dstport 4789; }
+vxclear() { local l; for l in $(ip -n mn-n$1 -o link show type vxlan | awk -F': ' '{print $2}' | cut -d@ -f1); do ip -n mn-n$1 link del "$l"; done; }
 up() {
   ip netns add mn-hub; ip -n mn-hub link add br0 type bridge
   ip -n mn-hub addr add $NET.1/24 dev br0; ip -n mn-hub link set br0 up

@@ -134,6 +134,11 @@ func (l *Loop) stackView(c *Cycle) StackView {
 			serviceWarnings[w.Service] = append(serviceWarnings[w.Service], msg)
 		}
 	}
+	if c.Result != nil {
+		for _, d := range c.Result.Degraded {
+			stackWarnings = append(stackWarnings, r("node fault (the release runs on every other node): "+d))
+		}
+	}
 	v.Warnings = stackWarnings
 	now := l.Now().UTC()
 	for _, s := range c.Wanted.Services {

@@ -107,6 +107,15 @@ func (c *Cluster) Part(n int) { c.do("part", fmt.Sprint(n)) }
 // Heal reconnects node n.
 func (c *Cluster) Heal(n int) { c.do("heal", fmt.Sprint(n)) }
 
+// BlockOverlay leaves a VXLAN interface with the overlay network's VNI in node n's namespace, as a restarted
+// engine can (moby/libnetwork#1765): node n's engine then rejects every task on that network. Call it while
+// the node's dockerd is stopped. ClearOverlay is the operator's repair (every VXLAN interface of the node's
+// own namespace deleted).
+func (c *Cluster) BlockOverlay(n int, vni string) { c.do("vxblock", fmt.Sprint(n), vni) }
+
+// ClearOverlay deletes the VXLAN interfaces of node n's own namespace (see BlockOverlay).
+func (c *Cluster) ClearOverlay(n int) { c.do("vxclear", fmt.Sprint(n)) }
+
 // NodeReady reports whether node m sees node n's engine as Ready (n's hostname is node<n>).
 func (c *Cluster) NodeReady(m, n int) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
