@@ -41,6 +41,7 @@ func (a *Applier) converge(ctx context.Context, targets []target) (failures []Fa
 		pending[t.id] = t
 	}
 	faults := map[string]string{} // the node fault each service's last check saw
+	told := a.Now()               // when the wait was last logged
 	var lastErr error
 	var last *round
 	for len(pending) > 0 {
@@ -98,6 +99,12 @@ func (a *Applier) converge(ctx context.Context, targets []target) (failures []Fa
 		if len(pending) == 0 {
 			break
 		}
+		if last != nil && a.Now().Sub(told) >= waitLog {
+			told = a.Now()
+			for _, id := range sortedIDs(pending) {
+				a.Log.Info("waiting for the rollout", "service", pending[id].name, "state", progress(last.services[id], last.tasks[id], last.nodes))
+			}
+		}
 		if a.Now().After(deadline) {
 			for _, id := range sortedIDs(pending) {
 				state := "the engine did not answer"
@@ -126,6 +133,40 @@ func (a *Applier) converge(ctx context.Context, targets []target) (failures []Fa
 	sort.Slice(failures, func(i, j int) bool { return failures[i].Service < failures[j].Service })
 	sort.Strings(degraded)
 	return failures, degraded
+}
+
+// waitLog is how often a rollout that goes on says what it waits for.
+const waitLog = 15 * time.Second
+
+// progress says where a rollout stands, for the log: Swarm's update state, and per node (hostname) the newest
+// task wanted running, or else the newest task: of the new version or not, and its state.
+func progress(svc swarm.Service, tasks []swarm.Task, nodes map[string]swarm.Node) string {
+	want := taskJSON(svc.Spec.TaskTemplate)
+	newest := map[string]swarm.Task{}
+	for _, t := range tasks { // newest first
+		cur, seen := newest[t.NodeID]
+		if !seen || (cur.DesiredState != swarm.TaskStateRunning && t.DesiredState == swarm.TaskStateRunning) {
+			newest[t.NodeID] = t
+		}
+	}
+	var parts []string
+	for id, t := range newest {
+		name := id
+		if n, ok := nodes[id]; ok {
+			name = n.Description.Hostname + " (" + string(n.Status.State) + ")"
+		}
+		version := "previous"
+		if taskJSON(t.Spec) == want {
+			version = "new"
+		}
+		parts = append(parts, name+": "+version+" "+taskReason(t)+", desired "+string(t.DesiredState))
+	}
+	sort.Strings(parts)
+	state := "none"
+	if us := svc.UpdateStatus; us != nil {
+		state = string(us.State)
+	}
+	return "update " + state + "; " + strings.Join(parts, "; ")
 }
 
 // round is one look at the services being rolled out: three API calls, whatever their number.
@@ -242,15 +283,25 @@ func (a *Applier) check(t target, svc swarm.Service, tasks []swarm.Task, nodes m
 	if failed >= failureLimit(svc.Spec, a.MaxTaskFailures) {
 		return false, fmt.Sprintf("%d task(s) of the new version failed: %s", failed, lastErr), time.Time{}, ""
 	}
-	if us := svc.UpdateStatus; t.updated && us != nil && us.State == swarm.UpdateStateUpdating {
+	// While Swarm's updater still says "updating", the counts below are enough only once every task runs the
+	// new version: a replicated slot between its old task and its new one has neither running, and for a
+	// global service every node the service ever had a task on must run it (a node between the two has no
+	// task wanted running). The updater's own word is not waited for: after a manager restart it can stay
+	// "updating" with every task replaced (moby/swarmkit#1720).
+	updating := t.updated && svc.UpdateStatus != nil && svc.UpdateStatus.State == swarm.UpdateStateUpdating
+	n := replicas(svc.Spec.Mode)
+	if n == 0 && updating {
 		return false, "", time.Time{}, nodeFault
 	}
-	n := replicas(svc.Spec.Mode)
 	if n < 0 {
 		// Global: one task per node that can take one. Swarm keeps no task wanted running on a node
 		// whose task failed until its restart delay passes, so counting the tasks wanted running is not
 		// enough: every ready, active node the service has tasks on (and that can run tasks) must run it.
-		for node := range eligible(tasks, nodes, since) {
+		from := since
+		if updating {
+			from = time.Time{}
+		}
+		for node := range eligible(tasks, nodes, from) {
 			if !up[node] && !faulty[node] {
 				return false, "", time.Time{}, nodeFault
 			}

@@ -244,3 +244,23 @@ func readyNodes(tasks []swarm.Task) []swarm.Node {
 	}
 	return out
 }
+
+// After a manager restart Swarm's updater can stay "updating" with every task already replaced: the rollout
+// converges when every node runs the new version for the stability window, without waiting for Swarm's word
+// (before, it ran into the timeout and was rolled back) and without a re-issue.
+func TestUpdatingWithEveryTaskReplacedConverges(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c, a, tg := stalledRollout(false)
+		start := time.Now()
+		c.tasks[2] = task("new3", "node3", c.svc.Spec.TaskTemplate, swarm.TaskStateRunning, start.Add(6*time.Second))
+		if f, _ := a.converge(context.Background(), []target{tg}); len(f) != 0 {
+			t.Fatalf("failures %v", f)
+		}
+		if took := time.Since(start); took > 12*time.Second {
+			t.Fatalf("converged after %s, want 11s (the last task ran at 6s, monitor 5s)", took)
+		}
+		if len(c.updates) != 0 {
+			t.Fatalf("%d writes, want none", len(c.updates))
+		}
+	})
+}
