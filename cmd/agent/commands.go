@@ -228,14 +228,19 @@ func applyCmd(v *viper.Viper, d deps) *cobra.Command {
 			if err := r.nameKey(cmd.Context(), true); err != nil {
 				return err
 			}
+			var kept *planCache
 			if dir, _ := cmd.Flags().GetString("cache-dir"); dir != "" {
-				r.flow.Load, r.flow.Apply = cachedLoader(dir), valueCheck{next: applier}
+				kept = &planCache{dir: dir, nameKey: r.compose.NameKey, differ: &plan.Differ{}, log: r.log}
+				r.flow.Load, r.flow.Apply, r.flow.Differ = cachedLoader(dir, kept), valueCheck{next: applier}, kept.differ
 			}
 			c := r.flow.Run(cmd.Context(), r.compose)
 			if errors.Is(c.Err, errNeedsValues) {
 				r.log.Debug("the plan creates a secret or config: loading the compose files again")
 				r.flow.Load, r.flow.Apply = composeLoader, applier
 				c = r.flow.Run(cmd.Context(), r.compose)
+			}
+			if kept != nil && c.Plan != nil {
+				kept.write()
 			}
 			r.show(c)
 			err = c.Err

@@ -16,6 +16,7 @@ import (
 	"runtime/debug"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/sabeiro/sawmill/internal/stack"
 )
@@ -153,6 +154,24 @@ func writeEntry(dir, path string, e *cacheEntry) {
 	if err != nil {
 		return
 	}
+	WriteCacheFile(dir, path, b)
+}
+
+// CacheFile is the path in dir of the file prefix-<key>.json, the key an HMAC-SHA-256 (keyed with nameKey)
+// of the agent's build, as LoadCached's keys name it, and of name: for what a command keeps in its cache
+// directory beside the loaded stacks, never read by another build.
+func CacheFile(dir, prefix string, nameKey []byte, name string) string {
+	m := hmac.New(sha256.New, nameKey)
+	for _, s := range []string{prefix, binaryIdentity(), name} {
+		_ = binary.Write(m, binary.LittleEndian, uint64(len(s)))
+		io.WriteString(m, s)
+	}
+	return filepath.Join(dir, prefix+"-"+hex.EncodeToString(m.Sum(nil))+".json")
+}
+
+// WriteCacheFile replaces path in dir with b (0600; dir made 0700) through a temporary file and a rename. A
+// file that cannot be written is no error: it is a cache.
+func WriteCacheFile(dir, path string, b []byte) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return
 	}
@@ -239,7 +258,7 @@ func optionsHash(h hash.Hash, o Options, workDir string, str func(string)) {
 
 // binaryIdentity names the running agent's build, so that a new conversion never reads an old one's entry:
 // its VCS revision and time when built from a clean checkout, else also the executable's size and time.
-func binaryIdentity() string {
+var binaryIdentity = sync.OnceValue(func() string {
 	var id strings.Builder
 	clean := false
 	if bi, ok := debug.ReadBuildInfo(); ok {
@@ -264,4 +283,4 @@ func binaryIdentity() string {
 		}
 	}
 	return id.String()
-}
+})
