@@ -166,7 +166,8 @@ func prepare(v *viper.Viper, d deps, cmd *cobra.Command, args []string) (*runSet
 	if err != nil {
 		return nil, err
 	}
-	flow.Observe = swarm.Observer{Client: c}
+	// One stack, once: its secrets and configs are listed by the engine's filters, not the whole swarm's.
+	flow.Observe = swarm.Observer{Client: c, ByStack: true}
 	return &runSetup{compose: o, log: log, client: c, flow: flow, stdout: d.stdout, format: format}, nil
 }
 
