@@ -88,41 +88,34 @@ type filtering struct {
 	configs []swarm.Config
 }
 
-func matches(f client.Filters, name string, labels map[string]string) bool {
-	for l := range f["label"] {
-		k, v, _ := strings.Cut(l, "=")
-		if labels[k] != v {
-			return false
+// filtered returns the items the engine returns for filters f: every "label" filter (key=value) holds and,
+// when "name" filters are given, the name starts with one of them.
+func filtered[T any](items []T, f client.Filters, annotations func(T) swarm.Annotations) []T {
+	var out []T
+	for _, x := range items {
+		a, ok := annotations(x), len(f["name"]) == 0
+		for n := range f["name"] {
+			ok = ok || strings.HasPrefix(a.Name, n)
+		}
+		for l := range f["label"] {
+			k, v, _ := strings.Cut(l, "=")
+			ok = ok && a.Labels[k] == v
+		}
+		if ok {
+			out = append(out, x)
 		}
 	}
-	for n := range f["name"] {
-		if !strings.HasPrefix(name, n) {
-			return false
-		}
-	}
-	return true
+	return out
 }
 
 func (f *filtering) SecretList(_ context.Context, o client.SecretListOptions) (client.SecretListResult, error) {
 	f.calls.Add(1)
-	var r client.SecretListResult
-	for _, s := range f.secrets {
-		if matches(o.Filters, s.Spec.Name, s.Spec.Labels) {
-			r.Items = append(r.Items, s)
-		}
-	}
-	return r, nil
+	return client.SecretListResult{Items: filtered(f.secrets, o.Filters, func(s swarm.Secret) swarm.Annotations { return s.Spec.Annotations })}, nil
 }
 
 func (f *filtering) ConfigList(_ context.Context, o client.ConfigListOptions) (client.ConfigListResult, error) {
 	f.calls.Add(1)
-	var r client.ConfigListResult
-	for _, c := range f.configs {
-		if matches(o.Filters, c.Spec.Name, c.Spec.Labels) {
-			r.Items = append(r.Items, c)
-		}
-	}
-	return r, nil
+	return client.ConfigListResult{Items: filtered(f.configs, o.Filters, func(c swarm.Config) swarm.Annotations { return c.Spec.Annotations })}, nil
 }
 
 // Listing the stack's secrets and configs by its label and by its name prefix observes what the lists of
