@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -37,22 +38,34 @@ func TestApplyCacheDir(t *testing.T) {
 		}
 		return r
 	}
+	// entry returns the one loaded stack's entry; no file of the cache (the plan's comparisons included)
+	// holds the secret's value.
 	entry := func() os.FileInfo {
 		t.Helper()
 		es, err := os.ReadDir(cache)
-		if err != nil || len(es) != 1 {
-			t.Fatalf("cache entries: %v, %v", es, err)
-		}
-		fi, err := os.Stat(filepath.Join(cache, es[0].Name()))
 		if err != nil {
 			t.Fatal(err)
 		}
-		b, _ := os.ReadFile(filepath.Join(cache, es[0].Name()))
-		if bytes.Contains(b, []byte(value)) {
-			t.Fatal("the cache entry holds the secret's value")
+		var stacks []os.DirEntry
+		for _, e := range es {
+			b, _ := os.ReadFile(filepath.Join(cache, e.Name()))
+			if bytes.Contains(b, []byte(value)) {
+				t.Fatalf("the cache file %s holds the secret's value", e.Name())
+			}
+			if !strings.HasPrefix(e.Name(), "plan-") {
+				stacks = append(stacks, e)
+			}
+		}
+		if len(stacks) != 1 {
+			t.Fatalf("cache entries: %v", es)
+		}
+		fi, err := os.Stat(filepath.Join(cache, stacks[0].Name()))
+		if err != nil {
+			t.Fatal(err)
 		}
 		return fi
 	}
+	comparisons := regexp.MustCompile(`plan: service comparisons" reused=(\d+) kept=(\d+)`)
 
 	apply("first apply")
 	first := entry()
@@ -61,6 +74,12 @@ func TestApplyCacheDir(t *testing.T) {
 	}
 	if !os.SameFile(first, entry()) {
 		t.Fatal("the second apply of unchanged files did not answer from the cache (its entry was rewritten)")
+	}
+	// The second apply compared the services and kept the comparisons; the third reuses every one of them.
+	r := apply("third apply")
+	m := comparisons.FindStringSubmatch(r.stderr)
+	if r.writes != 0 || m == nil || m[1] != m[2] || m[1] == "0" {
+		t.Fatalf("third apply: %d write calls, comparisons %q (want all reused):\n%s", r.writes, m, r.stderr)
 	}
 
 	// The services and the secret are gone (the network stays): the cached stack has no secret content, so
@@ -90,7 +109,7 @@ func TestApplyCacheDir(t *testing.T) {
 		}
 		time.Sleep(300 * time.Millisecond)
 	}
-	r := apply("apply after the services and the secret were removed")
+	r = apply("apply after the services and the secret were removed")
 	if !strings.Contains(r.stderr, "loading the compose files again") {
 		t.Fatalf("apply did not load again for the secret's content:\n%s", r.stderr)
 	}

@@ -93,10 +93,11 @@ func planCmd(v *viper.Viper, d deps) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			defer r.client.Close()
+			defer r.close()
 			if err := r.nameKey(cmd.Context(), false); err != nil {
 				return err
 			}
+			r.observeEarly(cmd.Context())
 			c := r.flow.Run(cmd.Context(), r.compose)
 			r.show(c)
 			if c.Err != nil {
@@ -121,6 +122,7 @@ type runSetup struct {
 	flow    *reconcile.Flow
 	stdout  io.Writer
 	format  string
+	cancel  context.CancelFunc // of the early observation (observeEarly), if any
 }
 
 func prepare(v *viper.Viper, d deps, cmd *cobra.Command, args []string) (*runSetup, error) {
@@ -166,8 +168,27 @@ func prepare(v *viper.Viper, d deps, cmd *cobra.Command, args []string) (*runSet
 	if err != nil {
 		return nil, err
 	}
-	flow.Observe = swarm.Observer{Client: c}
+	// One stack, once: its secrets and configs are listed by the engine's filters, not the whole swarm's.
+	flow.Observe = swarm.Observer{Client: c, ByStack: true}
 	return &runSetup{compose: o, log: log, client: c, flow: flow, stdout: d.stdout, format: format}, nil
+}
+
+// observeEarly starts observing the stack named on the command line while the compose files load
+// (earlyObserver). It is called once the name key is read: started before, the lists slowed that small call
+// down as much as they gained.
+func (r *runSetup) observeEarly(ctx context.Context) {
+	if r.compose.Stack != "" {
+		ctx, r.cancel = context.WithCancel(ctx)
+		r.flow.Observe = observeEarly(ctx, r.flow.Observe, r.compose.Stack)
+	}
+}
+
+// close ends what was started for the command: the early observation, the engine's client.
+func (r *runSetup) close() {
+	if r.cancel != nil {
+		r.cancel()
+	}
+	r.client.Close()
 }
 
 // nameKey reads the swarm's key for secret and config names; apply makes it when the swarm has none. Plan
@@ -222,20 +243,26 @@ func applyCmd(v *viper.Viper, d deps) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			defer r.client.Close()
+			defer r.close()
 			applier := &swarm.Applier{Client: r.client, Log: r.log, Timeout: timeout}
 			r.flow.Apply = applier
 			if err := r.nameKey(cmd.Context(), true); err != nil {
 				return err
 			}
+			r.observeEarly(cmd.Context())
+			var kept *planCache
 			if dir, _ := cmd.Flags().GetString("cache-dir"); dir != "" {
-				r.flow.Load, r.flow.Apply = cachedLoader(dir), valueCheck{next: applier}
+				kept = &planCache{dir: dir, nameKey: r.compose.NameKey, differ: &plan.Differ{}, log: r.log}
+				r.flow.Load, r.flow.Apply, r.flow.Differ = cachedLoader(dir, kept), valueCheck{next: applier}, kept.differ
 			}
 			c := r.flow.Run(cmd.Context(), r.compose)
 			if errors.Is(c.Err, errNeedsValues) {
 				r.log.Debug("the plan creates a secret or config: loading the compose files again")
 				r.flow.Load, r.flow.Apply = composeLoader, applier
 				c = r.flow.Run(cmd.Context(), r.compose)
+			}
+			if kept != nil && c.Plan != nil {
+				kept.write()
 			}
 			r.show(c)
 			err = c.Err

@@ -10,12 +10,13 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
-	"regexp"
 	"runtime/debug"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/sabeiro/sawmill/internal/stack"
 )
@@ -153,6 +154,24 @@ func writeEntry(dir, path string, e *cacheEntry) {
 	if err != nil {
 		return
 	}
+	WriteCacheFile(dir, path, b)
+}
+
+// CacheFile is the path in dir of the file prefix-<key>.json, the key an HMAC-SHA-256 (keyed with nameKey)
+// of the agent's build, as LoadCached's keys name it, and of name: for what a command keeps in its cache
+// directory beside the loaded stacks, never read by another build.
+func CacheFile(dir, prefix string, nameKey []byte, name string) string {
+	m := hmac.New(sha256.New, nameKey)
+	for _, s := range []string{prefix, binaryIdentity(), name} {
+		_ = binary.Write(m, binary.LittleEndian, uint64(len(s)))
+		io.WriteString(m, s)
+	}
+	return filepath.Join(dir, prefix+"-"+hex.EncodeToString(m.Sum(nil))+".json")
+}
+
+// WriteCacheFile replaces path in dir with b (0600; dir made 0700) through a temporary file and a rename. A
+// file that cannot be written is no error: it is a cache.
+func WriteCacheFile(dir, path string, b []byte) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return
 	}
@@ -170,8 +189,6 @@ func writeEntry(dir, path string, e *cacheEntry) {
 // refused are the words that make a load depend on files the key does not cover.
 var refused = map[string]bool{"include": true, "extends": true, "env_file": true, "label_file": true}
 
-var word = regexp.MustCompile(`[A-Za-z_][A-Za-z0-9_]*`)
-
 // cacheKey returns the entry's key, or false when the load may not use the cache.
 func cacheKey(o Options, dir string) (string, bool) {
 	if dir == "" || (o.NameKey == nil && !o.WithoutValues) || len(o.Files) == 0 {
@@ -188,17 +205,26 @@ func cacheKey(o Options, dir string) (string, bool) {
 	if _, err := os.Lstat(filepath.Join(workDir, ".env")); err == nil {
 		return "", false
 	}
+	// The words that refuse the cache when a compose file spells them: refused, and the environment's names.
+	refuse := maps.Clone(refused)
+	for _, kv := range o.Env {
+		name, _, _ := strings.Cut(kv, "=")
+		if strings.HasPrefix(name, "COMPOSE_") {
+			return "", false
+		}
+		refuse[name] = true
+	}
 	h := sha256.New()
 	if o.NameKey != nil {
 		h = hmac.New(sha256.New, o.NameKey)
 	}
-	str := func(s string) {
-		_ = binary.Write(h, binary.LittleEndian, uint64(len(s)))
-		io.WriteString(h, s)
+	field := func(b []byte) {
+		_ = binary.Write(h, binary.LittleEndian, uint64(len(b)))
+		h.Write(b)
 	}
+	str := func(s string) { field([]byte(s)) }
 	str(fmt.Sprintf("sawmill compose cache v%d", cacheVersion))
 	str(binaryIdentity())
-	words := map[string]bool{}
 	for _, f := range o.Files {
 		abs, err := filepath.Abs(f)
 		if err != nil {
@@ -208,25 +234,38 @@ func cacheKey(o Options, dir string) (string, bool) {
 		if err != nil {
 			return "", false // Load says what is wrong
 		}
-		for _, w := range word.FindAll(b, -1) {
-			words[string(w)] = true
+		if !eachWord(b, func(w []byte) bool { return !refuse[string(w)] }) {
+			return "", false
 		}
 		str("file:" + abs)
-		str(string(b))
-	}
-	for w := range refused {
-		if words[w] {
-			return "", false
-		}
-	}
-	for _, kv := range o.Env {
-		name, _, _ := strings.Cut(kv, "=")
-		if words[name] || strings.HasPrefix(name, "COMPOSE_") {
-			return "", false
-		}
+		field(b)
 	}
 	optionsHash(h, o, workDir, str)
 	return hex.EncodeToString(h.Sum(nil)), true
+}
+
+// eachWord calls fn with every word of b, as the regular expression [A-Za-z_][A-Za-z0-9_]* finds them from
+// left to right, until fn returns false; it reports whether every call returned true.
+func eachWord(b []byte, fn func(w []byte) bool) bool {
+	for i := 0; i < len(b); {
+		if c := b[i]; c != '_' && (c|0x20 < 'a' || c|0x20 > 'z') {
+			i++
+			continue
+		}
+		j := i + 1
+		for j < len(b) && wordByte(b[j]) {
+			j++
+		}
+		if !fn(b[i:j]) {
+			return false
+		}
+		i = j
+	}
+	return true
+}
+
+func wordByte(c byte) bool {
+	return c == '_' || c >= '0' && c <= '9' || c|0x20 >= 'a' && c|0x20 <= 'z'
 }
 
 func optionsHash(h hash.Hash, o Options, workDir string, str func(string)) {
@@ -239,7 +278,7 @@ func optionsHash(h hash.Hash, o Options, workDir string, str func(string)) {
 
 // binaryIdentity names the running agent's build, so that a new conversion never reads an old one's entry:
 // its VCS revision and time when built from a clean checkout, else also the executable's size and time.
-func binaryIdentity() string {
+var binaryIdentity = sync.OnceValue(func() string {
 	var id strings.Builder
 	clean := false
 	if bi, ok := debug.ReadBuildInfo(); ok {
@@ -264,4 +303,4 @@ func binaryIdentity() string {
 		}
 	}
 	return id.String()
-}
+})

@@ -2,6 +2,7 @@ package plan
 
 import (
 	"crypto/sha256"
+	"encoding/hex"
 	"maps"
 	"slices"
 	"strconv"
@@ -80,5 +81,43 @@ func netKey(netNames map[string]string) string {
 	for _, id := range slices.Sorted(maps.Keys(netNames)) {
 		h.Write([]byte(id + "=" + netNames[id] + "\n"))
 	}
-	return string(h.Sum(nil))
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// Comparison is one remembered service comparison, for a Differ in another process (`agent apply
+// --cache-dir` keeps them on disk): the service, what the comparison depended on (Key: the observed
+// service's ID and version, the wanted spec hash and the network names), and its result.
+type Comparison struct {
+	Service string   `json:"service"`
+	Key     string   `json:"key"`
+	Fields  []string `json:"fields,omitempty"`
+	Drift   bool     `json:"drift,omitempty"`
+}
+
+// Comparisons returns the comparisons of the last plan of stack, sorted by service.
+func (d *Differ) Comparisons(stack string) []Comparison {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []Comparison
+	for _, name := range slices.Sorted(maps.Keys(d.last[stack])) {
+		if e := d.last[stack][name]; e.key != "" {
+			out = append(out, Comparison{Service: name, Key: e.key, Fields: slices.Clone(e.fields), Drift: e.drift})
+		}
+	}
+	return out
+}
+
+// Remember makes cs the comparisons of the last plan of stack (Comparisons of an earlier Differ). Each is
+// reused, as the Differ's own, only while its Key matches.
+func (d *Differ) Remember(stack string, cs []Comparison) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.last == nil {
+		d.last = map[string]map[string]diffEntry{}
+	}
+	m := make(map[string]diffEntry, len(cs))
+	for _, c := range cs {
+		m[c.Service] = diffEntry{key: c.Key, fields: slices.Clone(c.Fields), drift: c.Drift}
+	}
+	d.last[stack] = m
 }

@@ -61,3 +61,43 @@ func TestDifferReusesOnlyUnchangedComparisons(t *testing.T) {
 	}
 	check("after edit", w2, renamed, 8)
 }
+
+// The comparisons of one Differ, given to a new one (another process: `agent apply --cache-dir`), are
+// reused while their keys match, and a changed service is compared anew.
+func TestDifferRemembersAnotherDiffersComparisons(t *testing.T) {
+	w := &stack.Stack{Name: "s", Networks: []stack.Network{network("s")}, Secrets: []stack.Object{secret("s", "s_pw-1")},
+		Services: []stack.Service{svc("s", "web", "web:1", "s_pw-1"), svc("s", "api", "api:1", "")}}
+	o := observe(w)
+	var first Differ
+	if _, err := first.Compute(w, o); err != nil {
+		t.Fatal(err)
+	}
+	kept := first.Comparisons("s")
+	if len(kept) != 2 || first.Comparisons("other") != nil {
+		t.Fatalf("comparisons: %+v", kept)
+	}
+
+	var second Differ
+	second.Remember("s", kept)
+	p, err := second.Compute(w, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if second.Reused() != 2 || p.Writes() {
+		t.Fatalf("reused %d, plan %s", second.Reused(), actions(p))
+	}
+
+	drifted := observe(w)
+	drifted.Services[0].Spec.TaskTemplate.ContainerSpec.Image = "evil:1"
+	drifted.Services[0].Version++
+	var third Differ
+	third.Remember("s", kept)
+	p, err = third.Compute(w, drifted)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := Compute(w, drifted)
+	if third.Reused() != 1 || !reflect.DeepEqual(p.Changes, want.Changes) || len(p.Of(stack.KindService, Configured)) != 1 {
+		t.Fatalf("reused %d, plan %s, want %s", third.Reused(), actions(p), actions(want))
+	}
+}

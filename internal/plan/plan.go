@@ -1,7 +1,8 @@
 // Package plan compares the wanted state of a stack with the observed one and says, for every network,
 // secret, config and service, whether it is created, configured, unchanged or deleted, and which fields
-// differ. Compute is a pure function: no I/O, no clock; a Differ (the daemon's) also remembers the last
-// comparison of each service, to reuse it while nothing it depends on changed.
+// differ. Compute is a pure function: no I/O, no clock; a Differ (the daemon's; `agent apply --cache-dir`
+// keeps one's Comparisons on disk) also remembers the last comparison of each service, to reuse it while
+// nothing it depends on changed.
 //
 // In: two *stack.Stack (wanted from internal/compose, observed from internal/swarm). Out: *Plan.
 // Imports internal/stack, internal/fault and the Docker API types only.

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -92,8 +91,8 @@ func EncodePin(p *Pin, env string, seq int64) ([]byte, error) {
 }
 
 var (
-	releaseKeyRe = regexp.MustCompile(`^(deployment-[1-9][0-9]{0,18}|(commit|git)-[0-9a-f]{7,64})$`)
-	commitRe     = regexp.MustCompile(`^[0-9a-f]{7,64}$`)
+	releaseKeyRe = lazyRegexp(`^(deployment-[1-9][0-9]{0,18}|(commit|git)-[0-9a-f]{7,64})$`)
+	commitRe     = lazyRegexp(`^[0-9a-f]{7,64}$`)
 )
 
 // DecodePin reads and checks a pin config's data for environment env: at most MaxPinSize bytes, one JSON

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -39,7 +38,7 @@ const (
 	maxAnswerReason = 4 << 10
 )
 
-var requestIDRe = regexp.MustCompile(`^[0-9a-f]{16}$`)
+var requestIDRe = lazyRegexp(`^[0-9a-f]{16}$`)
 
 // requestDoc is a request config's data.
 type requestDoc struct {
