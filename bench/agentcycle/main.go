@@ -156,7 +156,8 @@ func (b *bench) run(cycles []int, bareReps int) error {
 	deadline := time.Now().Add(5 * time.Minute)
 	for {
 		m, err := b.metrics()
-		if err == nil && m["sawmill_sync_duration_seconds_count"] >= 1 {
+		// The metric can count the cycle before its log line has come through the pipe: wait for both.
+		if err == nil && m["sawmill_sync_duration_seconds_count"] >= 1 && b.logs.lastOutcome() != "" {
 			if o := b.logs.lastOutcome(); o != "success" {
 				return fmt.Errorf("first cycle: outcome %q: %s", o, b.logs.tail())
 			}
