@@ -134,7 +134,7 @@ func TestFaultMultiManager(t *testing.T) {
 	assertTold := func(sha string) {
 		t.Helper()
 		var s []string
-		waitFor(t, "GitLab told", time.Minute, func() bool { s = statesOf(sha); return len(s) > 0 && s[len(s)-1] == "success" })
+		waitFor(t, "GitLab told", 2*time.Minute, func() bool { s = statesOf(sha); return len(s) > 0 && s[len(s)-1] == "success" })
 		if len(s) == 0 || s[len(s)-1] != "success" || strings.Contains(strings.Join(s, " "), "failed") {
 			t.Fatalf("GitLab was told %v for %s, want success and never failed", s, sha[:8])
 		}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/moby/moby/api/types/swarm"
@@ -212,6 +213,8 @@ func (a *Applier) Apply(ctx context.Context, p *plan.Plan) (*Result, error) {
 
 	since := a.Now().Add(-time.Second)
 	touched := inflight
+	// Every spec first: a reference that cannot be resolved is refused before anything is written.
+	var creates, updates []write
 	for _, c := range p.Changes {
 		if c.Kind != stack.KindService || (c.Action != plan.Created && c.Action != plan.Configured) {
 			continue
@@ -221,35 +224,52 @@ func (a *Applier) Apply(ctx context.Context, p *plan.Plan) (*Result, error) {
 		if err != nil {
 			return res, err
 		}
-		// A write that fails leaves the services written before it on the new version: roll them all back.
-		abort := func(err error) (*Result, error) {
-			var failures []Failure
-			for _, t := range touched {
-				failures = append(failures, Failure{Service: t.name, Reason: "rolled back with the rest of the stack: " + s.Name + " could not be written"})
-			}
-			if len(failures) > 0 {
-				rerr := a.fail(ctx, res, touched, failures)
-				return res, fmt.Errorf("%w; %v", err, rerr)
-			}
-			return res, err
-		}
 		if c.Action == plan.Created {
-			r, err := a.Client.ServiceCreate(ctx, client.ServiceCreateOptions{Spec: spec, QueryRegistry: false})
-			if err != nil {
-				return abort(fmt.Errorf("create service %s: %w", s.Name, err))
+			creates = append(creates, write{change: c, name: s.Name, spec: spec})
+		} else {
+			updates = append(updates, write{change: c, name: s.Name, spec: spec})
+		}
+	}
+	// A write that fails leaves the services written before it on the new version: roll them all back.
+	abort := func(name string, err error) (*Result, error) {
+		var failures []Failure
+		for _, t := range touched {
+			failures = append(failures, Failure{Service: t.name, Reason: "rolled back with the rest of the stack: " + name + " could not be written"})
+		}
+		if len(failures) > 0 {
+			rerr := a.fail(ctx, res, touched, failures)
+			return res, fmt.Errorf("%w; %v", err, rerr)
+		}
+		return res, err
+	}
+	// New services are created a few at a time (each create waits for the managers' Raft commit; a first
+	// deploy of fifty services one after the other waits for fifty), and recorded and logged in the plan's
+	// order.
+	created, errs := a.createAll(ctx, creates)
+	var createErr error
+	failed := ""
+	for i, c := range creates {
+		if errs[i] != nil {
+			if createErr == nil {
+				createErr, failed = fmt.Errorf("create service %s: %w", c.name, errs[i]), c.name
 			}
-			touched = append(touched, target{id: r.ID, name: s.Name, created: true, since: since})
-			a.Log.Info("service created", "stack", p.Stack, "service", s.Name, "image", image(spec))
 			continue
 		}
-		obs := findService(o, c.Name)
+		touched = append(touched, target{id: created[i], name: c.name, created: true, since: since})
+		a.Log.Info("service created", "stack", p.Stack, "service", c.name, "image", image(c.spec))
+	}
+	if createErr != nil {
+		return abort(failed, createErr)
+	}
+	for _, u := range updates {
+		obs := findService(o, u.change.Name)
 		if _, err := a.Client.ServiceUpdate(ctx, obs.ID, client.ServiceUpdateOptions{
-			Version: swarm.Version{Index: obs.Version}, Spec: spec, QueryRegistry: false,
+			Version: swarm.Version{Index: obs.Version}, Spec: u.spec, QueryRegistry: false,
 		}); err != nil {
-			return abort(fmt.Errorf("update service %s: %w", s.Name, err))
+			return abort(u.name, fmt.Errorf("update service %s: %w", u.name, err))
 		}
-		touched = append(touched, target{id: obs.ID, name: s.Name, updated: true, since: since})
-		a.Log.Info("service updated", "stack", p.Stack, "service", s.Name, "image", image(spec), "fields", strings.Join(c.Fields, ","))
+		touched = append(touched, target{id: obs.ID, name: u.name, updated: true, since: since})
+		a.Log.Info("service updated", "stack", p.Stack, "service", u.name, "image", image(u.spec), "fields", strings.Join(u.change.Fields, ","))
 	}
 
 	failures, degraded := a.converge(ctx, touched)
@@ -294,6 +314,35 @@ func (a *Applier) Apply(ctx context.Context, p *plan.Plan) (*Result, error) {
 		a.Log.Info("network removed", "stack", p.Stack, "network", c.Name)
 	}
 	return res, nil
+}
+
+// write is a service the apply creates or updates, with its spec resolved.
+type write struct {
+	change plan.Change
+	name   string
+	spec   swarm.ServiceSpec
+}
+
+// createParallel is how many services an apply creates at once.
+const createParallel = 4
+
+// createAll creates the services, createParallel at a time; it returns each one's ID or error, by index.
+func (a *Applier) createAll(ctx context.Context, creates []write) ([]string, []error) {
+	ids, errs := make([]string, len(creates)), make([]error, len(creates))
+	sem := make(chan struct{}, createParallel)
+	var wg sync.WaitGroup
+	for i, c := range creates {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			r, err := a.Client.ServiceCreate(ctx, client.ServiceCreateOptions{Spec: c.spec, QueryRegistry: false})
+			ids[i], errs[i] = r.ID, err
+		}()
+	}
+	wg.Wait()
+	return ids, errs
 }
 
 // inflight returns the services the plan leaves unchanged but whose rolling update is still going on or

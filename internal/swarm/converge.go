@@ -283,12 +283,17 @@ func (a *Applier) check(t target, svc swarm.Service, tasks []swarm.Task, nodes m
 	if failed >= failureLimit(svc.Spec, a.MaxTaskFailures) {
 		return false, fmt.Sprintf("%d task(s) of the new version failed: %s", failed, lastErr), time.Time{}, ""
 	}
-	// While Swarm's updater still says "updating", the counts below are enough only once every task runs the
-	// new version: a replicated slot between its old task and its new one has neither running, and for a
-	// global service every node the service ever had a task on must run it (a node between the two has no
-	// task wanted running). The updater's own word is not waited for: after a manager restart it can stay
-	// "updating" with every task replaced (moby/swarmkit#1720).
+	// While Swarm's updater says "updating" the rollout waits for it, unless it stays so with nothing left
+	// to do (every task replaced, nothing created or changed for the monitor and delay plus stallMargin):
+	// after a manager restart it can (moby/swarmkit#1720). The counts below then decide: a replicated slot
+	// between its old task and its new one has neither running, and a global service must run on every node
+	// it ever had a task on (a node between the two has no task wanted running).
 	updating := t.updated && svc.UpdateStatus != nil && svc.UpdateStatus.State == swarm.UpdateStateUpdating
+	if updating {
+		if idle, period := quiet(t, svc, tasks, a.Now()); idle < period {
+			return false, "", time.Time{}, nodeFault
+		}
+	}
 	n := replicas(svc.Spec.Mode)
 	if n == 0 && updating {
 		return false, "", time.Time{}, nodeFault
@@ -326,14 +331,21 @@ func (a *Applier) check(t target, svc swarm.Service, tasks []swarm.Task, nodes m
 
 // nodeFaults finds the nodes that cannot run tasks: a task of the new version (created since) was rejected
 // there (the engine could not start it: a network it cannot join, a bind source it lacks), none of the new
-// version runs there, and it runs on another node. Such a node would reject the previous version as well:
-// its fault is not the release's. A task that started and failed (its process exited) is never a node
+// version runs there, and either it runs on another node or that node rejected a task of another version
+// too (Swarm's updater can pause at the faulty node before any other node has the new version). Such a node
+// would reject the previous version as well: its fault is not the release's. A task that started and failed (its process exited) is never a node
 // fault, so a release that crashes fails on the other nodes all the same. why holds each node's newest
 // rejection.
 func nodeFaults(tasks []swarm.Task, want string, since time.Time) (faulty map[string]bool, why map[string]string) {
-	rejected, running := map[string]string{}, map[string]bool{}
+	rejected, running, before := map[string]string{}, map[string]bool{}, map[string]bool{}
 	for _, task := range tasks { // newest first
-		if taskJSON(task.Spec) != want || task.NodeID == "" {
+		if task.NodeID == "" {
+			continue
+		}
+		if taskJSON(task.Spec) != want {
+			if task.Status.State == swarm.TaskStateRejected {
+				before[task.NodeID] = true // it rejected another version too
+			}
 			continue
 		}
 		if task.Status.State == swarm.TaskStateRejected && task.CreatedAt.After(since) {
@@ -346,11 +358,11 @@ func nodeFaults(tasks []swarm.Task, want string, since time.Time) (faulty map[st
 		}
 	}
 	for node := range rejected {
-		if running[node] {
+		if running[node] || (len(running) == 0 && !before[node]) {
 			delete(rejected, node)
 		}
 	}
-	if len(rejected) == 0 || len(running) == 0 {
+	if len(rejected) == 0 {
 		return nil, nil
 	}
 	faulty = map[string]bool{}

@@ -133,3 +133,31 @@ func TestRolledBackCountsEveryNode(t *testing.T) {
 		}
 	})
 }
+
+// Swarm's updater can pause at the faulty node before any other node runs the new version: the node had
+// rejected the previous version too, so it is still the node's fault (the 3-manager suite saw the agent roll
+// back, and Swarm pause the rollback at the same node). A release rejected everywhere is still the release's.
+func TestAnUpdatePausedAtAFaultyNodeFirst(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c, a, tg := nodeFaultRollout()
+		start := time.Now()
+		v1, v2 := c.svc.PreviousSpec.TaskTemplate, c.svc.Spec.TaskTemplate
+		c.tasks = []swarm.Task{
+			rejected("rej3", "node3", v2, start.Add(time.Second)),
+			task("old1", "node1", v1, swarm.TaskStateRunning, start.Add(-time.Hour)),
+			task("old2", "node2", v1, swarm.TaskStateRunning, start.Add(-time.Hour)),
+			rejected("old3", "node3", v1, start.Add(-time.Minute)),
+		}
+		c.svc.UpdateStatus = &swarm.UpdateStatus{State: swarm.UpdateStatePaused, StartedAt: &start,
+			Message: "update paused due to failure or early termination of task rej3"}
+		f, _ := a.converge(context.Background(), []target{tg})
+		if len(f) != 1 || !f[0].NodeFault || !strings.Contains(f[0].Reason, "node node3") {
+			t.Fatalf("failures %+v, want one node fault naming node3", f)
+		}
+		// The same pause at a node that ran the previous version well: the release's fault.
+		c.tasks[3] = task("old3", "node3", v1, swarm.TaskStateShutdown, start.Add(-time.Minute))
+		if f, _ := a.converge(context.Background(), []target{tg}); len(f) != 1 || f[0].NodeFault {
+			t.Fatalf("failures %+v, want the release failed", f)
+		}
+	})
+}

@@ -29,6 +29,24 @@ func stalled(t target, svc swarm.Service, tasks []swarm.Task, now time.Time) (id
 	if !t.updated || us == nil || us.State != swarm.UpdateStateUpdating {
 		return 0, 0, false
 	}
+	want := taskJSON(svc.Spec.TaskTemplate)
+	remaining := false
+	for _, task := range tasks {
+		if task.DesiredState == swarm.TaskStateRunning && (taskJSON(task.Spec) != want || task.Status.State != swarm.TaskStateRunning) {
+			remaining = true
+		}
+	}
+	if !remaining {
+		return 0, 0, false
+	}
+	idle, period = quiet(t, svc, tasks, now)
+	return idle, period, idle >= period
+}
+
+// quiet says for how long no task of svc was created or changed state, and how long that must be (the
+// update's monitor and delay plus stallMargin) before the agent takes Swarm's updater for stuck.
+func quiet(t target, svc swarm.Service, tasks []swarm.Task, now time.Time) (idle, period time.Duration) {
+	us := svc.UpdateStatus
 	last := t.since
 	if us.StartedAt != nil && us.StartedAt.After(last) {
 		last = *us.StartedAt
@@ -36,8 +54,6 @@ func stalled(t target, svc swarm.Service, tasks []swarm.Task, now time.Time) (id
 	if t.reissuedAt.After(last) {
 		last = t.reissuedAt
 	}
-	want := taskJSON(svc.Spec.TaskTemplate)
-	remaining := false
 	for _, task := range tasks {
 		if task.CreatedAt.After(last) {
 			last = task.CreatedAt
@@ -45,12 +61,6 @@ func stalled(t target, svc swarm.Service, tasks []swarm.Task, now time.Time) (id
 		if task.Status.Timestamp.After(last) {
 			last = task.Status.Timestamp
 		}
-		if task.DesiredState == swarm.TaskStateRunning && (taskJSON(task.Spec) != want || task.Status.State != swarm.TaskStateRunning) {
-			remaining = true
-		}
-	}
-	if !remaining {
-		return 0, 0, false
 	}
 	period = stallMargin
 	if u := svc.Spec.UpdateConfig; u != nil {
@@ -61,8 +71,7 @@ func stalled(t target, svc swarm.Service, tasks []swarm.Task, now time.Time) (id
 	} else {
 		period += 5 * time.Second
 	}
-	idle = now.Sub(last)
-	return idle, period, idle >= period
+	return now.Sub(last), period
 }
 
 // reissuable says why Swarm's update of t should be re-issued rather than waited for or failed (empty: it
