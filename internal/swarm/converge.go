@@ -288,8 +288,10 @@ func (a *Applier) check(t target, svc swarm.Service, tasks []swarm.Task, nodes m
 	// after a manager restart it can (moby/swarmkit#1720). The counts below then decide: a replicated slot
 	// between its old task and its new one has neither running, and a global service must run on every node
 	// it ever had a task on (a node between the two has no task wanted running).
+	// With a faulty node Swarm's updater waits for that node's slot for ever (its task rejected, restarted,
+	// rejected): the counts decide at once.
 	updating := t.updated && svc.UpdateStatus != nil && svc.UpdateStatus.State == swarm.UpdateStateUpdating
-	if updating {
+	if updating && len(faulty) == 0 {
 		if idle, period := quiet(t, svc, tasks, a.Now()); idle < period {
 			return false, "", time.Time{}, nodeFault
 		}

@@ -161,3 +161,20 @@ func TestAnUpdatePausedAtAFaultyNodeFirst(t *testing.T) {
 		}
 	})
 }
+
+// Swarm's updater waits for the faulty node's slot for ever (its task rejected and restarted every few
+// seconds), so its update stays "updating": the rollout converges on the other nodes all the same.
+func TestANodeFaultWhileSwarmSaysUpdating(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c, a, tg := nodeFaultRollout()
+		start := time.Now()
+		c.svc.UpdateStatus = &swarm.UpdateStatus{State: swarm.UpdateStateUpdating, StartedAt: &start}
+		f, degraded := a.converge(context.Background(), []target{tg})
+		if len(f) != 0 || len(degraded) != 1 {
+			t.Fatalf("failures %v, degraded %v", f, degraded)
+		}
+		if took := time.Since(start); took > 15*time.Second {
+			t.Fatalf("converged after %s, want within the stability window of the other nodes (9 s)", took)
+		}
+	})
+}
