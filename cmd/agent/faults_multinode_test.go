@@ -253,7 +253,7 @@ func TestFaultMultiManager(t *testing.T) {
 			waitFor(t, fmt.Sprintf("node %d rejecting its tasks", x), 2*time.Minute, func() bool {
 				return strings.Contains(taskErrors(c.Docker(l), name+"_web", x), "error creating vxlan interface: file exists")
 			})
-			faults, rollbacks, held := logged(agents, "cannot run tasks"), logged(agents, "service rolled back"), logged(agents, "held up by nodes")
+			faults, rollbacks, held, before := logged(agents, "cannot run tasks"), logged(agents, "service rolled back"), logged(agents, "held up by nodes"), reissues(agents)
 			secret := fmt.Sprintf("pw-%d", i)
 			gl.SetVariables(testenv.Variable{Key: "DB_PASSWORD", Value: secret, Scope: "*"})
 			gl.AddDeployment(testenv.Deployment{ID: int64(1 + i), Job: int64(11 + i), Pipeline: int64(1 + i), Environment: "staging", Status: "success", SHA: commit(i), Finished: time.Now()},
@@ -280,8 +280,15 @@ func TestFaultMultiManager(t *testing.T) {
 			everyNodeServes(next, 3*time.Minute, nil)
 			recovery = append(recovery, time.Since(at))
 			assertTold(commit(i))
-			assertSecretsClean(t, c.Docker(l), name)
 			l = leader(0)
+			if reissues(agents) > before {
+				// The paused update was re-issued once the node ran tasks again: Swarm's previous spec is the
+				// new version, so the previous release's secret is used by neither spec and the next cycle
+				// removes it. Wait for a cycle begun after this one.
+				settled(l)
+				settled(l)
+			}
+			assertSecretsClean(t, c.Docker(l), name)
 			want = next
 		}
 		faultRow(t, "3 managers: during a rollout one node's engine cannot join the overlay network (a stale VXLAN interface, moby/libnetwork#1765), repaired later", repeats(),
