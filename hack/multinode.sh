@@ -44,7 +44,8 @@ heal()  { ip -n mn-hub link set veth$1 up; }
 # can leave one (moby/libnetwork#1765): the node's engine then rejects every task on that network ("error
 # creating vxlan interface: file exists"). vxclear: the operator's repair, every VXLAN interface of the node's
 # own namespace deleted (the engine's live ones are in the overlay's sandbox namespaces).
-vxblock() { ip -n mn-n$1 link add sawmill-vx type vxlan id $2 dstport 4789; }
+vxblock() {  # an engine stopped mid-rollout may have left one already: then the node is blocked as it is
+  ip -n mn-n$1 -d -o link show type vxlan | grep -q "vxlan id $2 " || ip -n mn-n$1 link add sawmill-vx type vxlan id $2 dstport 4789; }
 vxclear() { local l; for l in $(ip -n mn-n$1 -o link show type vxlan | awk -F': ' '{print $2}' | cut -d@ -f1); do ip -n mn-n$1 link del "$l"; done; }
 up() {
   ip netns add mn-hub; ip -n mn-hub link add br0 type bridge
