@@ -151,9 +151,9 @@ func progress(svc swarm.Service, tasks []swarm.Task, nodes map[string]swarm.Node
 	}
 	var parts []string
 	for id, t := range newest {
-		name := id
+		name := nodeName(id, nodes)
 		if n, ok := nodes[id]; ok {
-			name = n.Description.Hostname + " (" + string(n.Status.State) + ")"
+			name += " (" + string(n.Status.State) + ")"
 		}
 		version := "previous"
 		if taskJSON(t.Spec) == want {
@@ -189,10 +189,7 @@ func (a *Applier) observe(ctx context.Context, ids []string) (*round, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list nodes: %w", err)
 	}
-	r := &round{services: map[string]swarm.Service{}, tasks: map[string][]swarm.Task{}, nodes: map[string]swarm.Node{}}
-	for _, n := range nodes.Items {
-		r.nodes[n.ID] = n
-	}
+	r := &round{services: map[string]swarm.Service{}, tasks: map[string][]swarm.Task{}, nodes: nodesByID(nodes.Items)}
 	want := map[string]bool{}
 	for _, id := range ids {
 		want[id] = true
@@ -399,14 +396,27 @@ func eligible(tasks []swarm.Task, nodes map[string]swarm.Node, since time.Time) 
 func describeNodes(faulty map[string]bool, why map[string]string, nodes map[string]swarm.Node) string {
 	var parts []string
 	for id := range faulty {
-		name := id
-		if n, ok := nodes[id]; ok && n.Description.Hostname != "" {
-			name = n.Description.Hostname
-		}
-		parts = append(parts, "node "+name+": "+why[id])
+		parts = append(parts, "node "+nodeName(id, nodes)+": "+why[id])
 	}
 	sort.Strings(parts)
 	return strings.Join(parts, "; ")
+}
+
+// nodeName is a node's hostname, or its ID when the node list does not know it.
+func nodeName(id string, nodes map[string]swarm.Node) string {
+	if n, ok := nodes[id]; ok && n.Description.Hostname != "" {
+		return n.Description.Hostname
+	}
+	return id
+}
+
+// nodesByID indexes a node list by node ID.
+func nodesByID(items []swarm.Node) map[string]swarm.Node {
+	out := make(map[string]swarm.Node, len(items))
+	for _, n := range items {
+		out[n.ID] = n
+	}
+	return out
 }
 
 // stability is how long a task must have been running to count: the update monitor (Swarm's default 5s)
@@ -594,14 +604,11 @@ func (a *Applier) rolledBack(ctx context.Context, t target) (done bool, why, mis
 		if err != nil {
 			return false, "", ""
 		}
-		byID := map[string]swarm.Node{}
-		for _, nd := range nodes.Items {
-			byID[nd.ID] = nd
-		}
+		byID := nodesByID(nodes.Items)
 		var none []string
 		for node := range eligible(tasks.Items, byID, t.since) {
 			if !up[node] {
-				none = append(none, describeNodes(map[string]bool{node: true}, map[string]string{node: "runs no task of the previous version"}, byID))
+				none = append(none, "node "+nodeName(node, byID)+": runs no task of the previous version")
 			}
 		}
 		if len(none) > 0 {
