@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moby/moby/api/types/swarm"
 	"github.com/moby/moby/client"
 
 	"github.com/sabeiro/sawmill/internal/testing/testenv"
@@ -368,25 +369,40 @@ func cycles(p *agentProcess) int {
 
 // runningImage is the image of the task of service that runs on node n (hostname node<n>), or what went wrong.
 func runningImage(dc *client.Client, service string, n int) string {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	tasks, err := dc.TaskList(ctx, client.TaskListOptions{Filters: make(client.Filters).Add("service", service).Add("desired-state", "running")})
-	if err != nil {
-		return err.Error()
-	}
-	nodes, err := dc.NodeList(ctx, client.NodeListOptions{})
+	tasks, err := tasksOn(dc, service, n, make(client.Filters).Add("desired-state", "running"))
 	if err != nil {
 		return err.Error()
 	}
 	var images []string
-	for _, task := range tasks.Items {
-		for _, node := range nodes.Items {
-			if node.ID == task.NodeID && node.Description.Hostname == fmt.Sprintf("node%d", n) && task.Status.State == "running" {
-				images = append(images, task.Spec.ContainerSpec.Image)
-			}
+	for _, task := range tasks {
+		if task.Status.State == "running" {
+			images = append(images, task.Spec.ContainerSpec.Image)
 		}
 	}
 	return strings.Join(images, ",")
+}
+
+// tasksOn lists service's tasks (with the filters) that are on node n (hostname node<n>).
+func tasksOn(dc *client.Client, service string, n int, filters client.Filters) ([]swarm.Task, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	tasks, err := dc.TaskList(ctx, client.TaskListOptions{Filters: filters.Add("service", service)})
+	if err != nil {
+		return nil, err
+	}
+	nodes, err := dc.NodeList(ctx, client.NodeListOptions{})
+	if err != nil {
+		return nil, err
+	}
+	var out []swarm.Task
+	for _, task := range tasks.Items {
+		for _, node := range nodes.Items {
+			if node.ID == task.NodeID && node.Description.Hostname == fmt.Sprintf("node%d", n) {
+				out = append(out, task)
+			}
+		}
+	}
+	return out, nil
 }
 
 // reissues is how many times the running agents re-issued a stalled Swarm update (from their logs).
@@ -407,22 +423,14 @@ func logged(agents []*agentProcess, s string) int {
 
 // taskErrors are the errors of service's tasks on node n (hostname node<n>), one a line.
 func taskErrors(dc *client.Client, service string, n int) string {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	tasks, err := dc.TaskList(ctx, client.TaskListOptions{Filters: make(client.Filters).Add("service", service)})
-	if err != nil {
-		return err.Error()
-	}
-	nodes, err := dc.NodeList(ctx, client.NodeListOptions{})
+	tasks, err := tasksOn(dc, service, n, make(client.Filters))
 	if err != nil {
 		return err.Error()
 	}
 	var errs []string
-	for _, task := range tasks.Items {
-		for _, node := range nodes.Items {
-			if node.ID == task.NodeID && node.Description.Hostname == fmt.Sprintf("node%d", n) && task.Status.Err != "" {
-				errs = append(errs, task.Status.Err)
-			}
+	for _, task := range tasks {
+		if task.Status.Err != "" {
+			errs = append(errs, task.Status.Err)
 		}
 	}
 	return strings.Join(errs, "\n")
