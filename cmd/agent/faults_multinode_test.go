@@ -271,9 +271,19 @@ func TestFaultMultiManager(t *testing.T) {
 			if logged(agents, "held up by nodes") > held {
 				paused++ // Swarm's updater stopped at the node: the nodes after it keep the previous release
 			}
+			// A node whose task Swarm's updater was replacing when the agent decided answers from a container
+			// that no task lists as running yet (CI saw this once): each node but the faulty one is given a
+			// minute to serve the new release or the previous one, with a running task.
 			for n := 1; n <= 3; n++ {
-				if got := serves(n); n != x && got != next && got != want {
-					t.Fatalf("node %d serves %q during the node fault, want the new release or the previous one", n, got)
+				if n == x {
+					continue
+				}
+				got := serves(n)
+				for deadline := time.Now().Add(time.Minute); got != next && got != want && time.Now().Before(deadline); got = serves(n) {
+					time.Sleep(200 * time.Millisecond)
+				}
+				if got != next && got != want {
+					t.Fatalf("node %d serves %q a minute into the node fault, want the new release or the previous one", n, got)
 				}
 			}
 			at := time.Now()
