@@ -105,8 +105,9 @@ func TestFaultMultiManager(t *testing.T) {
 					out, err := exec.Command("docker", "-H", c.Host(n), "service", "inspect", "--format",
 						"{{.Spec.TaskTemplate.ContainerSpec.Image}} prev={{if .PreviousSpec}}{{.PreviousSpec.TaskTemplate.ContainerSpec.Image}}{{end}} {{json .UpdateStatus}}", name+"_web").CombinedOutput()
 					if err == nil {
-						ps, _ := exec.Command("docker", "-H", c.Host(n), "service", "ps", "--format", "{{.Node}}:{{.Image}}:{{.DesiredState}}:{{.CurrentState}}", "-f", "desired-state=running", name+"_web").CombinedOutput()
-						trace = append(trace, fmt.Sprintf("%s node%d: %s%s", time.Now().Format("15:04:05"), n, out, ps))
+						ps, _ := exec.Command("docker", "-H", c.Host(n), "service", "ps", "--no-trunc", "--format", "{{.Node}}:{{.Image}}:{{.DesiredState}}:{{.CurrentState}}:{{.Error}}", "-f", "desired-state=running", name+"_web").CombinedOutput()
+						nodes, _ := exec.Command("docker", "-H", c.Host(n), "node", "ls", "--format", "{{.Hostname}}:{{.Status}}:{{.Availability}}:{{.ManagerStatus}}").CombinedOutput()
+						trace = append(trace, fmt.Sprintf("%s node%d: %s%snodes: %s", time.Now().Format("15:04:05"), n, out, ps, strings.ReplaceAll(string(nodes), "\n", " ")+"\n"))
 						break
 					}
 				}
@@ -350,7 +351,7 @@ func TestFaultMultiManager(t *testing.T) {
 			}
 			l = leader(0)
 			if !finished {
-				t.Fatalf("repetition %d: the rollout failed (GitLab told %v): a restarted engine is no fault of the release", i, statesOf(commit(i)))
+				t.Fatalf("repetition %d: the rollout failed (GitLab told %v): a restarted engine is no fault of the release; the swarm during the wait:\n%s", i, statesOf(commit(i)), strings.Join(trace, ""))
 			}
 			assertTold(commit(i))
 			if n > 0 {
