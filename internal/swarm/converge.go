@@ -90,6 +90,15 @@ func (a *Applier) converge(ctx context.Context, targets []target) (failures []Fa
 					a.Log.Warn("service converged on every node but those that cannot run tasks (a fault of the node, not of the release)", "service", t.name, "nodes", nodeFault)
 					degraded = append(degraded, t.name+": "+nodeFault)
 					delete(pending, id)
+				case done && downNodes(svc, r.tasks[id], r.nodes, t.since) != "":
+					// Swarm lists a node of a global service as down (its engine stopped, or it does not
+					// reach the managers): the release runs everywhere else, and Swarm starts it there once
+					// the node is ready again. Said, not waited for: how long a node stays down is not the
+					// release's doing.
+					down := downNodes(svc, r.tasks[id], r.nodes, t.since)
+					a.Log.Warn("service converged on every node but those Swarm lists as down", "service", t.name, "nodes", down)
+					degraded = append(degraded, t.name+": "+down)
+					delete(pending, id)
 				case done:
 					a.Log.Info("service converged", "service", t.name)
 					delete(pending, id)
@@ -389,6 +398,30 @@ func eligible(tasks []swarm.Task, nodes map[string]swarm.Node, since time.Time) 
 		out[task.NodeID] = true
 	}
 	return out
+}
+
+// downNodes names the nodes a global service has a task on (created since the rollout began, or wanted
+// running) that Swarm lists as not ready while they are active (a drained or paused node is the operator's
+// choice): "node <hostname>: down (Swarm starts the release there once the node is ready)", in a stable order.
+// Empty for a replicated service (Swarm places its tasks elsewhere) or without the node list.
+func downNodes(svc swarm.Service, tasks []swarm.Task, nodes map[string]swarm.Node, since time.Time) string {
+	if svc.Spec.Mode.Global == nil || nodes == nil {
+		return ""
+	}
+	seen := map[string]bool{}
+	var parts []string
+	for _, task := range tasks {
+		n, ok := nodes[task.NodeID]
+		if !ok || seen[task.NodeID] || (!task.CreatedAt.After(since) && task.DesiredState != swarm.TaskStateRunning) {
+			continue
+		}
+		if n.Status.State != swarm.NodeStateReady && n.Spec.Availability == swarm.NodeAvailabilityActive {
+			seen[task.NodeID] = true
+			parts = append(parts, "node "+nodeName(task.NodeID, nodes)+": "+string(n.Status.State)+" (Swarm starts the release there once the node is ready)")
+		}
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, "; ")
 }
 
 // describeNodes names the faulty nodes (hostnames where known) with their newest rejection, in a stable

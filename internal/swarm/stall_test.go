@@ -88,6 +88,8 @@ type stallClient struct {
 	updates []client.ServiceUpdateOptions
 	// recovers: a re-issued update replaces node3's task (false: Swarm stalls whatever the agent does).
 	recovers bool
+	// down: the nodes NodeList gives as down.
+	down map[string]bool
 }
 
 func (c *stallClient) ServiceList(context.Context, client.ServiceListOptions) (client.ServiceListResult, error) {
@@ -227,7 +229,13 @@ func TestPausedForATaskThatDidNotFail(t *testing.T) {
 
 // NodeList: every node a task is on, ready and active.
 func (c *stallClient) NodeList(context.Context, client.NodeListOptions) (client.NodeListResult, error) {
-	return client.NodeListResult{Items: readyNodes(c.tasks)}, nil
+	nodes := readyNodes(c.tasks)
+	for i := range nodes {
+		if c.down[nodes[i].ID] {
+			nodes[i].Status.State = swarm.NodeStateDown
+		}
+	}
+	return client.NodeListResult{Items: nodes}, nil
 }
 
 func readyNodes(tasks []swarm.Task) []swarm.Node {
@@ -261,6 +269,35 @@ func TestUpdatingWithEveryTaskReplacedConverges(t *testing.T) {
 		}
 		if len(c.updates) != 0 {
 			t.Fatalf("%d writes, want none", len(c.updates))
+		}
+	})
+}
+
+// What the 3-manager fault suite saw once in 35 restarts: the restarted node stayed down to Swarm for minutes
+// (its engine answered, its worker did not reach the managers), its new task pending ("1 node not available for
+// new tasks") and Swarm's update "updating". The rollout converges on the other nodes once nothing has moved
+// for the stall period, without a write, and says which node Swarm lists as down.
+func TestADownNodeIsNamedNotWaitedFor(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c, a, tg := stalledRollout(false)
+		start := time.Now()
+		pending := task("new3", "node3", c.svc.Spec.TaskTemplate, swarm.TaskStatePending, start.Add(6*time.Second))
+		pending.DesiredState = swarm.TaskStateShutdown
+		pending.Status.Err = "no suitable node (1 node not available for new tasks)"
+		c.tasks[2].DesiredState, c.tasks[2].Status.State = swarm.TaskStateShutdown, swarm.TaskStateShutdown
+		c.tasks = append(c.tasks, pending)
+		c.down = map[string]bool{"node3": true}
+		f, degraded := a.converge(context.Background(), []target{tg})
+		if len(f) != 0 || len(c.updates) != 0 {
+			t.Fatalf("failures %v, %d writes; want converged on node1 and node2, no write", f, len(c.updates))
+		}
+		if len(degraded) != 1 || !strings.Contains(degraded[0], "s_web: node node3: down (Swarm starts the release there once the node is ready)") {
+			t.Fatalf("degraded %q, want node3 named as down", degraded)
+		}
+		// A node that is up again is waited for: the same tasks with node3 ready never converge.
+		c.down = nil
+		if f, _ := a.converge(context.Background(), []target{tg}); len(f) != 1 || !strings.Contains(f[0].Reason, "did not converge") {
+			t.Fatalf("failures %v with node3 ready, want the rollout not converged", f)
 		}
 	})
 }
