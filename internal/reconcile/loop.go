@@ -357,7 +357,6 @@ func (l *Loop) Cycle(ctx context.Context) Record {
 	rec.Reason = l.Redact.String(rec.Reason)
 	rec.Time = l.Now().UTC()
 	elapsed := l.Now().Sub(start)
-	l.Metrics.Cycle(rec, elapsed)
 	prev := l.Last()
 
 	changed := rec.Release != prev.Release || rec.Outcome != prev.Outcome || rec.Reason != prev.Reason
@@ -395,6 +394,9 @@ func (l *Loop) Cycle(ctx context.Context) Record {
 	l.last = rec
 	l.ready = l.ready || rec.Outcome != outcome.Error
 	l.mu.Unlock()
+	// Counted once /status shows the cycle: whoever sees the count move reads this cycle there, not the one
+	// before (the fault suite did, while this cycle's reports were being delivered).
+	l.Metrics.Cycle(rec, elapsed)
 	if l.Notifier != nil {
 		l.Notifier.Notify(rec, l.outcomes)
 	}
