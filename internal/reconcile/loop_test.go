@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -441,4 +442,29 @@ func TestLoopRenewsBetweenCycles(t *testing.T) {
 		cancel()
 		<-done
 	})
+}
+
+// countOrder is a Metrics that notes what /status (Last) shows when a cycle is counted.
+type countOrder struct {
+	recorder
+	l     *Loop
+	shown []outcome.Outcome
+}
+
+func (c *countOrder) Cycle(Record, time.Duration) { c.shown = append(c.shown, c.l.Last().Outcome) }
+
+// Whoever sees the cycle count move (sawmill_sync_duration_seconds_count) reads that cycle in /status, not the
+// one before: the count moves only once the cycle, its reports delivered, is on record.
+func TestACycleIsCountedOnceStatusShowsIt(t *testing.T) {
+	fx := newFixture("registry.example/web:1", policy.ModeEnforce)
+	fx.eval.deny = true
+	l := newLoop(t, fx, &fakeSource{commit: "abc"}, &fakeReporter{}, "")
+	m := &countOrder{l: l}
+	l.Metrics = m
+	l.Cycle(context.Background()) // refused
+	fx.eval.deny = false
+	l.Cycle(context.Background()) // success, reported
+	if want := []outcome.Outcome{outcome.Refused, outcome.Success}; !slices.Equal(m.shown, want) {
+		t.Fatalf("/status showed %v when each cycle was counted, want %v", m.shown, want)
+	}
 }
