@@ -82,6 +82,10 @@ func (a *Applier) converge(ctx context.Context, targets []target) (failures []Fa
 				if !stableAt.IsZero() {
 					wait = min(wait, max(stableAt.Sub(a.Now()), time.Millisecond))
 				}
+				down := ""
+				if done && nodeFault == "" {
+					down = downNodes(svc, r.tasks[id], r.nodes, t.since)
+				}
 				switch {
 				case reason != "":
 					failures = append(failures, Failure{Service: t.name, Reason: reason, NodeFault: nodeFault != ""})
@@ -90,12 +94,11 @@ func (a *Applier) converge(ctx context.Context, targets []target) (failures []Fa
 					a.Log.Warn("service converged on every node but those that cannot run tasks (a fault of the node, not of the release)", "service", t.name, "nodes", nodeFault)
 					degraded = append(degraded, t.name+": "+nodeFault)
 					delete(pending, id)
-				case done && downNodes(svc, r.tasks[id], r.nodes, t.since) != "":
+				case done && down != "":
 					// Swarm lists a node of a global service as down (its engine stopped, or it does not
 					// reach the managers): the release runs everywhere else, and Swarm starts it there once
 					// the node is ready again. Said, not waited for: how long a node stays down is not the
 					// release's doing.
-					down := downNodes(svc, r.tasks[id], r.nodes, t.since)
 					a.Log.Warn("service converged on every node but those Swarm lists as down", "service", t.name, "nodes", down)
 					degraded = append(degraded, t.name+": "+down)
 					delete(pending, id)
@@ -385,17 +388,26 @@ func nodeFaults(tasks []swarm.Task, want string, since time.Time) (faulty map[st
 // task). Without the node list every such node counts.
 func eligible(tasks []swarm.Task, nodes map[string]swarm.Node, since time.Time) map[string]bool {
 	out := map[string]bool{}
-	for _, task := range tasks {
-		if task.NodeID == "" || (!task.CreatedAt.After(since) && task.DesiredState != swarm.TaskStateRunning) {
-			continue
-		}
+	for node := range placed(tasks, since) {
 		if nodes != nil {
-			n, ok := nodes[task.NodeID]
+			n, ok := nodes[node]
 			if !ok || n.Status.State != swarm.NodeStateReady || n.Spec.Availability != swarm.NodeAvailabilityActive {
 				continue
 			}
 		}
-		out[task.NodeID] = true
+		out[node] = true
+	}
+	return out
+}
+
+// placed is the set of nodes a service has a task on that was created since the rollout began or is wanted
+// running: the nodes Swarm means it to run on.
+func placed(tasks []swarm.Task, since time.Time) map[string]bool {
+	out := map[string]bool{}
+	for _, task := range tasks {
+		if task.NodeID != "" && (task.CreatedAt.After(since) || task.DesiredState == swarm.TaskStateRunning) {
+			out[task.NodeID] = true
+		}
 	}
 	return out
 }
@@ -408,16 +420,10 @@ func downNodes(svc swarm.Service, tasks []swarm.Task, nodes map[string]swarm.Nod
 	if svc.Spec.Mode.Global == nil || nodes == nil {
 		return ""
 	}
-	seen := map[string]bool{}
 	var parts []string
-	for _, task := range tasks {
-		n, ok := nodes[task.NodeID]
-		if !ok || seen[task.NodeID] || (!task.CreatedAt.After(since) && task.DesiredState != swarm.TaskStateRunning) {
-			continue
-		}
-		if n.Status.State != swarm.NodeStateReady && n.Spec.Availability == swarm.NodeAvailabilityActive {
-			seen[task.NodeID] = true
-			parts = append(parts, "node "+nodeName(task.NodeID, nodes)+": "+string(n.Status.State)+" (Swarm starts the release there once the node is ready)")
+	for node := range placed(tasks, since) {
+		if n, ok := nodes[node]; ok && n.Status.State != swarm.NodeStateReady && n.Spec.Availability == swarm.NodeAvailabilityActive {
+			parts = append(parts, "node "+nodeName(node, nodes)+": "+string(n.Status.State)+" (Swarm starts the release there once the node is ready)")
 		}
 	}
 	sort.Strings(parts)
