@@ -21,6 +21,7 @@ import (
 
 	"github.com/compose-spec/compose-go/v2/cli"
 	"github.com/compose-spec/compose-go/v2/loader"
+	"github.com/compose-spec/compose-go/v2/schema"
 	"github.com/compose-spec/compose-go/v2/template"
 	"github.com/compose-spec/compose-go/v2/types"
 
@@ -267,3 +268,9 @@ func plainVariable(sub string) (string, bool) {
 }
 
 var varName = regexp.MustCompile(`^[_a-zA-Z][_a-zA-Z0-9]*$`)
+
+// Prepare compiles compose-go's JSON schema, which it does once per process, inside the first load that
+// validates (10-25 ms on the benchmark machine: docs/benchmarks.md). A command about to load compose files
+// runs it in a goroutine at its start, so that the compilation overlaps the process's other work instead of
+// stopping the load midway; a load that gets there first waits for it, as it would have compiled it itself.
+func Prepare() { _ = schema.Validate(map[string]any{}) }
