@@ -11,7 +11,7 @@
 # that holds neither, and the stack is removed (`docker stack rm`, waiting until its containers, networks,
 # secrets and configs are gone) before the next deploy. $BENCH_FIRST_REPS (default 2) first deploys per tool run
 # in ABBA order (docker, agent, agent, docker) so that a drift in the machine's load hits both alike; the first
-# round of each tool is followed by $BENCH_NOOP_REPS (default 5) no-op re-deploys. Rounds after the first two are
+# round of each tool is followed by $BENCH_NOOP_REPS (default 9) no-op re-deploys. Rounds after the first two are
 # skipped when the time budget would not hold them. Medians are reported.
 #
 # What is measured (wall time, milliseconds):
@@ -43,7 +43,7 @@
 set -euo pipefail
 
 N=${BENCH_SERVICES:-50}
-REPS=${BENCH_NOOP_REPS:-5}
+REPS=${BENCH_NOOP_REPS:-9}
 FIRST_REPS=${BENCH_FIRST_REPS:-2} # first deploys per tool, in ABBA order
 BUDGET=${BENCH_BUDGET_SECONDS:-570} # the whole run, cleanup included
 DOCKER_STACK=sawbench-docker
@@ -65,6 +65,8 @@ die() {
   exit 1
 }
 now_ms() { date +%s%3N; }
+# The no-ops are timed with $EPOCHREALTIME (bash 5, microseconds), read without a fork: a `date` on each side
+# added 1-2 ms to every run of either tool, which weighs on the 5x ratio of a ~30 ms command.
 left() { echo $((BUDGET - ($(date +%s) - START))); }
 # deadline_for SECONDS: SECONDS, capped so that the run keeps ~90 s for cleanup.
 deadline_for() {
@@ -260,10 +262,10 @@ round_docker() { # with_noop
     for r in $(seq 1 "$REPS"); do
       snapshot "$DOCKER_STACK" >"$work/before"
       to=$(deadline_for 60)
-      t0=$(now_ms)
+      t0=${EPOCHREALTIME/./}
       timeout "$to" docker stack deploy -c "$compose" --resolve-image never "$DOCKER_STACK" >"$work/docker-noop.log" 2>&1 ||
         die "docker stack deploy (no-op $r) failed: $(tail -5 "$work/docker-noop.log")"
-      docker_noop+=($(($(now_ms) - t0)))
+      docker_noop+=($(((${EPOCHREALTIME/./} - t0) / 1000)))
       snapshot "$DOCKER_STACK" >"$work/after"
       docker_writes+=("$(writes "$work/before" "$work/after")")
       log "docker no-op $r: $(ms "${docker_noop[-1]}"), objects written: ${docker_writes[-1]}"
@@ -289,11 +291,11 @@ round_agent() { # with_noop
     for r in $(seq 1 "$REPS"); do
       snapshot "$AGENT_STACK" >"$work/before"
       to=$(deadline_for 60)
-      t0=$(now_ms)
+      t0=${EPOCHREALTIME/./}
       rc=0
       timeout $((to + 10)) "$work/agent" apply -c "$compose" "$AGENT_STACK" --timeout "${to}s" --skip-verify --policy-mode=off >"$work/agent-noop.out" 2>"$work/agent-noop.log" || rc=$?
       [ "$rc" = 0 ] || die "agent apply (no-op $r) exited $rc: $(tail -5 "$work/agent-noop.log")"
-      agent_noop+=($(($(now_ms) - t0)))
+      agent_noop+=($(((${EPOCHREALTIME/./} - t0) / 1000)))
       snapshot "$AGENT_STACK" >"$work/after"
       agent_writes+=("$(writes "$work/before" "$work/after")")
       agent_logwrites+=("$(grep -cE "$WRITE_LOG" "$work/agent-noop.log" || true)")
@@ -305,11 +307,11 @@ round_agent() { # with_noop
     for r in $(seq 1 "$REPS"); do
       snapshot "$AGENT_STACK" >"$work/before"
       to=$(deadline_for 60)
-      t0=$(now_ms)
+      t0=${EPOCHREALTIME/./}
       rc=0
       timeout $((to + 10)) "$work/agent" apply -c "$compose" "$AGENT_STACK" --timeout "${to}s" --skip-verify --policy-mode=off --cache-dir "$work/cache" >"$work/agent-noop.out" 2>"$work/agent-noop.log" || rc=$?
       [ "$rc" = 0 ] || die "agent apply --cache-dir (no-op $r) exited $rc: $(tail -5 "$work/agent-noop.log")"
-      agent_cached+=($(($(now_ms) - t0)))
+      agent_cached+=($(((${EPOCHREALTIME/./} - t0) / 1000)))
       snapshot "$AGENT_STACK" >"$work/after"
       agent_writes+=("$(writes "$work/before" "$work/after")")
       agent_logwrites+=("$(grep -cE "$WRITE_LOG" "$work/agent-noop.log" || true)")
