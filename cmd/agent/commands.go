@@ -97,7 +97,6 @@ func planCmd(v *viper.Viper, d deps) *cobra.Command {
 			if err := r.nameKey(cmd.Context(), false); err != nil {
 				return err
 			}
-			r.observeEarly(cmd.Context())
 			c := r.flow.Run(cmd.Context(), r.compose)
 			r.show(c)
 			if c.Err != nil {
@@ -122,7 +121,6 @@ type runSetup struct {
 	flow    *reconcile.Flow
 	stdout  io.Writer
 	format  string
-	cancel  context.CancelFunc // of the early observation (observeEarly), if any
 }
 
 func prepare(v *viper.Viper, d deps, cmd *cobra.Command, args []string) (*runSetup, error) {
@@ -173,23 +171,8 @@ func prepare(v *viper.Viper, d deps, cmd *cobra.Command, args []string) (*runSet
 	return &runSetup{compose: o, log: log, client: c, flow: flow, stdout: d.stdout, format: format}, nil
 }
 
-// observeEarly starts observing the stack named on the command line while the compose files load
-// (earlyObserver). It is called once the name key is read: started before, the lists slowed that small call
-// down as much as they gained.
-func (r *runSetup) observeEarly(ctx context.Context) {
-	if r.compose.Stack != "" {
-		ctx, r.cancel = context.WithCancel(ctx)
-		r.flow.Observe = observeEarly(ctx, r.flow.Observe, r.compose.Stack)
-	}
-}
-
-// close ends what was started for the command: the early observation, the engine's client.
-func (r *runSetup) close() {
-	if r.cancel != nil {
-		r.cancel()
-	}
-	r.client.Close()
-}
+// close closes the engine's client.
+func (r *runSetup) close() { r.client.Close() }
 
 // nameKey reads the swarm's key for secret and config names; apply makes it when the swarm has none. Plan
 // writes nothing: before the first apply it names secrets with a key of its own (apply will name them anew).
@@ -249,7 +232,6 @@ func applyCmd(v *viper.Viper, d deps) *cobra.Command {
 			if err := r.nameKey(cmd.Context(), true); err != nil {
 				return err
 			}
-			r.observeEarly(cmd.Context())
 			var kept *planCache
 			if dir, _ := cmd.Flags().GetString("cache-dir"); dir != "" {
 				kept = &planCache{dir: dir, nameKey: r.compose.NameKey, differ: &plan.Differ{}, log: r.log}

@@ -88,6 +88,8 @@ type Cycle struct {
 	// Step names the step that failed; Err is its error (classified by internal/fault).
 	Step string
 	Err  error
+
+	early *early // the observation started with the cycle, if any
 }
 
 // The steps, in order.
@@ -117,9 +119,21 @@ func (f *Flow) steps() []step {
 }
 
 // Run takes one stack through the steps and returns what happened; c.Err is the first error.
+//
+// When the options name the stack, the swarm is read while the files load, verify and evaluate (the list
+// calls are most of a no-op cycle's wall time, and they do not depend on those steps); the observe step takes
+// that observation, or its error, in its turn. Reading early changes nothing apply could do wrong: every
+// update carries the observed Swarm version, which the engine refuses once it is stale, and a create of an
+// object that appeared meanwhile fails on its name. A cycle that stops before observe cancels and discards
+// it; Run returns once it has ended.
 func (f *Flow) Run(ctx context.Context, o compose.Options) *Cycle {
 	log := f.log()
 	c := &Cycle{Options: o}
+	if o.Stack != "" && f.Observe != nil {
+		early, cancel := observeEarly(ctx, f.Observe, o.Stack)
+		c.early = early
+		defer func() { cancel(); <-early.done }() // no observation outlives its cycle
+	}
 	for _, s := range f.steps() {
 		t0 := time.Now()
 		err := s.run(ctx, c)
@@ -146,7 +160,7 @@ func (f *Flow) load(ctx context.Context, c *Cycle) error {
 }
 
 // verify resolves every service image to a digest and verifies its signatures; a rejection refuses the whole
-// stack (fault.Refused) before anything is observed or written. Otherwise every image is rewritten to
+// stack (fault.Refused) before anything is written. Otherwise every image is rewritten to
 // `repo:tag@sha256:...`, so the digest verified is the digest deployed.
 func (f *Flow) verify(ctx context.Context, c *Cycle) error {
 	if f.Verify == nil {
@@ -210,9 +224,39 @@ func (f *Flow) evaluate(ctx context.Context, c *Cycle) error {
 }
 
 func (f *Flow) observe(ctx context.Context, c *Cycle) error {
-	st, err := f.Observe.Observe(ctx, c.Wanted.Name)
+	var st *stack.Stack
+	var err error
+	if e := c.early; e != nil && e.name == c.Wanted.Name {
+		select {
+		case <-e.done:
+			st, err = e.st, e.err
+		case <-ctx.Done():
+			err = ctx.Err()
+		}
+	} else {
+		st, err = f.Observe.Observe(ctx, c.Wanted.Name)
+	}
 	c.Observed = st
 	return err
+}
+
+// early is an observation started with the cycle (Run).
+type early struct {
+	name string
+	done chan struct{}
+	st   *stack.Stack
+	err  error
+}
+
+// observeEarly observes stack name through obs in a goroutine; cancel ends it, done closes when it returned.
+func observeEarly(ctx context.Context, obs Observer, name string) (*early, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(ctx)
+	e := &early{name: name, done: make(chan struct{})}
+	go func() {
+		defer close(e.done)
+		e.st, e.err = obs.Observe(ctx, name)
+	}()
+	return e, cancel
 }
 
 func (f *Flow) plan(_ context.Context, c *Cycle) error {

@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"testing"
+	"testing/synctest"
+	"time"
 
 	"github.com/moby/moby/api/types/swarm"
 
@@ -24,7 +27,13 @@ const digest = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef012345678
 // calls records the order in which the fakes were called.
 type calls []string
 
-func (c *calls) add(s string) { *c = append(*c, s) }
+var callsMu sync.Mutex // a named stack is observed while the other fakes run
+
+func (c *calls) add(s string) {
+	callsMu.Lock()
+	defer callsMu.Unlock()
+	*c = append(*c, s)
+}
 
 // wantedStack is one service `shop_web` running image, owned by the agent.
 func wantedStack(image string) *stack.Stack {
@@ -143,7 +152,7 @@ func newFixture(image string, mode policy.Mode) *fixture {
 
 func TestFlowRunsTheStepsInOrder(t *testing.T) {
 	fx := newFixture("registry.example/web:1", policy.ModeEnforce)
-	c := fx.flow.Run(context.Background(), compose.Options{Stack: "shop"})
+	c := fx.flow.Run(context.Background(), compose.Options{}) // unnamed: observed in its turn
 	if c.Err != nil {
 		t.Fatal(c.Err)
 	}
@@ -284,6 +293,63 @@ func TestPlanOnlyWithoutApplier(t *testing.T) {
 	}
 }
 
+// blockingLoader loads once its stack has been observed (or fails after a minute of the bubble's clock).
+type blockingLoader struct {
+	fakeLoader
+	observed <-chan struct{}
+}
+
+func (b blockingLoader) Load(ctx context.Context, o compose.Options) (*stack.Stack, error) {
+	select {
+	case <-b.observed:
+		return b.fakeLoader.Load(ctx, o)
+	case <-time.After(time.Minute):
+		return nil, errors.New("the stack was not observed while it loaded")
+	}
+}
+
+// signalObserver closes its channel when called.
+type signalObserver struct {
+	fakeObserver
+	once *sync.Once
+	ch   chan struct{}
+}
+
+func (s signalObserver) Observe(ctx context.Context, name string) (*stack.Stack, error) {
+	defer s.once.Do(func() { close(s.ch) })
+	return s.fakeObserver.Observe(ctx, name)
+}
+
+// A stack named in the options is read from the swarm while it loads (a no-op cycle waits on the list calls
+// once, not after the load, verify and evaluate), exactly once; a refused one is never planned or written,
+// and Run leaves nothing running.
+func TestNamedStackIsObservedWhileItLoads(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fx := newFixture("registry.example/web:1", policy.ModeEnforce)
+		ch := make(chan struct{})
+		fx.flow.Observe = signalObserver{fakeObserver{calls: &fx.calls}, &sync.Once{}, ch}
+		fx.flow.Load = blockingLoader{fakeLoader{calls: &fx.calls, image: "registry.example/web:1"}, ch}
+		c := fx.flow.Run(context.Background(), compose.Options{Stack: "shop"})
+		if c.Err != nil {
+			t.Fatal(c.Err)
+		}
+		if want := []string{StepObserve, StepLoad, StepVerify, StepEvaluate, StepApply}; !slices.Equal(fx.calls, want) {
+			t.Fatalf("calls %v, want %v", fx.calls, want)
+		}
+		if c.Observed == nil || c.Observed.Name != "shop" || c.Plan == nil || fx.writes != 1 {
+			t.Fatalf("observed %+v, plan %v, writes %d", c.Observed, c.Plan, fx.writes)
+		}
+
+		fx = newFixture("registry.example/web:1", policy.ModeEnforce)
+		fx.flow.Verify = fakeVerifier{calls: &fx.calls, reject: true}
+		c = fx.flow.Run(context.Background(), compose.Options{Stack: "shop"})
+		if c.Step != StepVerify || c.Observed != nil || c.Plan != nil || fx.writes != 0 {
+			t.Fatalf("refused stack: step %q, observed %v, plan %v, writes %d", c.Step, c.Observed, c.Plan, fx.writes)
+		}
+		synctest.Wait()
+	})
+}
+
 func ExampleFlow() {
 	var log calls
 	f := &Flow{
@@ -291,7 +357,7 @@ func ExampleFlow() {
 		Verify:  fakeVerifier{calls: &log},
 		Observe: fakeObserver{calls: &log},
 	}
-	c := f.Run(context.Background(), compose.Options{Stack: "shop"})
+	c := f.Run(context.Background(), compose.Options{})
 	fmt.Println(log, c.Plan.Changes[0].Name, c.Plan.Changes[0].Action)
 	// Output: [load verify observe] shop_web created
 }
