@@ -405,7 +405,7 @@ func (l *Loop) Cycle(ctx context.Context) Record {
 	if rec.Outcome != outcome.Success && rec.Outcome != outcome.Standby {
 		level = slog.LevelError
 	}
-	l.Log.Log(ctx, level, "cycle", "outcome", string(rec.Outcome), "release", rec.Release, "commit", rec.Commit, "reason", rec.Reason, "held", rec.Held, "duration", elapsed.Round(time.Millisecond))
+	l.Log.Log(ctx, level, "cycle", "outcome", string(rec.Outcome), "release", rec.Release, "commit", rec.Commit, "reason", rec.Reason, "held", rec.Held, "duration", elapsed.Round(100*time.Microsecond))
 	return rec
 }
 
