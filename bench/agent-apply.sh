@@ -65,16 +65,9 @@ die() {
   exit 1
 }
 now_ms() { date +%s%3N; }
-# settle: the no-ops follow a first deploy whose 50 tasks keep the engine (and the 2 cores) busy for a minute
-# or more; before each series of no-ops, wait (at most $BENCH_SETTLE seconds, default 90) until the 1-minute
-# load average is under $BENCH_QUIET (default 1.5), for both tools alike.
-settle() {
-  local until=$(($(date +%s) + ${BENCH_SETTLE:-90}))
-  while awk -v q="${BENCH_QUIET:-1.5}" '{ exit !($1 >= q) }' /proc/loadavg && [ "$(date +%s)" -lt "$until" ]; do
-    sleep 5
-  done
-  log "no-ops start at load $(cut -d' ' -f1-3 /proc/loadavg)"
-}
+# The no-ops follow a first deploy whose 50 tasks keep the engine (and the 2 cores) busy for a minute or more:
+# each series starts on a quiet machine (bench/lib/settle.sh), for both tools alike.
+. "$root/bench/lib/settle.sh"
 # The no-ops are timed with $EPOCHREALTIME (bash 5, microseconds), read without a fork: a `date` on each side
 # added 1-2 ms to every run of either tool, which weighs on the 5x ratio of a ~30 ms command.
 left() { echo $((BUDGET - ($(date +%s) - START))); }
@@ -269,7 +262,7 @@ round_docker() { # with_noop
   log "docker first deploy: $(ms "${docker_first[-1]}"); its tasks stable by the agent's rule: $(ms "${docker_stable[-1]}")"
   if [ "$1" = 1 ]; then
     local r to t0
-    settle
+    log "no-ops start: $(settle)"
     for r in $(seq 1 "$REPS"); do
       snapshot "$DOCKER_STACK" >"$work/before"
       to=$(deadline_for 60)
@@ -299,7 +292,7 @@ round_agent() { # with_noop
   [ "$created" -ge "$N" ] || die "only $created write log lines on the agent's first deploy: the write-log count is broken"
   if [ "$1" = 1 ]; then
     local r to t0 rc
-    settle
+    log "no-ops start: $(settle)"
     for r in $(seq 1 "$REPS"); do
       snapshot "$AGENT_STACK" >"$work/before"
       to=$(deadline_for 60)

@@ -17,19 +17,13 @@ trap 'rm -f "$BENCH_ROWS"' EXIT
 load0=$(cut -d' ' -f1-3 /proc/loadavg)
 start=$(date -u +%Y-%m-%dT%H:%MZ)
 failed=()
-# settle: before each benchmark, wait (at most $BENCH_SETTLE seconds, default 90) until the 1-minute load
-# average is under $BENCH_QUIET (default 1.5): the first deploys leave the engine busy for a minute or two,
-# and a benchmark started then measures that, not the tools. The load at each start is in its row.
-settle() {
-  local until=$(($(date +%s) + ${BENCH_SETTLE:-90}))
-  while awk -v q="${BENCH_QUIET:-1.5}" '{ exit !($1 >= q) }' /proc/loadavg && [ "$(date +%s)" -lt "$until" ]; do
-    sleep 5
-  done
-}
+# Before each benchmark, wait for a quiet machine (bench/lib/settle.sh): the first deploys leave the engine
+# busy for a minute or more, and a benchmark started then measures that, not the tools.
+. bench/lib/settle.sh
 for b in bench/*.sh; do
   [ "$(basename "$b")" = run.sh ] && continue
-  settle
-  echo "=== $b (load $(cut -d' ' -f1-3 /proc/loadavg))"
+  quiet=$(settle)
+  echo "=== $b ($quiet)"
   if ! bash "$b"; then
     echo "=== FAILED: $b"
     failed+=("$b")
