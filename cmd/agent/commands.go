@@ -128,6 +128,9 @@ func prepare(v *viper.Viper, d deps, cmd *cobra.Command, args []string) (*runSet
 	if err != nil {
 		return nil, err
 	}
+	if dir, _ := cmd.Flags().GetString("cache-dir"); dir == "" {
+		go compose.Prepare() // with a cache directory, LoadCached starts it on a miss
+	}
 	log, err := newLogger(d, v.GetString("log_level"), v.GetString("log_format"))
 	if err != nil {
 		return nil, err

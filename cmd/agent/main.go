@@ -18,7 +18,6 @@ import (
 	"syscall"
 
 	"github.com/sabeiro/sawmill/cmd/internal/startgc"
-	"github.com/sabeiro/sawmill/internal/compose"
 	"github.com/sabeiro/sawmill/internal/outcome"
 	"github.com/sabeiro/sawmill/internal/redact"
 	"github.com/sabeiro/sawmill/internal/swarm"
@@ -27,13 +26,7 @@ import (
 func main() {
 	// GOGC in the environment wins; else the command's measured setting (gcPercent). Until here the
 	// collector was off (cmd/internal/startgc: package initialisation).
-	name := commandName(os.Args[1:])
-	startgc.Restore(gcPercent(name))
-	if loadsCompose(name) {
-		// compose-go compiles its JSON schema once per process, in the middle of the first load (10-25 ms,
-		// docs/benchmarks.md): on the other core from here, the load does not wait for it.
-		go compose.Prepare()
-	}
+	startgc.Restore(gcPercent(commandName(os.Args[1:])))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, os.Args[1:], deps{stdout: os.Stdout, stderr: os.Stderr, connect: connectDocker})
 	stop()
@@ -59,15 +52,6 @@ func commandName(args []string) string {
 		return c.Name()
 	}
 	return ""
-}
-
-// loadsCompose says whether a command loads compose files (the daemon's first cycle does too).
-func loadsCompose(command string) bool {
-	switch command {
-	case "check", "render", "plan", "apply", "run":
-		return true
-	}
-	return false
 }
 
 // usageError marks errors in the command line itself.

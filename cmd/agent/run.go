@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/viper"
 	gitlab "gitlab.com/gitlab-org/api/client-go"
 
+	"github.com/sabeiro/sawmill/internal/compose"
 	"github.com/sabeiro/sawmill/internal/plan"
 	"github.com/sabeiro/sawmill/internal/policy"
 	"github.com/sabeiro/sawmill/internal/reconcile"
@@ -33,6 +34,7 @@ func runCmd(v *viper.Viper, d deps) *cobra.Command {
 		Short: "Run as a daemon: follow the environment's releases in GitLab (or a directory) and roll them out",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			go compose.Prepare() // the first cycle loads
 			cfg, err := loadConfig(v, cmd)
 			if err != nil {
 				return err

@@ -51,6 +51,7 @@ func LoadCached(ctx context.Context, o Options, dir string) (st *stack.Stack, hi
 	if st, ok := readEntry(path, o.NameKey); ok {
 		return st, true, nil
 	}
+	go Prepare() // a miss loads: compile the schema meanwhile (a hit never needs it)
 	supplied := false
 	inner := o.Interpolated
 	o.Interpolated = func(v string) {
