@@ -5,9 +5,10 @@
 // load reads the compose files into the wanted stack (internal/compose); verify resolves every image to a
 // digest, checks its signatures (internal/verify) and pins the image to the verified digest; evaluate runs
 // the policies (internal/policy) on the pinned stack with the signature results; observe reads the stack
-// from the swarm; plan diffs wanted and observed (internal/plan); apply writes the plan and waits for
-// convergence, rolling back a failed update (internal/swarm). A step that fails stops the cycle: a refusal by
-// signatures or policies stops before anything is observed or written. Each stage is reached through a small
+// from the swarm (when the options name the stack, the reading starts with the cycle and observe takes it);
+// plan diffs wanted and observed (internal/plan); apply writes the plan and waits for convergence, rolling
+// back a failed update (internal/swarm). A step that fails stops the cycle: a refusal by signatures or
+// policies stops before anything is planned or written (an observation already under way is cancelled). Each stage is reached through a small
 // interface declared here, so the flow is tested without Docker.
 //
 // The Loop (agent run) runs the flow for every stack of a release, repeatedly: take the swarm's lease, get
