@@ -168,6 +168,7 @@ func TestFaultMultiManager(t *testing.T) {
 	if multinodeCase("lost") {
 		t.Log("fault: a manager lost")
 		var lost []time.Duration
+		stuck := 0
 		for range repeats() {
 			other := l%3 + 1
 			before := snapshot(t, c.Docker(other), name)
@@ -185,7 +186,30 @@ func TestFaultMultiManager(t *testing.T) {
 			c.Start(l)
 			waitFor(t, "the lost manager back", 2*time.Minute, func() bool { return c.NodeReady(next, l) })
 			startAgent(l)
-			everyNodeServes(want, 2*time.Minute, nil)
+			// Swarm may list the rejoined node down again for minutes while its engine answers (CI at 16:32 on
+			// 2026-11-30: Ready, then down for the whole 2-minute wait, its task shut down and none placed);
+			// as an operator would, and as the restart case does, the test restarts that engine once after a
+			// minute of it, and counts it in the row.
+			polls, restarted := 0, false
+			var downSince time.Time
+			restartStuck := func([]string) bool {
+				if polls++; polls%10 == 0 && !restarted {
+					switch {
+					case c.NodeReady(next, l):
+						downSince = time.Time{}
+					case downSince.IsZero():
+						downSince = time.Now()
+					case time.Since(downSince) > time.Minute:
+						t.Logf("node %d down to Swarm for a minute after it rejoined, while its engine answers; its engine restarted", l)
+						c.Stop(l)
+						c.Start(l)
+						restarted = true
+						stuck++
+					}
+				}
+				return false
+			}
+			everyNodeServes(want, 4*time.Minute, restartStuck)
 			if got := leaders(); len(got) != 1 || got[0] != next {
 				t.Fatalf("leaders after the manager came back: %v, want only %d", got, next)
 			}
@@ -194,7 +218,7 @@ func TestFaultMultiManager(t *testing.T) {
 			l = next
 		}
 		faultRow(t, "3 managers, 3 agents: the leader's machine lost (engine, tasks and agent killed)", repeats(),
-			"another agent took over; stack unchanged; the machine rejoined and its agent stands by", lost)
+			fmt.Sprintf("another agent took over; stack unchanged; the machine rejoined and its agent stands by; %d after Swarm listed the rejoined node down for a minute (its engine restarted by the test)", stuck), lost)
 	}
 
 	if multinodeCase("partition") {
