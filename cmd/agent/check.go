@@ -107,9 +107,6 @@ func loadInput(v *viper.Viper, cmd *cobra.Command, args []string, seen func(stri
 		_ = v.BindPFlag("cache-dir", f)
 		cacheDir = v.GetString("cache-dir")
 	}
-	if cacheDir == "" {
-		go compose.Prepare() // LoadCached starts it on a miss
-	}
 	st, _, err := compose.LoadCached(cmd.Context(), o, cacheDir)
 	if err != nil {
 		return nil, err

@@ -26,7 +26,7 @@ import (
 func main() {
 	// GOGC in the environment wins; else the command's measured setting (gcPercent). Until here the
 	// collector was off (cmd/internal/startgc: package initialisation).
-	startgc.Restore(gcPercent(commandName(os.Args[1:])))
+	startgc.Restore(gcPercent(os.Args[1:]))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, os.Args[1:], deps{stdout: os.Stdout, stderr: os.Stderr, connect: connectDocker})
 	stop()
@@ -39,19 +39,11 @@ func main() {
 // services executes 28% fewer instructions than at Go's default 100 (1.41 G against 1.96 G; 800 saves 5%
 // more for 30 MB more peak memory). The daemon (`agent run`) keeps the default: at 400 its RSS after 100
 // no-op cycles is 80 MB against 50 MB, for the same cycle time.
-func gcPercent(command string) int {
-	if command == "run" {
+func gcPercent(args []string) int {
+	if c, _, err := newRoot(deps{stdout: io.Discard, stderr: io.Discard, redact: redact.New()}).Find(args); err == nil && c.Name() == "run" {
 		return 100
 	}
 	return 400
-}
-
-// commandName is the name of the command args run ("" when they name none).
-func commandName(args []string) string {
-	if c, _, err := newRoot(deps{stdout: io.Discard, stderr: io.Discard, redact: redact.New()}).Find(args); err == nil && c != c.Root() {
-		return c.Name()
-	}
-	return ""
 }
 
 // usageError marks errors in the command line itself.

@@ -67,7 +67,7 @@ func TestGCPercentByCommand(t *testing.T) {
 		"":                             400,
 	}
 	for args, want := range cases {
-		if got := gcPercent(commandName(strings.Fields(args))); got != want {
+		if got := gcPercent(strings.Fields(args)); got != want {
 			t.Errorf("%q: GC percent %d, want %d", args, got, want)
 		}
 	}

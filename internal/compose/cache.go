@@ -44,6 +44,7 @@ import (
 func LoadCached(ctx context.Context, o Options, dir string) (st *stack.Stack, hit bool, err error) {
 	key, ok := cacheKey(o, dir)
 	if !ok {
+		go Prepare() // the schema compiles while the files are read and parsed
 		st, err = Load(ctx, o)
 		return st, false, err
 	}

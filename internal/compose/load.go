@@ -273,6 +273,6 @@ var varName = regexp.MustCompile(`^[_a-zA-Z][_a-zA-Z0-9]*$`)
 // validates (10-25 ms on the benchmark machine: docs/benchmarks.md). A command about to load compose files
 // runs it in a goroutine at its start, so that the compilation overlaps the process's other work instead of
 // stopping the load midway; a load that gets there first waits for it, as it would have compiled it itself.
-// Not when a cached stack may make the load unnecessary (LoadCached runs it on a miss): on two cores the
-// compilation slowed a cached no-op apply from ~35 to ~55 ms.
+// Not when a cached stack may make the load unnecessary (LoadCached runs it when it loads): on two cores the
+// compilation slowed a cached no-op apply from ~37 to ~45 ms.
 func Prepare() { _ = schema.Validate(map[string]any{}) }

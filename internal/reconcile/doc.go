@@ -8,8 +8,8 @@
 // from the swarm (when the options name the stack, the reading starts with the cycle and observe takes it);
 // plan diffs wanted and observed (internal/plan); apply writes the plan and waits for convergence, rolling
 // back a failed update (internal/swarm). A step that fails stops the cycle: a refusal by signatures or
-// policies stops before anything is planned or written (an observation already under way is cancelled). Each stage is reached through a small
-// interface declared here, so the flow is tested without Docker.
+// policies stops before anything is planned or written (an observation already under way is cancelled).
+// Each stage is reached through a small interface declared here, so the flow is tested without Docker.
 //
 // The Loop (agent run) runs the flow for every stack of a release, repeatedly: take the swarm's lease, get
 // the newest release from the source, run the stacks, record the outcome in the state file, and report it to
