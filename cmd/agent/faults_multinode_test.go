@@ -190,22 +190,11 @@ func TestFaultMultiManager(t *testing.T) {
 			// 2026-11-30: Ready, then down for the whole 2-minute wait, its task shut down and none placed);
 			// as an operator would, and as the restart case does, the test restarts that engine once after a
 			// minute of it, and counts it in the row.
-			polls, restarted := 0, false
-			var downSince time.Time
+			polls, down := 0, &downWatch{c: c, from: next, node: l, after: time.Minute}
 			restartStuck := func([]string) bool {
-				if polls++; polls%10 == 0 && !restarted {
-					switch {
-					case c.NodeReady(next, l):
-						downSince = time.Time{}
-					case downSince.IsZero():
-						downSince = time.Now()
-					case time.Since(downSince) > time.Minute:
-						t.Logf("node %d down to Swarm for a minute after it rejoined, while its engine answers; its engine restarted", l)
-						c.Stop(l)
-						c.Start(l)
-						restarted = true
-						stuck++
-					}
+				if polls++; polls%10 == 0 && down.poll() {
+					t.Logf("node %d down to Swarm for a minute after it rejoined, while its engine answers; its engine restarted", l)
+					stuck++
 				}
 				return false
 			}
@@ -371,8 +360,8 @@ func TestFaultMultiManager(t *testing.T) {
 			// Once in 35 restarts the restarted node stayed down to Swarm for minutes while its engine
 			// answered (its worker did not reach the managers): the agent names such a node and does not wait
 			// for it; the test, as an operator would, restarts that engine again after 2 minutes.
-			polls, repaired, restarted := 0, false, false
-			var downSince time.Time
+			polls, repaired := 0, false
+			down := &downWatch{c: c, from: l%3 + 1, node: l, after: 2 * time.Minute}
 			downsLogged := logged(agents, "Swarm lists as down")
 			rolledBack := func(got []string) bool {
 				if polls++; !repaired && polls%10 == 0 && strings.Contains(taskErrors(c.Docker(l%3+1), name+"_web", l), "error creating vxlan interface: file exists") {
@@ -381,19 +370,9 @@ func TestFaultMultiManager(t *testing.T) {
 					repaired = true
 					overlay++
 				}
-				if polls%10 == 0 && !restarted {
-					switch {
-					case c.NodeReady(l%3+1, l):
-						downSince = time.Time{}
-					case downSince.IsZero():
-						downSince = time.Now()
-					case time.Since(downSince) > 2*time.Minute:
-						t.Logf("repetition %d: node %d down to Swarm for 2 minutes while its engine answers (the agent said so %d time(s)); its engine restarted again", i, l, logged(agents, "Swarm lists as down")-downsLogged)
-						c.Stop(l)
-						c.Start(l)
-						restarted = true
-						stuck++
-					}
+				if polls%10 == 0 && down.poll() {
+					t.Logf("repetition %d: node %d down to Swarm for 2 minutes while its engine answers (the agent said so %d time(s)); its engine restarted again", i, l, logged(agents, "Swarm lists as down")-downsLogged)
+					stuck++
 				}
 				s := statesOf(commit(i))
 				return len(s) > 0 && s[len(s)-1] == "failed"
@@ -428,6 +407,35 @@ func TestFaultMultiManager(t *testing.T) {
 			stopAgent(n)
 		}
 	}
+}
+
+// downWatch restarts a node's engine once, when Swarm (as node from sees it) has listed the node down for
+// longer than after while its engine answers: what an operator does with a node that does not rejoin.
+type downWatch struct {
+	c          *testenv.Cluster
+	from, node int
+	after      time.Duration
+	since      time.Time
+	restarted  bool
+}
+
+// poll looks once and reports whether it restarted the node's engine just now.
+func (w *downWatch) poll() bool {
+	if w.restarted {
+		return false
+	}
+	switch {
+	case w.c.NodeReady(w.from, w.node):
+		w.since = time.Time{}
+	case w.since.IsZero():
+		w.since = time.Now()
+	case time.Since(w.since) > w.after:
+		w.c.Stop(w.node)
+		w.c.Start(w.node)
+		w.restarted = true
+		return true
+	}
+	return false
 }
 
 // cycles is how many cycles the agent process has finished (its sync-duration histogram's count).
