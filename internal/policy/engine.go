@@ -12,10 +12,10 @@
 // off for the whole document, as conftest does.
 //
 // The engine compiles strictly, with the built-ins that reach the network (http.send, net.lookup_ip_addr) and
-// opa.runtime removed, and prepares the query once per policy revision (a hash of the policy files); the
-// report of a stack whose input document is unchanged under the same revision is reused (unless a policy
-// mentions a nondeterministic built-in such as time.now_ns). A
-// policy that does not parse or compile is a fault.Invalid error naming the file and line.
+// opa.runtime removed, and prepares the query once per policy revision (a hash of the policy files).
+// EvaluateKeyed reuses the report of a stack whose caller-given input key is unchanged under the same
+// revision (unless a policy mentions a nondeterministic built-in such as time.now_ns). A policy that does not
+// parse or compile is a fault.Invalid error naming the file and line.
 //
 // Imports OPA, internal/stack, internal/fault and the embedded policies package; nothing else of this project.
 package policy
@@ -103,6 +103,17 @@ func (r *Report) Denies() []Decision { return r.kind(Deny) }
 // Warns returns the warn decisions.
 func (r *Report) Warns() []Decision { return r.kind(Warn) }
 
+// Count returns how many decisions are of kind k (Deny or Warn).
+func (r *Report) Count(k string) int {
+	n := 0
+	for _, d := range r.Decisions {
+		if d.Kind == k {
+			n++
+		}
+	}
+	return n
+}
+
 func (r *Report) kind(k string) []Decision {
 	var out []Decision
 	for _, d := range r.Decisions {
@@ -150,23 +161,22 @@ type Engine struct {
 	// deterministic: no policy mentions a nondeterministic built-in (time.now_ns, rand.intn, ...), so the
 	// same input under the same revision always gets the same decisions, and last may answer it.
 	deterministic bool
-	last          map[string]memoReport
+	last          map[string]memoReport // EvaluateKeyed's, by stack
 	memoized      int
-	noMemo        bool // the engine's benchmark measures evaluation itself
 }
 
-// memoReport is the last report of a stack: the input's hash and the revision it was evaluated under.
+// memoReport is the last report of a stack: its input's key and the revision it was evaluated under.
 type memoReport struct {
 	revision string
-	input    [sha256.Size]byte
+	key      Key
 	report   *Report
 }
 
 // New returns an engine for the policies o names. Nothing is read until the first evaluation.
 func New(o Options) *Engine { return &Engine{opts: o} }
 
-// Memoized returns how many evaluations were answered with the previous report of the same stack, because
-// its input document and the policy revision were unchanged (the daemon's no-op cycles).
+// Memoized returns how many EvaluateKeyed calls were answered with the previous report of the same stack,
+// because its key and the policy revision were unchanged (the daemon's no-op cycles).
 func (e *Engine) Memoized() int {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -185,24 +195,36 @@ type source struct {
 	data []byte
 }
 
+// embedded are the embedded policies, read once: they are part of the binary, and the daemon asks for the
+// revision twice a cycle.
+var embedded = sync.OnceValues(func() ([]source, error) {
+	var out []source
+	err := fs.WalkDir(policies.FS, ".", func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !isPolicy(p) {
+			return err
+		}
+		b, err := fs.ReadFile(policies.FS, p)
+		if err != nil {
+			return err
+		}
+		out = append(out, source{name: "policies/" + p, data: b})
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("embedded policies: %w", err)
+	}
+	return out, nil
+})
+
 // sources reads the policy files, in a stable order.
 func (e *Engine) sources() ([]source, error) {
 	var out []source
 	if !e.opts.NoDefault {
-		err := fs.WalkDir(policies.FS, ".", func(p string, d fs.DirEntry, err error) error {
-			if err != nil || d.IsDir() || !isPolicy(p) {
-				return err
-			}
-			b, err := fs.ReadFile(policies.FS, p)
-			if err != nil {
-				return err
-			}
-			out = append(out, source{name: "policies/" + p, data: b})
-			return nil
-		})
+		def, err := embedded()
 		if err != nil {
-			return nil, fmt.Errorf("embedded policies: %w", err)
+			return nil, err
 		}
+		out = append(out, def...)
 	}
 	for _, dir := range e.opts.Dirs {
 		st, err := os.Stat(dir)
@@ -347,12 +369,58 @@ func (e *Engine) Prepare(ctx context.Context) (string, error) {
 	return rev, nil
 }
 
+// Key names an input document for EvaluateKeyed: a hash of everything the document is made from.
+type Key [sha256.Size]byte
+
 // Evaluate judges the input document.
 func (e *Engine) Evaluate(ctx context.Context, in *Input) (*Report, error) {
 	rev, err := e.Prepare(ctx)
 	if err != nil {
 		return nil, err
 	}
+	return e.evaluate(ctx, rev, in)
+}
+
+// EvaluateKeyed judges the document build makes, for stack. key names everything that document is made
+// from (the daemon: the loaded release's content, the images' pins and signature results, the input
+// options); the zero key names nothing. While stack's last report came from the same key under the same
+// policy revision, and no policy mentions a nondeterministic built-in, that report is returned (a copy) and
+// build is not called: a no-op cycle neither builds, encodes nor evaluates the document. A key that does not
+// cover everything the document depends on would reuse decisions about another document; the caller owns
+// that promise.
+func (e *Engine) EvaluateKeyed(ctx context.Context, stack string, key Key, build func() *Input) (*Report, error) {
+	rev, err := e.Prepare(ctx)
+	if err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	keyed := key != Key{}
+	e.mu.Lock()
+	if m, ok := e.last[stack]; ok && keyed && e.deterministic && e.revision == rev && m.revision == rev && m.key == key {
+		e.memoized++
+		e.mu.Unlock()
+		rep := m.report.clone()
+		rep.Elapsed = time.Since(start)
+		return rep, nil
+	}
+	e.mu.Unlock()
+	rep, err := e.evaluate(ctx, rev, build())
+	if err != nil {
+		return nil, err
+	}
+	e.mu.Lock()
+	if keyed && e.deterministic && e.revision == rev {
+		if e.last == nil {
+			e.last = map[string]memoReport{}
+		}
+		e.last[stack] = memoReport{revision: rev, key: key, report: rep.clone()}
+	}
+	e.mu.Unlock()
+	return rep, nil
+}
+
+// evaluate judges in with the policies of revision rev.
+func (e *Engine) evaluate(ctx context.Context, rev string, in *Input) (*Report, error) {
 	e.mu.Lock()
 	pq, rules, except := e.query, e.rules, e.except
 	e.mu.Unlock()
@@ -362,16 +430,6 @@ func (e *Engine) Evaluate(ctx context.Context, in *Input) (*Report, error) {
 	if err != nil {
 		return nil, fmt.Errorf("policy input: %w", err)
 	}
-	sum := sha256.Sum256(doc)
-	e.mu.Lock()
-	if m, ok := e.last[in.Stack]; ok && e.deterministic && !e.noMemo && m.revision == rev && m.input == sum {
-		e.memoized++
-		e.mu.Unlock()
-		rep := m.report.clone()
-		rep.Elapsed = time.Since(start)
-		return rep, nil
-	}
-	e.mu.Unlock()
 	value, err := inputValue(doc)
 	if err != nil {
 		return nil, fmt.Errorf("policy input: %w", err)
@@ -433,14 +491,6 @@ func (e *Engine) Evaluate(ctx context.Context, in *Input) (*Report, error) {
 		return a.Message < b.Message
 	})
 	rep.Elapsed = time.Since(start)
-	e.mu.Lock()
-	if e.deterministic && e.revision == rev {
-		if e.last == nil {
-			e.last = map[string]memoReport{}
-		}
-		e.last[in.Stack] = memoReport{revision: rev, input: sum, report: rep.clone()}
-	}
-	e.mu.Unlock()
 	return rep, nil
 }
 

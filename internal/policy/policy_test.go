@@ -386,26 +386,31 @@ secrets:
 	}
 }
 
-// The daemon evaluates the same stack every cycle: an unchanged input under an unchanged revision gets the
-// previous report (equal, its own copy) without evaluating; a changed input, a changed policy, or a policy
-// that calls a nondeterministic built-in evaluates again.
-func TestEngineReusesDecisionsOfUnchangedInput(t *testing.T) {
+// The daemon evaluates the same stack every cycle: under an unchanged key and revision the previous report
+// comes back (equal to a fresh evaluation, its own copy) without the document being built; a changed key, a
+// changed policy, the zero key, or a policy that calls a nondeterministic built-in evaluates again.
+func TestEngineReusesDecisionsOfAnUnchangedKey(t *testing.T) {
 	ctx := context.Background()
 	e := New(Options{})
-	in := loadCompose(t, badCompose)
-	first, err := e.Evaluate(ctx, in)
+	bad, good := loadCompose(t, badCompose), loadCompose(t, goodCompose)
+	builds := 0
+	doc := func(in *Input) func() *Input {
+		return func() *Input { builds++; return in }
+	}
+	k1, k2 := Key{1}, Key{2}
+	first, err := e.EvaluateKeyed(ctx, "shop", k1, doc(bad))
 	if err != nil {
 		t.Fatal(err)
 	}
 	first.Decisions[0].Message = "changed by the caller"
-	second, err := e.Evaluate(ctx, in)
+	second, err := e.EvaluateKeyed(ctx, "shop", k1, doc(bad))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if e.Memoized() != 1 {
-		t.Fatalf("memoized %d evaluations, want 1", e.Memoized())
+	if e.Memoized() != 1 || builds != 1 {
+		t.Fatalf("memoized %d evaluations, built %d documents; want 1 and 1", e.Memoized(), builds)
 	}
-	fresh, err := New(Options{}).Evaluate(ctx, in)
+	fresh, err := New(Options{}).Evaluate(ctx, bad)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -413,17 +418,27 @@ func TestEngineReusesDecisionsOfUnchangedInput(t *testing.T) {
 	if !reflect.DeepEqual(second, fresh) || len(second.Denies()) == 0 {
 		t.Fatalf("memoized report differs from a fresh evaluation:\n%+v\n%+v", second, fresh)
 	}
-	good := loadCompose(t, goodCompose)
-	rep, err := e.Evaluate(ctx, good)
-	if err != nil || e.Memoized() != 1 || len(rep.Denies()) != 0 {
-		t.Fatalf("another input: memoized %d, denies %v, err %v", e.Memoized(), rep.Denies(), err)
+	rep, err := e.EvaluateKeyed(ctx, "shop", k2, doc(good))
+	if err != nil || e.Memoized() != 1 || builds != 2 || len(rep.Denies()) != 0 {
+		t.Fatalf("another key: memoized %d, built %d, denies %v, err %v", e.Memoized(), builds, rep.Denies(), err)
+	}
+	for range 2 {
+		if _, err := e.EvaluateKeyed(ctx, "shop", Key{}, doc(good)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if e.Memoized() != 1 || builds != 4 {
+		t.Fatalf("the zero key: memoized %d, built %d; want every call evaluated", e.Memoized(), builds)
+	}
+	if _, err := e.Evaluate(ctx, good); err != nil || e.Memoized() != 1 {
+		t.Fatalf("Evaluate: memoized %d, err %v", e.Memoized(), err)
 	}
 
 	dir := t.TempDir()
 	writePolicy(t, dir, "clock.rego", "package main\n\nwarn contains \"late\" if time.now_ns() > 0\n")
 	clock := New(Options{NoDefault: true, Dirs: []string{dir}})
 	for range 3 {
-		if _, err := clock.Evaluate(ctx, in); err != nil {
+		if _, err := clock.EvaluateKeyed(ctx, "shop", k1, doc(bad)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -431,12 +446,17 @@ func TestEngineReusesDecisionsOfUnchangedInput(t *testing.T) {
 		t.Errorf("a policy reading the clock was answered from memory %d times", clock.Memoized())
 	}
 	writePolicy(t, dir, "clock.rego", "package main\n\nwarn contains \"static\" if input.stack\n")
-	if _, err := clock.Evaluate(ctx, in); err != nil {
+	if _, err := clock.EvaluateKeyed(ctx, "shop", k1, doc(bad)); err != nil {
 		t.Fatal(err)
 	}
-	rep, err = clock.Evaluate(ctx, in)
+	rep, err = clock.EvaluateKeyed(ctx, "shop", k1, doc(bad))
 	if err != nil || clock.Memoized() != 1 || rep.Decisions[0].Message != "static" {
 		t.Errorf("after the policy changed: memoized %d, %+v, %v", clock.Memoized(), rep, err)
+	}
+	writePolicy(t, dir, "clock.rego", "package main\n\nwarn contains \"changed\" if input.stack\n")
+	rep, err = clock.EvaluateKeyed(ctx, "shop", k1, doc(bad))
+	if err != nil || clock.Memoized() != 1 || rep.Decisions[0].Message != "changed" {
+		t.Errorf("a changed policy under the same key: memoized %d, %+v, %v", clock.Memoized(), rep, err)
 	}
 }
 
@@ -457,7 +477,6 @@ func BenchmarkEvaluate100(b *testing.B) {
 	}
 	in := NewInput(st, InputOptions{})
 	e := New(Options{})
-	e.noMemo = true // every iteration evaluates
 	if _, err := e.Prepare(context.Background()); err != nil {
 		b.Fatal(err)
 	}

@@ -14,7 +14,9 @@
 // The Loop (agent run) runs the flow for every stack of a release, repeatedly: take the swarm's lease, get
 // the newest release from the source, run the stacks, record the outcome in the state file, and report it to
 // GitLab. Its HTTP surface is internal/status. Between cycles of an unchanged release the daemon's flow reuses
-// what did not change: the loaded stack (MemoLoader, keyed by every option and every file of the release)
+// what did not change, each keyed by all it is made from: the loaded stack (MemoLoader: every option and
+// every file of the release; the stack is shared, never changed), its pinned copy (the load's key and the
+// pins), the policies' report (that key, every input option and the policy revision: policy.EvaluateKeyed)
 // and each service's comparison (Flow.Differ). Once a cycle's record is final the Loop tells its Notifier
 // (notify.go: the record and each stack's outcome and drift put back), which must only queue.
 //

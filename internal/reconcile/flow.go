@@ -2,10 +2,13 @@ package reconcile
 
 import (
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/sabeiro/sawmill/internal/compose"
@@ -35,9 +38,17 @@ type Verifier interface {
 	VerifyAll(ctx context.Context, refs []string) ([]verify.Result, error)
 }
 
-// Evaluator runs the policies on an input document (*policy.Engine).
+// Evaluator runs the policies on the input document build makes (*policy.Engine). key names everything the
+// document is made from (the zero key: not known); an evaluator may answer a key it judged before, under the
+// same policies, without calling build.
 type Evaluator interface {
-	Evaluate(ctx context.Context, in *policy.Input) (*policy.Report, error)
+	EvaluateKeyed(ctx context.Context, stack string, key policy.Key, build func() *policy.Input) (*policy.Report, error)
+}
+
+// keyedLoader is a Loader that also names what it loaded (MemoLoader): the same key, the same stack, which
+// nobody may change; the zero key names nothing.
+type keyedLoader interface {
+	LoadKeyed(ctx context.Context, o compose.Options) (*stack.Stack, [sha256.Size]byte, error)
 }
 
 // Observer reads a stack from the swarm (swarm.Observer).
@@ -69,6 +80,15 @@ type Flow struct {
 	// cycle (the daemon); nil: plan.Compute.
 	Differ *plan.Differ
 	Log    *slog.Logger
+
+	mu     sync.Mutex
+	pinned map[string]pinnedStack // by stack: the last pinned copy of a named stack
+}
+
+// pinnedStack is a named stack with its images pinned, and its name.
+type pinnedStack struct {
+	key [sha256.Size]byte
+	st  *stack.Stack
 }
 
 // Cycle is one stack's pass through the flow: what each step found, in order. A step that did not run
@@ -90,6 +110,9 @@ type Cycle struct {
 	Err  error
 
 	early *early // the observation started with the cycle, if any
+	// key names Wanted: a hash of everything it was made from (the loader's key, then the pins); zero when
+	// the loader does not name what it loads.
+	key [sha256.Size]byte
 }
 
 // The steps, in order.
@@ -154,6 +177,11 @@ func (f *Flow) log() *slog.Logger {
 }
 
 func (f *Flow) load(ctx context.Context, c *Cycle) error {
+	if k, ok := f.Load.(keyedLoader); ok {
+		st, key, err := k.LoadKeyed(ctx, c.Options)
+		c.Wanted, c.key = st, key
+		return err
+	}
 	st, err := f.Load.Load(ctx, c.Options)
 	c.Wanted = st
 	return err
@@ -161,7 +189,8 @@ func (f *Flow) load(ctx context.Context, c *Cycle) error {
 
 // verify resolves every service image to a digest and verifies its signatures; a rejection refuses the whole
 // stack (fault.Refused) before anything is written. Otherwise every image is rewritten to
-// `repo:tag@sha256:...`, so the digest verified is the digest deployed.
+// `repo:tag@sha256:...`, so the digest verified is the digest deployed: in a copy of the loaded stack (the
+// loader's may be shared), the same copy while the stack and its pins are unchanged.
 func (f *Flow) verify(ctx context.Context, c *Cycle) error {
 	if f.Verify == nil {
 		return nil
@@ -186,18 +215,7 @@ func (f *Flow) verify(ctx context.Context, c *Cycle) error {
 		}
 		return fmt.Errorf("stack %s: %w", w.Name, err)
 	}
-	pinned := verify.PinnedRefs(results)
-	for i := range w.Services {
-		spec := &w.Services[i].Spec
-		cs := spec.TaskTemplate.ContainerSpec
-		if cs == nil {
-			continue
-		}
-		if p, ok := pinned[cs.Image]; ok && p != cs.Image {
-			cs.Image = p // the com.docker.stack.image label keeps the image as written, as docker's does
-			stack.SetSpecHash(spec)
-		}
-	}
+	c.Wanted, c.key = f.pin(w, c.key, verify.PinnedRefs(results))
 	return nil
 }
 
@@ -211,12 +229,13 @@ func (f *Flow) evaluate(ctx context.Context, c *Cycle) error {
 	if f.Verify != nil {
 		in.Signatures = PolicySignatures(c.Signatures)
 	}
-	rep, err := f.Policy.Evaluate(ctx, policy.NewInput(c.Wanted, in))
+	w := c.Wanted
+	rep, err := f.Policy.EvaluateKeyed(ctx, w.Name, inputKey(c.key, in), func() *policy.Input { return policy.NewInput(w, in) })
 	if err != nil {
 		return err
 	}
 	c.Decisions = rep
-	f.log().Info("policy", "stack", rep.Stack, "mode", string(f.PolicyMode), "revision", rep.Revision, "denies", len(rep.Denies()), "warnings", len(rep.Warns()), "elapsed", rep.Elapsed)
+	f.log().Info("policy", "stack", rep.Stack, "mode", string(f.PolicyMode), "revision", rep.Revision, "denies", rep.Count(policy.Deny), "warnings", rep.Count(policy.Warn), "elapsed", rep.Elapsed)
 	if f.PolicyMode == policy.ModeEnforce {
 		return rep.Err()
 	}
@@ -238,6 +257,73 @@ func (f *Flow) observe(ctx context.Context, c *Cycle) error {
 	}
 	c.Observed = st
 	return err
+}
+
+// pin returns w with every image of pins rewritten to its pinned reference, and the new stack's key: w itself
+// when nothing changes; otherwise a copy that shares every unchanged part with w, which is never changed. A
+// named stack (key not zero) pinned as before gets the same copy as before.
+func (f *Flow) pin(w *stack.Stack, key [sha256.Size]byte, pins map[string]string) (*stack.Stack, [sha256.Size]byte) {
+	named := key != [sha256.Size]byte{}
+	if named {
+		h := sha256.New()
+		h.Write(key[:])
+		for _, ref := range slices.Sorted(maps.Keys(pins)) {
+			fmt.Fprintf(h, "pin %q %q\n", ref, pins[ref])
+		}
+		h.Sum(key[:0])
+		f.mu.Lock()
+		p, ok := f.pinned[w.Name]
+		f.mu.Unlock()
+		if ok && p.key == key {
+			return p.st, key
+		}
+	}
+	out := w
+	for i, svc := range w.Services {
+		cs := svc.Spec.TaskTemplate.ContainerSpec
+		if cs == nil {
+			continue
+		}
+		p, ok := pins[cs.Image]
+		if !ok || p == cs.Image {
+			continue
+		}
+		if out == w {
+			cp := *w
+			cp.Services = slices.Clone(w.Services)
+			out = &cp
+		}
+		spec := &out.Services[i].Spec
+		pinnedCS := *cs
+		pinnedCS.Image = p // the com.docker.stack.image label keeps the image as written, as docker's does
+		spec.TaskTemplate.ContainerSpec = &pinnedCS
+		spec.Labels = maps.Clone(spec.Labels)
+		stack.SetSpecHash(spec)
+	}
+	if named {
+		f.mu.Lock()
+		if f.pinned == nil {
+			f.pinned = map[string]pinnedStack{}
+		}
+		f.pinned[w.Name] = pinnedStack{key: key, st: out}
+		f.mu.Unlock()
+	}
+	return out, key
+}
+
+// inputKey names the policy input of the stack named key with the options o: key and every field of o, in Go
+// syntax (fmt sorts map keys; TestInputKeyCoversEveryOption keeps that true of every field); the zero key
+// when the stack has no name.
+func inputKey(key [sha256.Size]byte, o policy.InputOptions) policy.Key {
+	if key == ([sha256.Size]byte{}) {
+		return policy.Key{}
+	}
+	h := sha256.New()
+	h.Write(key[:])
+	fmt.Fprintf(h, "%#v", o)
+	var k policy.Key
+	h.Sum(k[:0])
+	return k
 }
 
 // early is an observation started with the cycle (Run).

@@ -90,8 +90,9 @@ type fakeEvaluator struct {
 	warn string
 }
 
-func (f *fakeEvaluator) Evaluate(_ context.Context, in *policy.Input) (*policy.Report, error) {
+func (f *fakeEvaluator) EvaluateKeyed(_ context.Context, _ string, _ policy.Key, build func() *policy.Input) (*policy.Report, error) {
 	f.calls.add(StepEvaluate)
+	in := build()
 	f.input = in
 	rep := &policy.Report{Stack: in.Stack}
 	if f.deny {

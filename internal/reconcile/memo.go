@@ -10,23 +10,24 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"reflect"
 	"sync"
 
 	"github.com/sabeiro/sawmill/internal/compose"
 	"github.com/sabeiro/sawmill/internal/stack"
 )
 
-// MemoLoader keeps, in memory, the last stack its Loader made for each stack name, and returns a copy of it
-// while every input of the load is unchanged: the daemon loads the same release every cycle, and compose-go's
-// load is most of a no-op cycle's CPU time.
+// MemoLoader keeps, in memory, the last stack its Loader made for each stack name, and returns that same
+// stack while every input of the load is unchanged: the daemon loads the same release every cycle, and
+// compose-go's load is most of a no-op cycle's CPU time. The stack it returns is shared between cycles:
+// nobody may change it (the flow does not: verify pins images into a copy).
 //
 // The key is a SHA-256 of every option (files, stack, environment values, profiles, directories, limits,
 // the environment label, the name key, strict) and of the path and content of every file under Options.Root,
 // the release directory: a confined load reads nothing outside it (internal/compose), so the key covers every
 // file the load may read. A load that is not confined (Root empty) or that reports interpolated values
-// (Options.Interpolated) is never memoized. A failed load is not kept. Nothing is written anywhere: the
-// stack holds secret values, and stays in this process's memory.
+// (Options.Interpolated) is never memoized. A failed load is not kept, nor one whose files changed while it
+// read them (the key is taken before and after). Nothing is written anywhere: the stack holds secret values,
+// and stays in this process's memory.
 type MemoLoader struct {
 	Loader Loader
 
@@ -43,34 +44,47 @@ type memoEntry struct {
 
 // Load returns the memoized stack when the inputs are those of the last load of o.Stack, else loads.
 func (m *MemoLoader) Load(ctx context.Context, o compose.Options) (*stack.Stack, error) {
+	st, _, err := m.LoadKeyed(ctx, o)
+	return st, err
+}
+
+// LoadKeyed is Load, and names what it loaded: the key of its inputs, the same key for the same stack;
+// the zero key when the load is not memoized.
+func (m *MemoLoader) LoadKeyed(ctx context.Context, o compose.Options) (*stack.Stack, [sha256.Size]byte, error) {
+	var none [sha256.Size]byte
 	if o.Root == "" || o.Interpolated != nil {
-		return m.Loader.Load(ctx, o)
+		st, err := m.Loader.Load(ctx, o)
+		return st, none, err
 	}
 	key, err := memoKey(o)
 	if err != nil {
 		// The loader reports the unreadable file in its own words.
-		return m.Loader.Load(ctx, o)
+		st, err := m.Loader.Load(ctx, o)
+		return st, none, err
 	}
 	m.mu.Lock()
 	e, ok := m.last[o.Stack]
 	if ok && e.key == key {
 		m.hits++
 		m.mu.Unlock()
-		return cloneStack(e.st), nil
+		return e.st, key, nil
 	}
 	m.misses++
 	m.mu.Unlock()
 	st, err := m.Loader.Load(ctx, o)
 	if err != nil {
-		return st, err
+		return st, none, err
+	}
+	if after, err := memoKey(o); err != nil || after != key {
+		return st, none, nil // the release changed under the load: this stack has no name
 	}
 	m.mu.Lock()
 	if m.last == nil {
 		m.last = map[string]memoEntry{}
 	}
-	m.last[o.Stack] = memoEntry{key: key, st: cloneStack(st)}
+	m.last[o.Stack] = memoEntry{key: key, st: st}
 	m.mu.Unlock()
-	return st, nil
+	return st, key, nil
 }
 
 // Stats returns how many loads were answered from memory (hits) and by the loader (misses).
@@ -136,85 +150,4 @@ func hashTree(h hash.Hash, root string) error {
 		h.Write(b)
 		return nil
 	})
-}
-
-// cloneStack copies a stack deeply (the flow changes the stack it is given: verify pins images).
-func cloneStack(st *stack.Stack) *stack.Stack {
-	if st == nil {
-		return nil
-	}
-	return deepCopy(reflect.ValueOf(st)).Interface().(*stack.Stack)
-}
-
-// deepCopy copies v: pointers, slices, maps and interfaces anew (nil stays nil, empty stays empty), structs
-// field by field (unexported fields are copied as they are: time.Time's location, say).
-func deepCopy(v reflect.Value) reflect.Value {
-	switch v.Kind() {
-	case reflect.Pointer:
-		if v.IsNil() {
-			return reflect.Zero(v.Type())
-		}
-		n := reflect.New(v.Type().Elem())
-		n.Elem().Set(deepCopy(v.Elem()))
-		return n
-	case reflect.Interface:
-		if v.IsNil() {
-			return reflect.Zero(v.Type())
-		}
-		n := reflect.New(v.Type()).Elem()
-		n.Set(deepCopy(v.Elem()))
-		return n
-	case reflect.Slice:
-		if v.IsNil() {
-			return reflect.Zero(v.Type())
-		}
-		n := reflect.MakeSlice(v.Type(), v.Len(), v.Len())
-		if plain(v.Type().Elem()) {
-			reflect.Copy(n, v)
-			return n
-		}
-		for i := range v.Len() {
-			n.Index(i).Set(deepCopy(v.Index(i)))
-		}
-		return n
-	case reflect.Array:
-		n := reflect.New(v.Type()).Elem()
-		n.Set(v)
-		if !plain(v.Type().Elem()) {
-			for i := range v.Len() {
-				n.Index(i).Set(deepCopy(v.Index(i)))
-			}
-		}
-		return n
-	case reflect.Map:
-		if v.IsNil() {
-			return reflect.Zero(v.Type())
-		}
-		n := reflect.MakeMapWithSize(v.Type(), v.Len())
-		for it := v.MapRange(); it.Next(); {
-			n.SetMapIndex(it.Key(), deepCopy(it.Value()))
-		}
-		return n
-	case reflect.Struct:
-		n := reflect.New(v.Type()).Elem()
-		n.Set(v)
-		for i := range v.NumField() {
-			if f := n.Field(i); f.CanSet() && !plain(f.Type()) {
-				f.Set(deepCopy(v.Field(i)))
-			}
-		}
-		return n
-	}
-	return v
-}
-
-// plain reports whether values of t hold no reference (copying them copies everything).
-func plain(t reflect.Type) bool {
-	switch t.Kind() {
-	case reflect.Bool, reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
-		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Uintptr,
-		reflect.Float32, reflect.Float64, reflect.Complex64, reflect.Complex128, reflect.String:
-		return true
-	}
-	return false
 }

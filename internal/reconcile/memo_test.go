@@ -36,8 +36,9 @@ func writeRelease(t *testing.T, dir, secret string) string {
 	return p
 }
 
-// The daemon's loader answers an unchanged release from memory with a stack equal to a fresh load, its own
-// copy each time; any changed input (a file's content, a variable, the name key, the environment) loads anew.
+// The daemon's loader answers an unchanged release from memory with a stack equal to a fresh load, the same
+// stack each time (shared: the flow never changes it, TestFlowNeverChangesTheLoadedStack); any changed input
+// (a file's content, a variable, the name key, the environment) loads anew.
 func TestMemoLoaderReusesOnlyUnchangedInputs(t *testing.T) {
 	ctx := context.Background()
 	root := t.TempDir()
@@ -65,13 +66,12 @@ func TestMemoLoaderReusesOnlyUnchangedInputs(t *testing.T) {
 	if !reflect.DeepEqual(second, fresh) || !reflect.DeepEqual(first, fresh) {
 		t.Fatalf("memoized stack differs from a fresh load:\n%+v\n%+v", second, fresh)
 	}
-	// The flow pins images in the stack it gets: that must not reach the next cycle's stack.
-	second.Services[0].Spec.TaskTemplate.ContainerSpec.Image = "changed"
-	second.Secrets[0].Data[0] = 'X'
-	second.Services[0].Spec.Labels["added"] = "x"
-	third, _ := m.Load(ctx, o)
-	if !reflect.DeepEqual(third, fresh) {
-		t.Fatal("a change to a returned stack reached the memoized one")
+	if first != second {
+		t.Fatal("unchanged inputs: a new stack, want the memoized one")
+	}
+	_, k1, _ := m.LoadKeyed(ctx, o)
+	if k1 == ([32]byte{}) {
+		t.Fatal("a memoized load has no key")
 	}
 
 	changes := map[string]func(o *compose.Options){
@@ -125,8 +125,24 @@ func TestMemoLoaderReusesOnlyUnchangedInputs(t *testing.T) {
 		}
 	}
 
-	// Unconfined loads (the command line's) and loads that report interpolated values are never memoized.
+	// A release that changes while it loads is not memoized and has no key: the next cycle loads it again.
 	before := n
+	changing := &MemoLoader{Loader: LoadFunc(func(ctx context.Context, o compose.Options) (*stack.Stack, error) {
+		n++
+		if n == before+1 {
+			os.WriteFile(filepath.Join(root, "release.json"), []byte(`{"changed": true}`), 0o644)
+		}
+		return compose.Load(ctx, o)
+	})}
+	if _, k, err := changing.LoadKeyed(ctx, o); err != nil || k != ([32]byte{}) {
+		t.Fatalf("changed under the load: key %x, err %v; want the zero key", k, err)
+	}
+	if _, k, err := changing.LoadKeyed(ctx, o); err != nil || k == ([32]byte{}) || n != before+2 {
+		t.Fatalf("after a change under the load: %d loads, key %x, err %v; want loaded again, named", n-before, k, err)
+	}
+
+	// Unconfined loads (the command line's) and loads that report interpolated values are never memoized.
+	before = n
 	free := o
 	free.Root = ""
 	m.Load(ctx, free)
