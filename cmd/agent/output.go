@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 
@@ -70,25 +71,21 @@ func logDecisions(log *slog.Logger, c *reconcile.Cycle) {
 type decisionLog struct {
 	log  *slog.Logger
 	mu   sync.Mutex
-	last map[string]string // stack -> revision and decisions
+	last map[string]*policy.Report // by stack: revision and decisions
 }
 
 func (d *decisionLog) show(c *reconcile.Cycle) {
-	if c.Decisions == nil {
+	rep := c.Decisions
+	if rep == nil {
 		return
 	}
-	var b strings.Builder
-	b.WriteString(c.Decisions.Revision)
-	for _, x := range c.Decisions.Decisions {
-		fmt.Fprintf(&b, "\x00%s\x00%s\x00%s\x00%s", x.Kind, x.Rule, x.Service, x.Message)
-	}
-	key := b.String()
 	d.mu.Lock()
 	if d.last == nil {
-		d.last = map[string]string{}
+		d.last = map[string]*policy.Report{}
 	}
-	same := d.last[c.Decisions.Stack] == key
-	d.last[c.Decisions.Stack] = key
+	prev := d.last[rep.Stack]
+	same := prev != nil && prev.Revision == rep.Revision && slices.Equal(prev.Decisions, rep.Decisions)
+	d.last[rep.Stack] = rep
 	d.mu.Unlock()
 	if !same {
 		logDecisions(d.log, c)
