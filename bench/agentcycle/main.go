@@ -12,7 +12,9 @@
 //   - the no-op cycle: the daemon's own cycle duration (its sawmill_sync_duration_seconds histogram: mean; its
 //     log: median), and its API calls per cycle by method and path;
 //   - the bare calls: the four list calls (services, networks, secrets, configs) at once, as the agent makes
-//     them, -bare times through the same proxy (median), and one at a time (sum of medians);
+//     them, through the same proxy (median), one at a time (sum of medians), and the six calls of a leased
+//     cycle; taken in the daemon's interval after each of the first window's cycles (the three kinds in
+//     turn), so that both are measured on the same machine at the same time and neither waits on the other;
 //   - RSS (VmRSS, VmHWM of /proc) and goroutines (go_goroutines) after each of -cycles (e.g. 100,1000).
 //
 // The stack and the lease are removed at the end. Output: a report on stdout and, with -row FILE, the table
@@ -57,7 +59,6 @@ func main() {
 	image := flag.String("image", "sawmill-bench/svc:1", "the image every service runs (local)")
 	cyclesFlag := flag.String("cycles", "100,1000", "report after these many no-op cycles (ascending)")
 	interval := flag.Duration("interval", 20*time.Millisecond, "the daemon's poll interval")
-	bare := flag.Int("bare", 200, "repetitions of the bare list calls")
 	row := flag.String("row", "", "append the table rows (TSV: measure, peer, ours, goal, verdict) to this file")
 	gogc := flag.String("gogc", "", "GOGC for the daemon (empty: the agent's default)")
 	lease := flag.Bool("lease", true, "the daemon takes a lease (lease.disabled: false); false measures the cycle without its two lease calls")
@@ -82,7 +83,7 @@ func main() {
 		log.Fatalf("the engine must be a unix:// socket (SAWMILL_TEST_DOCKER_HOST), got %q", engine)
 	}
 	b := &bench{agent: *agent, services: *services, image: *image, interval: *interval, engineSock: strings.TrimPrefix(engine, "unix://"), gogc: *gogc, noLease: !*lease}
-	err := b.run(cycles, *bare)
+	err := b.run(cycles)
 	cerr := b.cleanup()
 	if err != nil {
 		log.Fatal(err)
@@ -128,7 +129,7 @@ type sample struct {
 	goroutines int
 }
 
-func (b *bench) run(cycles []int, bareReps int) error {
+func (b *bench) run(cycles []int) error {
 	var err error
 	b.load = loadavg()
 	if b.work, err = os.MkdirTemp("", "sawmill-cycle-bench."); err != nil {
@@ -140,7 +141,11 @@ func (b *bench) run(cycles []int, bareReps int) error {
 	if b.proxy, err = newCountingProxy(filepath.Join(b.work, "docker.sock"), b.engineSock); err != nil {
 		return err
 	}
-	if b.dc, err = client.New(client.WithHost("unix://"+b.proxy.path), client.WithAPIVersionNegotiation()); err != nil {
+	// The bare calls' client keeps as many connections open as the agent's (internal/swarm.Connect), and marks
+	// its calls: they are made between the daemon's cycles, and are not the daemon's.
+	hc := &http.Client{Transport: &http.Transport{MaxIdleConns: 8, MaxIdleConnsPerHost: 8, IdleConnTimeout: 30 * time.Second}}
+	if b.dc, err = client.New(client.WithHTTPClient(hc), client.WithHost("unix://"+b.proxy.path), client.WithScheme("http"),
+		client.WithHTTPHeaders(map[string]string{bareHeader: "1"}), client.WithAPIVersionNegotiation()); err != nil {
 		return err
 	}
 	rel, err := b.writeRelease()
@@ -177,6 +182,25 @@ func (b *bench) run(cycles []int, bareReps int) error {
 	n0 := int(m0["sawmill_sync_duration_seconds_count"])
 	b.logs.resetDurations()
 
+	// The first window: the cycles measured, and in the daemon's interval after each (once its line has come),
+	// one bare measurement, the three kinds in turn. Interleaved, the two see the same machine (its speed
+	// drifts over minutes); made in the gaps, neither waits on the other's calls.
+	bare, err := b.newBare(ctx)
+	if err != nil {
+		return err
+	}
+	for k := 0; b.logs.cycles()-logged0 < cycles[0]; k++ {
+		select {
+		case <-b.logs.ended:
+		case <-time.After(5 * time.Second):
+			return fmt.Errorf("no cycle within 5 s: %s", b.logs.tail())
+		}
+		if err := bare.one(ctx, k%3); err != nil {
+			return err
+		}
+	}
+	b.bareParallel, b.bareSeq, b.bareLeased = bare.medians()
+
 	first := true
 	for _, target := range cycles {
 		deadline := time.Now().Add(time.Duration(target)*(b.interval+time.Second) + time.Minute)
@@ -210,10 +234,6 @@ func (b *bench) run(cycles []int, bareReps int) error {
 					if w := b.proxy.writes.Load() - writes0; w > 0 {
 						return fmt.Errorf("the no-op cycles made %d write calls besides the lease: %v", w, byPath1)
 					}
-					// The bare calls, through the same proxy, while the daemon waits (its interval).
-					if b.bareParallel, b.bareSeq, b.bareLeased, err = b.bareCalls(ctx, bareReps); err != nil {
-						return err
-					}
 				}
 				break
 			}
@@ -232,56 +252,75 @@ func (b *bench) run(cycles []int, bareReps int) error {
 	return nil
 }
 
-// bareCalls times the four list calls of an observation: at once (median of reps) and one at a time (the
-// sum of each call's median); and the six calls of a leased cycle (the lease's list and update, on a lease of
-// its own, then the four lists at once).
-func (b *bench) bareCalls(ctx context.Context, reps int) (parallel, sequential, leased time.Duration, err error) {
-	calls := []func() error{
+// bareSampler times the bare calls of a cycle through the proxy: the four list calls at once, as the agent
+// makes them; the four one at a time (the sum of each call's median); and the six calls of a leased cycle (the
+// lease's list and update, on a lease of its own, then the four lists at once).
+type bareSampler struct {
+	calls []func() error
+	lease *swarm.Lease
+	par   []time.Duration
+	seq   [][]time.Duration
+	lsd   []time.Duration
+}
+
+func (b *bench) newBare(ctx context.Context) (*bareSampler, error) {
+	s := &bareSampler{calls: []func() error{
 		func() error { _, err := b.dc.ServiceList(ctx, client.ServiceListOptions{}); return err },
 		func() error { _, err := b.dc.NetworkList(ctx, client.NetworkListOptions{}); return err },
 		func() error { _, err := b.dc.SecretList(ctx, client.SecretListOptions{}); return err },
 		func() error { _, err := b.dc.ConfigList(ctx, client.ConfigListOptions{}); return err },
+	}}
+	s.seq = make([][]time.Duration, len(s.calls))
+	s.lease = &swarm.Lease{Client: b.dc, Holder: "agentcycle-bare", TTL: 30 * time.Second, Name: b.lease + "-bare"}
+	if _, _, err := s.lease.Acquire(ctx); err != nil { // creates it
+		return nil, err
 	}
-	lists := func() error {
-		var g errgroup.Group
-		for _, c := range calls {
-			g.Go(c)
+	return s, nil
+}
+
+func (s *bareSampler) lists() error {
+	var g errgroup.Group
+	for _, c := range s.calls {
+		g.Go(c)
+	}
+	return g.Wait()
+}
+
+// one takes one sample of kind: 0 the lists at once, 1 one at a time, 2 the leased cycle.
+func (s *bareSampler) one(ctx context.Context, kind int) error {
+	t0 := time.Now()
+	switch kind {
+	case 0:
+		if err := s.lists(); err != nil {
+			return err
 		}
-		return g.Wait()
-	}
-	lease := &swarm.Lease{Client: b.dc, Holder: "agentcycle-bare", TTL: 30 * time.Second, Name: b.lease + "-bare"}
-	if _, _, err := lease.Acquire(ctx); err != nil { // creates it
-		return 0, 0, 0, err
-	}
-	var par, lsd []time.Duration
-	seq := make([][]time.Duration, len(calls))
-	for range reps {
-		t0 := time.Now()
-		if err := lists(); err != nil {
-			return 0, 0, 0, err
-		}
-		par = append(par, time.Since(t0))
-		for i, c := range calls {
+		s.par = append(s.par, time.Since(t0))
+	case 1:
+		for i, c := range s.calls {
 			t0 := time.Now()
 			if err := c(); err != nil {
-				return 0, 0, 0, err
+				return err
 			}
-			seq[i] = append(seq[i], time.Since(t0))
+			s.seq[i] = append(s.seq[i], time.Since(t0))
 		}
-		t0 = time.Now()
-		held, _, err := lease.Acquire(ctx)
+	case 2:
+		held, _, err := s.lease.Acquire(ctx)
 		if err != nil || !held {
-			return 0, 0, 0, fmt.Errorf("bare lease: held %t, %v", held, err)
+			return fmt.Errorf("bare lease: held %t, %v", held, err)
 		}
-		if err := lists(); err != nil {
-			return 0, 0, 0, err
+		if err := s.lists(); err != nil {
+			return err
 		}
-		lsd = append(lsd, time.Since(t0))
+		s.lsd = append(s.lsd, time.Since(t0))
 	}
-	for _, s := range seq {
-		sequential += median(s)
+	return nil
+}
+
+func (s *bareSampler) medians() (parallel, sequential, leased time.Duration) {
+	for _, l := range s.seq {
+		sequential += median(l)
 	}
-	return median(par), sequential, median(lsd), nil
+	return median(s.par), sequential, median(s.lsd)
 }
 
 func (b *bench) writeRelease() (string, error) {
@@ -374,7 +413,14 @@ log_format: json
 }
 
 func (b *bench) metrics() (map[string]float64, error) {
-	r, err := http.Get("http://" + b.metricsAddr + "/metrics")
+	req, err := http.NewRequest(http.MethodGet, "http://"+b.metricsAddr+"/metrics", nil)
+	if err != nil {
+		return nil, err
+	}
+	// Uncompressed: the benchmark reads the metrics several times a second, and the daemon's gzip writer for
+	// each read (600 KB) was a tenth of its garbage, a load a scrape every 15 s never puts on it.
+	req.Header.Set("Accept-Encoding", "identity")
+	r, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return nil, err
 	}
@@ -571,6 +617,9 @@ type countingProxy struct {
 	byPath map[string]int64
 }
 
+// bareHeader marks the benchmark's own calls, which the proxy passes on without counting.
+const bareHeader = "X-Sawmill-Bench-Bare"
+
 var versionPrefix = regexp.MustCompile(`^/v[0-9.]+`)
 var textCycle = regexp.MustCompile(`msg=cycle outcome=(\S+) .*duration=(\S+)`)
 var idPart = regexp.MustCompile(`/[a-z0-9]{25}(/|$)`)
@@ -586,13 +635,17 @@ func newCountingProxy(path, engine string) (*countingProxy, error) {
 			r.SetURL(&url.URL{Scheme: "http", Host: "docker"})
 			r.Out.Host = "docker"
 		},
-		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		Transport: &http.Transport{MaxIdleConns: 16, MaxIdleConnsPerHost: 16, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", engine)
 		}},
 		FlushInterval: -1,
 	}
 	p.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get(bareHeader) != "" {
+			rp.ServeHTTP(w, r)
+			return
+		}
 		path := versionPrefix.ReplaceAllString(r.URL.Path, "")
 		path = idPart.ReplaceAllString(path, "/{id}$1")
 		key := r.Method + " " + path
@@ -630,10 +683,12 @@ type logTail struct {
 	// at is the proxy's count at the end of every cycle (the next cycle's calls start after the interval)
 	at     []map[string]int64
 	counts func() map[string]int64
+	// ended receives (without blocking the reader) when a cycle's line has come
+	ended chan struct{}
 }
 
 func newLogTail(r io.Reader, counts func() map[string]int64) *logTail {
-	l := &logTail{counts: counts}
+	l := &logTail{counts: counts, ended: make(chan struct{}, 1)}
 	go func() {
 		sc := bufio.NewScanner(r)
 		sc.Buffer(make([]byte, 1<<20), 1<<20)
@@ -663,6 +718,12 @@ func newLogTail(r io.Reader, counts func() map[string]int64) *logTail {
 			}
 			l.lines = append(l.lines, line)
 			l.mu.Unlock()
+			if rec.Msg == "cycle" {
+				select {
+				case l.ended <- struct{}{}:
+				default:
+				}
+			}
 		}
 	}()
 	return l
