@@ -60,7 +60,7 @@ type deps struct {
 	redact *redact.Redactor
 }
 
-func connectDocker() (swarm.Client, error) { return swarm.Connect() }
+func connectDocker() (swarm.Client, error) { return swarm.Connect(os.Getenv("DOCKER_CERT_PATH")) }
 
 // run executes the agent with args and returns the exit code.
 func run(ctx context.Context, args []string, d deps) int {

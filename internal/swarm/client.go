@@ -12,7 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"os"
 	"time"
 
 	"github.com/moby/moby/api/types/swarm"
@@ -57,9 +56,10 @@ var _ Client = (*client.Client)(nil)
 
 // Connect returns a client for the engine the usual Docker environment names (DOCKER_HOST, DOCKER_TLS_VERIFY,
 // DOCKER_CERT_PATH, DOCKER_API_VERSION), with API-version negotiation and a one-minute deadline per call.
-func Connect() (*client.Client, error) {
+// certPath is $DOCKER_CERT_PATH, passed in by the command (this package reads no environment of its own).
+func Connect(certPath string) (*client.Client, error) {
 	opts := []client.Opt{client.FromEnv, client.WithTimeout(time.Minute)}
-	if os.Getenv(client.EnvOverrideCertPath) == "" {
+	if certPath == "" {
 		// An observation asks for its lists at once (four; six with ByStack). Go's transport keeps two idle
 		// connections per host, so every daemon cycle dialled the engine again for the others: keep eight.
 		// Without DOCKER_CERT_PATH there is no TLS: the scheme is http (the client would take the TLS settings
