@@ -12,7 +12,6 @@ import (
 	"github.com/sabeiro/sawmill/internal/plan"
 	"github.com/sabeiro/sawmill/internal/policy"
 	"github.com/sabeiro/sawmill/internal/stack"
-	"github.com/sabeiro/sawmill/internal/verify"
 )
 
 // BenchmarkNoOpCycle50 is the daemon's own work in a no-op cycle of a 50-service release (bench/agent-cycle.sh's
@@ -45,10 +44,10 @@ func BenchmarkNoOpCycle50(b *testing.B) {
 		b.Run(name, func(b *testing.B) {
 			f := &Flow{Load: &MemoLoader{Loader: LoadFunc(compose.Load)}, Differ: &plan.Differ{}, Policy: policy.New(policy.Options{}), PolicyMode: policy.ModeWarn}
 			if verifying {
-				f.Verify = pinAll{}
+				f.Verify = fakeVerifier{} // every image verified and pinned, as a warm cache answers
 			}
 			// what the swarm runs: the first cycle's wanted stack, as observed (IDs and versions)
-			f.Observe = observed{}
+			f.Observe = fakeObserver{}
 			c := f.Run(ctx, o)
 			if c.Err != nil {
 				b.Fatal(c.Err)
@@ -58,7 +57,7 @@ func BenchmarkNoOpCycle50(b *testing.B) {
 			for i := range obs.Services {
 				obs.Services[i].ID, obs.Services[i].Version = fmt.Sprint("id", i), 7
 			}
-			f.Observe = observed{&obs}
+			f.Observe = fakeObserver{observed: &obs}
 			b.ReportAllocs()
 			for b.Loop() {
 				if c := f.Run(ctx, o); c.Err != nil || c.Plan.Writes() {
@@ -67,25 +66,4 @@ func BenchmarkNoOpCycle50(b *testing.B) {
 			}
 		})
 	}
-}
-
-// observed answers every observation with its stack (empty: nothing runs).
-type observed struct{ st *stack.Stack }
-
-func (o observed) Observe(_ context.Context, name string) (*stack.Stack, error) {
-	if o.st == nil {
-		return &stack.Stack{Name: name}, nil
-	}
-	return o.st, nil
-}
-
-// pinAll verifies every image, pinned to one digest, as a warm cache does.
-type pinAll struct{}
-
-func (pinAll) VerifyAll(_ context.Context, refs []string) ([]verify.Result, error) {
-	out := make([]verify.Result, 0, len(refs))
-	for _, r := range refs {
-		out = append(out, verify.Result{Ref: r, Status: verify.Verified, Digest: digest, Pinned: r + "@" + digest, Signers: []string{"release-key"}, Cached: true})
-	}
-	return out, nil
 }

@@ -48,7 +48,7 @@ func TestFlowReevaluatesEveryChange(t *testing.T) {
 	engine := policy.New(popts)
 	sig := &switchVerifier{status: verify.Verified, digest: digest}
 	f := &Flow{Load: &MemoLoader{Loader: LoadFunc(compose.Load)}, Verify: sig, Policy: engine, PolicyMode: policy.ModeWarn,
-		Input: policy.InputOptions{Environment: "staging"}, Observe: observed{}}
+		Input: policy.InputOptions{Environment: "staging"}, Observe: fakeObserver{}}
 	o := compose.Options{Files: []string{file}, Stack: "shop", Env: []string{"MODE=fast"}, WorkDir: filepath.Dir(file),
 		Root: root, Strict: true, NameKey: []byte("key-1"), Environment: "staging"}
 
@@ -118,7 +118,7 @@ func TestFlowNeverChangesTheLoadedStack(t *testing.T) {
 	file := writeRelease(t, root, "s3cret-1")
 	m := &MemoLoader{Loader: LoadFunc(compose.Load)}
 	sig := &switchVerifier{status: verify.Verified, digest: digest}
-	f := &Flow{Load: m, Verify: sig, Policy: policy.New(policy.Options{}), PolicyMode: policy.ModeWarn, Observe: observed{}}
+	f := &Flow{Load: m, Verify: sig, Policy: policy.New(policy.Options{}), PolicyMode: policy.ModeWarn, Observe: fakeObserver{}}
 	o := compose.Options{Files: []string{file}, Stack: "shop", Env: []string{}, WorkDir: filepath.Dir(file), Root: root, Strict: true}
 	fresh, err := compose.Load(ctx, o)
 	if err != nil {
