@@ -141,11 +141,11 @@ func (b *bench) run(cycles []int) error {
 	if b.proxy, err = newCountingProxy(filepath.Join(b.work, "docker.sock"), b.engineSock); err != nil {
 		return err
 	}
-	// The bare calls' client keeps as many connections open as the agent's (internal/swarm.Connect), and marks
-	// its calls: they are made between the daemon's cycles, and are not the daemon's.
-	hc := &http.Client{Transport: &http.Transport{MaxIdleConns: 8, MaxIdleConnsPerHost: 8, IdleConnTimeout: 30 * time.Second}}
-	if b.dc, err = client.New(client.WithHTTPClient(hc), client.WithHost("unix://"+b.proxy.path), client.WithScheme("http"),
-		client.WithHTTPHeaders(map[string]string{bareHeader: "1"}), client.WithAPIVersionNegotiation()); err != nil {
+	// The bare calls' client has the agent's connection pool (swarm.Pool), and marks its calls: they are made
+	// between the daemon's cycles, and are not the daemon's.
+	opts := append(swarm.Pool(), client.WithHost("unix://"+b.proxy.path), client.WithHTTPHeaders(map[string]string{bareHeader: "1"}),
+		client.WithAPIVersionNegotiation())
+	if b.dc, err = client.New(opts...); err != nil {
 		return err
 	}
 	rel, err := b.writeRelease()

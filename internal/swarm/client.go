@@ -60,20 +60,25 @@ var _ Client = (*client.Client)(nil)
 func Connect(certPath string) (*client.Client, error) {
 	opts := []client.Opt{client.FromEnv, client.WithTimeout(time.Minute)}
 	if certPath == "" {
-		// An observation asks for its lists at once (four; six with ByStack). Go's transport keeps two idle
-		// connections per host, so every daemon cycle dialled the engine again for the others: keep eight.
-		// Without DOCKER_CERT_PATH there is no TLS: the scheme is http (the client would take the TLS settings
-		// that cloning a transport adds for HTTP/2 for https). With it, FromEnv makes its own TLS transport,
-		// with the client's defaults.
-		hc := &http.Client{CheckRedirect: client.CheckRedirect, Transport: &http.Transport{
-			MaxIdleConns: idleConns, MaxIdleConnsPerHost: idleConns, IdleConnTimeout: 30 * time.Second}}
-		opts = append([]client.Opt{client.WithHTTPClient(hc), client.WithHost(client.DefaultDockerHost), client.WithScheme("http")}, opts...)
+		// With DOCKER_CERT_PATH, FromEnv makes its own TLS transport, with the client's defaults.
+		opts = append(Pool(), opts...)
 	}
 	c, err := client.New(opts...)
 	if err != nil {
 		return nil, fmt.Errorf("docker client: %w", err)
 	}
 	return c, nil
+}
+
+// Pool are the client options of Connect's connections without TLS (the default host; a later WithHost or
+// FromEnv names another). An observation asks for its lists at once (four; six with ByStack), and Go's
+// transport keeps two idle connections per host, so every daemon cycle dialled the engine again for the
+// others: the pool keeps eight. The scheme is http: the client would take the TLS settings that cloning a
+// transport adds for HTTP/2 for https. bench/agentcycle times its bare calls through the same pool.
+func Pool() []client.Opt {
+	hc := &http.Client{CheckRedirect: client.CheckRedirect, Transport: &http.Transport{
+		MaxIdleConns: idleConns, MaxIdleConnsPerHost: idleConns, IdleConnTimeout: 30 * time.Second}}
+	return []client.Opt{client.WithHTTPClient(hc), client.WithHost(client.DefaultDockerHost), client.WithScheme("http")}
 }
 
 // idleConns is how many connections to the engine the client keeps open between calls: more than the calls
